@@ -1,0 +1,173 @@
+//! The command line (flags, each also readable from a `LARDER_*` environment variable) and the
+//! one validated [`ServeConfig`] it becomes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::server::ServerSettings;
+use crate::service::Limits;
+use crate::store::StoreConfig;
+use crate::store::schema::Synchronous;
+
+/// Larder: a shared cache, session store and rate limiter for small web apps, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "larder", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+}
+
+/// Durability of each commit, as given on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SynchronousArg {
+    /// Durable against a crash of the process (SQLite synchronous=NORMAL in WAL mode).
+    Normal,
+    /// Durable against power loss (fsync on every commit).
+    Full,
+}
+
+/// Flags of `larder serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for the database file, its WAL and the lock file.
+    #[arg(long, env = "LARDER_DATA_DIR", default_value = "larder-data")]
+    pub data_dir: PathBuf,
+    /// TCP address to listen on, HOST:PORT, or "none" to turn TCP off.
+    #[arg(long, env = "LARDER_LISTEN", default_value = "127.0.0.1:7379")]
+    pub listen: String,
+    /// Also listen on this Unix socket (mode 0660; a stale socket file is replaced).
+    #[arg(long, env = "LARDER_UNIX_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
+    /// Threads running gRPC (SQLite runs on its own threads besides these).
+    #[arg(long, env = "LARDER_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+    /// Durability of each commit.
+    #[arg(long, env = "LARDER_SYNCHRONOUS", value_enum, default_value = "normal")]
+    pub synchronous: SynchronousArg,
+    /// Memory for the LRU in front of SQLite (e.g. 256MiB).
+    #[arg(long, env = "LARDER_MAX_MEMORY", default_value = "256MiB")]
+    pub max_memory: ByteSize,
+    /// Bound on the cache's keys and values on disk; least recently used entries are evicted
+    /// past it (e.g. 4GiB).
+    #[arg(long, env = "LARDER_MAX_DISK", default_value = "4GiB")]
+    pub max_disk: ByteSize,
+    /// Largest value accepted (the gRPC message limit follows it).
+    #[arg(long, env = "LARDER_MAX_VALUE", default_value = "16MiB")]
+    pub max_value: ByteSize,
+    /// How long in-flight calls may finish after SIGTERM/SIGINT (e.g. 10s).
+    #[arg(long, env = "LARDER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log filter (error, warn, info, debug, trace, or tracing's directive syntax).
+    #[arg(long, env = "LARDER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// TCP address, `None` when TCP is off.
+    pub listen: Option<String>,
+    /// Unix socket path.
+    pub unix_socket: Option<PathBuf>,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
+    /// Store settings.
+    pub store: StoreConfig,
+    /// Server settings.
+    pub server: ServerSettings,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl ServeArgs {
+    /// Checks the flags and builds the config; the error names the flag at fault.
+    pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let listen = match self.listen.trim() {
+            "none" | "" => None,
+            addr => Some(addr.to_owned()),
+        };
+        if listen.is_none() && self.unix_socket.is_none() {
+            anyhow::bail!("--listen none needs --unix-socket: otherwise nothing would be served");
+        }
+        if self.worker_threads == 0 || self.worker_threads > 256 {
+            anyhow::bail!("--worker-threads must be between 1 and 256");
+        }
+        let max_value = self.max_value.as_u64();
+        if max_value == 0 || max_value > 1 << 30 {
+            anyhow::bail!("--max-value must be between 1 byte and 1GiB");
+        }
+        if self.max_disk.as_u64() < max_value {
+            anyhow::bail!("--max-disk must be at least --max-value");
+        }
+        let mut store = StoreConfig::new(self.data_dir);
+        store.synchronous = match self.synchronous {
+            SynchronousArg::Normal => Synchronous::Normal,
+            SynchronousArg::Full => Synchronous::Full,
+        };
+        store.max_memory_bytes = self.max_memory.as_u64();
+        store.max_disk_bytes = self.max_disk.as_u64();
+        let server = ServerSettings {
+            limits: Limits {
+                max_value_bytes: max_value as usize,
+                ..Limits::default()
+            },
+            drain_timeout: self.drain_timeout,
+        };
+        Ok(ServeConfig {
+            listen,
+            unix_socket: self.unix_socket,
+            worker_threads: self.worker_threads,
+            store,
+            server,
+            log_level: self.log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<ServeConfig> {
+        let mut all = vec!["larder", "serve"];
+        all.extend_from_slice(args);
+        let Command::Serve(args) = Cli::try_parse_from(all)?.command;
+        args.into_config()
+    }
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.as_deref(), Some("127.0.0.1:7379"));
+        assert_eq!(c.store.data_dir, PathBuf::from("larder-data"));
+        assert_eq!(c.server.limits.max_value_bytes, 16 << 20);
+        assert_eq!(c.store.max_memory_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn listen_none_needs_a_socket() {
+        assert!(parse(&["--listen", "none"]).is_err());
+        let c = parse(&["--listen", "none", "--unix-socket", "/tmp/l.sock"]).unwrap();
+        assert!(c.listen.is_none());
+    }
+
+    #[test]
+    fn sizes_and_durations_are_human() {
+        let c = parse(&["--max-memory", "1MiB", "--drain-timeout", "1500ms"]).unwrap();
+        assert_eq!(c.store.max_memory_bytes, 1 << 20);
+        assert_eq!(c.server.drain_timeout, Duration::from_millis(1500));
+        assert!(parse(&["--max-memory", "lots"]).is_err());
+        assert!(parse(&["--worker-threads", "0"]).is_err());
+    }
+}

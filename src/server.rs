@@ -1,0 +1,245 @@
+//! Binding the listeners and running the gRPC server over a store, with the ordered teardown:
+//! health NOT_SERVING → stop accepting → drain in-flight calls (bounded) → close the store
+//! (writer commits what was queued, WAL checkpoint) → remove the socket file.
+//!
+//! The caller opens the store and passes the shutdown future, so tests run the real server on
+//! port 0 and stop it without signals.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::pb::cache_service_server::CacheServiceServer;
+use crate::service::Limits;
+use crate::service::cache::CacheApi;
+use crate::store::Store;
+
+/// File mode of the Unix socket: the daemon's user and group may connect, nobody else.
+const SOCKET_MODE: u32 = 0o660;
+
+/// The sockets the server accepts on; either or both.
+#[derive(Debug)]
+pub struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    /// Binds TCP at `tcp` (`None` = no TCP) and a Unix socket at `unix`.
+    ///
+    /// A Unix socket path that is already a socket with a live server behind it is an error
+    /// (never stolen); a stale socket file left by a dead process is replaced; any other file
+    /// at the path is left alone and reported.
+    pub async fn bind(tcp: Option<&str>, unix: Option<&Path>) -> Result<Self> {
+        if tcp.is_none() && unix.is_none() {
+            return Err(Error::invalid(
+                "listen",
+                "TCP is off and no Unix socket is set: nothing to listen on",
+            ));
+        }
+        let tcp = match tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        let unix = match unix {
+            Some(path) => Some((bind_unix(path)?, path.to_owned())),
+            None => None,
+        };
+        Ok(Self { tcp, unix })
+    }
+
+    /// Listeners already bound by the caller (tests bind `127.0.0.1:0`).
+    pub fn from_bound(tcp: Option<TcpListener>, unix: Option<(UnixListener, PathBuf)>) -> Self {
+        Self { tcp, unix }
+    }
+
+    /// The bound TCP address, if TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The Unix socket path, if any.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(_, p)| p.as_path())
+    }
+}
+
+/// Binds a Unix socket at `path`, replacing a stale socket file but never a live one.
+pub fn bind_unix(path: &Path) -> Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::Unavailable(format!(
+                    "unix socket {} is in use by a running server; stop it or choose another path",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                Error::Internal(format!(
+                    "cannot remove stale socket {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(path = %path.display(), "replaced a stale unix socket");
+        }
+        Ok(_) => {
+            return Err(Error::Internal(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| Error::Internal(format!("cannot set the mode of {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+/// How the server behaves, beyond the store.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Request limits.
+    pub limits: Limits,
+    /// How long in-flight calls may run after shutdown starts before they are cut.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves every service on the listeners until `shutdown` completes (or a listener fails),
+/// then tears down in order and closes the store.
+pub async fn serve(
+    store: Store,
+    listeners: Listeners,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CacheServiceServer<CacheApi>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("building reflection v1: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("building reflection v1alpha: {e}")))?;
+
+    let max_message = settings.limits.max_message_bytes();
+    let cache = CacheServiceServer::new(CacheApi::new(store.clone(), settings.limits.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(cache);
+
+    let stop_accepting = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    let socket_path = listeners.unix_path().map(Path::to_owned);
+    if let Some(tcp) = listeners.tcp {
+        let addr = tcp.local_addr().ok();
+        let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
+        let server = Server::builder()
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+        servers.spawn(async move { (format!("tcp {addr:?}"), server.await) });
+        if let Some(addr) = addr {
+            tracing::info!(%addr, "listening on tcp");
+        }
+    }
+    if let Some((unix, path)) = listeners.unix {
+        let incoming = UnixListenerStream::new(unix);
+        let server = Server::builder()
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+        tracing::info!(path = %path.display(), "listening on unix socket");
+        servers.spawn(async move { (format!("unix {}", path.display()), server.await) });
+    }
+
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown => {}
+        Some(ended) = servers.join_next() => {
+            let msg = match ended {
+                Ok((name, Ok(()))) => format!("{name} server stopped unexpectedly"),
+                Ok((name, Err(e))) => format!("{name} server failed: {e}"),
+                Err(e) => format!("server task failed: {e}"),
+            };
+            tracing::error!("{msg}");
+            failure = Some(Error::Internal(msg));
+        }
+    }
+
+    health
+        .set_not_serving::<CacheServiceServer<CacheApi>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    stop_accepting.cancel();
+    let drained = tokio::time::timeout(settings.drain_timeout, async {
+        while let Some(ended) = servers.join_next().await {
+            match ended {
+                Ok((name, Err(e))) => {
+                    tracing::warn!(error = %e, "{name} server ended with an error")
+                }
+                Err(e) => tracing::warn!(error = %e, "server task failed"),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            timeout = ?settings.drain_timeout,
+            "in-flight calls did not finish in time; cutting them"
+        );
+        servers.shutdown().await;
+    }
+
+    let closed = store.close().await;
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(&path);
+    }
+    closed?;
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

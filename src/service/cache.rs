@@ -1,0 +1,314 @@
+//! `larder.v1.CacheService`: validates each request against the limits, then turns it into one
+//! store call. No SQL and no locks here.
+
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::pb;
+use crate::pb::cache_service_server::CacheService;
+use crate::service::Limits;
+use crate::store::{Found, NewEntry, SetCondition, Store};
+
+/// The namespace used when a request leaves it empty.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The CacheService implementation.
+#[derive(Debug, Clone)]
+pub struct CacheApi {
+    store: Store,
+    limits: Limits,
+}
+
+impl CacheApi {
+    /// A service over `store`, enforcing `limits`.
+    pub fn new(store: Store, limits: Limits) -> Self {
+        Self { store, limits }
+    }
+
+    fn namespace<'a>(&self, ns: &'a str) -> Result<&'a str, Error> {
+        if ns.is_empty() {
+            return Ok(DEFAULT_NAMESPACE);
+        }
+        if ns.len() > self.limits.max_namespace_bytes {
+            return Err(Error::invalid(
+                "namespace",
+                format!(
+                    "is {} bytes, more than the limit of {}",
+                    ns.len(),
+                    self.limits.max_namespace_bytes
+                ),
+            ));
+        }
+        Ok(ns)
+    }
+
+    fn key(&self, field: &str, key: &str) -> Result<(), Error> {
+        if key.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "is {} bytes, more than the limit of {}",
+                    key.len(),
+                    self.limits.max_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn value(&self, field: &str, len: usize) -> Result<(), Error> {
+        if len > self.limits.max_value_bytes {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "is {len} bytes, more than the limit of {}",
+                    self.limits.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn ttl(&self, field: &str, ttl_ms: u64) -> Result<(), Error> {
+        if ttl_ms > self.limits.max_ttl_ms {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{ttl_ms} ms is more than the limit of {} ms",
+                    self.limits.max_ttl_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn batch(&self, field: &str, len: usize) -> Result<(), Error> {
+        if len == 0 {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if len > self.limits.max_batch {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "has {len} items, more than the limit of {}",
+                    self.limits.max_batch
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn keys(&self, field: &str, keys: &[String]) -> Result<(), Error> {
+        self.batch(field, keys.len())?;
+        for (i, key) in keys.iter().enumerate() {
+            self.key(&format!("{field}[{i}]"), key)?;
+        }
+        Ok(())
+    }
+}
+
+fn condition(req: &pb::SetRequest) -> Result<SetCondition, Error> {
+    let condition = pb::Condition::try_from(req.condition)
+        .map_err(|_| Error::invalid("condition", format!("unknown value {}", req.condition)))?;
+    Ok(match condition {
+        pb::Condition::Unspecified | pb::Condition::Always => SetCondition::Always,
+        pb::Condition::IfAbsent => SetCondition::IfAbsent,
+        pb::Condition::IfPresent => SetCondition::IfPresent,
+        pb::Condition::IfVersion => {
+            if req.expected_version == 0 {
+                return Err(Error::invalid(
+                    "expected_version",
+                    "is required with CONDITION_IF_VERSION (versions start at 1)",
+                ));
+            }
+            SetCondition::IfVersion(req.expected_version)
+        }
+    })
+}
+
+fn get_response(found: Option<Found>) -> pb::GetResponse {
+    match found {
+        Some(f) => pb::GetResponse {
+            found: true,
+            value: f.value,
+            version: f.version,
+            ttl_ms: f.ttl_ms,
+        },
+        None => pb::GetResponse::default(),
+    }
+}
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.key("key", &req.key)?;
+        let found = self.store.get(ns, &req.key).await?;
+        Ok(Response::new(get_response(found)))
+    }
+
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.key("key", &req.key)?;
+        self.value("value", req.value.len())?;
+        self.ttl("ttl_ms", req.ttl_ms)?;
+        let condition = condition(&req)?;
+        let (stored, version) = self
+            .store
+            .set(ns, &req.key, req.value, req.ttl_ms, condition)
+            .await?;
+        Ok(Response::new(pb::SetResponse { stored, version }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.key("key", &req.key)?;
+        let deleted = self.store.delete(ns, vec![req.key]).await?;
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: deleted > 0,
+        }))
+    }
+
+    async fn get_many(
+        &self,
+        req: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.keys("keys", &req.keys)?;
+        let found = self.store.get_many(ns, req.keys.clone()).await?;
+        let entries = req
+            .keys
+            .into_iter()
+            .zip(found)
+            .map(|(key, found)| {
+                let r = get_response(found);
+                pb::Entry {
+                    key,
+                    found: r.found,
+                    value: r.value,
+                    version: r.version,
+                    ttl_ms: r.ttl_ms,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetManyResponse { entries }))
+    }
+
+    async fn set_many(
+        &self,
+        req: Request<pb::SetManyRequest>,
+    ) -> Result<Response<pb::SetManyResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.batch("entries", req.entries.len())?;
+        for (i, e) in req.entries.iter().enumerate() {
+            self.key(&format!("entries[{i}].key"), &e.key)?;
+            self.value(&format!("entries[{i}].value"), e.value.len())?;
+            self.ttl(&format!("entries[{i}].ttl_ms"), e.ttl_ms)?;
+        }
+        let entries = req
+            .entries
+            .into_iter()
+            .map(|e| NewEntry {
+                key: e.key,
+                value: e.value,
+                ttl_ms: e.ttl_ms,
+            })
+            .collect();
+        let versions = self.store.set_many(ns, entries).await?;
+        Ok(Response::new(pb::SetManyResponse { versions }))
+    }
+
+    async fn delete_many(
+        &self,
+        req: Request<pb::DeleteManyRequest>,
+    ) -> Result<Response<pb::DeleteManyResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.keys("keys", &req.keys)?;
+        let deleted = self.store.delete(ns, req.keys).await?;
+        Ok(Response::new(pb::DeleteManyResponse { deleted }))
+    }
+
+    async fn delete_prefix(
+        &self,
+        req: Request<pb::DeletePrefixRequest>,
+    ) -> Result<Response<pb::DeletePrefixResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.key("prefix", &req.prefix)?;
+        let deleted = self.store.delete_prefix(ns, &req.prefix).await?;
+        Ok(Response::new(pb::DeletePrefixResponse { deleted }))
+    }
+
+    async fn touch(
+        &self,
+        req: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.key("key", &req.key)?;
+        self.ttl("ttl_ms", req.ttl_ms)?;
+        let found = self.store.touch(ns, &req.key, req.ttl_ms).await?;
+        Ok(Response::new(pb::TouchResponse { found }))
+    }
+
+    async fn increment(
+        &self,
+        req: Request<pb::IncrementRequest>,
+    ) -> Result<Response<pb::IncrementResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        self.key("key", &req.key)?;
+        self.ttl("ttl_ms", req.ttl_ms)?;
+        let (value, version) = self
+            .store
+            .increment(ns, &req.key, req.delta, req.ttl_ms)
+            .await?;
+        Ok(Response::new(pb::IncrementResponse { value, version }))
+    }
+
+    async fn clear(
+        &self,
+        req: Request<pb::ClearRequest>,
+    ) -> Result<Response<pb::ClearResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let deleted = self.store.clear(ns).await?;
+        Ok(Response::new(pb::ClearResponse { deleted }))
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let req = req.into_inner();
+        let ns = if req.namespace.is_empty() {
+            None
+        } else {
+            Some(self.namespace(&req.namespace)?)
+        };
+        let s = self.store.stats(ns).await?;
+        Ok(Response::new(pb::StatsResponse {
+            entries: s.entries,
+            bytes: s.bytes,
+            hits: s.counters.hits,
+            misses: s.counters.misses,
+            memory_hits: s.counters.memory_hits,
+            sets: s.counters.sets,
+            deletes: s.counters.deletes,
+            expirations: s.counters.expirations,
+            evictions: s.counters.evictions,
+        }))
+    }
+}

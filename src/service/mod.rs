@@ -1,0 +1,42 @@
+//! The gRPC services: each turns protobuf requests into validated store calls.
+//!
+//! - [`cache`]: `larder.v1.CacheService`.
+
+pub mod cache;
+
+/// Bounds every request is checked against before anything is written.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest key (and DeletePrefix prefix), in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most items in one GetMany, SetMany or DeleteMany.
+    pub max_batch: usize,
+    /// Longest namespace, in bytes.
+    pub max_namespace_bytes: usize,
+    /// Longest TTL, in milliseconds.
+    pub max_ttl_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 1024,
+            max_value_bytes: 16 << 20,
+            max_batch: 1000,
+            max_namespace_bytes: 128,
+            // 100 years: far beyond any cache use, far below where Unix-ms arithmetic overflows.
+            max_ttl_ms: 100 * 365 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest gRPC message the server accepts: one maximal value plus room for its key,
+    /// namespace and framing, so that an oversized value reaches validation (and is answered
+    /// `INVALID_ARGUMENT: value …`) as long as it is only a little too big.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_value_bytes + self.max_key_bytes + self.max_namespace_bytes + 64 * 1024
+    }
+}

@@ -1,0 +1,84 @@
+//! One daemon per data directory: an exclusive advisory lock on `<data_dir>/larder.lock`,
+//! held for the life of the store. Two daemons over one file would each trust an LRU the other
+//! makes stale, so the second one refuses to start.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The lock file's name inside the data directory.
+pub const LOCK_FILE: &str = "larder.lock";
+
+/// The held lock; released when dropped (or when the process dies, which the kernel does).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Takes the lock on `data_dir` without waiting.
+    pub fn acquire(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                Error::Internal(format!("cannot open lock file {}: {e}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let by = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
+                return Err(Error::Unavailable(format!(
+                    "data directory {} is already in use by another larder{by}; \
+                     one daemon owns a data directory (lock: {})",
+                    data_dir.display(),
+                    path.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::Internal(format!(
+                    "cannot lock {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        // The pid is informational only; the kernel lock is what counts.
+        let _ = file.set_len(0);
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(Self { _file: file, path })
+    }
+
+    /// Path of the lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirLock::acquire(dir.path()).unwrap();
+        let err = DataDirLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(err.contains("already in use"), "{err}");
+        drop(first);
+        DataDirLock::acquire(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,559 @@
+//! The storage engine behind every service: one cheap-to-clone [`Store`] handle.
+//!
+//! # Layout
+//! - [`schema`]: the SQLite file, its PRAGMAs and migrations.
+//! - [`writer`]: the single writer thread with group commit; every mutation goes through it.
+//! - [`memory`]: the byte-bounded, sharded LRU in front of SQLite.
+//! - [`stats`]: per-namespace counters.
+//! - [`lock`]: one daemon per data directory.
+//!
+//! Reads try memory, then a pool of read-only connections on blocking threads; they never wait
+//! for the writer (WAL readers see the last commit). Writes are queued to the writer and
+//! acknowledged after their transaction committed. A maintenance task asks the writer, once per
+//! interval, to sweep expired rows in bounded batches and record read times for eviction.
+//! SQL stays behind this module, so another backend can sit behind the same API later.
+
+pub mod lock;
+pub mod memory;
+pub mod schema;
+pub mod stats;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, remaining_ms};
+use crate::error::{Error, Result};
+use lock::DataDirLock;
+use memory::{CachedEntry, Lookup, MemoryCache};
+use schema::Synchronous;
+use stats::StatsRegistry;
+use writer::{Command, WriteOp, WriteOutcome, Writer, WriterSettings};
+pub use writer::{NewEntry, SetCondition};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "larder.db";
+
+/// Commands that may wait for the writer before senders feel back-pressure.
+const WRITE_QUEUE: usize = 4096;
+
+/// How the store is set up.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory holding the database, its WAL and the lock file.
+    pub data_dir: PathBuf,
+    /// Durability of each commit.
+    pub synchronous: Synchronous,
+    /// Byte budget of the memory LRU.
+    pub max_memory_bytes: u64,
+    /// Bound on keys + values stored in the cache table.
+    pub max_disk_bytes: u64,
+    /// Read-only connections in the reader pool.
+    pub reader_connections: u32,
+    /// How often expired rows are swept and read times recorded.
+    pub sweep_interval: Duration,
+    /// Expired rows deleted per transaction by the sweeper.
+    pub sweep_batch: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            synchronous: Synchronous::Normal,
+            max_memory_bytes: 256 << 20,
+            max_disk_bytes: 4 << 30,
+            reader_connections: 4,
+            sweep_interval: Duration::from_secs(1),
+            sweep_batch: 1000,
+        }
+    }
+}
+
+/// A live entry as a read returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The stored bytes.
+    pub value: Bytes,
+    /// The entry's version.
+    pub version: u64,
+    /// Milliseconds until expiry; 0 = never.
+    pub ttl_ms: u64,
+}
+
+/// Entry and byte counts plus counters, for Stats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Live entries on disk.
+    pub entries: u64,
+    /// Bytes of keys and values of those entries.
+    pub bytes: u64,
+    /// Counters since start.
+    pub counters: stats::CounterValues,
+}
+
+/// The store handle. Clones share one store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Where "now" comes from (injected so tests move time by hand).
+    clock: Arc<dyn Clock>,
+    /// The LRU in front of SQLite; written by the writer, filled by readers.
+    memory: Arc<MemoryCache>,
+    /// Counters for Stats.
+    stats: Arc<StatsRegistry>,
+    /// Read-only connections, used on blocking threads only.
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    /// Queue to the writer thread.
+    writer: mpsc::Sender<Command>,
+    /// The writer thread and the maintenance task, taken by [`Store::close`].
+    background: Mutex<Option<Background>>,
+    /// Path of the database file.
+    db_path: PathBuf,
+    /// Held for as long as the store lives.
+    _lock: DataDirLock,
+}
+
+#[derive(Debug)]
+struct Background {
+    writer: std::thread::JoinHandle<()>,
+    maintenance: JoinHandle<()>,
+    stop_maintenance: CancellationToken,
+}
+
+impl Store {
+    /// Opens the store in `config.data_dir` (created if missing): takes the directory lock,
+    /// opens and migrates the database, starts the writer thread and the maintenance task.
+    /// Must be called inside a Tokio runtime.
+    pub fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Internal(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let db_path = config.data_dir.join(DB_FILE);
+        let conn = schema::open_writer(&db_path, config.synchronous)?;
+
+        let manager = SqliteConnectionManager::file(&db_path)
+            .with_flags(
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .with_init(schema::prepare_reader);
+        let readers = r2d2::Pool::builder()
+            .max_size(config.reader_connections.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(5))
+            .build(manager)
+            .map_err(|e| Error::Internal(format!("cannot open reader connections: {e}")))?;
+
+        let memory = Arc::new(MemoryCache::new(config.max_memory_bytes as usize));
+        let stats = Arc::new(StatsRegistry::default());
+        let writer = Writer::new(
+            conn,
+            memory.clone(),
+            stats.clone(),
+            clock.clone(),
+            WriterSettings {
+                max_disk_bytes: config.max_disk_bytes,
+                sweep_batch: config.sweep_batch.max(1),
+            },
+        )?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer_thread = std::thread::Builder::new()
+            .name("larder-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
+
+        let stop_maintenance = CancellationToken::new();
+        let maintenance = tokio::spawn(maintain(
+            tx.clone(),
+            config.sweep_interval,
+            stop_maintenance.clone(),
+        ));
+        tracing::info!(path = %db_path.display(), "store open");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                clock,
+                memory,
+                stats,
+                readers,
+                writer: tx,
+                background: Mutex::new(Some(Background {
+                    writer: writer_thread,
+                    maintenance,
+                    stop_maintenance,
+                })),
+                db_path,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// Stops the maintenance task, lets the writer commit everything queued, checkpoints the
+    /// WAL and joins the writer thread. Writes after this answer `UNAVAILABLE`. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        let background = self
+            .inner
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(bg) = background else {
+            return Ok(());
+        };
+        bg.stop_maintenance.cancel();
+        if let Err(e) = bg.maintenance.await {
+            tracing::warn!(error = %e, "maintenance task ended abnormally");
+        }
+        let (reply, done) = oneshot::channel();
+        let result = match self.inner.writer.send(Command::Shutdown { reply }).await {
+            Ok(()) => done
+                .await
+                .unwrap_or_else(|_| Err(Error::Internal("writer thread died".into()))),
+            Err(_) => Err(Error::Internal("writer thread already stopped".into())),
+        };
+        tokio::task::spawn_blocking(move || bg.writer.join())
+            .await
+            .map_err(|e| Error::Internal(format!("joining the writer: {e}")))?
+            .map_err(|_| Error::Internal("the writer thread panicked".into()))?;
+        result
+    }
+
+    fn counters(&self, namespace: &str) -> Arc<stats::Counters> {
+        self.inner.stats.counters(namespace)
+    }
+
+    /// Runs `f` with a pooled read-only connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.inner.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .get()
+                .map_err(|e| Error::Unavailable(format!("no database connection free: {e}")))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Command::Write { op, reply })
+            .await
+            .map_err(|_| Error::Unavailable("larder is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("larder is shutting down".into()))?
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Found>> {
+        let mut found = self.get_many(namespace, vec![key.to_owned()]).await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// Reads many keys of one namespace; answers in order.
+    pub async fn get_many(&self, namespace: &str, keys: Vec<String>) -> Result<Vec<Option<Found>>> {
+        let now = self.inner.clock.now_ms();
+        let counters = self.counters(namespace);
+        let mut answers: Vec<Option<Found>> = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            match self.inner.memory.get(namespace, &key, now) {
+                Lookup::Hit(e) => {
+                    counters.read(true, true);
+                    answers.push(Some(found(e, now)));
+                }
+                Lookup::Expired => {
+                    counters.read(false, false);
+                    answers.push(None);
+                }
+                Lookup::Miss(ticket) => {
+                    answers.push(None);
+                    misses.push((i, key, ticket));
+                }
+            }
+        }
+        if misses.is_empty() {
+            return Ok(answers);
+        }
+        let ns = namespace.to_owned();
+        let (misses, rows) = self
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT value, version, expires_at FROM cache_entries \
+                         WHERE namespace = ?1 AND key = ?2",
+                    )
+                    .map_err(Error::storage("preparing a read"))?;
+                let mut rows = Vec::with_capacity(misses.len());
+                for (_, key, _) in &misses {
+                    let row = stmt
+                        .query_row(params![ns, key], |r| {
+                            Ok(CachedEntry {
+                                value: Bytes::from(r.get::<_, Vec<u8>>(0)?),
+                                version: r.get::<_, i64>(1)? as u64,
+                                expires_at_ms: r.get::<_, i64>(2)? as u64,
+                            })
+                        })
+                        .optional()
+                        .map_err(Error::storage("reading a key"))?;
+                    rows.push(row);
+                }
+                Ok((misses, rows))
+            })
+            .await?;
+        for ((i, key, ticket), row) in misses.into_iter().zip(rows) {
+            match row.filter(|e| remaining_ms(e.expires_at_ms, now).is_some()) {
+                Some(entry) => {
+                    counters.read(true, false);
+                    answers[i] = Some(found(entry.clone(), now));
+                    self.inner.memory.record_access(namespace, &key, now);
+                    self.inner.memory.fill(ticket, namespace, &key, entry);
+                }
+                None => counters.read(false, false),
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Writes one key under a condition.
+    pub async fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Bytes,
+        ttl_ms: u64,
+        condition: SetCondition,
+    ) -> Result<(bool, u64)> {
+        match self
+            .write(WriteOp::Set {
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
+                value,
+                ttl_ms,
+                condition,
+            })
+            .await?
+        {
+            WriteOutcome::Set { stored, version } => Ok((stored, version)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes many keys in one transaction; returns their new versions in order.
+    pub async fn set_many(&self, namespace: &str, entries: Vec<NewEntry>) -> Result<Vec<u64>> {
+        match self
+            .write(WriteOp::SetMany {
+                namespace: namespace.to_owned(),
+                entries,
+            })
+            .await?
+        {
+            WriteOutcome::Versions(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes keys; returns how many live ones existed.
+    pub async fn delete(&self, namespace: &str, keys: Vec<String>) -> Result<u64> {
+        self.count(WriteOp::Delete {
+            namespace: namespace.to_owned(),
+            keys,
+        })
+        .await
+    }
+
+    /// Deletes every key starting with `prefix`.
+    pub async fn delete_prefix(&self, namespace: &str, prefix: &str) -> Result<u64> {
+        self.count(WriteOp::DeletePrefix {
+            namespace: namespace.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+        .await
+    }
+
+    /// Deletes every key of a namespace.
+    pub async fn clear(&self, namespace: &str) -> Result<u64> {
+        self.count(WriteOp::Clear {
+            namespace: namespace.to_owned(),
+        })
+        .await
+    }
+
+    async fn count(&self, op: WriteOp) -> Result<u64> {
+        match self.write(op).await? {
+            WriteOutcome::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Gives a live key a new TTL; returns whether it was found.
+    pub async fn touch(&self, namespace: &str, key: &str, ttl_ms: u64) -> Result<bool> {
+        match self
+            .write(WriteOp::Touch {
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
+                ttl_ms,
+            })
+            .await?
+        {
+            WriteOutcome::Found(f) => Ok(f),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds `delta` to a counter; returns its new value and version.
+    pub async fn increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> Result<(i64, u64)> {
+        match self
+            .write(WriteOp::Increment {
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
+                delta,
+                ttl_ms,
+            })
+            .await?
+        {
+            WriteOutcome::Incremented { value, version } => Ok((value, version)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs one upkeep pass now (what the maintenance task does every interval); returns how
+    /// many expired rows were deleted.
+    pub async fn maintain(&self) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            match self.write(WriteOp::Maintain).await? {
+                WriteOutcome::Maintained { expired, more } => {
+                    total += expired;
+                    if !more {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Entry and byte counts (live entries only) and counters, for one namespace or all.
+    pub async fn stats(&self, namespace: Option<&str>) -> Result<CacheStats> {
+        let now = self.inner.clock.now_ms() as i64;
+        let ns = namespace.map(str::to_owned);
+        let (entries, bytes) = self
+            .read(move |conn| {
+                let counts = match &ns {
+                    Some(ns) => conn.query_row(
+                        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_entries \
+                         WHERE namespace = ?1 AND (expires_at = 0 OR expires_at > ?2)",
+                        params![ns, now],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    ),
+                    None => conn.query_row(
+                        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_entries \
+                         WHERE expires_at = 0 OR expires_at > ?1",
+                        params![now],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    ),
+                };
+                counts.map_err(Error::storage("counting entries"))
+            })
+            .await?;
+        Ok(CacheStats {
+            entries: entries as u64,
+            bytes: bytes as u64,
+            counters: self.inner.stats.snapshot(namespace),
+        })
+    }
+
+    /// Bytes held by the memory LRU (for tests and metrics).
+    pub fn memory_bytes(&self) -> usize {
+        self.inner.memory.bytes()
+    }
+}
+
+fn found(e: CachedEntry, now: u64) -> Found {
+    Found {
+        ttl_ms: remaining_ms(e.expires_at_ms, now).unwrap_or(0),
+        value: e.value,
+        version: e.version,
+    }
+}
+
+fn unexpected(outcome: WriteOutcome) -> Error {
+    Error::Internal(format!("writer answered with {outcome:?}"))
+}
+
+/// Asks the writer for an upkeep pass every `interval` until cancelled; repeats at once while
+/// full batches of expired rows are found, so a backlog drains in bounded transactions.
+async fn maintain(writer: mpsc::Sender<Command>, interval: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        loop {
+            let (reply, answer) = oneshot::channel();
+            let cmd = Command::Write {
+                op: WriteOp::Maintain,
+                reply,
+            };
+            if writer.send(cmd).await.is_err() {
+                return;
+            }
+            match answer.await {
+                Ok(Ok(WriteOutcome::Maintained { expired, more })) => {
+                    if expired > 0 {
+                        tracing::debug!(expired, "swept expired entries");
+                    }
+                    if !more || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "maintenance pass failed");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The database file: connection settings (PRAGMAs) and the schema, versioned with
+//! `PRAGMA user_version` and moved forward by migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+
+/// The schema version this build writes. A file with a higher version was written by a newer
+/// Larder and is refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for a lock before answering busy.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Forward migrations: entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: cache entries and the store's counters.
+    "
+    CREATE TABLE cache_entries (
+        id          INTEGER PRIMARY KEY,
+        namespace   TEXT    NOT NULL,
+        key         TEXT    NOT NULL,
+        value       BLOB    NOT NULL,
+        version     INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,  -- Unix ms; 0 = never
+        accessed_at INTEGER NOT NULL,  -- Unix ms of the last read or write known to the writer
+        size        INTEGER NOT NULL,  -- bytes of key + value, counted against the disk bound
+        UNIQUE (namespace, key)
+    );
+    CREATE INDEX cache_entries_by_expiry ON cache_entries (expires_at) WHERE expires_at > 0;
+    CREATE INDEX cache_entries_by_access ON cache_entries (accessed_at);
+    CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO meta (name, value) VALUES ('next_version', 1);
+    ",
+];
+
+/// How strongly a commit is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Durable against a process crash; the last commits may be lost on power loss.
+    #[default]
+    Normal,
+    /// Durable against power loss: every commit waits for fsync.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// Opens (creating if needed) the database for the writer, sets WAL mode and migrates the
+/// schema to [`SCHEMA_VERSION`].
+pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(Error::storage("opening the database"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(Error::storage("setting busy_timeout"))?;
+    // Reading the header is the first thing that fails on a file that is not a database.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(Error::storage("switching to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Internal(format!(
+            "{}: SQLite refused WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
+        synchronous.pragma()
+    ))
+    .map_err(Error::storage("setting PRAGMAs"))?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(Error::storage("reading the schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Internal(format!(
+            "{} has schema version {version}, newer than this larder understands \
+             ({SCHEMA_VERSION}); run a newer larder or restore a backup",
+            path.display()
+        )));
+    }
+    if version < 0 {
+        return Err(Error::Internal(format!(
+            "{} has an invalid schema version {version}",
+            path.display()
+        )));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let to = from as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {to}; COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            Error::storage("migrating the schema")(e)
+        })?;
+        tracing::info!(from, to, "migrated database schema");
+    }
+    Ok(())
+}
+
+/// Settings for each read-only connection of the reader pool.
+pub fn prepare_reader(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch("PRAGMA query_only = ON;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_gets_the_current_schema_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(conn);
+        // Opening again is a no-op migration.
+        open_writer(&path, Synchronous::Full).unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let err = open_writer(&path, Synchronous::Normal).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        assert!(open_writer(&path, Synchronous::Normal).is_err());
+    }
+}

@@ -1,0 +1,925 @@
+//! The one writer thread and its group commit.
+//!
+//! Every mutation of the database goes through here. The thread takes every command queued
+//! since its last commit, runs them in order inside one `BEGIN IMMEDIATE` transaction (each
+//! multi-row command inside its own savepoint, so a failing command leaves the others intact),
+//! commits once, and only then updates the memory LRU and answers the callers. Under load,
+//! hundreds of writes share one commit; a write is never acknowledged before it is committed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::{Clock, deadline_ms, remaining_ms};
+use crate::error::{Error, Result};
+use crate::store::memory::{CachedEntry, MemoryCache};
+use crate::store::stats::{CounterValues, StatsRegistry};
+
+/// Most commands folded into one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Rows deleted per statement when evicting for the disk bound.
+const EVICT_CHUNK: usize = 256;
+
+/// When a Set writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCondition {
+    /// Always.
+    Always,
+    /// Only if the key is absent or expired (NX).
+    IfAbsent,
+    /// Only if the key is live (XX).
+    IfPresent,
+    /// Only if the live entry has this version (compare-and-set).
+    IfVersion(u64),
+}
+
+/// One entry of a SetMany.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: Bytes,
+    /// Time to live in ms; 0 = never expires.
+    pub ttl_ms: u64,
+}
+
+/// A mutation, as queued for the writer.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Set one key under a condition.
+    Set {
+        namespace: String,
+        key: String,
+        value: Bytes,
+        ttl_ms: u64,
+        condition: SetCondition,
+    },
+    /// Set many keys, all or none.
+    SetMany {
+        namespace: String,
+        entries: Vec<NewEntry>,
+    },
+    /// Delete keys.
+    Delete {
+        namespace: String,
+        keys: Vec<String>,
+    },
+    /// Delete every key starting with a prefix.
+    DeletePrefix { namespace: String, prefix: String },
+    /// Delete every key of a namespace.
+    Clear { namespace: String },
+    /// Give a live key a new TTL.
+    Touch {
+        namespace: String,
+        key: String,
+        ttl_ms: u64,
+    },
+    /// Add to an integer counter.
+    Increment {
+        namespace: String,
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    },
+    /// Background upkeep: record reads for eviction order, delete a batch of expired rows, and
+    /// evict if over the disk bound.
+    Maintain,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Result of a Set.
+    Set {
+        /// Whether the value was written.
+        stored: bool,
+        /// Version after the call (current version when not stored, 0 if absent).
+        version: u64,
+    },
+    /// Versions of a SetMany, in order.
+    Versions(Vec<u64>),
+    /// Rows affected (deletes).
+    Count(u64),
+    /// Whether the key was found (Touch).
+    Found(bool),
+    /// Counter value and version after an Increment.
+    Incremented { value: i64, version: u64 },
+    /// Upkeep done; `more` when a full batch of expired rows was deleted and more may wait.
+    Maintained { expired: u64, more: bool },
+}
+
+/// A message to the writer thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Run a write and answer when it committed (or failed).
+    Write {
+        op: WriteOp,
+        reply: oneshot::Sender<Result<WriteOutcome>>,
+    },
+    /// Finish what was queued before, checkpoint the WAL and stop.
+    Shutdown { reply: oneshot::Sender<Result<()>> },
+}
+
+/// Settings of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Bound on the sum of `size` over cache rows; past it, least recently used rows go.
+    pub max_disk_bytes: u64,
+    /// Expired rows deleted per upkeep pass.
+    pub sweep_batch: usize,
+}
+
+/// A change to apply to memory once the transaction holding it has committed.
+#[derive(Debug)]
+enum MemEffect {
+    Put(String, String, CachedEntry),
+    Remove(String, String),
+    Expiry(String, String, u64),
+}
+
+/// Everything a command changes besides the database, held back until commit.
+#[derive(Debug, Default)]
+struct Effects {
+    memory: Vec<MemEffect>,
+    /// Change of the total `size` of cache rows.
+    bytes_delta: i64,
+    counts: Vec<(String, CounterValues)>,
+}
+
+impl Effects {
+    fn count(&mut self, namespace: &str) -> &mut CounterValues {
+        if self.counts.last().is_none_or(|(ns, _)| ns != namespace) {
+            self.counts
+                .push((namespace.to_owned(), CounterValues::default()));
+        }
+        // Just pushed or matched above.
+        &mut self.counts.last_mut().expect("a counts entry").1
+    }
+
+    fn append(&mut self, other: Effects) {
+        self.memory.extend(other.memory);
+        self.bytes_delta += other.bytes_delta;
+        self.counts.extend(other.counts);
+    }
+}
+
+/// The current row of a key.
+struct Current {
+    version: u64,
+    expires_at_ms: u64,
+    size: i64,
+}
+
+/// The writer's state; lives on its own thread.
+pub struct Writer {
+    conn: Connection,
+    memory: Arc<MemoryCache>,
+    stats: Arc<StatsRegistry>,
+    clock: Arc<dyn Clock>,
+    settings: WriterSettings,
+    /// The next version to hand out; versions are unique across the store, never reused.
+    next_version: u64,
+    /// `next_version` as last committed to the `meta` table.
+    committed_version: u64,
+    /// Sum of `size` over all cache rows, as committed.
+    cache_bytes: u64,
+}
+
+impl Writer {
+    /// Loads the writer's counters from the database.
+    pub fn new(
+        conn: Connection,
+        memory: Arc<MemoryCache>,
+        stats: Arc<StatsRegistry>,
+        clock: Arc<dyn Clock>,
+        settings: WriterSettings,
+    ) -> Result<Self> {
+        let next_version: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'next_version'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(Error::storage("reading the version counter"))?;
+        let cache_bytes: i64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM cache_entries",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(Error::storage("measuring the cache table"))?;
+        Ok(Self {
+            conn,
+            memory,
+            stats,
+            clock,
+            settings,
+            next_version: next_version.max(1) as u64,
+            committed_version: next_version.max(1) as u64,
+            cache_bytes: cache_bytes.max(0) as u64,
+        })
+    }
+
+    /// Serves commands until shutdown or until every sender is gone.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut shutdown = None;
+        while shutdown.is_none() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Write { op, reply } => batch.push((op, reply)),
+                    Command::Shutdown { reply } => {
+                        shutdown = Some(reply);
+                        break;
+                    }
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch);
+            }
+        }
+        // Nothing queued after the shutdown request is run: answer it as unavailable.
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Write { reply, .. } => {
+                    let _ = reply.send(Err(Error::Unavailable("larder is shutting down".into())));
+                }
+                Command::Shutdown { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+        let result = self.checkpoint();
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
+        }
+        if let Some(reply) = shutdown {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Truncates the WAL into the database file.
+    fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(Error::storage("checkpointing the WAL"))?;
+        Ok(())
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome>>)>) {
+        let now = self.clock.now_ms();
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            fail_all(batch, "starting a write transaction", &e);
+            return;
+        }
+        let version_before = self.next_version;
+        let mut effects = Effects::default();
+        let mut results = Vec::with_capacity(batch.len());
+        for (op, _) in batch.iter() {
+            let mut fx = Effects::default();
+            let result = if needs_savepoint(op) {
+                self.in_savepoint(|w| w.apply(op, now, &mut fx))
+            } else {
+                self.apply(op, now, &mut fx)
+            };
+            if result.is_ok() {
+                effects.append(fx);
+            }
+            results.push(result);
+        }
+        if let Err(e) = self.enforce_disk_bound(&mut effects) {
+            // The batch itself is fine; the bound is enforced again on the next write.
+            tracing::warn!(error = %e, "evicting for the disk bound failed");
+        }
+        let commit = self.persist_version().and_then(|()| {
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(Error::storage("committing a write batch"))
+        });
+        if let Err(e) = commit {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.next_version = self.next_version.max(version_before);
+            tracing::warn!(error = %e, writes = batch.len(), "write batch rolled back");
+            let source = match &e {
+                Error::Storage { source, .. } => replicate(source),
+                other => rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                    Some(other.to_string()),
+                ),
+            };
+            fail_all(batch, "committing a write batch", &source);
+            return;
+        }
+        self.committed_version = self.next_version;
+        self.cache_bytes = (self.cache_bytes as i64 + effects.bytes_delta).max(0) as u64;
+        for effect in effects.memory {
+            match effect {
+                MemEffect::Put(ns, key, entry) => self.memory.put(&ns, &key, entry),
+                MemEffect::Remove(ns, key) => self.memory.remove(&ns, &key),
+                MemEffect::Expiry(ns, key, at) => self.memory.set_expiry(&ns, &key, at),
+            }
+        }
+        for (ns, counts) in effects.counts {
+            self.stats.counters(&ns).add(&counts);
+        }
+        for ((_, reply), result) in batch.drain(..).zip(results) {
+            // The caller may have gone (cancelled request); the write stands regardless.
+            let _ = reply.send(result);
+        }
+    }
+
+    fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn
+            .execute_batch("SAVEPOINT op")
+            .map_err(Error::storage("opening a savepoint"))?;
+        let result = f(self);
+        let end = if result.is_ok() {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        self.conn
+            .execute_batch(end)
+            .map_err(Error::storage("closing a savepoint"))?;
+        result
+    }
+
+    fn persist_version(&mut self) -> Result<()> {
+        if self.next_version != self.committed_version {
+            self.conn
+                .prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'next_version'")
+                .and_then(|mut s| s.execute([self.next_version as i64]))
+                .map_err(Error::storage("saving the version counter"))?;
+        }
+        Ok(())
+    }
+
+    fn take_version(&mut self) -> u64 {
+        let v = self.next_version;
+        self.next_version += 1;
+        v
+    }
+
+    fn apply(&mut self, op: &WriteOp, now: u64, fx: &mut Effects) -> Result<WriteOutcome> {
+        match op {
+            WriteOp::Set {
+                namespace,
+                key,
+                value,
+                ttl_ms,
+                condition,
+            } => self.set(namespace, key, value, *ttl_ms, *condition, now, fx),
+            WriteOp::SetMany { namespace, entries } => {
+                let mut versions = Vec::with_capacity(entries.len());
+                for e in entries {
+                    match self.set(
+                        namespace,
+                        &e.key,
+                        &e.value,
+                        e.ttl_ms,
+                        SetCondition::Always,
+                        now,
+                        fx,
+                    )? {
+                        WriteOutcome::Set { version, .. } => versions.push(version),
+                        other => {
+                            return Err(Error::Internal(format!(
+                                "unexpected outcome of an unconditional set: {other:?}"
+                            )));
+                        }
+                    }
+                }
+                Ok(WriteOutcome::Versions(versions))
+            }
+            WriteOp::Delete { namespace, keys } => {
+                let mut deleted = 0;
+                for key in keys {
+                    let row: Option<(i64, i64)> = self
+                        .conn
+                        .prepare_cached(
+                            "DELETE FROM cache_entries WHERE namespace = ?1 AND key = ?2 \
+                             RETURNING expires_at, size",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(params![namespace, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()
+                        })
+                        .map_err(Error::storage("deleting a key"))?;
+                    if let Some((expires_at, size)) = row {
+                        fx.bytes_delta -= size;
+                        fx.memory
+                            .push(MemEffect::Remove(namespace.clone(), key.clone()));
+                        if remaining_ms(expires_at as u64, now).is_some() {
+                            deleted += 1;
+                        }
+                    }
+                }
+                fx.count(namespace).deletes += deleted;
+                Ok(WriteOutcome::Count(deleted))
+            }
+            WriteOp::DeletePrefix { namespace, prefix } => {
+                let deleted = match prefix_upper_bound(prefix) {
+                    Some(upper) => self.delete_rows(
+                        "DELETE FROM cache_entries \
+                         WHERE namespace = ?1 AND key >= ?2 AND key < ?3 \
+                         RETURNING key, expires_at, size",
+                        params![namespace, prefix, upper],
+                        namespace,
+                        now,
+                        fx,
+                    )?,
+                    None => self.delete_rows(
+                        "DELETE FROM cache_entries WHERE namespace = ?1 AND key >= ?2 \
+                         RETURNING key, expires_at, size",
+                        params![namespace, prefix],
+                        namespace,
+                        now,
+                        fx,
+                    )?,
+                };
+                fx.count(namespace).deletes += deleted;
+                Ok(WriteOutcome::Count(deleted))
+            }
+            WriteOp::Clear { namespace } => {
+                let deleted = self.delete_rows(
+                    "DELETE FROM cache_entries WHERE namespace = ?1 \
+                     RETURNING key, expires_at, size",
+                    params![namespace],
+                    namespace,
+                    now,
+                    fx,
+                )?;
+                fx.count(namespace).deletes += deleted;
+                Ok(WriteOutcome::Count(deleted))
+            }
+            WriteOp::Touch {
+                namespace,
+                key,
+                ttl_ms,
+            } => {
+                let live = self
+                    .current(namespace, key)?
+                    .filter(|c| remaining_ms(c.expires_at_ms, now).is_some());
+                if live.is_none() {
+                    return Ok(WriteOutcome::Found(false));
+                }
+                let expires_at = deadline_ms(*ttl_ms, now);
+                self.conn
+                    .prepare_cached(
+                        "UPDATE cache_entries SET expires_at = ?3, accessed_at = ?4 \
+                         WHERE namespace = ?1 AND key = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![namespace, key, expires_at as i64, now as i64])
+                    })
+                    .map_err(Error::storage("touching a key"))?;
+                fx.memory.push(MemEffect::Expiry(
+                    namespace.clone(),
+                    key.clone(),
+                    expires_at,
+                ));
+                Ok(WriteOutcome::Found(true))
+            }
+            WriteOp::Increment {
+                namespace,
+                key,
+                delta,
+                ttl_ms,
+            } => self.increment(namespace, key, *delta, *ttl_ms, now, fx),
+            WriteOp::Maintain => self.maintain(now, fx),
+        }
+    }
+
+    fn current(&self, namespace: &str, key: &str) -> Result<Option<Current>> {
+        self.conn
+            .prepare_cached(
+                "SELECT version, expires_at, size FROM cache_entries \
+                 WHERE namespace = ?1 AND key = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![namespace, key], |r| {
+                    Ok(Current {
+                        version: r.get::<_, i64>(0)? as u64,
+                        expires_at_ms: r.get::<_, i64>(1)? as u64,
+                        size: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(Error::storage("reading a key to write"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        value: &Bytes,
+        ttl_ms: u64,
+        condition: SetCondition,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<WriteOutcome> {
+        let current = self.current(namespace, key)?;
+        let old_size = current.as_ref().map_or(0, |c| c.size);
+        let live_version = current
+            .filter(|c| remaining_ms(c.expires_at_ms, now).is_some())
+            .map(|c| c.version);
+        let allowed = match condition {
+            SetCondition::Always => true,
+            SetCondition::IfAbsent => live_version.is_none(),
+            SetCondition::IfPresent => live_version.is_some(),
+            SetCondition::IfVersion(expected) => live_version == Some(expected),
+        };
+        if !allowed {
+            return Ok(WriteOutcome::Set {
+                stored: false,
+                version: live_version.unwrap_or(0),
+            });
+        }
+        let version = self.take_version();
+        let expires_at = deadline_ms(ttl_ms, now);
+        self.upsert(
+            namespace, key, value, version, expires_at, now, old_size, fx,
+        )?;
+        Ok(WriteOutcome::Set {
+            stored: true,
+            version,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upsert(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        value: &Bytes,
+        version: u64,
+        expires_at: u64,
+        now: u64,
+        old_size: i64,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        let size = (key.len() + value.len()) as i64;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO cache_entries \
+                 (namespace, key, value, version, expires_at, accessed_at, size) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET \
+                 value = excluded.value, version = excluded.version, \
+                 expires_at = excluded.expires_at, accessed_at = excluded.accessed_at, \
+                 size = excluded.size",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    namespace,
+                    key,
+                    &value[..],
+                    version as i64,
+                    expires_at as i64,
+                    now as i64,
+                    size
+                ])
+            })
+            .map_err(Error::storage("writing a key"))?;
+        fx.bytes_delta += size - old_size;
+        fx.memory.push(MemEffect::Put(
+            namespace.to_owned(),
+            key.to_owned(),
+            CachedEntry {
+                value: value.clone(),
+                version,
+                expires_at_ms: expires_at,
+            },
+        ));
+        fx.count(namespace).sets += 1;
+        Ok(())
+    }
+
+    fn increment(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<WriteOutcome> {
+        let row: Option<(Vec<u8>, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT value, expires_at, size FROM cache_entries \
+                 WHERE namespace = ?1 AND key = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![namespace, key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(Error::storage("reading a counter"))?;
+        let old_size = row.as_ref().map_or(0, |r| r.2);
+        let live = row.filter(|r| remaining_ms(r.1 as u64, now).is_some());
+        let (value, expires_at) = match live {
+            Some((bytes, expires_at, _)) => {
+                let current = parse_counter(&bytes).ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "key {key:?} does not hold a base-10 64-bit signed integer"
+                    ))
+                })?;
+                let value = current.checked_add(delta).ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "incrementing key {key:?} ({current}) by {delta} would overflow a \
+                         64-bit signed integer"
+                    ))
+                })?;
+                (value, expires_at as u64)
+            }
+            None => (delta, deadline_ms(ttl_ms, now)),
+        };
+        let version = self.take_version();
+        let bytes = Bytes::from(value.to_string());
+        self.upsert(
+            namespace, key, &bytes, version, expires_at, now, old_size, fx,
+        )?;
+        Ok(WriteOutcome::Incremented { value, version })
+    }
+
+    /// Runs a `DELETE … RETURNING key, expires_at, size` and records its effects; returns how
+    /// many of the deleted rows were live.
+    fn delete_rows(
+        &mut self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        namespace: &str,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<u64> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(Error::storage("preparing a delete"))?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(Error::storage("deleting keys"))?;
+        let mut live = 0;
+        for (key, expires_at, size) in rows {
+            fx.bytes_delta -= size;
+            if remaining_ms(expires_at as u64, now).is_some() {
+                live += 1;
+            }
+            fx.memory.push(MemEffect::Remove(namespace.to_owned(), key));
+        }
+        Ok(live)
+    }
+
+    fn maintain(&mut self, now: u64, fx: &mut Effects) -> Result<WriteOutcome> {
+        self.record_accesses()?;
+        let expired = self.sweep_expired(now, self.settings.sweep_batch, fx)?;
+        Ok(WriteOutcome::Maintained {
+            expired,
+            more: expired as usize >= self.settings.sweep_batch,
+        })
+    }
+
+    /// Writes the read times collected by the memory LRU, so eviction sees them.
+    fn record_accesses(&mut self) -> Result<()> {
+        let accessed = self.memory.take_accessed();
+        if accessed.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "UPDATE cache_entries SET accessed_at = ?3 \
+                 WHERE namespace = ?1 AND key = ?2 AND accessed_at < ?3",
+            )
+            .map_err(Error::storage("preparing access-time updates"))?;
+        for (ns, key, at) in accessed {
+            stmt.execute(params![ns, key, at as i64])
+                .map_err(Error::storage("recording access times"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes up to `limit` expired rows.
+    fn sweep_expired(&mut self, now: u64, limit: usize, fx: &mut Effects) -> Result<u64> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM cache_entries WHERE id IN ( \
+                   SELECT id FROM cache_entries \
+                   WHERE expires_at > 0 AND expires_at <= ?1 LIMIT ?2) \
+                 RETURNING namespace, key, size",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![now as i64, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(Error::storage("sweeping expired keys"))?;
+        let n = rows.len() as u64;
+        for (ns, key, size) in rows {
+            fx.bytes_delta -= size;
+            fx.count(&ns).expirations += 1;
+            fx.memory.push(MemEffect::Remove(ns, key));
+        }
+        Ok(n)
+    }
+
+    /// Evicts least recently used rows until the batch leaves the cache table under its bound.
+    fn enforce_disk_bound(&mut self, fx: &mut Effects) -> Result<()> {
+        let bound = self.settings.max_disk_bytes as i64;
+        if self.cache_bytes as i64 + fx.bytes_delta <= bound {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        self.in_savepoint(|w| {
+            let mut evict = Effects::default();
+            w.record_accesses()?;
+            // Expired rows go first: they are garbage, not evictions.
+            loop {
+                if w.cache_bytes as i64 + fx.bytes_delta + evict.bytes_delta <= bound {
+                    break;
+                }
+                if w.sweep_expired(now, EVICT_CHUNK, &mut evict)? == 0 {
+                    break;
+                }
+            }
+            while w.cache_bytes as i64 + fx.bytes_delta + evict.bytes_delta > bound {
+                let rows = w
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM cache_entries WHERE id IN ( \
+                           SELECT id FROM cache_entries ORDER BY accessed_at, id LIMIT ?1) \
+                         RETURNING namespace, key, size",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map([EVICT_CHUNK as i64], |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .map_err(Error::storage("evicting for the disk bound"))?;
+                if rows.is_empty() {
+                    break;
+                }
+                // A chunk may overshoot the bound; put back what was not needed by evicting
+                // row by row instead would cost a statement per row. Chunks are small.
+                for (ns, key, size) in rows {
+                    evict.bytes_delta -= size;
+                    evict.count(&ns).evictions += 1;
+                    evict.memory.push(MemEffect::Remove(ns, key));
+                }
+            }
+            fx.append(evict);
+            Ok(())
+        })
+    }
+}
+
+fn needs_savepoint(op: &WriteOp) -> bool {
+    match op {
+        WriteOp::SetMany { entries, .. } => entries.len() > 1,
+        WriteOp::Delete { keys, .. } => keys.len() > 1,
+        WriteOp::Maintain => true,
+        _ => false,
+    }
+}
+
+/// Answers every command of a failed batch with the same storage error.
+fn fail_all(
+    batch: &mut Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome>>)>,
+    context: &'static str,
+    err: &rusqlite::Error,
+) {
+    tracing::warn!(error = %err, writes = batch.len(), "{context} failed");
+    for (_, reply) in batch.drain(..) {
+        let _ = reply.send(Err(Error::Storage {
+            context,
+            source: replicate(err),
+        }));
+    }
+}
+
+/// A copy of a SQLite error (rusqlite errors are not `Clone`), keeping its code.
+fn replicate(err: &rusqlite::Error) -> rusqlite::Error {
+    match err {
+        rusqlite::Error::SqliteFailure(e, msg) => rusqlite::Error::SqliteFailure(*e, msg.clone()),
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+/// Parses a stored counter: optional `-`, then ASCII digits, as Redis INCR accepts.
+pub fn parse_counter(bytes: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The smallest string greater than every string that starts with `prefix`, or `None` when
+/// no such string exists (every character of the prefix is `char::MAX`).
+///
+/// UTF-8 orders like code points, and SQLite compares TEXT bytewise, so
+/// `prefix <= key < upper` selects exactly the keys starting with `prefix` from the index.
+pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(c as u32 + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn counters_parse_like_redis() {
+        assert_eq!(parse_counter(b"42"), Some(42));
+        assert_eq!(parse_counter(b"-7"), Some(-7));
+        assert_eq!(parse_counter(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_counter(b"9223372036854775808"), None);
+        for bad in [&b""[..], b"-", b"+1", b" 1", b"1.0", b"abc", b"\xff"] {
+            assert_eq!(parse_counter(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upper_bounds_of_prefixes() {
+        assert_eq!(prefix_upper_bound("user:42:").as_deref(), Some("user:42;"));
+        assert_eq!(
+            prefix_upper_bound("a\u{D7FF}").as_deref(),
+            Some("a\u{E000}")
+        );
+        assert_eq!(
+            prefix_upper_bound("a\u{10FFFF}").as_deref(),
+            Some("b"),
+            "a maximal last char carries into the one before"
+        );
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+    }
+
+    proptest! {
+        /// `prefix <= s < upper` (bytewise, as SQLite compares) holds exactly for the strings
+        /// that start with the prefix.
+        #[test]
+        fn the_range_selects_exactly_the_prefixed_keys(prefix in "\\PC{1,4}", s in "\\PC{0,6}") {
+            let in_range = match prefix_upper_bound(&prefix) {
+                Some(upper) => prefix.as_bytes() <= s.as_bytes() && s.as_bytes() < upper.as_bytes(),
+                None => prefix.as_bytes() <= s.as_bytes(),
+            };
+            prop_assert_eq!(in_range, s.starts_with(&prefix));
+        }
+
+        #[test]
+        fn counters_round_trip(n in any::<i64>()) {
+            prop_assert_eq!(parse_counter(n.to_string().as_bytes()), Some(n));
+        }
+    }
+}
