@@ -148,9 +148,16 @@ pub async fn serve(
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
 
+    // Both reflection versions describe every service, including each other, so that
+    // `grpcurl list` shows the same set whichever version the client speaks.
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        b.include_reflection_service(false)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
     };
     let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
         .build_v1()
