@@ -1,6 +1,6 @@
 //! The gRPC services: each turns protobuf requests into validated store calls.
 //!
-//! - [`cache`]: `larder.v1.CacheService`.
+//! - [`cache`] serves `larder.v1.CacheService`.
 
 pub mod cache;
 

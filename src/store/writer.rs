@@ -696,7 +696,11 @@ impl Writer {
     }
 
     fn maintain(&mut self, now: u64, fx: &mut Effects) -> Result<WriteOutcome> {
-        self.record_accesses()?;
+        // Read times only matter once eviction is in sight; until then they stay in memory
+        // (bounded), so a read-heavy workload does not turn into a stream of disk writes.
+        if self.cache_bytes.saturating_mul(2) >= self.settings.max_disk_bytes {
+            self.record_accesses()?;
+        }
         let expired = self.sweep_expired(now, self.settings.sweep_batch, fx)?;
         Ok(WriteOutcome::Maintained {
             expired,
