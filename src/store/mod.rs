@@ -5,6 +5,7 @@
 //! - [`writer`]: the single writer thread with group commit; every mutation goes through it.
 //! - [`memory`]: the byte-bounded, sharded LRU in front of SQLite.
 //! - [`stats`]: per-namespace counters.
+//! - [`checkpoint`]: background WAL checkpoints, off the writer's path.
 //! - [`lock`]: one daemon per data directory.
 //!
 //! Reads try memory, then a pool of read-only connections on blocking threads; they never wait
@@ -13,6 +14,7 @@
 //! interval, to sweep expired rows in bounded batches and record read times for eviction.
 //! SQL stays behind this module, so another backend can sit behind the same API later.
 
+pub mod checkpoint;
 pub mod lock;
 pub mod memory;
 pub mod schema;
@@ -130,6 +132,7 @@ struct Inner {
 #[derive(Debug)]
 struct Background {
     writer: std::thread::JoinHandle<()>,
+    checkpointer: std::thread::JoinHandle<()>,
     maintenance: JoinHandle<()>,
     stop_maintenance: CancellationToken,
 }
@@ -165,6 +168,7 @@ impl Store {
 
         let memory = Arc::new(MemoryCache::new(config.max_memory_bytes as usize));
         let stats = Arc::new(StatsRegistry::default());
+        let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
             conn,
             memory.clone(),
@@ -174,6 +178,7 @@ impl Store {
                 max_disk_bytes: config.max_disk_bytes,
                 sweep_batch: config.sweep_batch.max(1),
             },
+            checkpoint_hint,
         )?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer_thread = std::thread::Builder::new()
@@ -197,6 +202,7 @@ impl Store {
                 writer: tx,
                 background: Mutex::new(Some(Background {
                     writer: writer_thread,
+                    checkpointer,
                     maintenance,
                     stop_maintenance,
                 })),
@@ -234,10 +240,14 @@ impl Store {
                 .unwrap_or_else(|_| Err(Error::Internal("writer thread died".into()))),
             Err(_) => Err(Error::Internal("writer thread already stopped".into())),
         };
-        tokio::task::spawn_blocking(move || bg.writer.join())
+        // The writer drops the checkpointer's hint channel as it ends, which ends that thread.
+        tokio::task::spawn_blocking(move || (bg.writer.join(), bg.checkpointer.join()))
             .await
-            .map_err(|e| Error::Internal(format!("joining the writer: {e}")))?
-            .map_err(|_| Error::Internal("the writer thread panicked".into()))?;
+            .map_err(|e| Error::Internal(format!("joining the storage threads: {e}")))
+            .and_then(|joined| match joined {
+                (Ok(()), Ok(())) => Ok(()),
+                _ => Err(Error::Internal("a storage thread panicked".into())),
+            })?;
         result
     }
 

@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 /// Larder and is refused rather than misread.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// WAL pages after which the writer checkpoints inline (the background checkpointer normally
+/// keeps the WAL far below this).
+pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 8192;
+
 /// How long a connection waits for a lock before answering busy.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -23,20 +27,22 @@ const MIGRATIONS: &[&str] = &[
         id          INTEGER PRIMARY KEY,
         namespace   TEXT    NOT NULL,
         key         TEXT    NOT NULL,
-        value       BLOB    NOT NULL,
         version     INTEGER NOT NULL,
         expires_at  INTEGER NOT NULL,  -- Unix ms; 0 = never
-        accessed_at INTEGER NOT NULL,  -- Unix ms of the last read or write known to the writer
+        accessed_at INTEGER NOT NULL,  -- Unix ms of the last read or write known to the writer;
+                                       -- not indexed: eviction samples (see writer.rs)
         size        INTEGER NOT NULL,  -- bytes of key + value, counted against the disk bound
+        -- Last, so that reading the small columns never walks a large value's overflow pages.
+        value       BLOB    NOT NULL,
         UNIQUE (namespace, key)
     );
     CREATE INDEX cache_entries_by_expiry ON cache_entries (expires_at) WHERE expires_at > 0;
-    CREATE INDEX cache_entries_by_access ON cache_entries (accessed_at);
     CREATE TABLE meta (
         name  TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
-    INSERT INTO meta (name, value) VALUES ('next_version', 1);
+    -- Versions are handed out from leases: this is the end of the current lease.
+    INSERT INTO meta (name, value) VALUES ('version_lease', 1);
     ",
 ];
 
@@ -81,9 +87,15 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> 
             path.display()
         )));
     }
+    // Routine checkpoints run on their own connection (see checkpoint.rs); the writer's own
+    // automatic checkpoint stays as a backstop that lets the WAL wrap around under a
+    // continuous write load. The WAL file is truncated back to 64 MiB after it wraps.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
-        synchronous.pragma()
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; \
+         PRAGMA journal_size_limit = {}; PRAGMA cache_size = -32768;",
+        synchronous.pragma(),
+        64 << 20,
     ))
     .map_err(Error::storage("setting PRAGMAs"))?;
     migrate(&conn, path)?;

@@ -7,6 +7,7 @@
 //! hundreds of writes share one commit; a write is never acknowledged before it is committed.
 
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -20,8 +21,16 @@ use crate::store::stats::{CounterValues, StatsRegistry};
 /// Most commands folded into one transaction.
 const MAX_BATCH: usize = 1024;
 
-/// Rows deleted per statement when evicting for the disk bound.
-const EVICT_CHUNK: usize = 256;
+/// Rows looked at per eviction round: a random run of rows, of which the least recently used
+/// quarter is evicted (approximate LRU by sampling, as Redis does; exact when the table holds
+/// no more rows than one sample).
+const EVICT_SAMPLE: usize = 64;
+
+/// Expired rows deleted per statement when making room for the disk bound.
+const EXPIRED_CHUNK: usize = 256;
+
+/// Versions reserved per write of the lease row.
+const VERSION_LEASE: u64 = 10_000;
 
 /// When a Set writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,10 +192,14 @@ pub struct Writer {
     settings: WriterSettings,
     /// The next version to hand out; versions are unique across the store, never reused.
     next_version: u64,
-    /// `next_version` as last committed to the `meta` table.
-    committed_version: u64,
+    /// End of the committed version lease: every version handed out is below it, so after a
+    /// restart numbering resumes from here. Extending it costs one row write per
+    /// [`VERSION_LEASE`] versions instead of one per commit.
+    lease_end: u64,
     /// Sum of `size` over all cache rows, as committed.
     cache_bytes: u64,
+    /// Tells the checkpointer a commit happened (never blocks: a pending hint is enough).
+    checkpoint_hint: SyncSender<()>,
 }
 
 impl Writer {
@@ -197,10 +210,11 @@ impl Writer {
         stats: Arc<StatsRegistry>,
         clock: Arc<dyn Clock>,
         settings: WriterSettings,
+        checkpoint_hint: SyncSender<()>,
     ) -> Result<Self> {
-        let next_version: i64 = conn
+        let lease_end: i64 = conn
             .query_row(
-                "SELECT value FROM meta WHERE name = 'next_version'",
+                "SELECT value FROM meta WHERE name = 'version_lease'",
                 [],
                 |r| r.get(0),
             )
@@ -218,9 +232,10 @@ impl Writer {
             stats,
             clock,
             settings,
-            next_version: next_version.max(1) as u64,
-            committed_version: next_version.max(1) as u64,
+            next_version: lease_end.max(1) as u64,
+            lease_end: lease_end.max(1) as u64,
             cache_bytes: cache_bytes.max(0) as u64,
+            checkpoint_hint,
         })
     }
 
@@ -286,7 +301,6 @@ impl Writer {
             fail_all(batch, "starting a write transaction", &e);
             return;
         }
-        let version_before = self.next_version;
         let mut effects = Effects::default();
         let mut results = Vec::with_capacity(batch.len());
         for (op, _) in batch.iter() {
@@ -305,26 +319,33 @@ impl Writer {
             // The batch itself is fine; the bound is enforced again on the next write.
             tracing::warn!(error = %e, "evicting for the disk bound failed");
         }
-        let commit = self.persist_version().and_then(|()| {
+        let commit = self.extend_version_lease().and_then(|new_lease| {
             self.conn
                 .execute_batch("COMMIT")
                 .map_err(Error::storage("committing a write batch"))
+                .map(|()| new_lease)
         });
-        if let Err(e) = commit {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            self.next_version = self.next_version.max(version_before);
-            tracing::warn!(error = %e, writes = batch.len(), "write batch rolled back");
-            let source = match &e {
-                Error::Storage { source, .. } => replicate(source),
-                other => rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                    Some(other.to_string()),
-                ),
-            };
-            fail_all(batch, "committing a write batch", &source);
-            return;
+        let new_lease = match commit {
+            Ok(lease) => lease,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                // Versions handed out in the failed batch are skipped, never reused.
+                tracing::warn!(error = %e, writes = batch.len(), "write batch rolled back");
+                let source = match &e {
+                    Error::Storage { source, .. } => replicate(source),
+                    other => rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                        Some(other.to_string()),
+                    ),
+                };
+                fail_all(batch, "committing a write batch", &source);
+                return;
+            }
+        };
+        if let Some(lease) = new_lease {
+            self.lease_end = lease;
         }
-        self.committed_version = self.next_version;
+        let _ = self.checkpoint_hint.try_send(());
         self.cache_bytes = (self.cache_bytes as i64 + effects.bytes_delta).max(0) as u64;
         for effect in effects.memory {
             match effect {
@@ -358,14 +379,18 @@ impl Writer {
         result
     }
 
-    fn persist_version(&mut self) -> Result<()> {
-        if self.next_version != self.committed_version {
-            self.conn
-                .prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'next_version'")
-                .and_then(|mut s| s.execute([self.next_version as i64]))
-                .map_err(Error::storage("saving the version counter"))?;
+    /// Inside the batch's transaction: when the batch handed out versions past the lease,
+    /// writes a new lease end and returns it (it takes effect once committed).
+    fn extend_version_lease(&mut self) -> Result<Option<u64>> {
+        if self.next_version <= self.lease_end {
+            return Ok(None);
         }
-        Ok(())
+        let lease = self.next_version + VERSION_LEASE;
+        self.conn
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'version_lease'")
+            .and_then(|mut s| s.execute([lease as i64]))
+            .map_err(Error::storage("saving the version lease"))?;
+        Ok(Some(lease))
     }
 
     fn take_version(&mut self) -> u64 {
@@ -773,44 +798,85 @@ impl Writer {
                 if w.cache_bytes as i64 + fx.bytes_delta + evict.bytes_delta <= bound {
                     break;
                 }
-                if w.sweep_expired(now, EVICT_CHUNK, &mut evict)? == 0 {
+                if w.sweep_expired(now, EXPIRED_CHUNK, &mut evict)? == 0 {
                     break;
                 }
             }
             while w.cache_bytes as i64 + fx.bytes_delta + evict.bytes_delta > bound {
-                let rows = w
-                    .conn
-                    .prepare_cached(
-                        "DELETE FROM cache_entries WHERE id IN ( \
-                           SELECT id FROM cache_entries ORDER BY accessed_at, id LIMIT ?1) \
-                         RETURNING namespace, key, size",
-                    )
-                    .and_then(|mut s| {
-                        s.query_map([EVICT_CHUNK as i64], |r| {
-                            Ok((
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, i64>(2)?,
-                            ))
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                    })
-                    .map_err(Error::storage("evicting for the disk bound"))?;
-                if rows.is_empty() {
+                if w.evict_sample(&mut evict)? == 0 {
                     break;
-                }
-                // A chunk may overshoot the bound; put back what was not needed by evicting
-                // row by row instead would cost a statement per row. Chunks are small.
-                for (ns, key, size) in rows {
-                    evict.bytes_delta -= size;
-                    evict.count(&ns).evictions += 1;
-                    evict.memory.push(MemEffect::Remove(ns, key));
                 }
             }
             fx.append(evict);
             Ok(())
         })
     }
+}
+
+impl Writer {
+    /// One eviction round: reads a sample of rows starting at a random rowid (wrapping
+    /// around), and deletes the least recently used quarter of it. Returns rows evicted.
+    fn evict_sample(&mut self, fx: &mut Effects) -> Result<usize> {
+        let bounds: (Option<i64>, Option<i64>) = self
+            .conn
+            .query_row("SELECT MIN(id), MAX(id) FROM cache_entries", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(Error::storage("sampling rows to evict"))?;
+        let (Some(min), Some(max)) = bounds else {
+            return Ok(0);
+        };
+        let start = rand::random_range(min..=max);
+        let mut sample = self.sample_from(start, i64::MAX, EVICT_SAMPLE)?;
+        if sample.len() < EVICT_SAMPLE {
+            let more = self.sample_from(min, start, EVICT_SAMPLE - sample.len())?;
+            sample.extend(more);
+        }
+        sample.sort_by_key(|s| (s.accessed_at, s.id));
+        let n = (sample.len() / 4).max(1).min(sample.len());
+        for victim in sample.into_iter().take(n) {
+            self.conn
+                .prepare_cached("DELETE FROM cache_entries WHERE id = ?1")
+                .and_then(|mut s| s.execute([victim.id]))
+                .map_err(Error::storage("evicting for the disk bound"))?;
+            fx.bytes_delta -= victim.size;
+            fx.count(&victim.namespace).evictions += 1;
+            fx.memory
+                .push(MemEffect::Remove(victim.namespace, victim.key));
+        }
+        Ok(n)
+    }
+
+    /// Up to `limit` rows with `from <= id < until`, in rowid order.
+    fn sample_from(&self, from: i64, until: i64, limit: usize) -> Result<Vec<Candidate>> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, accessed_at, namespace, key, size FROM cache_entries \
+                 WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![from, until, limit as i64], |r| {
+                    Ok(Candidate {
+                        id: r.get(0)?,
+                        accessed_at: r.get(1)?,
+                        namespace: r.get(2)?,
+                        key: r.get(3)?,
+                        size: r.get(4)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(Error::storage("sampling rows to evict"))
+    }
+}
+
+/// A row considered for eviction.
+struct Candidate {
+    id: i64,
+    accessed_at: i64,
+    namespace: String,
+    key: String,
+    size: i64,
 }
 
 fn needs_savepoint(op: &WriteOp) -> bool {

@@ -1,0 +1,665 @@
+//! `cachebench`: the benchmark harness for `larder.v1.CacheService` (run by
+//! `scripts/bench-cache.sh`). It owns two commands:
+//!
+//! - `bare-server`: a baseline CacheService doing nothing but a `HashMap` behind a `Mutex`
+//!   (Get and Set; every other RPC is UNIMPLEMENTED), served by bare tonic with the same worker
+//!   thread count and TCP_NODELAY as larder, so that larder's cost over the gRPC stack itself
+//!   can be read off side by side.
+//! - `load`: a closed-loop load generator: `--concurrency` tasks, round-robin over
+//!   `--connections` channels, each issuing unary Get or Set calls back to back on uniformly
+//!   random keys `key:{i}`, with per-call latency in an HDR histogram; prints ops/s, p50, p99,
+//!   p99.9 and errors (one JSON line with `--json`), and the CPU the client and (with
+//!   `--server-pid`) the server spent in the measured window, since on a small machine the two
+//!   share the cores.
+//!
+//! Usage: `cargo run --release --example cachebench -- load --target http://127.0.0.1:7379 --op get`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use larder::pb;
+use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::cache_service_server::{CacheService, CacheServiceServer};
+use tokio::task::JoinSet;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+
+/// How long a run may overrun its warmup + duration before its stuck tasks are abandoned.
+const OVERRUN_GRACE: Duration = Duration::from_secs(30);
+/// Bound on connecting to the target, and on preloading the key space.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The histogram's range, in nanoseconds: 1 ns to 60 s at 3 significant digits.
+const HIST_MAX_NS: u64 = 60_000_000_000;
+
+/// Benchmark harness for larder's CacheService.
+#[derive(Debug, Parser)]
+#[command(name = "cachebench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve a baseline CacheService (Get/Set on a HashMap) with bare tonic.
+    BareServer(BareServerArgs),
+    /// Drive a CacheService with closed-loop Get or Set calls and report throughput and latency.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct BareServerArgs {
+    /// TCP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:17001")]
+    listen: SocketAddr,
+    /// Tokio worker threads (larder's default is 2).
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Op {
+    Get,
+    Set,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The server, e.g. http://127.0.0.1:7379.
+    #[arg(long)]
+    target: String,
+    /// Label for the report (e.g. "larder", "bare"); defaults to the target.
+    #[arg(long)]
+    system: Option<String>,
+    /// Which RPC to issue.
+    #[arg(long, value_enum, default_value = "get")]
+    op: Op,
+    /// Tasks issuing calls back to back (calls in flight).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the tasks are spread over, round-robin.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How long to measure (after the warmup), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long to run before measuring, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Size of the key space: keys are `key:0` .. `key:{keys-1}`.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Bytes per value written (Set, and the preload before Get).
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Worker threads of the client's own runtime (default: one per core).
+    #[arg(long)]
+    client_threads: Option<usize>,
+    /// The server's process id: its CPU time over the measured window is reported (Linux;
+    /// read from /proc, so only for a server on this machine).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON line instead of the human-readable report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::BareServer(args) => bare_server(args),
+        Cmd::Load(args) => load(args),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline server.
+
+/// The baseline: what a CacheService costs with no store behind it at all.
+#[derive(Debug, Default)]
+struct Bare {
+    map: Mutex<HashMap<String, Bytes>>,
+}
+
+#[tonic::async_trait]
+impl CacheService for Bare {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = req.into_inner();
+        let value = self
+            .map
+            .lock()
+            .map_err(|_| Status::internal("map lock poisoned"))?
+            .get(&req.key)
+            .cloned();
+        Ok(Response::new(match value {
+            Some(value) => pb::GetResponse {
+                found: true,
+                value,
+                version: 1,
+                ttl_ms: 0,
+            },
+            None => pb::GetResponse::default(),
+        }))
+    }
+
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        let req = req.into_inner();
+        self.map
+            .lock()
+            .map_err(|_| Status::internal("map lock poisoned"))?
+            .insert(req.key, req.value);
+        Ok(Response::new(pb::SetResponse {
+            stored: true,
+            version: 1,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        _: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn get_many(
+        &self,
+        _: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn set_many(
+        &self,
+        _: Request<pb::SetManyRequest>,
+    ) -> Result<Response<pb::SetManyResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn delete_many(
+        &self,
+        _: Request<pb::DeleteManyRequest>,
+    ) -> Result<Response<pb::DeleteManyResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn delete_prefix(
+        &self,
+        _: Request<pb::DeletePrefixRequest>,
+    ) -> Result<Response<pb::DeletePrefixResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn touch(
+        &self,
+        _: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn increment(
+        &self,
+        _: Request<pb::IncrementRequest>,
+    ) -> Result<Response<pb::IncrementResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn clear(
+        &self,
+        _: Request<pb::ClearRequest>,
+    ) -> Result<Response<pb::ClearResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Err(Status::unimplemented("bare baseline: Get and Set only"))
+    }
+}
+
+fn bare_server(args: BareServerArgs) -> anyhow::Result<()> {
+    if args.worker_threads == 0 {
+        bail!("--worker-threads must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads)
+        .thread_name("bare-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!(
+            "bare-server: listening on {} with {} worker threads",
+            args.listen, args.worker_threads
+        );
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        Server::builder()
+            .add_service(CacheServiceServer::new(Bare::default()))
+            .serve_with_incoming_shutdown(incoming, async {
+                // An error here means no signal handler could be set up: then run until killed.
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await
+            .context("serving")?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator.
+
+/// What one task measured.
+struct TaskResult {
+    /// Latency of each successful call, in nanoseconds.
+    hist: Histogram<u64>,
+    /// Successful calls.
+    ops: u64,
+    /// Failed calls (any non-OK status).
+    errors: u64,
+    /// Successful calls that answered `found = false` (Get) or `stored = false` (Set).
+    misses: u64,
+    first_error: Option<Status>,
+}
+
+/// xorshift64*: enough to pick load keys uniformly, and free of dependencies.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        // splitmix64 of the seed, so nearby seeds give unrelated streams; never zero.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0), without modulo bias worth mentioning for n ≪ 2^64.
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+fn set_request(key: String, value: Bytes) -> pb::SetRequest {
+    pb::SetRequest {
+        namespace: String::new(),
+        key,
+        value,
+        ttl_ms: 0,
+        condition: pb::Condition::Always as i32,
+        expected_version: 0,
+    }
+}
+
+fn load(args: LoadArgs) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.connections == 0 || args.keys == 0 {
+        bail!("--concurrency, --connections and --keys must be at least 1");
+    }
+    if args.duration.is_zero() {
+        bail!("--duration must be more than 0");
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.client_threads {
+        if threads == 0 {
+            bail!("--client-threads must be at least 1");
+        }
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.thread_name("load-worker").enable_all().build()?;
+    runtime.block_on(run_load(args))
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let endpoint = Endpoint::from_shared(args.target.clone())
+        .with_context(|| format!("--target {:?} is not a URI", args.target))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        // `Channel` is one HTTP/2 connection; connecting each one eagerly makes it a distinct
+        // connection (clones of one Channel would share it).
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+            .await
+            .with_context(|| format!("connecting to {} timed out", args.target))?
+            .with_context(|| format!("cannot connect to {}", args.target))?;
+        channels.push(channel);
+    }
+    let value = Bytes::from(vec![b'v'; args.value_size]);
+
+    if args.op == Op::Get {
+        tokio::time::timeout(PRELOAD_TIMEOUT, preload(&channels, &args, value.clone()))
+            .await
+            .context("preloading the key space timed out")??;
+    }
+    let stats_before = server_stats(&channels[0]).await;
+
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let measure_until = measure_from + args.duration;
+    let cpu = tokio::spawn(cpu_over(args.server_pid, measure_from, measure_until));
+    let mut tasks = JoinSet::new();
+    for task in 0..args.concurrency {
+        let client = CacheServiceClient::new(channels[task % channels.len()].clone());
+        tasks.spawn(run_task(
+            client,
+            args.op,
+            args.keys,
+            value.clone(),
+            task as u64,
+            measure_from,
+            measure_until,
+        ));
+    }
+
+    let mut total = Histogram::<u64>::new_with_bounds(1, HIST_MAX_NS, 3)?;
+    let (mut ops, mut errors, mut misses, mut first_error) = (0u64, 0u64, 0u64, None);
+    let deadline = tokio::time::Instant::from_std(measure_until + OVERRUN_GRACE);
+    loop {
+        let joined = match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(joined)) => joined,
+            Ok(None) => break,
+            Err(_) => {
+                let stuck = tasks.len();
+                tasks.abort_all();
+                bail!(
+                    "{stuck} tasks still had a call in flight {OVERRUN_GRACE:?} after the run ended"
+                );
+            }
+        };
+        let r = joined.context("a load task panicked")?;
+        total.add(&r.hist)?;
+        ops += r.ops;
+        errors += r.errors;
+        misses += r.misses;
+        if first_error.is_none() {
+            first_error = r.first_error;
+        }
+    }
+
+    // The sampler only sleeps and reads /proc, and the tasks have all ended by now.
+    let cpu = cpu.await.context("the CPU sampler panicked")?;
+    if let Some(status) = &first_error {
+        eprintln!(
+            "cachebench: {errors} calls failed; the first: {:?}: {}",
+            status.code(),
+            status.message()
+        );
+    }
+    if misses > 0 {
+        match args.op {
+            Op::Get => eprintln!(
+                "cachebench: {misses} Gets found nothing although the key space was preloaded"
+            ),
+            Op::Set => eprintln!("cachebench: {misses} unconditional Sets answered stored=false"),
+        }
+    }
+    if let (Some(before), Some(after)) = (stats_before, server_stats(&channels[0]).await) {
+        let hits = after.hits.saturating_sub(before.hits);
+        let memory = after.memory_hits.saturating_sub(before.memory_hits);
+        eprintln!(
+            "cachebench: over warmup and run the server counted {hits} hits ({memory} from \
+             memory), {} misses, {} sets",
+            after.misses.saturating_sub(before.misses),
+            after.sets.saturating_sub(before.sets),
+        );
+    }
+
+    let system = args.system.as_deref().unwrap_or(&args.target);
+    let ops_per_sec = ops as f64 / args.duration.as_secs_f64();
+    let us = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
+    let (p50, p99, p999) = (us(0.50), us(0.99), us(0.999));
+    let window_ns = args.duration.as_nanos() as f64;
+    let client_cores = cpu.client_ns.map(|ns| ns as f64 / window_ns);
+    let server_cores = cpu.server_ns.map(|ns| ns as f64 / window_ns);
+    // What neither side of the benchmark used: other processes, the kernel's own threads, and
+    // time the hypervisor took. Without a server pid it includes the server.
+    let other_cores = cpu.machine_ns.map(|ns| {
+        let ours = cpu.server_ns.unwrap_or(0) + cpu.client_ns.unwrap_or(0);
+        (ns as f64 - ours as f64).max(0.0) / window_ns
+    });
+    let server_us_per_op = cpu
+        .server_ns
+        .filter(|_| ops > 0)
+        .map(|ns| ns as f64 / ops as f64 / 1000.0);
+    let fmt = |v: Option<f64>, decimals: usize| match v {
+        Some(v) => format!("{v:.decimals$}"),
+        None => "null".to_owned(),
+    };
+    if args.json {
+        println!(
+            "{{\"system\":{},\"op\":\"{}\",\"concurrency\":{},\"connections\":{},\
+             \"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.0},\"p50_us\":{p50:.1},\
+             \"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"errors\":{errors},\"misses\":{misses},\
+             \"server_cpu_us_per_op\":{},\"server_cores\":{},\"client_cores\":{},\
+             \"other_cores\":{}}}",
+            json_string(system),
+            args.op.name(),
+            args.concurrency,
+            args.connections,
+            fmt(server_us_per_op, 1),
+            fmt(server_cores, 2),
+            fmt(client_cores, 2),
+            fmt(other_cores, 2),
+        );
+    } else {
+        println!(
+            "{system} {}: {ops_per_sec:.0} ops/s over {:?} ({ops} calls, concurrency {}, \
+             {} connections), p50 {p50:.1} µs, p99 {p99:.1} µs, p99.9 {p999:.1} µs, \
+             {errors} errors, {misses} misses; CPU: server {} cores ({} µs/op), client {} cores, \
+             other {} cores",
+            args.op.name(),
+            args.duration,
+            args.concurrency,
+            args.connections,
+            fmt(server_cores, 2),
+            fmt(server_us_per_op, 1),
+            fmt(client_cores, 2),
+            fmt(other_cores, 2),
+        );
+    }
+    Ok(())
+}
+
+/// Writes every key of the key space once, spread over the channels, so that each Get hits.
+async fn preload(channels: &[Channel], args: &LoadArgs, value: Bytes) -> anyhow::Result<()> {
+    let writers = args.concurrency as u64;
+    let mut tasks = JoinSet::new();
+    for w in 0..writers {
+        let mut client = CacheServiceClient::new(channels[w as usize % channels.len()].clone());
+        let (keys, value) = (args.keys, value.clone());
+        tasks.spawn(async move {
+            let mut i = w;
+            while i < keys {
+                client
+                    .set(set_request(format!("key:{i}"), value.clone()))
+                    .await
+                    .with_context(|| format!("preloading key:{i}"))?;
+                i += writers;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a preload task panicked")??;
+    }
+    Ok(())
+}
+
+/// The server's counters, when it answers Stats (larder does; the bare baseline does not).
+async fn server_stats(channel: &Channel) -> Option<pb::StatsResponse> {
+    let mut client = CacheServiceClient::new(channel.clone());
+    let call = client.stats(pb::StatsRequest::default());
+    match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+        Ok(Ok(r)) => Some(r.into_inner()),
+        _ => None,
+    }
+}
+
+/// One closed-loop caller: issues calls back to back until `until`, recording those that start
+/// at or after `from`.
+async fn run_task(
+    mut client: CacheServiceClient<Channel>,
+    op: Op,
+    keys: u64,
+    value: Bytes,
+    seed: u64,
+    from: Instant,
+    until: Instant,
+) -> TaskResult {
+    let mut rng = XorShift::new(seed);
+    let mut r = TaskResult {
+        // The bounds are constants that `new_with_bounds` accepts (1 ≤ low, high ≥ 2·low).
+        hist: Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds"),
+        ops: 0,
+        errors: 0,
+        misses: 0,
+        first_error: None,
+    };
+    loop {
+        let key = format!("key:{}", rng.below(keys));
+        let t0 = Instant::now();
+        if t0 >= until {
+            break;
+        }
+        let outcome = match op {
+            Op::Get => client
+                .get(pb::GetRequest {
+                    namespace: String::new(),
+                    key,
+                })
+                .await
+                .map(|resp| resp.into_inner().found),
+            Op::Set => client
+                .set(set_request(key, value.clone()))
+                .await
+                .map(|resp| resp.into_inner().stored),
+        };
+        let elapsed = t0.elapsed();
+        if t0 < from {
+            continue;
+        }
+        // Failed calls count neither as throughput nor in the latencies: a fast error would
+        // flatter both.
+        match outcome {
+            Ok(answered) => {
+                r.ops += 1;
+                r.hist.saturating_record(elapsed.as_nanos() as u64);
+                if !answered {
+                    r.misses += 1;
+                }
+            }
+            Err(status) => {
+                r.errors += 1;
+                r.first_error.get_or_insert(status);
+            }
+        }
+    }
+    r
+}
+
+/// CPU time spent in the measured window; `None` where /proc could not tell.
+struct CpuUse {
+    server_ns: Option<u64>,
+    client_ns: Option<u64>,
+    /// Every CPU of the machine, busy or stolen by the hypervisor.
+    machine_ns: Option<u64>,
+}
+
+/// `/proc/stat` counts in USER_HZ ticks, which Linux fixes at 100 per second on x86 and arm64.
+const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
+
+/// Samples the CPU time of the server (if its pid is known) and of this process at `from` and
+/// at `until`.
+async fn cpu_over(server_pid: Option<u32>, from: Instant, until: Instant) -> CpuUse {
+    let sample = || {
+        (
+            server_pid.and_then(|pid| process_cpu_ns(&pid.to_string())),
+            process_cpu_ns("self"),
+            machine_busy_ns(),
+        )
+    };
+    tokio::time::sleep_until(tokio::time::Instant::from_std(from)).await;
+    let (server0, client0, machine0) = sample();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+    let (server1, client1, machine1) = sample();
+    let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+    CpuUse {
+        server_ns: delta(server0, server1),
+        client_ns: delta(client0, client1),
+        machine_ns: delta(machine0, machine1),
+    }
+}
+
+/// On-CPU nanoseconds of every live thread of process `pid` ("self" for this one), from
+/// `/proc/<pid>/task/*/schedstat` (whose first field is exactly that). Threads that exit
+/// between two samples are missed; the servers measured here keep theirs.
+fn process_cpu_ns(pid: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let on_cpu_ns = |task: std::fs::DirEntry| {
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        schedstat.split_whitespace().next()?.parse::<u64>().ok()
+    };
+    // A thread that ends while being listed has no schedstat left to read: it is skipped.
+    Some(tasks.flatten().filter_map(on_cpu_ns).sum())
+}
+
+/// Busy and stolen time of all CPUs together, from the first line of `/proc/stat`
+/// (`cpu user nice system idle iowait irq softirq steal ...`).
+fn machine_busy_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = fields[..] else {
+        return None;
+    };
+    Some((user + nice + system + irq + softirq + steal) * NS_PER_USER_HZ_TICK)
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# bench-cache.sh: the side-by-side cache benchmark. Builds larder and examples/cachebench in
+# release mode, starts a bare-tonic baseline server, the real daemon (on a temporary data dir)
+# and Redis on fixed loopback ports, drives each with the same closed-loop load (Get and Set,
+# concurrency 64), and prints one table with the ratios the project aims for. Everything it
+# starts is stopped on exit; nothing listens beyond 127.0.0.1.
+#
+# Environment: BENCH_DURATION (seconds measured per run, default 10), BENCH_WARMUP (seconds,
+# default 2), BENCH_CONCURRENCY (64), BENCH_CONNECTIONS (4), BENCH_KEYS (10000),
+# BENCH_VALUE_SIZE (100), BENCH_REDIS_REQUESTS (requests per redis-benchmark run, default
+# 20000 × BENCH_DURATION), BENCH_SKIP_REDIS=1 to leave Redis out, BENCH_PORT_BASE (17000:
+# bare on +1, larder on +2; Redis on 16379 and 16380).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
+duration="${BENCH_DURATION:-10}"
+warmup="${BENCH_WARMUP:-2}"
+concurrency="${BENCH_CONCURRENCY:-64}"
+connections="${BENCH_CONNECTIONS:-4}"
+keys="${BENCH_KEYS:-10000}"
+value_size="${BENCH_VALUE_SIZE:-100}"
+redis_requests="${BENCH_REDIS_REQUESTS:-$((20000 * duration))}"
+port_base="${BENCH_PORT_BASE:-17000}"
+bare_port=$((port_base + 1))
+larder_port=$((port_base + 2))
+redis_port=16379
+redis_aof_port=16380
+# The longest one load run may take before `timeout` ends it: warmup + duration + preload
+# and slack.
+run_limit=$((warmup + duration + 150))
+
+for n in "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" \
+  "$redis_requests" "$port_base"; do
+  case "$n" in '' | *[!0-9]*)
+    echo "bench-cache: BENCH_* settings must be whole numbers, got '$n'" >&2
+    exit 2
+    ;;
+  esac
+done
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-bench.XXXXXX")"
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    # Bounded: a server that ignores SIGTERM for 10 s gets SIGKILL.
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+section() { printf '\n== %s\n' "$*"; }
+
+# Fails unless something accepts TCP connections on 127.0.0.1:$1 within 10 s, while process $2
+# is still alive (its log, $3, is shown when it died).
+wait_for_port() {
+  local port="$1" pid="$2" log="$3"
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench-cache: the server for port $port exited; its log:" >&2
+      cat "$log" >&2
+      exit 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "bench-cache: nothing accepted connections on 127.0.0.1:$port within 10 s" >&2
+  exit 1
+}
+
+port_free() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "bench-cache: 127.0.0.1:$1 is already in use; set BENCH_PORT_BASE or stop it" >&2
+    exit 1
+  fi
+}
+
+section "machine"
+echo "nproc: $(nproc)"
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(
+  [ -n "$(git status --porcelain 2>/dev/null)" ] && echo ' (work tree has changes)'
+)"
+echo "kernel: $(uname -r)"
+echo "settings: duration ${duration}s, warmup ${warmup}s, concurrency $concurrency," \
+  "connections $connections, keys $keys, value ${value_size} B"
+
+section "build (release)"
+cargo build --release --bin larder --example cachebench
+larder_bin="$CARGO_TARGET_DIR/release/larder"
+bench_bin="$CARGO_TARGET_DIR/release/examples/cachebench"
+
+with_redis=1
+if [ "${BENCH_SKIP_REDIS:-0}" = 1 ]; then
+  with_redis=0
+elif ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  section "installing redis-server and redis-tools"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
+    timeout 600 apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive timeout 600 \
+      apt-get install -y -qq redis-server redis-tools >/dev/null; then
+    :
+  else
+    echo "bench-cache: could not install Redis; going on without it" >&2
+    with_redis=0
+  fi
+fi
+
+section "starting servers"
+port_free "$bare_port"
+port_free "$larder_port"
+"$bench_bin" bare-server --listen "127.0.0.1:$bare_port" --worker-threads 2 \
+  >"$tmp/bare.log" 2>&1 &
+bare_pid=$!
+pids+=("$bare_pid")
+mkdir "$tmp/larder-data"
+"$larder_bin" serve --data-dir "$tmp/larder-data" --listen "127.0.0.1:$larder_port" \
+  --log-level warn >"$tmp/larder.log" 2>&1 &
+larder_pid=$!
+pids+=("$larder_pid")
+wait_for_port "$bare_port" "$bare_pid" "$tmp/bare.log"
+wait_for_port "$larder_port" "$larder_pid" "$tmp/larder.log"
+echo "bare tonic baseline on 127.0.0.1:$bare_port (pid $bare_pid)"
+echo "larder $("$larder_bin" --version | awk '{print $2}') on 127.0.0.1:$larder_port" \
+  "(pid $larder_pid, data dir $tmp/larder-data)"
+
+if [ "$with_redis" = 1 ]; then
+  port_free "$redis_port"
+  port_free "$redis_aof_port"
+  echo "$(redis-server --version | awk '{print $1, $2, $3}')"
+  mkdir "$tmp/redis" "$tmp/redis-aof"
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    --dir "$tmp/redis" --daemonize no --protected-mode yes >"$tmp/redis.log" 2>&1 &
+  redis_pid=$!
+  pids+=("$redis_pid")
+  redis-server --bind 127.0.0.1 --port "$redis_aof_port" --save '' --appendonly yes \
+    --appendfsync everysec --dir "$tmp/redis-aof" --daemonize no --protected-mode yes \
+    >"$tmp/redis-aof.log" 2>&1 &
+  redis_aof_pid=$!
+  pids+=("$redis_aof_pid")
+  wait_for_port "$redis_port" "$redis_pid" "$tmp/redis.log"
+  wait_for_port "$redis_aof_port" "$redis_aof_pid" "$tmp/redis-aof.log"
+  echo "redis (no persistence) on 127.0.0.1:$redis_port," \
+    "redis (AOF, fsync every second) on 127.0.0.1:$redis_aof_port"
+fi
+
+# One row per run: system op ops_per_sec p50_us p99_us p999_us errors srv_us_per_op
+# srv_cores cli_cores other_cores.
+results="$tmp/results"
+: >"$results"
+
+# The value of a flat JSON object's field $2 in the line $1 (numbers and plain strings only).
+json_field() {
+  printf '%s\n' "$1" | sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\).*/\1/p"
+}
+
+# On-CPU nanoseconds of every thread of process $1 so far (Linux schedstat).
+cpu_ns() {
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s }'
+}
+
+# Busy and stolen nanoseconds of all CPUs together so far (/proc/stat counts 100 ticks a second).
+machine_ns() {
+  awk 'NR == 1 { printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e7; exit }' /proc/stat
+}
+
+grpc_run() {
+  local system="$1" port="$2" pid="$3" op="$4" line f
+  section "$system $op"
+  line="$(timeout "$run_limit" "$bench_bin" load --target "http://127.0.0.1:$port" \
+    --system "$system" --op "$op" --concurrency "$concurrency" --connections "$connections" \
+    --duration "${duration}s" --warmup "${warmup}s" --keys "$keys" \
+    --value-size "$value_size" --server-pid "$pid" --json)"
+  echo "$line"
+  local row="$system $op"
+  for f in ops_per_sec p50_us p99_us p999_us errors server_cpu_us_per_op server_cores \
+    client_cores other_cores; do
+    row="$row $(json_field "$line" "$f")"
+  done
+  echo "$row" >>"$results"
+}
+
+# redis-benchmark runs a fixed number of requests, not a duration; its CSV has no p99.9.
+# The CPU columns cover the whole run (redis-benchmark has no warmup to leave out).
+redis_run() {
+  local system="$1" port="$2" pid="$3" op="$4" csv row before after m_before m_after times
+  section "$system $op (redis-benchmark, $redis_requests requests)"
+  before="$(cpu_ns "$pid")"
+  m_before="$(machine_ns)"
+  # `time` reports the client's user and system CPU seconds and the wall time.
+  times="$tmp/times"
+  csv="$( { TIMEFORMAT='%3U %3S %3R'; time timeout "$run_limit" redis-benchmark \
+    -h 127.0.0.1 -p "$port" -t "$op" -c "$concurrency" -n "$redis_requests" \
+    -d "$value_size" -P 1 -r "$keys" --csv; } 2>"$times")"
+  after="$(cpu_ns "$pid")"
+  m_after="$(machine_ns)"
+  echo "$csv"
+  # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+  # "p99_latency_ms","max_latency_ms"
+  row="$(printf '%s\n' "$csv" | tr -d '"' | awk -F, -v srv="$((after - before))" \
+    -v all="$((m_after - m_before))" -v n="$redis_requests" -v t="$(tail -n 1 "$times")" '
+    NR > 1 {
+      split(t, c, " ")
+      other = all / 1e9 - srv / 1e9 - (c[1] + c[2])
+      printf "%.0f %.1f %.1f - - %.1f %.2f %.2f %.2f", $2, $5 * 1000, $7 * 1000,
+        srv / n / 1000, srv / 1e9 / c[3], (c[1] + c[2]) / c[3], (other > 0 ? other : 0) / c[3]
+      exit }')"
+  echo "$system $op $row" >>"$results"
+}
+
+grpc_run bare "$bare_port" "$bare_pid" get
+grpc_run larder "$larder_port" "$larder_pid" get
+grpc_run larder "$larder_port" "$larder_pid" set
+grpc_run bare "$bare_port" "$bare_pid" set
+if [ "$with_redis" = 1 ]; then
+  # SET first: with requests ≫ keys it fills the key space, so that the GETs hit as ours do.
+  redis_run redis "$redis_port" "$redis_pid" set
+  redis_run redis "$redis_port" "$redis_pid" get
+  redis_run redis-aof "$redis_aof_port" "$redis_aof_pid" set
+fi
+
+section "results (concurrency $concurrency, ${duration}s per gRPC run, nproc $(nproc))"
+fmt='%-10s %-4s %8s %8s %8s %8s %6s %9s %9s %9s %9s\n'
+awk -v fmt="$fmt" 'BEGIN { printf fmt, "system", "op", "ops/s", "p50_us", "p99_us",
+    "p99.9_us", "errors", "srv_us/op", "srv_cores", "cli_cores", "oth_cores" }
+  { printf fmt, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }' "$results"
+echo "srv_us/op: server CPU per call. *_cores: CPU used in the measured window, out of" \
+  "$(nproc), by the server, the load client, and anything else (other processes, kernel" \
+  "threads, hypervisor steal). Redis rows: redis-benchmark, a C client, over its whole run."
+
+rate() { awk -v s="$1" -v o="$2" '$1 == s && $2 == o { print $3; exit }' "$results"; }
+ratio() {
+  if [ -n "$1" ] && [ -n "$2" ]; then
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
+  else
+    echo "n/a"
+  fi
+}
+verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v != "n/a" && v >= t) ? "met" : "NOT met" }'; }
+
+larder_get="$(rate larder get)"
+larder_set="$(rate larder set)"
+get_ratio="$(ratio "$larder_get" "$(rate bare get)")"
+section "ratios"
+echo "larder get / bare get:   $get_ratio (target >= 0.9: $(verdict "$get_ratio" 0.9))"
+echo "larder set:              ${larder_set:-n/a} ops/s durable" \
+  "(target >= 30000: $(verdict "${larder_set:-n/a}" 30000))"
+echo "larder set / bare set:   $(ratio "$larder_set" "$(rate bare set)")"
+if [ "$with_redis" = 1 ]; then
+  echo "larder get / redis get:  $(ratio "$larder_get" "$(rate redis get)")"
+  echo "larder set / redis set:  $(ratio "$larder_set" "$(rate redis set)") (redis without persistence)"
+  echo "larder set / redis-aof:  $(ratio "$larder_set" "$(rate redis-aof set)") (AOF, fsync every second)"
+fi
+echo "note: client and servers share the machine's $(nproc) cores; expect run-to-run noise of ±20%."
+busiest="$(awk '$11 != "null" && $11 > m { m = $11 } END { printf "%.2f", m }' "$results")"
+if awk -v m="$busiest" 'BEGIN { exit !(m > 0.25) }'; then
+  echo "WARNING: other work used up to $busiest cores during a run (see oth_cores): these" \
+    "numbers are depressed by it; rerun on a quiet machine."
+fi
