@@ -1,1 +1,21 @@
+//! Larder's integration suite, one test binary: the real gRPC server on a temporary data
+//! directory (TCP port 0 and a Unix socket, a manual clock so that expiry is tested without
+//! sleeping), the store API where a property is checked directly, and the built `larder`
+//! binary for signals and process-level behaviour.
+//!
+//! The modules live in `tests/common/` and `tests/suite/` rather than as files directly under
+//! `tests/`, which Cargo would build as separate test binaries.
 
+mod common;
+
+mod suite {
+    mod binary;
+    mod bounds;
+    mod conditions;
+    mod expiry;
+    mod increment;
+    mod persistence;
+    mod rpc;
+    mod server;
+    mod validation;
+}
