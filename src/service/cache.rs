@@ -29,76 +29,31 @@ impl CacheApi {
         if ns.is_empty() {
             return Ok(DEFAULT_NAMESPACE);
         }
-        if ns.len() > self.limits.max_namespace_bytes {
-            return Err(Error::invalid(
-                "namespace",
-                format!(
-                    "is {} bytes, more than the limit of {}",
-                    ns.len(),
-                    self.limits.max_namespace_bytes
-                ),
-            ));
-        }
+        at_most(
+            "namespace",
+            ns.len(),
+            self.limits.max_namespace_bytes,
+            "bytes",
+        )?;
         Ok(ns)
     }
 
     fn key(&self, field: &str, key: &str) -> Result<(), Error> {
-        if key.is_empty() {
-            return Err(Error::invalid(field, "must not be empty"));
-        }
-        if key.len() > self.limits.max_key_bytes {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "is {} bytes, more than the limit of {}",
-                    key.len(),
-                    self.limits.max_key_bytes
-                ),
-            ));
-        }
-        Ok(())
+        not_empty(field, key.len())?;
+        at_most(field, key.len(), self.limits.max_key_bytes, "bytes")
     }
 
     fn value(&self, field: &str, len: usize) -> Result<(), Error> {
-        if len > self.limits.max_value_bytes {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "is {len} bytes, more than the limit of {}",
-                    self.limits.max_value_bytes
-                ),
-            ));
-        }
-        Ok(())
+        at_most(field, len, self.limits.max_value_bytes, "bytes")
     }
 
     fn ttl(&self, field: &str, ttl_ms: u64) -> Result<(), Error> {
-        if ttl_ms > self.limits.max_ttl_ms {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "{ttl_ms} ms is more than the limit of {} ms",
-                    self.limits.max_ttl_ms
-                ),
-            ));
-        }
-        Ok(())
+        at_most(field, ttl_ms, self.limits.max_ttl_ms, "ms")
     }
 
     fn batch(&self, field: &str, len: usize) -> Result<(), Error> {
-        if len == 0 {
-            return Err(Error::invalid(field, "must not be empty"));
-        }
-        if len > self.limits.max_batch {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "has {len} items, more than the limit of {}",
-                    self.limits.max_batch
-                ),
-            ));
-        }
-        Ok(())
+        not_empty(field, len)?;
+        at_most(field, len, self.limits.max_batch, "items")
     }
 
     fn keys(&self, field: &str, keys: &[String]) -> Result<(), Error> {
@@ -108,6 +63,28 @@ impl CacheApi {
         }
         Ok(())
     }
+}
+
+fn not_empty(field: &str, len: usize) -> Result<(), Error> {
+    if len == 0 {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn at_most<N: PartialOrd + std::fmt::Display>(
+    field: &str,
+    n: N,
+    limit: N,
+    unit: &str,
+) -> Result<(), Error> {
+    if n > limit {
+        return Err(Error::invalid(
+            field,
+            format!("{n} {unit} is more than the limit of {limit} {unit}"),
+        ));
+    }
+    Ok(())
 }
 
 fn condition(req: &pb::SetRequest) -> Result<SetCondition, Error> {
