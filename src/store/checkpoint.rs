@@ -2,8 +2,8 @@
 //! for copying the WAL into the database file (and its fsyncs) on the path of a write.
 //!
 //! The writer hints after each commit; the checkpointer runs a PASSIVE checkpoint (which never
-//! blocks the writer or readers) at most once per [`MIN_INTERVAL`], and once per
-//! [`IDLE_INTERVAL`] without hints. It stops when the writer drops its end of the channel.
+//! blocks the writer or readers) at most once per 200 ms, and once per
+//! 5 s without hints. It stops when the writer drops its end of the channel.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
