@@ -39,6 +39,8 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let shutdown = larder::shutdown::on_signal()
+            .map_err(|e| anyhow::anyhow!("cannot install SIGTERM/SIGINT handlers: {e}"))?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
         let listeners =
             match Listeners::bind(config.listen.as_deref(), config.unix_socket.as_deref()).await {
@@ -48,13 +50,7 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
                     return Err(e.into());
                 }
             };
-        serve(
-            store,
-            listeners,
-            config.server.clone(),
-            larder::shutdown::signal_received(),
-        )
-        .await?;
+        serve(store, listeners, config.server.clone(), shutdown).await?;
         Ok(())
     })
 }
