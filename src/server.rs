@@ -169,7 +169,7 @@ pub async fn serve(
     let max_message = settings.limits.max_message_bytes();
     let cache = CacheServiceServer::new(CacheApi::new(store.clone(), settings.limits.clone()))
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(max_message);
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

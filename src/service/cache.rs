@@ -162,7 +162,10 @@ impl CacheService for CacheApi {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
         self.keys("keys", &req.keys)?;
-        let found = self.store.get_many(ns, req.keys.clone()).await?;
+        let found = self
+            .store
+            .get_many(ns, req.keys.clone(), self.limits.max_response_value_bytes())
+            .await?;
         let entries = req
             .keys
             .into_iter()

@@ -33,10 +33,20 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The largest gRPC message the server accepts: one maximal value plus room for its key,
-    /// namespace and framing, so that an oversized value reaches validation (and is answered
-    /// `INVALID_ARGUMENT: value …`) as long as it is only a little too big.
+    /// The largest gRPC message the server accepts or sends: one maximal value, plus a full
+    /// batch of maximal keys with their framing, plus 64 KiB. An oversized value therefore
+    /// reaches validation (and is answered `INVALID_ARGUMENT: value …`) as long as it is less
+    /// than about a megabyte too big; far bigger messages are refused by gRPC itself.
     pub fn max_message_bytes(&self) -> usize {
-        self.max_value_bytes + self.max_key_bytes + self.max_namespace_bytes + 64 * 1024
+        self.max_value_bytes
+            + self.max_batch * (self.max_key_bytes + 64)
+            + self.max_namespace_bytes
+            + 64 * 1024
+    }
+
+    /// The most value bytes one GetMany answers with: one maximal value, so that every
+    /// response fits [`Limits::max_message_bytes`] like requests do.
+    pub fn max_response_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
 }

@@ -286,12 +286,31 @@ impl Store {
 
     /// Reads one key.
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Found>> {
-        let mut found = self.get_many(namespace, vec![key.to_owned()]).await?;
+        let mut found = self
+            .get_many(namespace, vec![key.to_owned()], usize::MAX)
+            .await?;
         Ok(found.pop().flatten())
     }
 
-    /// Reads many keys of one namespace; answers in order.
-    pub async fn get_many(&self, namespace: &str, keys: Vec<String>) -> Result<Vec<Option<Found>>> {
+    /// Reads many keys of one namespace; answers in order. Fails with `INVALID_ARGUMENT` on
+    /// `keys` once the values found add up to more than `max_bytes`, so that one request
+    /// cannot make the daemon build an unbounded response.
+    pub async fn get_many(
+        &self,
+        namespace: &str,
+        keys: Vec<String>,
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Found>>> {
+        let too_large = move || {
+            Error::invalid(
+                "keys",
+                format!(
+                    "the values found add up to more than the response limit of {max_bytes} \
+                     bytes; ask for fewer keys at a time"
+                ),
+            )
+        };
+        let mut total = 0usize;
         let now = self.inner.clock.now_ms();
         let counters = self.counters(namespace);
         let mut answers: Vec<Option<Found>> = Vec::with_capacity(keys.len());
@@ -300,6 +319,10 @@ impl Store {
             match self.inner.memory.get(namespace, &key, now) {
                 Lookup::Hit(e) => {
                     counters.read(true, true);
+                    total = total.saturating_add(e.value.len());
+                    if total > max_bytes {
+                        return Err(too_large());
+                    }
                     answers.push(Some(found(e, now)));
                 }
                 Lookup::Expired => {
@@ -326,6 +349,9 @@ impl Store {
                     .map_err(Error::storage("preparing a read"))?;
                 let mut rows = Vec::with_capacity(misses.len());
                 for (_, key, _) in &misses {
+                    if total > max_bytes {
+                        return Err(too_large());
+                    }
                     let row = stmt
                         .query_row(params![ns, key], |r| {
                             Ok(CachedEntry {
@@ -336,7 +362,13 @@ impl Store {
                         })
                         .optional()
                         .map_err(Error::storage("reading a key"))?;
+                    if let Some(e) = &row {
+                        total = total.saturating_add(e.value.len());
+                    }
                     rows.push(row);
+                }
+                if total > max_bytes {
+                    return Err(too_large());
                 }
                 Ok((misses, rows))
             })

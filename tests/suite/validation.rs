@@ -144,19 +144,95 @@ async fn a_value_far_over_the_message_limit_is_refused_before_decoding() {
     })
     .await;
     let mut c = server.client().await;
+    // The message limit is one value plus a batch of maximal keys (about 1.1 MiB here).
     let huge = pb::SetRequest {
-        value: vec![b'x'; 1 << 20].into(),
+        value: vec![b'x'; 4 << 20].into(),
         ..req("huge")
     };
     let status = c
         .set(huge)
         .await
-        .expect_err("a 1 MiB message over a 1 KiB limit");
+        .expect_err("a 4 MiB message over a 1 KiB value limit");
     assert!(
         matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
         "{status:?}"
     );
     assert_nothing_written(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_many_over_the_message_limit_is_refused_whole() {
+    let limits = Limits {
+        max_value_bytes: 64 << 10,
+        ..Limits::default()
+    };
+    let message_limit = limits.max_message_bytes();
+    let server = TestServer::with_limits(limits).await;
+    let mut c = server.client().await;
+    // Every value is within its limit; together they are not.
+    let items: Vec<pb::SetEntry> = (0..message_limit / (64 << 10) + 2)
+        .map(|i| pb::SetEntry {
+            key: format!("k{i}"),
+            value: vec![b'x'; 64 << 10].into(),
+            ttl_ms: 0,
+        })
+        .collect();
+    let status = c
+        .set_many(pb::SetManyRequest {
+            namespace: String::new(),
+            entries: items,
+        })
+        .await
+        .expect_err("a SetMany larger than the message limit");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_nothing_written(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_many_whose_values_exceed_the_response_limit_is_refused() {
+    let server = TestServer::with_limits(Limits {
+        max_value_bytes: 1024,
+        ..Limits::default()
+    })
+    .await;
+    let mut c = server.client().await;
+    for key in ["a", "b"] {
+        let at_limit = pb::SetRequest {
+            value: vec![b'x'; 700].into(),
+            ..req(key)
+        };
+        assert!(c.set(at_limit).await.unwrap().into_inner().stored);
+    }
+    // One value fits; two add up past the limit of one maximal value.
+    let one = c
+        .get_many(pb::GetManyRequest {
+            namespace: String::new(),
+            keys: vec!["a".into(), "missing".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.entries[0].value.len(), 700);
+    assert_invalid(
+        c.get_many(pb::GetManyRequest {
+            namespace: String::new(),
+            keys: vec!["a".into(), "b".into()],
+        })
+        .await,
+        "keys",
+    );
+    // The same from disk, after a restart empties the memory cache.
+    let mut server = server;
+    server.restart().await;
+    let mut c = server.client().await;
+    assert_invalid(
+        c.get_many(pb::GetManyRequest {
+            namespace: String::new(),
+            keys: vec!["b".into(), "a".into()],
+        })
+        .await,
+        "keys",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
