@@ -929,6 +929,12 @@ pub fn parse_counter(bytes: &[u8]) -> Option<i64> {
 ///
 /// UTF-8 orders like code points, and SQLite compares TEXT bytewise, so
 /// `prefix <= key < upper` selects exactly the keys starting with `prefix` from the index.
+///
+/// ```
+/// use larder::store::writer::prefix_upper_bound;
+/// assert_eq!(prefix_upper_bound("user:42:").as_deref(), Some("user:42;"));
+/// assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+/// ```
 pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
