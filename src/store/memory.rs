@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -78,6 +79,9 @@ pub struct MemoryCache {
     /// Byte budget of each shard (the configured total divided by the shard count).
     shard_budget: usize,
     hasher: std::collections::hash_map::RandomState,
+    /// Whether reads are remembered for eviction order; the writer turns it on only when the
+    /// disk bound is in sight, so that far from it a hit costs no bookkeeping.
+    track_access: AtomicBool,
 }
 
 /// Bytes an entry is charged against the budget.
@@ -102,6 +106,7 @@ impl MemoryCache {
             shards,
             shard_budget: budget_bytes / SHARDS,
             hasher: Default::default(),
+            track_access: AtomicBool::new(true),
         }
     }
 
@@ -134,7 +139,9 @@ impl MemoryCache {
         match s.lru.get(&k) {
             Some(e) if remaining_ms(e.expires_at_ms, now_ms).is_some() => {
                 let hit = e.clone();
-                note_access(&mut s.accessed, k, now_ms);
+                if self.track_access.load(Ordering::Relaxed) {
+                    note_access(&mut s.accessed, k, now_ms);
+                }
                 Lookup::Hit(hit)
             }
             Some(_) => {
@@ -153,12 +160,20 @@ impl MemoryCache {
     /// Remembers that a key was read at `now_ms` (for reads answered from SQLite; memory hits
     /// are remembered by [`MemoryCache::get`]).
     pub fn record_access(&self, namespace: &str, key: &str, now_ms: u64) {
+        if !self.track_access.load(Ordering::Relaxed) {
+            return;
+        }
         let mut s = self.lock(self.shard_of(namespace, key));
         note_access(
             &mut s.accessed,
             (namespace.to_owned(), key.to_owned()),
             now_ms,
         );
+    }
+
+    /// Writer only: turns remembering reads on or off.
+    pub fn set_access_tracking(&self, on: bool) {
+        self.track_access.store(on, Ordering::Relaxed);
     }
 
     /// Writer only: takes the keys read since the last call, with their latest read time.

@@ -237,6 +237,7 @@ impl Writer {
             cache_bytes: cache_bytes.max(0) as u64,
             checkpoint_hint,
         })
+        .inspect(|w| w.memory.set_access_tracking(w.eviction_in_sight()))
     }
 
     /// Serves commands until shutdown or until every sender is gone.
@@ -347,6 +348,7 @@ impl Writer {
         }
         let _ = self.checkpoint_hint.try_send(());
         self.cache_bytes = (self.cache_bytes as i64 + effects.bytes_delta).max(0) as u64;
+        self.memory.set_access_tracking(self.eviction_in_sight());
         for effect in effects.memory {
             match effect {
                 MemEffect::Put(ns, key, entry) => self.memory.put(&ns, &key, entry),
@@ -723,7 +725,7 @@ impl Writer {
     fn maintain(&mut self, now: u64, fx: &mut Effects) -> Result<WriteOutcome> {
         // Read times only matter once eviction is in sight; until then they stay in memory
         // (bounded), so a read-heavy workload does not turn into a stream of disk writes.
-        if self.cache_bytes.saturating_mul(2) >= self.settings.max_disk_bytes {
+        if self.eviction_in_sight() {
             self.record_accesses()?;
         }
         let expired = self.sweep_expired(now, self.settings.sweep_batch, fx)?;
@@ -731,6 +733,11 @@ impl Writer {
             expired,
             more: expired as usize >= self.settings.sweep_batch,
         })
+    }
+
+    /// Whether the cache table is past half its disk bound, where read times start to matter.
+    fn eviction_in_sight(&self) -> bool {
+        self.cache_bytes.saturating_mul(2) >= self.settings.max_disk_bytes
     }
 
     /// Writes the read times collected by the memory LRU, so eviction sees them.
