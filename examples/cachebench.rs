@@ -60,8 +60,8 @@ struct BareServerArgs {
     /// TCP address to listen on.
     #[arg(long, default_value = "127.0.0.1:17001")]
     listen: SocketAddr,
-    /// Tokio worker threads (larder's default is 2).
-    #[arg(long, default_value_t = 2)]
+    /// Tokio worker threads (larder's default is 1).
+    #[arg(long, default_value_t = 1)]
     worker_threads: usize,
 }
 

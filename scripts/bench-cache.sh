@@ -7,7 +7,7 @@
 #
 # Environment: BENCH_DURATION (seconds measured per run, default 10), BENCH_WARMUP (seconds,
 # default 2), BENCH_CONCURRENCY (64), BENCH_CONNECTIONS (4), BENCH_KEYS (10000),
-# BENCH_VALUE_SIZE (100), BENCH_REDIS_REQUESTS (requests per redis-benchmark run, default
+# BENCH_VALUE_SIZE (100), BENCH_WORKERS (gRPC threads of both servers, 1), BENCH_REDIS_REQUESTS (requests per redis-benchmark run, default
 # 20000 × BENCH_DURATION), BENCH_SKIP_REDIS=1 to leave Redis out, BENCH_PORT_BASE (17000:
 # bare on +1, larder on +2; Redis on 16379 and 16380).
 set -euo pipefail
@@ -20,6 +20,8 @@ concurrency="${BENCH_CONCURRENCY:-64}"
 connections="${BENCH_CONNECTIONS:-4}"
 keys="${BENCH_KEYS:-10000}"
 value_size="${BENCH_VALUE_SIZE:-100}"
+# gRPC worker threads of both servers (larder's default is 1).
+workers="${BENCH_WORKERS:-1}"
 redis_requests="${BENCH_REDIS_REQUESTS:-$((20000 * duration))}"
 port_base="${BENCH_PORT_BASE:-17000}"
 bare_port=$((port_base + 1))
@@ -30,7 +32,7 @@ redis_aof_port=16380
 # and slack.
 run_limit=$((warmup + duration + 150))
 
-for n in "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" \
+for n in "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" "$workers" \
   "$redis_requests" "$port_base"; do
   case "$n" in '' | *[!0-9]*)
     echo "bench-cache: BENCH_* settings must be whole numbers, got '$n'" >&2
@@ -89,7 +91,7 @@ port_free() {
 }
 
 section "machine"
-echo "nproc: $(nproc)"
+echo "nproc: $(nproc), gRPC worker threads per server: $workers"
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(
   [ -n "$(git status --porcelain 2>/dev/null)" ] && echo ' (work tree has changes)'
 )"
@@ -121,13 +123,13 @@ fi
 section "starting servers"
 port_free "$bare_port"
 port_free "$larder_port"
-"$bench_bin" bare-server --listen "127.0.0.1:$bare_port" --worker-threads 2 \
+"$bench_bin" bare-server --listen "127.0.0.1:$bare_port" --worker-threads "$workers" \
   >"$tmp/bare.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
 mkdir "$tmp/larder-data"
 "$larder_bin" serve --data-dir "$tmp/larder-data" --listen "127.0.0.1:$larder_port" \
-  --log-level warn >"$tmp/larder.log" 2>&1 &
+  --worker-threads "$workers" --log-level warn >"$tmp/larder.log" 2>&1 &
 larder_pid=$!
 pids+=("$larder_pid")
 wait_for_port "$bare_port" "$bare_pid" "$tmp/bare.log"
