@@ -21,10 +21,21 @@ use crate::store::stats::{CounterValues, StatsRegistry};
 /// Most commands folded into one transaction.
 const MAX_BATCH: usize = 1024;
 
-/// Rows looked at per eviction round: a random run of rows, of which the least recently used
-/// quarter is evicted (approximate LRU by sampling, as Redis does; exact when the table holds
-/// no more rows than one sample).
+/// A batch stops taking commands once their values add up to this, so one transaction (and
+/// the WAL it writes) stays bounded even when every queued write carries a large value.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// Eviction rounds per transaction; what is left is evicted by the next writes or upkeep
+/// passes, so a large backlog (e.g. a lowered bound at restart) never stalls one commit.
+const MAX_EVICT_ROUNDS: usize = 64;
+
+/// Rows looked at per eviction round: [`EVICT_RUNS`] runs of consecutive rows, each from a
+/// random rowid, of which the least recently used quarter is evicted (approximate LRU by
+/// sampling, as Redis does; exact when all rowids fit one sample).
 const EVICT_SAMPLE: usize = 64;
+
+/// Random starting points per eviction sample, so one sample is not all rows written together.
+const EVICT_RUNS: usize = 4;
 
 /// Expired rows deleted per statement when making room for the disk bound.
 const EXPIRED_CHUNK: usize = 256;
@@ -97,6 +108,17 @@ pub enum WriteOp {
     /// Background upkeep: record reads for eviction order, delete a batch of expired rows, and
     /// evict if over the disk bound.
     Maintain,
+}
+
+impl WriteOp {
+    /// Bytes of values this command writes.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            WriteOp::Set { value, .. } => value.len(),
+            WriteOp::SetMany { entries, .. } => entries.iter().map(|e| e.value.len()).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// What a write did.
@@ -200,6 +222,8 @@ pub struct Writer {
     cache_bytes: u64,
     /// Tells the checkpointer a commit happened (never blocks: a pending hint is enough).
     checkpoint_hint: SyncSender<()>,
+    /// Set when a savepoint could not be closed: the batch's transaction is then abandoned.
+    savepoint_failed: bool,
 }
 
 impl Writer {
@@ -219,6 +243,11 @@ impl Writer {
                 |r| r.get(0),
             )
             .map_err(Error::storage("reading the version counter"))?;
+        // With synchronous=NORMAL a power loss can take the last lease extension with it, and
+        // versions already handed out would be handed out again (an ABA for compare-and-set).
+        // Starting above a thousand versions per millisecond of wall-clock time since the epoch
+        // rules that out for any sustainable write rate, without an fsync per lease.
+        let version_floor = clock.now_ms().saturating_mul(1000);
         let cache_bytes: i64 = conn
             .query_row(
                 "SELECT COALESCE(SUM(size), 0) FROM cache_entries",
@@ -232,10 +261,11 @@ impl Writer {
             stats,
             clock,
             settings,
-            next_version: lease_end.max(1) as u64,
+            next_version: (lease_end.max(1) as u64).max(version_floor),
             lease_end: lease_end.max(1) as u64,
             cache_bytes: cache_bytes.max(0) as u64,
             checkpoint_hint,
+            savepoint_failed: false,
         })
         .inspect(|w| w.memory.set_access_tracking(w.eviction_in_sight()))
     }
@@ -249,15 +279,19 @@ impl Writer {
                 break;
             };
             let mut next = Some(first);
+            let mut batch_bytes = 0;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Write { op, reply } => batch.push((op, reply)),
+                    Command::Write { op, reply } => {
+                        batch_bytes += op.payload_bytes();
+                        batch.push((op, reply));
+                    }
                     Command::Shutdown { reply } => {
                         shutdown = Some(reply);
                         break;
                     }
                 }
-                if batch.len() < MAX_BATCH {
+                if batch.len() < MAX_BATCH && batch_bytes < MAX_BATCH_BYTES {
                     next = rx.try_recv().ok();
                 }
             }
@@ -288,11 +322,17 @@ impl Writer {
 
     /// Truncates the WAL into the database file.
     fn checkpoint(&self) -> Result<()> {
-        self.conn
+        let busy = self
+            .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 r.get::<_, i64>(0)
             })
             .map_err(Error::storage("checkpointing the WAL"))?;
+        if busy != 0 {
+            // Readers still open (calls cut at the drain deadline): the WAL keeps its
+            // committed frames and SQLite replays them at the next open; nothing is lost.
+            tracing::warn!("final WAL checkpoint incomplete: readers were still active");
+        }
         Ok(())
     }
 
@@ -304,6 +344,7 @@ impl Writer {
         }
         let mut effects = Effects::default();
         let mut results = Vec::with_capacity(batch.len());
+        self.savepoint_failed = false;
         for (op, _) in batch.iter() {
             let mut fx = Effects::default();
             let result = if needs_savepoint(op) {
@@ -311,12 +352,21 @@ impl Writer {
             } else {
                 self.apply(op, now, &mut fx)
             };
+            if let Some(lost) = self.transaction_lost(&result) {
+                self.abandon_batch(batch, lost);
+                return;
+            }
             if result.is_ok() {
                 effects.append(fx);
             }
             results.push(result);
         }
-        if let Err(e) = self.enforce_disk_bound(&mut effects) {
+        let evicted = self.enforce_disk_bound(&mut effects);
+        if let Some(lost) = self.transaction_lost(&evicted) {
+            self.abandon_batch(batch, lost);
+            return;
+        }
+        if let Err(e) = evicted {
             // The batch itself is fine; the bound is enforced again on the next write.
             tracing::warn!(error = %e, "evicting for the disk bound failed");
         }
@@ -329,17 +379,7 @@ impl Writer {
         let new_lease = match commit {
             Ok(lease) => lease,
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                // Versions handed out in the failed batch are skipped, never reused.
-                tracing::warn!(error = %e, writes = batch.len(), "write batch rolled back");
-                let source = match &e {
-                    Error::Storage { source, .. } => replicate(source),
-                    other => rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                        Some(other.to_string()),
-                    ),
-                };
-                fail_all(batch, "committing a write batch", &source);
+                self.abandon_batch(batch, e);
                 return;
             }
         };
@@ -365,6 +405,49 @@ impl Writer {
         }
     }
 
+    /// Whether the batch's transaction can no longer be trusted after a step that returned
+    /// `result`: SQLite rolls a whole transaction back by itself on some errors (disk full,
+    /// I/O error, out of memory), after which statements would run in autocommit mode, and a
+    /// savepoint that could not be closed leaves an op half-undone. Either way the batch must
+    /// not go on. Returns the error to fail the batch with.
+    fn transaction_lost<T>(&self, result: &Result<T>) -> Option<Error> {
+        if !self.conn.is_autocommit() && !self.savepoint_failed {
+            return None;
+        }
+        Some(match result {
+            Err(Error::Storage { context, source }) => Error::Storage {
+                context,
+                source: replicate(source),
+            },
+            _ => Error::Internal("the write transaction was rolled back by SQLite".into()),
+        })
+    }
+
+    /// Rolls back whatever is left of the batch's transaction and fails every write in it.
+    /// Nothing of the batch reaches memory, so memory keeps matching the database.
+    fn abandon_batch(
+        &mut self,
+        batch: &mut Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome>>)>,
+        err: Error,
+    ) {
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rolling back a failed write batch failed");
+        }
+        self.savepoint_failed = false;
+        // Versions handed out in the failed batch are skipped, never reused.
+        tracing::warn!(error = %err, writes = batch.len(), "write batch rolled back");
+        let source = match &err {
+            Error::Storage { source, .. } => replicate(source),
+            other => rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(other.to_string()),
+            ),
+        };
+        fail_all(batch, "committing a write batch", &source);
+    }
+
     fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.conn
             .execute_batch("SAVEPOINT op")
@@ -375,9 +458,10 @@ impl Writer {
         } else {
             "ROLLBACK TO op; RELEASE op"
         };
-        self.conn
-            .execute_batch(end)
-            .map_err(Error::storage("closing a savepoint"))?;
+        if let Err(e) = self.conn.execute_batch(end) {
+            self.savepoint_failed = true;
+            return Err(Error::storage("closing a savepoint")(e));
+        }
         result
     }
 
@@ -446,10 +530,12 @@ impl Writer {
                                 .optional()
                         })
                         .map_err(Error::storage("deleting a key"))?;
+                    // Removed from memory even when no row existed: a delete must leave no
+                    // cached copy behind, whatever happened before.
+                    fx.memory
+                        .push(MemEffect::Remove(namespace.clone(), key.clone()));
                     if let Some((expires_at, size)) = row {
                         fx.bytes_delta -= size;
-                        fx.memory
-                            .push(MemEffect::Remove(namespace.clone(), key.clone()));
                         if remaining_ms(expires_at as u64, now).is_some() {
                             deleted += 1;
                         }
@@ -809,7 +895,10 @@ impl Writer {
                     break;
                 }
             }
-            while w.cache_bytes as i64 + fx.bytes_delta + evict.bytes_delta > bound {
+            for _ in 0..MAX_EVICT_ROUNDS {
+                if w.cache_bytes as i64 + fx.bytes_delta + evict.bytes_delta <= bound {
+                    break;
+                }
                 if w.evict_sample(&mut evict)? == 0 {
                     break;
                 }
@@ -833,13 +922,25 @@ impl Writer {
         let (Some(min), Some(max)) = bounds else {
             return Ok(0);
         };
-        let start = rand::random_range(min..=max);
-        let mut sample = self.sample_from(start, i64::MAX, EVICT_SAMPLE)?;
-        if sample.len() < EVICT_SAMPLE {
-            let more = self.sample_from(min, start, EVICT_SAMPLE - sample.len())?;
-            sample.extend(more);
-        }
+        let mut sample = if max - min < EVICT_SAMPLE as i64 {
+            // Every row fits one sample: exact LRU.
+            self.sample_from(min, i64::MAX, EVICT_SAMPLE)?
+        } else {
+            let run = EVICT_SAMPLE / EVICT_RUNS;
+            let mut sample = Vec::with_capacity(EVICT_SAMPLE);
+            for _ in 0..EVICT_RUNS {
+                let start = rand::random_range(min..=max);
+                let mut rows = self.sample_from(start, i64::MAX, run)?;
+                if rows.len() < run {
+                    rows.extend(self.sample_from(min, start, run - rows.len())?);
+                }
+                sample.extend(rows);
+            }
+            sample
+        };
+        // Runs may overlap on a small table.
         sample.sort_by_key(|s| (s.accessed_at, s.id));
+        sample.dedup_by_key(|s| s.id);
         let n = (sample.len() / 4).max(1).min(sample.len());
         for victim in sample.into_iter().take(n) {
             self.conn

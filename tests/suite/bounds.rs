@@ -46,7 +46,7 @@ async fn the_disk_bound_evicts_least_recently_used_entries_first() {
         TestServer::start_with(|c| c.max_disk_bytes = DISK_BOUND, Default::default()).await;
     let mut c = server.client().await;
     let value = vec![b'v'; 500];
-    // At most 21 rows: fewer than one eviction sample, where the sampled LRU is exact.
+    // At most 21 rows, with rowids that fit one eviction sample, where the sampled LRU is exact.
     // Ten entries of 504 bytes, written at the same instant.
     for i in 0..10 {
         set(&mut c, "", &format!("old{i}"), value.clone(), 0).await;
