@@ -5,7 +5,9 @@
 
 use larder::pb;
 
-use crate::common::{TestServer, delete, found, get, get_many, increment, set, stats, touch};
+use crate::common::{
+    Client, TestServer, delete, found, get, get_many, increment, set, stats, touch,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_set_delete_round_trip() {
@@ -202,15 +204,7 @@ async fn delete_prefix_removes_exactly_the_keys_under_the_prefix() {
         set(&mut c, "other", k, "v", 0).await;
     }
 
-    let deleted = c
-        .delete_prefix(pb::DeletePrefixRequest {
-            namespace: String::new(),
-            prefix: "user:42:".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deleted;
+    let deleted = delete_prefix(&mut c, "user:42:").await;
     assert_eq!(deleted, 2);
     assert_eq!(
         found(&mut c, "", &keys).await,
@@ -222,15 +216,7 @@ async fn delete_prefix_removes_exactly_the_keys_under_the_prefix() {
         "another namespace's keys with the same prefix stay"
     );
 
-    let again = c
-        .delete_prefix(pb::DeletePrefixRequest {
-            namespace: String::new(),
-            prefix: "user:42:".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deleted;
+    let again = delete_prefix(&mut c, "user:42:").await;
     assert_eq!(again, 0);
 }
 
@@ -242,15 +228,7 @@ async fn delete_prefix_handles_multibyte_prefixes() {
     for k in keys {
         set(&mut c, "", k, "v", 0).await;
     }
-    let deleted = c
-        .delete_prefix(pb::DeletePrefixRequest {
-            namespace: String::new(),
-            prefix: "café:".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deleted;
+    let deleted = delete_prefix(&mut c, "café:").await;
     assert_eq!(deleted, 2);
     assert_eq!(
         found(&mut c, "", &keys).await,
@@ -488,4 +466,16 @@ fn entry(key: &str, value: &'static str, ttl_ms: u64) -> pb::SetEntry {
         value: value.into(),
         ttl_ms,
     }
+}
+
+/// Deletes every key of the default namespace under `prefix`; returns how many went.
+async fn delete_prefix(c: &mut Client, prefix: &str) -> u64 {
+    c.delete_prefix(pb::DeletePrefixRequest {
+        namespace: String::new(),
+        prefix: prefix.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .deleted
 }
