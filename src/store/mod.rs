@@ -119,6 +119,8 @@ struct Inner {
     stats: Arc<StatsRegistry>,
     /// Read-only connections, used on blocking threads only.
     readers: r2d2::Pool<SqliteConnectionManager>,
+    /// One read-only connection for table scans, apart from the point-read pool.
+    scanners: r2d2::Pool<SqliteConnectionManager>,
     /// Queue to the writer thread.
     writer: mpsc::Sender<Command>,
     /// The writer thread and the maintenance task, taken by [`Store::close`].
@@ -152,19 +154,26 @@ impl Store {
         let db_path = config.data_dir.join(DB_FILE);
         let conn = schema::open_writer(&db_path, config.synchronous)?;
 
-        let manager = SqliteConnectionManager::file(&db_path)
-            .with_flags(
-                OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .with_init(schema::prepare_reader);
-        let readers = r2d2::Pool::builder()
-            .max_size(config.reader_connections.max(1))
-            .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(5))
-            .build(manager)
-            .map_err(|e| Error::Internal(format!("cannot open reader connections: {e}")))?;
+        let pool = |size: u32| {
+            r2d2::Pool::builder()
+                .max_size(size)
+                .min_idle(Some(1))
+                .connection_timeout(Duration::from_secs(5))
+                .build(
+                    SqliteConnectionManager::file(&db_path)
+                        .with_flags(
+                            OpenFlags::SQLITE_OPEN_READ_ONLY
+                                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                                | OpenFlags::SQLITE_OPEN_URI,
+                        )
+                        .with_init(schema::prepare_reader),
+                )
+                .map_err(|e| Error::Internal(format!("cannot open reader connections: {e}")))
+        };
+        let readers = pool(config.reader_connections.max(1))?;
+        // Scans (Stats) get a connection of their own, so that however many of them clients
+        // send, point reads never wait behind one.
+        let scanners = pool(1)?;
 
         let memory = Arc::new(MemoryCache::new(config.max_memory_bytes as usize));
         let stats = Arc::new(StatsRegistry::default());
@@ -199,6 +208,7 @@ impl Store {
                 memory,
                 stats,
                 readers,
+                scanners,
                 writer: tx,
                 background: Mutex::new(Some(Background {
                     writer: writer_thread,
@@ -261,15 +271,16 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        let pool = self.inner.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool
-                .get()
-                .map_err(|e| Error::Unavailable(format!("no database connection free: {e}")))?;
-            f(&conn)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+        run_on(self.inner.readers.clone(), f).await
+    }
+
+    /// Like [`Store::read`], on the connection kept for scans.
+    async fn scan<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        run_on(self.inner.scanners.clone(), f).await
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
@@ -517,7 +528,7 @@ impl Store {
         let now = self.inner.clock.now_ms() as i64;
         let ns = namespace.map(str::to_owned);
         let (entries, bytes) = self
-            .read(move |conn| {
+            .scan(move |conn| {
                 let counts = match &ns {
                     Some(ns) => conn.query_row(
                         "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_entries \
@@ -546,6 +557,22 @@ impl Store {
     pub fn memory_bytes(&self) -> usize {
         self.inner.memory.bytes()
     }
+}
+
+/// Runs `f` on a connection of `pool`, on a blocking thread (never on the async runtime).
+async fn run_on<T, F>(pool: r2d2::Pool<SqliteConnectionManager>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let conn = pool
+            .get()
+            .map_err(|e| Error::Unavailable(format!("no database connection free: {e}")))?;
+        f(&conn)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
 }
 
 fn found(e: CachedEntry, now: u64) -> Found {
