@@ -228,3 +228,37 @@ async fn a_stopped_server_removes_its_socket_and_answers_no_more() {
         .expect_err("a stopped server answers nothing");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_turns_not_serving_when_shutdown_starts() {
+    // A health Watch stream never ends by itself, so this shutdown drains until the deadline;
+    // keep it short.
+    let mut server = TestServer::start_with(
+        |_| {},
+        larder::server::ServerSettings {
+            drain_timeout: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "larder.v1.CacheService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    // Bounded so that a missing status fails the test instead of hanging it: the stream stays
+    // open after the drain deadline, since serve() does not own the connection tasks.
+    let next_status = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message());
+    let (_, next) = tokio::join!(server.stop(), next_status);
+    let next = next
+        .expect("no status change after shutdown started")
+        .expect("the watch stream carries the change before it ends")
+        .expect("a status after shutdown started");
+    assert_eq!(next.status(), ServingStatus::NotServing);
+}
