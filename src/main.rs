@@ -38,7 +38,7 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         .thread_name("larder-worker")
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = larder::shutdown::on_signal()
             .map_err(|e| anyhow::anyhow!("cannot install SIGTERM/SIGINT handlers: {e}"))?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
@@ -52,5 +52,9 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
             };
         serve(store, listeners, config.server.clone(), shutdown).await?;
         Ok(())
-    })
+    });
+    // Connections still open after the drain deadline, and reads still on blocking threads,
+    // get a moment to end; the store is already closed and every write committed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
