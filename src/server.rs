@@ -6,7 +6,6 @@
 //! port 0 and stop it without signals.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,11 +67,6 @@ impl Listeners {
     /// Listeners already bound by the caller (tests bind `127.0.0.1:0`).
     pub fn from_bound(tcp: Option<TcpListener>, unix: Option<(UnixListener, PathBuf)>) -> Self {
         Self { tcp, unix }
-    }
-
-    /// The bound TCP address, if TCP is on.
-    pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The Unix socket path, if any.

@@ -246,16 +246,6 @@ impl MemoryCache {
         (0..SHARDS).map(|i| self.lock(i).bytes).sum()
     }
 
-    /// Entries currently cached, over all shards.
-    pub fn len(&self) -> usize {
-        (0..SHARDS).map(|i| self.lock(i).lru.len()).sum()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The configured total budget (rounded down to a multiple of the shard count).
     pub fn budget(&self) -> usize {
         self.shard_budget * SHARDS

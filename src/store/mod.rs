@@ -21,7 +21,7 @@ pub mod schema;
 pub mod stats;
 pub mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,8 +125,6 @@ struct Inner {
     writer: mpsc::Sender<Command>,
     /// The writer thread and the maintenance task, taken by [`Store::close`].
     background: Mutex<Option<Background>>,
-    /// Path of the database file.
-    db_path: PathBuf,
     /// Held for as long as the store lives.
     _lock: DataDirLock,
 }
@@ -216,15 +214,9 @@ impl Store {
                     maintenance,
                     stop_maintenance,
                 })),
-                db_path,
                 _lock: lock,
             }),
         })
-    }
-
-    /// Path of the database file.
-    pub fn db_path(&self) -> &Path {
-        &self.inner.db_path
     }
 
     /// Stops the maintenance task, lets the writer commit everything queued, checkpoints the
