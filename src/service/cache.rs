@@ -164,7 +164,7 @@ impl CacheService for CacheApi {
         self.keys("keys", &req.keys)?;
         let found = self
             .store
-            .get_many(ns, req.keys.clone(), self.limits.max_response_value_bytes())
+            .get_many(ns, &req.keys, self.limits.max_response_value_bytes())
             .await?;
         let entries = req
             .keys

@@ -276,21 +276,13 @@ impl Store {
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .writer
-            .send(Command::Write { op, reply })
-            .await
-            .map_err(|_| Error::Unavailable("larder is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Unavailable("larder is shutting down".into()))?
+        submit(&self.inner.writer, op).await
     }
 
     /// Reads one key.
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Found>> {
         let mut found = self
-            .get_many(namespace, vec![key.to_owned()], usize::MAX)
+            .get_many(namespace, &[key.to_owned()], usize::MAX)
             .await?;
         Ok(found.pop().flatten())
     }
@@ -301,7 +293,7 @@ impl Store {
     pub async fn get_many(
         &self,
         namespace: &str,
-        keys: Vec<String>,
+        keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Found>>> {
         let too_large = move || {
@@ -318,8 +310,8 @@ impl Store {
         let counters = self.counters(namespace);
         let mut answers: Vec<Option<Found>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
-        for (i, key) in keys.into_iter().enumerate() {
-            match self.inner.memory.get(namespace, &key, now) {
+        for (i, key) in keys.iter().enumerate() {
+            match self.inner.memory.get(namespace, key, now) {
                 Lookup::Hit(e) => {
                     counters.read(true, true);
                     total = total.saturating_add(e.value.len());
@@ -334,7 +326,7 @@ impl Store {
                 }
                 Lookup::Miss(ticket) => {
                     answers.push(None);
-                    misses.push((i, key, ticket));
+                    misses.push((i, key.clone(), ticket));
                 }
             }
         }
@@ -503,14 +495,10 @@ impl Store {
     pub async fn maintain(&self) -> Result<u64> {
         let mut total = 0;
         loop {
-            match self.write(WriteOp::Maintain).await? {
-                WriteOutcome::Maintained { expired, more } => {
-                    total += expired;
-                    if !more {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(other)),
+            let (expired, more) = maintenance_pass(&self.inner.writer).await?;
+            total += expired;
+            if !more {
+                return Ok(total);
             }
         }
     }
@@ -590,31 +578,41 @@ async fn maintain(writer: mpsc::Sender<Command>, interval: Duration, stop: Cance
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        loop {
-            let (reply, answer) = oneshot::channel();
-            let cmd = Command::Write {
-                op: WriteOp::Maintain,
-                reply,
-            };
-            if writer.send(cmd).await.is_err() {
-                return;
-            }
-            match answer.await {
-                Ok(Ok(WriteOutcome::Maintained { expired, more })) => {
+        while !stop.is_cancelled() {
+            match maintenance_pass(&writer).await {
+                Ok((expired, more)) => {
                     if expired > 0 {
                         tracing::debug!(expired, "swept expired entries");
                     }
-                    if !more || stop.is_cancelled() {
+                    if !more {
                         break;
                     }
                 }
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "maintenance pass failed");
                     break;
                 }
-                Err(_) => return,
             }
         }
     }
+}
+
+/// One upkeep pass by the writer: how many expired rows it deleted, and whether more wait.
+async fn maintenance_pass(writer: &mpsc::Sender<Command>) -> Result<(u64, bool)> {
+    match submit(writer, WriteOp::Maintain).await? {
+        WriteOutcome::Maintained { expired, more } => Ok((expired, more)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Queues a write and waits until the writer answers (after its transaction committed).
+async fn submit(writer: &mpsc::Sender<Command>, op: WriteOp) -> Result<WriteOutcome> {
+    let (reply, answer) = oneshot::channel();
+    writer
+        .send(Command::Write { op, reply })
+        .await
+        .map_err(|_| Error::Unavailable("larder is shutting down".into()))?;
+    answer
+        .await
+        .map_err(|_| Error::Unavailable("larder is shutting down".into()))?
 }

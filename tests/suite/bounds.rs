@@ -164,10 +164,7 @@ async fn check_disk_bound(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
 
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
-    let found = store
-        .get_many("ns", keys.clone(), usize::MAX)
-        .await
-        .unwrap();
+    let found = store.get_many("ns", &keys, usize::MAX).await.unwrap();
     let live: Vec<u64> = keys
         .iter()
         .zip(&found)

@@ -204,7 +204,7 @@ async fn delete_prefix_removes_exactly_the_keys_under_the_prefix() {
         set(&mut c, "other", k, "v", 0).await;
     }
 
-    let deleted = delete_prefix(&mut c, "user:42:").await;
+    let deleted = delete_prefix(&mut c, "", "user:42:").await;
     assert_eq!(deleted, 2);
     assert_eq!(
         found(&mut c, "", &keys).await,
@@ -216,7 +216,7 @@ async fn delete_prefix_removes_exactly_the_keys_under_the_prefix() {
         "another namespace's keys with the same prefix stay"
     );
 
-    let again = delete_prefix(&mut c, "user:42:").await;
+    let again = delete_prefix(&mut c, "", "user:42:").await;
     assert_eq!(again, 0);
 }
 
@@ -228,7 +228,7 @@ async fn delete_prefix_handles_multibyte_prefixes() {
     for k in keys {
         set(&mut c, "", k, "v", 0).await;
     }
-    let deleted = delete_prefix(&mut c, "café:").await;
+    let deleted = delete_prefix(&mut c, "", "café:").await;
     assert_eq!(deleted, 2);
     assert_eq!(
         found(&mut c, "", &keys).await,
@@ -375,15 +375,7 @@ async fn stats_counts_every_kind_of_operation() {
     let s = stats(&mut c, "s").await;
     assert_eq!((s.entries, s.bytes, s.expirations), (2, 8, 1));
 
-    let by_prefix = c
-        .delete_prefix(pb::DeletePrefixRequest {
-            namespace: "s".into(),
-            prefix: "a".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deleted; // deletes 3
+    let by_prefix = delete_prefix(&mut c, "s", "a").await; // deletes 3
     assert_eq!(by_prefix, 1);
     let cleared = c
         .clear(pb::ClearRequest {
@@ -468,10 +460,10 @@ fn entry(key: &str, value: &'static str, ttl_ms: u64) -> pb::SetEntry {
     }
 }
 
-/// Deletes every key of the default namespace under `prefix`; returns how many went.
-async fn delete_prefix(c: &mut Client, prefix: &str) -> u64 {
+/// Deletes every key of `namespace` under `prefix`; returns how many went.
+async fn delete_prefix(c: &mut Client, namespace: &str, prefix: &str) -> u64 {
     c.delete_prefix(pb::DeletePrefixRequest {
-        namespace: String::new(),
+        namespace: namespace.into(),
         prefix: prefix.into(),
     })
     .await
