@@ -493,11 +493,15 @@ impl Writer {
                 value,
                 ttl_ms,
                 condition,
-            } => self.set(namespace, key, value, *ttl_ms, *condition, now, fx),
+            } => {
+                let (stored, version) =
+                    self.set(namespace, key, value, *ttl_ms, *condition, now, fx)?;
+                Ok(WriteOutcome::Set { stored, version })
+            }
             WriteOp::SetMany { namespace, entries } => {
                 let mut versions = Vec::with_capacity(entries.len());
                 for e in entries {
-                    match self.set(
+                    let (_, version) = self.set(
                         namespace,
                         &e.key,
                         &e.value,
@@ -505,14 +509,8 @@ impl Writer {
                         SetCondition::Always,
                         now,
                         fx,
-                    )? {
-                        WriteOutcome::Set { version, .. } => versions.push(version),
-                        other => {
-                            return Err(Error::Internal(format!(
-                                "unexpected outcome of an unconditional set: {other:?}"
-                            )));
-                        }
-                    }
+                    )?;
+                    versions.push(version);
                 }
                 Ok(WriteOutcome::Versions(versions))
             }
@@ -636,6 +634,8 @@ impl Writer {
             .map_err(Error::storage("reading a key to write"))
     }
 
+    /// Writes a key if `condition` holds; returns whether it was stored, and the version
+    /// after the call (the current one, 0 if absent, when not stored).
     #[allow(clippy::too_many_arguments)]
     fn set(
         &mut self,
@@ -646,7 +646,7 @@ impl Writer {
         condition: SetCondition,
         now: u64,
         fx: &mut Effects,
-    ) -> Result<WriteOutcome> {
+    ) -> Result<(bool, u64)> {
         let current = self.current(namespace, key)?;
         let old_size = current.as_ref().map_or(0, |c| c.size);
         let live_version = current
@@ -659,20 +659,14 @@ impl Writer {
             SetCondition::IfVersion(expected) => live_version == Some(expected),
         };
         if !allowed {
-            return Ok(WriteOutcome::Set {
-                stored: false,
-                version: live_version.unwrap_or(0),
-            });
+            return Ok((false, live_version.unwrap_or(0)));
         }
         let version = self.take_version();
         let expires_at = deadline_ms(ttl_ms, now);
         self.upsert(
             namespace, key, value, version, expires_at, now, old_size, fx,
         )?;
-        Ok(WriteOutcome::Set {
-            stored: true,
-            version,
-        })
+        Ok((true, version))
     }
 
     #[allow(clippy::too_many_arguments)]
