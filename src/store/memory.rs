@@ -1,5 +1,6 @@
-//! The in-memory LRU in front of SQLite: sharded, byte-accounted, and kept coherent with the
-//! database by the writer.
+//! The in-memory LRUs in front of SQLite: sharded, byte-accounted, and kept coherent with the
+//! database by the writer. One generic [`MemoryCache`] serves both cache entries
+//! ([`EntryCache`]) and sessions (keyed by token hash).
 //!
 //! Only the writer thread puts acknowledged values here (after its transaction committed), so a
 //! client always reads its own writes. Readers that missed may *fill* an entry they read from
@@ -7,7 +8,7 @@
 //! slow reader can never put back a value that a newer commit replaced.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,8 +17,8 @@ use lru::LruCache;
 
 use crate::clock::remaining_ms;
 
-/// Bytes charged per entry on top of its namespace, key and value: the hash table slot, list
-/// links and the two string headers. An estimate, so the budget errs on the side of less.
+/// Bytes charged per entry on top of its key and value: the hash table slot, list links and
+/// the string headers. An estimate, so the budget errs on the side of less.
 pub const ENTRY_OVERHEAD: usize = 128;
 
 /// Number of independently locked shards (a power of two).
@@ -26,6 +27,19 @@ const SHARDS: usize = 16;
 /// Most keys remembered as read per shard between two collections; reads past it are not
 /// remembered, which only makes eviction order a little less exact until the next collection.
 const MAX_ACCESSED_PER_SHARD: usize = 16 * 1024;
+
+/// A value the memory LRU can hold: it knows its size and when it stops being live.
+pub trait Cached: Clone {
+    /// What the value is looked up by.
+    type Key: Hash + Eq + Clone + std::fmt::Debug;
+    /// Bytes of key and value charged against the budget (without [`ENTRY_OVERHEAD`]).
+    fn size(key: &Self::Key, value: &Self) -> usize;
+    /// Whether the value is still live at `now_ms`.
+    fn live(&self, now_ms: u64) -> bool;
+}
+
+/// A cache entry's key: namespace and key.
+pub type CacheKey = (String, String);
 
 /// One cached value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +52,26 @@ pub struct CachedEntry {
     pub expires_at_ms: u64,
 }
 
+impl Cached for CachedEntry {
+    type Key = CacheKey;
+
+    fn size((namespace, key): &CacheKey, value: &Self) -> usize {
+        namespace.len() + key.len() + value.value.len()
+    }
+
+    fn live(&self, now_ms: u64) -> bool {
+        remaining_ms(self.expires_at_ms, now_ms).is_some()
+    }
+}
+
+/// The LRU of cache entries.
+pub type EntryCache = MemoryCache<CachedEntry>;
+
 /// What a memory lookup found.
 #[derive(Debug)]
-pub enum Lookup {
+pub enum Lookup<V> {
     /// A live entry.
-    Hit(CachedEntry),
+    Hit(V),
     /// The entry is cached but expired: the database holds the same expired row, so the key is
     /// absent without asking SQLite.
     Expired,
@@ -57,25 +86,31 @@ pub struct FillTicket {
     epoch: u64,
 }
 
-type Key = (String, String);
-
 #[derive(Debug)]
-struct Shard {
+struct Shard<V: Cached> {
     /// Entries in recency order.
-    lru: LruCache<Key, CachedEntry>,
+    lru: LruCache<V::Key, V>,
     /// Sum of `charge` over `lru`.
     bytes: usize,
-    /// Incremented by every write (put, remove, expiry change) to this shard.
+    /// Incremented by every write (put, remove, update) to this shard.
     epoch: u64,
     /// Keys read since the writer last collected them, with the time of the latest read: the
     /// disk-bound eviction order is kept from these, so a read never costs a disk write.
-    accessed: HashMap<Key, u64>,
+    accessed: HashMap<V::Key, u64>,
+}
+
+impl<V: Cached> Shard<V> {
+    fn take(&mut self, key: &V::Key) -> Option<V> {
+        let old = self.lru.pop(key)?;
+        self.bytes -= charge(key, &old);
+        Some(old)
+    }
 }
 
 /// The sharded, byte-bounded LRU.
 #[derive(Debug)]
-pub struct MemoryCache {
-    shards: Box<[Mutex<Shard>]>,
+pub struct MemoryCache<V: Cached> {
+    shards: Box<[Mutex<Shard<V>>]>,
     /// Byte budget of each shard (the configured total divided by the shard count).
     shard_budget: usize,
     hasher: std::collections::hash_map::RandomState,
@@ -85,11 +120,11 @@ pub struct MemoryCache {
 }
 
 /// Bytes an entry is charged against the budget.
-pub fn charge(namespace: &str, key: &str, value_len: usize) -> usize {
-    namespace.len() + key.len() + value_len + ENTRY_OVERHEAD
+pub fn charge<V: Cached>(key: &V::Key, value: &V) -> usize {
+    V::size(key, value) + ENTRY_OVERHEAD
 }
 
-impl MemoryCache {
+impl<V: Cached> MemoryCache<V> {
     /// A cache that holds at most `budget_bytes` (as counted by [`charge`]).
     pub fn new(budget_bytes: usize) -> Self {
         let shards = (0..SHARDS)
@@ -106,21 +141,18 @@ impl MemoryCache {
             shards,
             shard_budget: budget_bytes / SHARDS,
             hasher: Default::default(),
-            track_access: AtomicBool::new(true),
+            track_access: AtomicBool::new(false),
         }
     }
 
-    fn shard_of(&self, namespace: &str, key: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        namespace.hash(&mut h);
-        key.hash(&mut h);
-        (h.finish() as usize) & (SHARDS - 1)
+    fn shard_of(&self, key: &V::Key) -> usize {
+        (self.hasher.hash_one(key) as usize) & (SHARDS - 1)
     }
 
     // The locks below are std mutexes held for a few hash-map operations; no `.await` and no
     // I/O happens under them. A poisoned lock means a panic mid-update of a cache, which is
     // safe to keep using after dropping its content.
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard> {
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard<V>> {
         self.shards[shard].lock().unwrap_or_else(|poisoned| {
             let mut guard = poisoned.into_inner();
             guard.lru.clear();
@@ -132,22 +164,19 @@ impl MemoryCache {
     }
 
     /// Looks a key up, marking it recently used on a hit.
-    pub fn get(&self, namespace: &str, key: &str, now_ms: u64) -> Lookup {
-        let shard = self.shard_of(namespace, key);
+    pub fn get(&self, key: &V::Key, now_ms: u64) -> Lookup<V> {
+        let shard = self.shard_of(key);
         let mut s = self.lock(shard);
-        let k = (namespace.to_owned(), key.to_owned());
-        match s.lru.get(&k) {
-            Some(e) if remaining_ms(e.expires_at_ms, now_ms).is_some() => {
+        match s.lru.get(key) {
+            Some(e) if e.live(now_ms) => {
                 let hit = e.clone();
                 if self.track_access.load(Ordering::Relaxed) {
-                    note_access(&mut s.accessed, k, now_ms);
+                    note_access(&mut s.accessed, key, now_ms);
                 }
                 Lookup::Hit(hit)
             }
             Some(_) => {
-                if let Some(old) = s.lru.pop(&k) {
-                    s.bytes -= charge(namespace, key, old.value.len());
-                }
+                s.take(key);
                 Lookup::Expired
             }
             None => Lookup::Miss(FillTicket {
@@ -157,75 +186,70 @@ impl MemoryCache {
         }
     }
 
+    /// The cached value of a key, live or not, without marking it used.
+    pub fn peek(&self, key: &V::Key) -> Option<V> {
+        self.lock(self.shard_of(key)).lru.peek(key).cloned()
+    }
+
     /// Remembers that a key was read at `now_ms` (for reads answered from SQLite; memory hits
     /// are remembered by [`MemoryCache::get`]).
-    pub fn record_access(&self, namespace: &str, key: &str, now_ms: u64) {
+    pub fn record_access(&self, key: &V::Key, now_ms: u64) {
         if !self.track_access.load(Ordering::Relaxed) {
             return;
         }
-        let mut s = self.lock(self.shard_of(namespace, key));
-        note_access(
-            &mut s.accessed,
-            (namespace.to_owned(), key.to_owned()),
-            now_ms,
-        );
+        let mut s = self.lock(self.shard_of(key));
+        note_access(&mut s.accessed, key, now_ms);
     }
 
-    /// Writer only: turns remembering reads on or off.
+    /// Writer only: turns remembering reads on or off (off when created).
     pub fn set_access_tracking(&self, on: bool) {
         self.track_access.store(on, Ordering::Relaxed);
     }
 
     /// Writer only: takes the keys read since the last call, with their latest read time.
-    pub fn take_accessed(&self) -> Vec<(String, String, u64)> {
+    pub fn take_accessed(&self) -> Vec<(V::Key, u64)> {
         let mut out = Vec::new();
         for i in 0..SHARDS {
-            let taken = std::mem::take(&mut self.lock(i).accessed);
-            out.extend(taken.into_iter().map(|((ns, k), t)| (ns, k, t)));
+            out.extend(std::mem::take(&mut self.lock(i).accessed));
         }
         out
     }
 
     /// Caches a value a reader found in SQLite, unless a write reached the shard since the
     /// reader's miss.
-    pub fn fill(&self, ticket: FillTicket, namespace: &str, key: &str, entry: CachedEntry) {
+    pub fn fill(&self, ticket: FillTicket, key: V::Key, value: V) {
         let mut s = self.lock(ticket.shard);
         if s.epoch == ticket.epoch {
-            self.insert_locked(&mut s, namespace, key, entry);
+            self.insert_locked(&mut s, key, value);
         }
     }
 
     /// Writer only: the committed value of a key.
-    pub fn put(&self, namespace: &str, key: &str, entry: CachedEntry) {
-        let mut s = self.lock(self.shard_of(namespace, key));
+    pub fn put(&self, key: V::Key, value: V) {
+        let mut s = self.lock(self.shard_of(&key));
         s.epoch += 1;
-        self.insert_locked(&mut s, namespace, key, entry);
+        self.insert_locked(&mut s, key, value);
     }
 
     /// Writer only: a key was deleted (or evicted, or swept).
-    pub fn remove(&self, namespace: &str, key: &str) {
-        let mut s = self.lock(self.shard_of(namespace, key));
+    pub fn remove(&self, key: &V::Key) {
+        let mut s = self.lock(self.shard_of(key));
         s.epoch += 1;
-        if let Some(old) = s.lru.pop(&(namespace.to_owned(), key.to_owned())) {
-            s.bytes -= charge(namespace, key, old.value.len());
+        s.take(key);
+    }
+
+    /// Writer only: changes a cached value in place (its size must not change).
+    pub fn update(&self, key: &V::Key, change: impl FnOnce(&mut V)) {
+        let mut s = self.lock(self.shard_of(key));
+        s.epoch += 1;
+        if let Some(v) = s.lru.peek_mut(key) {
+            change(v);
         }
     }
 
-    /// Writer only: a key got a new expiry without a new value.
-    pub fn set_expiry(&self, namespace: &str, key: &str, expires_at_ms: u64) {
-        let mut s = self.lock(self.shard_of(namespace, key));
-        s.epoch += 1;
-        if let Some(e) = s.lru.peek_mut(&(namespace.to_owned(), key.to_owned())) {
-            e.expires_at_ms = expires_at_ms;
-        }
-    }
-
-    fn insert_locked(&self, s: &mut Shard, namespace: &str, key: &str, entry: CachedEntry) {
-        let k = (namespace.to_owned(), key.to_owned());
-        if let Some(old) = s.lru.pop(&k) {
-            s.bytes -= charge(namespace, key, old.value.len());
-        }
-        let cost = charge(namespace, key, entry.value.len());
+    fn insert_locked(&self, s: &mut Shard<V>, key: V::Key, value: V) {
+        s.take(&key);
+        let cost = charge(&key, &value);
         // An entry bigger than half a shard would flush most of it for one key: keep it on
         // disk only.
         if cost > self.shard_budget / 2 {
@@ -233,12 +257,12 @@ impl MemoryCache {
         }
         while s.bytes + cost > self.shard_budget {
             match s.lru.pop_lru() {
-                Some(((ns, k), old)) => s.bytes -= charge(&ns, &k, old.value.len()),
+                Some((k, old)) => s.bytes -= charge(&k, &old),
                 None => break,
             }
         }
         s.bytes += cost;
-        s.lru.put(k, entry);
+        s.lru.put(key, value);
     }
 
     /// Bytes currently charged, over all shards.
@@ -256,20 +280,17 @@ impl MemoryCache {
         (0..SHARDS)
             .map(|i| {
                 let s = self.lock(i);
-                s.lru
-                    .iter()
-                    .map(|((ns, k), e)| charge(ns, k, e.value.len()))
-                    .sum::<usize>()
+                s.lru.iter().map(|(k, v)| charge(k, v)).sum::<usize>()
             })
             .sum()
     }
 }
 
-fn note_access(accessed: &mut HashMap<Key, u64>, key: Key, now_ms: u64) {
-    if let Some(t) = accessed.get_mut(&key) {
+fn note_access<K: Hash + Eq + Clone>(accessed: &mut HashMap<K, u64>, key: &K, now_ms: u64) {
+    if let Some(t) = accessed.get_mut(key) {
         *t = (*t).max(now_ms);
     } else if accessed.len() < MAX_ACCESSED_PER_SHARD {
-        accessed.insert(key, now_ms);
+        accessed.insert(key.clone(), now_ms);
     }
 }
 
@@ -277,6 +298,10 @@ fn note_access(accessed: &mut HashMap<Key, u64>, key: Key, now_ms: u64) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn ck(ns: &str, key: &str) -> CacheKey {
+        (ns.to_owned(), key.to_owned())
+    }
 
     fn entry(value: &[u8], expires_at_ms: u64) -> CachedEntry {
         CachedEntry {
@@ -288,81 +313,79 @@ mod tests {
 
     #[test]
     fn a_put_is_read_back_until_it_expires() {
-        let m = MemoryCache::new(1 << 20);
-        m.put("ns", "k", entry(b"v", 100));
-        assert!(matches!(m.get("ns", "k", 99), Lookup::Hit(e) if e.value == "v"));
-        assert!(matches!(m.get("ns", "k", 100), Lookup::Expired));
-        assert!(matches!(m.get("ns", "k", 0), Lookup::Miss(_)));
+        let m = EntryCache::new(1 << 20);
+        m.put(ck("ns", "k"), entry(b"v", 100));
+        assert!(matches!(m.get(&ck("ns", "k"), 99), Lookup::Hit(e) if e.value == "v"));
+        assert!(matches!(m.get(&ck("ns", "k"), 100), Lookup::Expired));
+        assert!(matches!(m.get(&ck("ns", "k"), 0), Lookup::Miss(_)));
         assert_eq!(m.bytes(), 0);
     }
 
     #[test]
     fn reads_are_remembered_until_collected() {
-        let m = MemoryCache::new(1 << 20);
-        m.put("ns", "a", entry(b"v", 0));
-        let _ = m.get("ns", "a", 10);
-        let _ = m.get("ns", "a", 30);
-        m.record_access("ns", "b", 20);
+        let m = EntryCache::new(1 << 20);
+        m.set_access_tracking(true);
+        m.put(ck("ns", "a"), entry(b"v", 0));
+        let _ = m.get(&ck("ns", "a"), 10);
+        let _ = m.get(&ck("ns", "a"), 30);
+        m.record_access(&ck("ns", "b"), 20);
         let mut seen = m.take_accessed();
         seen.sort();
-        assert_eq!(
-            seen,
-            vec![("ns".into(), "a".into(), 30), ("ns".into(), "b".into(), 20)]
-        );
+        assert_eq!(seen, vec![(ck("ns", "a"), 30), (ck("ns", "b"), 20)]);
         assert!(m.take_accessed().is_empty());
     }
 
     #[test]
     fn namespaces_are_separate() {
-        let m = MemoryCache::new(1 << 20);
-        m.put("a", "k", entry(b"1", 0));
-        assert!(matches!(m.get("b", "k", 0), Lookup::Miss(_)));
+        let m = EntryCache::new(1 << 20);
+        m.put(ck("a", "k"), entry(b"1", 0));
+        assert!(matches!(m.get(&ck("b", "k"), 0), Lookup::Miss(_)));
     }
 
     #[test]
     fn a_fill_after_a_write_is_refused() {
-        let m = MemoryCache::new(1 << 20);
-        let Lookup::Miss(ticket) = m.get("ns", "k", 0) else {
+        let m = EntryCache::new(1 << 20);
+        let Lookup::Miss(ticket) = m.get(&ck("ns", "k"), 0) else {
             panic!("expected a miss")
         };
         // The writer commits a newer value (or a delete) while the reader was in SQLite.
-        m.remove("ns", "k");
-        m.fill(ticket, "ns", "k", entry(b"stale", 0));
-        assert!(matches!(m.get("ns", "k", 0), Lookup::Miss(_)));
+        m.remove(&ck("ns", "k"));
+        m.fill(ticket, ck("ns", "k"), entry(b"stale", 0));
+        assert!(matches!(m.get(&ck("ns", "k"), 0), Lookup::Miss(_)));
     }
 
     #[test]
     fn a_fill_without_a_write_is_kept() {
-        let m = MemoryCache::new(1 << 20);
-        let Lookup::Miss(ticket) = m.get("ns", "k", 0) else {
+        let m = EntryCache::new(1 << 20);
+        let Lookup::Miss(ticket) = m.get(&ck("ns", "k"), 0) else {
             panic!("expected a miss")
         };
-        m.fill(ticket, "ns", "k", entry(b"v", 0));
-        assert!(matches!(m.get("ns", "k", 0), Lookup::Hit(_)));
+        m.fill(ticket, ck("ns", "k"), entry(b"v", 0));
+        assert!(matches!(m.get(&ck("ns", "k"), 0), Lookup::Hit(_)));
     }
 
     #[test]
     fn the_least_recently_used_entry_goes_first() {
         // One shard's worth of budget per key: force everything into a tiny budget and use
         // keys of one shard by checking behaviour through the whole cache.
-        let m = MemoryCache::new(SHARDS * (3 * charge("n", "k0", 10)));
+        let m = EntryCache::new(SHARDS * (3 * charge(&ck("n", "k0"), &entry(&[0; 10], 0))));
         let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
         for k in &keys {
-            m.put("n", k, entry(&[0; 10], 0));
+            m.put(ck("n", k), entry(&[0; 10], 0));
         }
         assert!(m.bytes() <= m.budget());
         // The newest key of all is always kept.
         assert!(matches!(
-            m.get("n", keys.last().unwrap(), 0),
+            m.get(&ck("n", keys.last().unwrap()), 0),
             Lookup::Hit(_)
         ));
     }
 
     #[test]
     fn huge_values_are_not_cached() {
-        let m = MemoryCache::new(SHARDS * 1000);
-        m.put("n", "big", entry(&[0; 600], 0));
-        assert!(matches!(m.get("n", "big", 0), Lookup::Miss(_)));
+        let m = EntryCache::new(SHARDS * 1000);
+        m.put(ck("n", "big"), entry(&[0; 600], 0));
+        assert!(matches!(m.get(&ck("n", "big"), 0), Lookup::Miss(_)));
         assert_eq!(m.bytes(), 0);
     }
 
@@ -390,18 +413,18 @@ mod tests {
         /// equals the sum of the charges of what is cached.
         #[test]
         fn never_exceeds_its_byte_budget(budget in 0usize..200_000, ops in prop::collection::vec(op(), 1..300)) {
-            let m = MemoryCache::new(budget);
+            let m = EntryCache::new(budget);
             for op in ops {
                 match op {
-                    Op::Put(k, n) => m.put("ns", &k.to_string(), entry(&vec![7; n], 0)),
+                    Op::Put(k, n) => m.put(ck("ns", &k.to_string()), entry(&vec![7; n], 0)),
                     Op::Fill(k, n) => {
-                        if let Lookup::Miss(t) = m.get("ns", &k.to_string(), 0) {
-                            m.fill(t, "ns", &k.to_string(), entry(&vec![1; n], 0));
+                        if let Lookup::Miss(t) = m.get(&ck("ns", &k.to_string()), 0) {
+                            m.fill(t, ck("ns", &k.to_string()), entry(&vec![1; n], 0));
                         }
                     }
-                    Op::Remove(k) => m.remove("ns", &k.to_string()),
-                    Op::Get(k) => { let _ = m.get("ns", &k.to_string(), 5); }
-                    Op::Expire(k) => m.set_expiry("ns", &k.to_string(), 1),
+                    Op::Remove(k) => m.remove(&ck("ns", &k.to_string())),
+                    Op::Get(k) => { let _ = m.get(&ck("ns", &k.to_string()), 5); }
+                    Op::Expire(k) => m.update(&ck("ns", &k.to_string()), |e| e.expires_at_ms = 1),
                 }
                 prop_assert!(m.bytes() <= m.budget());
                 prop_assert_eq!(m.bytes(), m.recount());
@@ -412,14 +435,14 @@ mod tests {
         /// value than the writer's latest).
         #[test]
         fn a_hit_is_the_latest_put(ops in prop::collection::vec((0u8..8, 0usize..64), 1..200)) {
-            let m = MemoryCache::new(1 << 20);
+            let m = EntryCache::new(1 << 20);
             let mut model = std::collections::HashMap::new();
             for (k, n) in ops {
                 let value = vec![n as u8; n];
-                m.put("ns", &k.to_string(), entry(&value, 0));
+                m.put(ck("ns", &k.to_string()), entry(&value, 0));
                 model.insert(k, value);
                 for (mk, mv) in &model {
-                    if let Lookup::Hit(e) = m.get("ns", &mk.to_string(), 0) {
+                    if let Lookup::Hit(e) = m.get(&ck("ns", &mk.to_string()), 0) {
                         prop_assert_eq!(&e.value[..], &mv[..]);
                     }
                 }

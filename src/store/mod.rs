@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, remaining_ms};
 use crate::error::{Error, Result};
 use lock::DataDirLock;
-use memory::{CachedEntry, Lookup, MemoryCache};
+use memory::{CacheKey, CachedEntry, EntryCache, Lookup};
 use schema::Synchronous;
 use stats::StatsRegistry;
 use writer::{Command, WriteOp, WriteOutcome, Writer, WriterSettings};
@@ -114,7 +114,7 @@ struct Inner {
     /// Where "now" comes from (injected so tests move time by hand).
     clock: Arc<dyn Clock>,
     /// The LRU in front of SQLite; written by the writer, filled by readers.
-    memory: Arc<MemoryCache>,
+    memory: Arc<EntryCache>,
     /// Counters for Stats.
     stats: Arc<StatsRegistry>,
     /// Read-only connections, used on blocking threads only.
@@ -173,7 +173,7 @@ impl Store {
         // send, point reads never wait behind one.
         let scanners = pool(1)?;
 
-        let memory = Arc::new(MemoryCache::new(config.max_memory_bytes as usize));
+        let memory = Arc::new(EntryCache::new(config.max_memory_bytes as usize));
         let stats = Arc::new(StatsRegistry::default());
         let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
@@ -311,7 +311,11 @@ impl Store {
         let mut answers: Vec<Option<Found>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match self.inner.memory.get(namespace, key, now) {
+            match self
+                .inner
+                .memory
+                .get(&(namespace.to_owned(), key.clone()), now)
+            {
                 Lookup::Hit(e) => {
                     counters.read(true, true);
                     total = total.saturating_add(e.value.len());
@@ -373,8 +377,9 @@ impl Store {
                 Some(entry) => {
                     counters.read(true, false);
                     answers[i] = Some(found(entry.clone(), now));
-                    self.inner.memory.record_access(namespace, &key, now);
-                    self.inner.memory.fill(ticket, namespace, &key, entry);
+                    let key: CacheKey = (namespace.to_owned(), key);
+                    self.inner.memory.record_access(&key, now);
+                    self.inner.memory.fill(ticket, key, entry);
                 }
                 None => counters.read(false, false),
             }

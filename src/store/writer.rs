@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, deadline_ms, remaining_ms};
 use crate::error::{Error, Result};
-use crate::store::memory::{CachedEntry, MemoryCache};
+use crate::store::memory::{CachedEntry, EntryCache};
 use crate::store::stats::{CounterValues, StatsRegistry};
 
 /// Most commands folded into one transaction.
@@ -208,7 +208,7 @@ struct Current {
 /// The writer's state; lives on its own thread.
 pub struct Writer {
     conn: Connection,
-    memory: Arc<MemoryCache>,
+    memory: Arc<EntryCache>,
     stats: Arc<StatsRegistry>,
     clock: Arc<dyn Clock>,
     settings: WriterSettings,
@@ -230,7 +230,7 @@ impl Writer {
     /// Loads the writer's counters from the database.
     pub fn new(
         conn: Connection,
-        memory: Arc<MemoryCache>,
+        memory: Arc<EntryCache>,
         stats: Arc<StatsRegistry>,
         clock: Arc<dyn Clock>,
         settings: WriterSettings,
@@ -391,9 +391,11 @@ impl Writer {
         self.memory.set_access_tracking(self.eviction_in_sight());
         for effect in effects.memory {
             match effect {
-                MemEffect::Put(ns, key, entry) => self.memory.put(&ns, &key, entry),
-                MemEffect::Remove(ns, key) => self.memory.remove(&ns, &key),
-                MemEffect::Expiry(ns, key, at) => self.memory.set_expiry(&ns, &key, at),
+                MemEffect::Put(ns, key, entry) => self.memory.put((ns, key), entry),
+                MemEffect::Remove(ns, key) => self.memory.remove(&(ns, key)),
+                MemEffect::Expiry(ns, key, at) => {
+                    self.memory.update(&(ns, key), |e| e.expires_at_ms = at)
+                }
             }
         }
         for (ns, counts) in effects.counts {
@@ -833,7 +835,7 @@ impl Writer {
                  WHERE namespace = ?1 AND key = ?2 AND accessed_at < ?3",
             )
             .map_err(Error::storage("preparing access-time updates"))?;
-        for (ns, key, at) in accessed {
+        for ((ns, key), at) in accessed {
             stmt.execute(params![ns, key, at as i64])
                 .map_err(Error::storage("recording access times"))?;
         }
