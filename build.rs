@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/larder/v1/cache.proto"];
+    let protos = [
+        "proto/larder/v1/cache.proto",
+        "proto/larder/v1/session.proto",
+    ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::server::ServerSettings;
 use crate::service::Limits;
+use crate::service::session::SessionSettings;
 use crate::store::StoreConfig;
 use crate::store::schema::Synchronous;
 
@@ -64,6 +65,19 @@ pub struct ServeArgs {
     /// past it (e.g. 4GiB).
     #[arg(long, env = "LARDER_MAX_DISK", default_value = "4GiB")]
     pub max_disk: ByteSize,
+    /// Memory for the LRU of sessions in front of SQLite (sessions on disk are never evicted).
+    #[arg(long, env = "LARDER_SESSION_MAX_MEMORY", default_value = "64MiB")]
+    pub session_max_memory: ByteSize,
+    /// Idle TTL of a session created without one (e.g. 30m): it ends after this long unused.
+    #[arg(long, env = "LARDER_SESSION_IDLE_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub session_idle_ttl: Duration,
+    /// Absolute TTL of a session created without one (e.g. 30d): it ends after this long
+    /// however much it is used.
+    #[arg(long, env = "LARDER_SESSION_ABSOLUTE_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub session_absolute_ttl: Duration,
+    /// Longest idle or absolute TTL a client may ask for.
+    #[arg(long, env = "LARDER_SESSION_MAX_TTL", default_value = "365days", value_parser = humantime::parse_duration)]
+    pub session_max_ttl: Duration,
     /// Largest value accepted (the gRPC message limit follows it).
     #[arg(long, env = "LARDER_MAX_VALUE", default_value = "16MiB")]
     pub max_value: ByteSize,
@@ -112,6 +126,20 @@ impl ServeArgs {
         if self.max_disk.as_u64() < max_value {
             anyhow::bail!("--max-disk must be at least --max-value");
         }
+        let ms = |d: Duration| d.as_millis();
+        if ms(self.session_max_ttl) == 0
+            || self.session_max_ttl > Duration::from_secs(100 * 365 * 24 * 3600)
+        {
+            anyhow::bail!("--session-max-ttl must be between 1ms and 100 years");
+        }
+        for (flag, ttl) in [
+            ("--session-idle-ttl", self.session_idle_ttl),
+            ("--session-absolute-ttl", self.session_absolute_ttl),
+        ] {
+            if ms(ttl) == 0 || ttl > self.session_max_ttl {
+                anyhow::bail!("{flag} must be at least 1ms and at most --session-max-ttl");
+            }
+        }
         let mut store = StoreConfig::new(self.data_dir);
         store.synchronous = match self.synchronous {
             SynchronousArg::Normal => Synchronous::Normal,
@@ -119,10 +147,17 @@ impl ServeArgs {
         };
         store.max_memory_bytes = self.max_memory.as_u64();
         store.max_disk_bytes = self.max_disk.as_u64();
+        store.session_memory_bytes = self.session_max_memory.as_u64();
         let server = ServerSettings {
             limits: Limits {
                 max_value_bytes: max_value as usize,
                 ..Limits::default()
+            },
+            sessions: SessionSettings {
+                default_idle_ttl: self.session_idle_ttl,
+                default_absolute_ttl: self.session_absolute_ttl,
+                max_ttl: self.session_max_ttl,
+                ..SessionSettings::default()
             },
             drain_timeout: self.drain_timeout,
         };
@@ -171,5 +206,19 @@ mod tests {
         assert_eq!(c.server.drain_timeout, Duration::from_millis(1500));
         assert!(parse(&["--max-memory", "lots"]).is_err());
         assert!(parse(&["--worker-threads", "0"]).is_err());
+        let c = parse(&[
+            "--session-idle-ttl",
+            "15m",
+            "--session-absolute-ttl",
+            "7days",
+        ])
+        .unwrap();
+        assert_eq!(c.server.sessions.default_idle_ttl, Duration::from_secs(900));
+        assert_eq!(
+            c.server.sessions.default_absolute_ttl,
+            Duration::from_secs(7 * 86400)
+        );
+        assert!(parse(&["--session-idle-ttl", "0s"]).is_err());
+        assert!(parse(&["--session-absolute-ttl", "400days"]).is_err());
     }
 }

@@ -22,8 +22,10 @@ use tonic_health::ServingStatus;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::cache_service_server::CacheServiceServer;
+use crate::pb::session_service_server::SessionServiceServer;
 use crate::service::Limits;
 use crate::service::cache::CacheApi;
+use crate::service::session::{SessionApi, SessionSettings};
 use crate::store::Store;
 
 /// File mode of the Unix socket: the daemon's user and group may connect, nobody else.
@@ -117,6 +119,8 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
 pub struct ServerSettings {
     /// Request limits.
     pub limits: Limits,
+    /// Session defaults and bounds.
+    pub sessions: SessionSettings,
     /// How long in-flight calls may run after shutdown starts before they are cut.
     pub drain_timeout: Duration,
 }
@@ -125,6 +129,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             limits: Limits::default(),
+            sessions: SessionSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -140,6 +145,9 @@ pub async fn serve(
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
+    health
+        .set_serving::<SessionServiceServer<SessionApi>>()
+        .await;
     health.set_service_status("", ServingStatus::Serving).await;
 
     // Both reflection versions describe every service, including each other, so that
@@ -164,10 +172,15 @@ pub async fn serve(
     let cache = CacheServiceServer::new(CacheApi::new(store.clone(), settings.limits.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let sessions =
+        SessionServiceServer::new(SessionApi::new(store.clone(), settings.sessions.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(cache);
+        .add_service(cache)
+        .add_service(sessions);
 
     let stop_accepting = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -208,6 +221,9 @@ pub async fn serve(
 
     health
         .set_not_serving::<CacheServiceServer<CacheApi>>()
+        .await;
+    health
+        .set_not_serving::<SessionServiceServer<SessionApi>>()
         .await;
     health
         .set_service_status("", ServingStatus::NotServing)

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::cache_service_server::CacheService;
-use crate::service::Limits;
+use crate::service::{Limits, at_most, not_empty};
 use crate::store::{Found, NewEntry, SetCondition, Store};
 
 /// The namespace used when a request leaves it empty.
@@ -63,28 +63,6 @@ impl CacheApi {
         }
         Ok(())
     }
-}
-
-fn not_empty(field: &str, len: usize) -> Result<(), Error> {
-    if len == 0 {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    Ok(())
-}
-
-fn at_most<N: PartialOrd + std::fmt::Display>(
-    field: &str,
-    n: N,
-    limit: N,
-    unit: &str,
-) -> Result<(), Error> {
-    if n > limit {
-        return Err(Error::invalid(
-            field,
-            format!("{n} {unit} is more than the limit of {limit} {unit}"),
-        ));
-    }
-    Ok(())
 }
 
 fn condition(req: &pb::SetRequest) -> Result<SetCondition, Error> {

@@ -1,8 +1,13 @@
 //! The gRPC services: each turns protobuf requests into validated store calls.
 //!
 //! - [`cache`] serves `larder.v1.CacheService`.
+//! - [`session`] serves `larder.v1.SessionService`; [`token`] makes and checks its tokens.
 
 pub mod cache;
+pub mod session;
+pub mod token;
+
+use crate::error::Error;
 
 /// Bounds every request is checked against before anything is written.
 #[derive(Debug, Clone)]
@@ -49,4 +54,28 @@ impl Limits {
     pub fn max_response_value_bytes(&self) -> usize {
         self.max_value_bytes
     }
+}
+
+/// Fails with `INVALID_ARGUMENT` on `field` when `len` is 0.
+pub(crate) fn not_empty(field: &str, len: usize) -> Result<(), Error> {
+    if len == 0 {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Fails with `INVALID_ARGUMENT` on `field` when `n` is over `limit` (counted in `unit`).
+pub(crate) fn at_most<N: PartialOrd + std::fmt::Display>(
+    field: &str,
+    n: N,
+    limit: N,
+    unit: &str,
+) -> Result<(), Error> {
+    if n > limit {
+        return Err(Error::invalid(
+            field,
+            format!("{n} {unit} is more than the limit of {limit} {unit}"),
+        ));
+    }
+    Ok(())
 }

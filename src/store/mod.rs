@@ -4,6 +4,7 @@
 //! - [`schema`]: the SQLite file, its PRAGMAs and migrations.
 //! - [`writer`]: the single writer thread with group commit; every mutation goes through it.
 //! - [`memory`]: the byte-bounded, sharded LRU in front of SQLite.
+//! - [`sessions`]: login sessions: records, sliding expiry, and the session methods.
 //! - [`stats`]: per-namespace counters.
 //! - [`checkpoint`]: background WAL checkpoints, off the writer's path.
 //! - [`lock`]: one daemon per data directory.
@@ -18,6 +19,7 @@ pub mod checkpoint;
 pub mod lock;
 pub mod memory;
 pub mod schema;
+pub mod sessions;
 pub mod stats;
 pub mod writer;
 
@@ -58,6 +60,9 @@ pub struct StoreConfig {
     pub max_memory_bytes: u64,
     /// Bound on keys + values stored in the cache table.
     pub max_disk_bytes: u64,
+    /// Byte budget of the memory LRU of sessions (sessions themselves are never evicted from
+    /// disk).
+    pub session_memory_bytes: u64,
     /// Read-only connections in the reader pool.
     pub reader_connections: u32,
     /// How often expired rows are swept and read times recorded.
@@ -74,6 +79,7 @@ impl StoreConfig {
             synchronous: Synchronous::Normal,
             max_memory_bytes: 256 << 20,
             max_disk_bytes: 4 << 30,
+            session_memory_bytes: 64 << 20,
             reader_connections: 4,
             sweep_interval: Duration::from_secs(1),
             sweep_batch: 1000,
@@ -115,6 +121,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// The LRU in front of SQLite; written by the writer, filled by readers.
     memory: Arc<EntryCache>,
+    /// The LRU of sessions by token hash; written by the writer, filled by readers.
+    sessions: Arc<sessions::SessionCache>,
     /// Counters for Stats.
     stats: Arc<StatsRegistry>,
     /// Read-only connections, used on blocking threads only.
@@ -174,11 +182,15 @@ impl Store {
         let scanners = pool(1)?;
 
         let memory = Arc::new(EntryCache::new(config.max_memory_bytes as usize));
+        let session_memory = Arc::new(sessions::SessionCache::new(
+            config.session_memory_bytes as usize,
+        ));
         let stats = Arc::new(StatsRegistry::default());
         let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
             conn,
             memory.clone(),
+            session_memory.clone(),
             stats.clone(),
             clock.clone(),
             WriterSettings {
@@ -204,6 +216,7 @@ impl Store {
             inner: Arc::new(Inner {
                 clock,
                 memory,
+                sessions: session_memory,
                 stats,
                 readers,
                 scanners,
@@ -258,7 +271,7 @@ impl Store {
     }
 
     /// Runs `f` with a pooled read-only connection on a blocking thread.
-    async fn read<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
@@ -275,7 +288,7 @@ impl Store {
         run_on(self.inner.scanners.clone(), f).await
     }
 
-    async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+    pub(crate) async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
         submit(&self.inner.writer, op).await
     }
 
@@ -568,7 +581,7 @@ fn found(e: CachedEntry, now: u64) -> Found {
     }
 }
 
-fn unexpected(outcome: WriteOutcome) -> Error {
+pub(crate) fn unexpected(outcome: WriteOutcome) -> Error {
     Error::Internal(format!("writer answered with {outcome:?}"))
 }
 
@@ -611,7 +624,7 @@ async fn maintenance_pass(writer: &mpsc::Sender<Command>) -> Result<(u64, bool)>
 }
 
 /// Queues a write and waits until the writer answers (after its transaction committed).
-async fn submit(writer: &mpsc::Sender<Command>, op: WriteOp) -> Result<WriteOutcome> {
+pub(crate) async fn submit(writer: &mpsc::Sender<Command>, op: WriteOp) -> Result<WriteOutcome> {
     let (reply, answer) = oneshot::channel();
     writer
         .send(Command::Write { op, reply })

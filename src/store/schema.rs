@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this build writes. A file with a higher version was written by a newer
 /// Larder and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// WAL pages after which the writer checkpoints inline (the background checkpointer normally
 /// keeps the WAL far below this).
@@ -43,6 +43,25 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     -- Versions are handed out from leases: this is the end of the current lease.
     INSERT INTO meta (name, value) VALUES ('version_lease', 1);
+    ",
+    // 1 → 2: login sessions. Never evicted: they leave by expiry (swept) or revocation.
+    "
+    CREATE TABLE sessions (
+        id                  INTEGER PRIMARY KEY,
+        token_hash          BLOB    NOT NULL UNIQUE,  -- SHA-256 of the token; never the token
+        session_id          TEXT    NOT NULL UNIQUE,  -- public id, for listing and revoking
+        user_id             TEXT    NOT NULL,
+        device_info         TEXT    NOT NULL,
+        ip                  TEXT    NOT NULL,
+        created_at          INTEGER NOT NULL,  -- Unix ms
+        last_seen_at        INTEGER NOT NULL,  -- Unix ms; written coalesced by reads
+        idle_ttl            INTEGER NOT NULL,  -- ms
+        idle_expires_at     INTEGER NOT NULL,  -- MIN(last_seen_at + idle_ttl, absolute_expires_at)
+        absolute_expires_at INTEGER NOT NULL,  -- Unix ms
+        data                TEXT    NOT NULL   -- JSON object of strings
+    );
+    CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
+    CREATE INDEX sessions_by_expiry ON sessions (idle_expires_at);
     ",
 ];
 

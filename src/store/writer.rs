@@ -6,6 +6,9 @@
 //! commits once, and only then updates the memory LRU and answers the callers. Under load,
 //! hundreds of writes share one commit; a write is never acknowledged before it is committed.
 
+mod sessions;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
@@ -16,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::{Clock, deadline_ms, remaining_ms};
 use crate::error::{Error, Result};
 use crate::store::memory::{CachedEntry, EntryCache};
+use crate::store::sessions::{
+    CachedSession, DataLimits, NewSession, SessionCache, SessionRecord, SessionTarget, TokenHash,
+};
 use crate::store::stats::{CounterValues, StatsRegistry};
 
 /// Most commands folded into one transaction.
@@ -105,8 +111,34 @@ pub enum WriteOp {
         delta: i64,
         ttl_ms: u64,
     },
-    /// Background upkeep: record reads for eviction order, delete a batch of expired rows, and
-    /// evict if over the disk bound.
+    /// Create a session.
+    CreateSession(Box<NewSession>),
+    /// Merge changes into a live session's data.
+    UpdateSession {
+        token_hash: TokenHash,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        limits: DataLimits,
+    },
+    /// Give a live session a new token hash.
+    RotateSession {
+        token_hash: TokenHash,
+        new_hash: TokenHash,
+    },
+    /// End one session.
+    RevokeSession(SessionTarget),
+    /// End a user's sessions, but one.
+    RevokeUserSessions {
+        user_id: String,
+        except: Option<String>,
+    },
+    /// Record a session's last use, seen by a read (coalesced, in the background).
+    TouchSession {
+        token_hash: TokenHash,
+        last_seen_ms: u64,
+    },
+    /// Background upkeep: record reads for eviction order, delete a batch of expired rows and
+    /// sessions, and evict if over the disk bound.
     Maintain,
 }
 
@@ -116,6 +148,8 @@ impl WriteOp {
         match self {
             WriteOp::Set { value, .. } => value.len(),
             WriteOp::SetMany { entries, .. } => entries.iter().map(|e| e.value.len()).sum(),
+            WriteOp::CreateSession(new) => sessions_data_bytes(&new.data),
+            WriteOp::UpdateSession { set, .. } => sessions_data_bytes(set),
             _ => 0,
         }
     }
@@ -139,6 +173,8 @@ pub enum WriteOutcome {
     Found(bool),
     /// Counter value and version after an Increment.
     Incremented { value: i64, version: u64 },
+    /// A session after a write; `None` when it was not live (nothing was written).
+    Session(Option<SessionRecord>),
     /// Upkeep done; `more` when a full batch of expired rows was deleted and more may wait.
     Maintained { expired: u64, more: bool },
 }
@@ -170,6 +206,8 @@ enum MemEffect {
     Put(String, String, CachedEntry),
     Remove(String, String),
     Expiry(String, String, u64),
+    PutSession(TokenHash, Arc<CachedSession>),
+    RemoveSession(TokenHash),
 }
 
 /// Everything a command changes besides the database, held back until commit.
@@ -209,6 +247,7 @@ struct Current {
 pub struct Writer {
     conn: Connection,
     memory: Arc<EntryCache>,
+    sessions: Arc<SessionCache>,
     stats: Arc<StatsRegistry>,
     clock: Arc<dyn Clock>,
     settings: WriterSettings,
@@ -231,6 +270,7 @@ impl Writer {
     pub fn new(
         conn: Connection,
         memory: Arc<EntryCache>,
+        sessions: Arc<SessionCache>,
         stats: Arc<StatsRegistry>,
         clock: Arc<dyn Clock>,
         settings: WriterSettings,
@@ -258,6 +298,7 @@ impl Writer {
         Ok(Self {
             conn,
             memory,
+            sessions,
             stats,
             clock,
             settings,
@@ -396,6 +437,8 @@ impl Writer {
                 MemEffect::Expiry(ns, key, at) => {
                     self.memory.update(&(ns, key), |e| e.expires_at_ms = at)
                 }
+                MemEffect::PutSession(hash, session) => self.sessions.put(hash, session),
+                MemEffect::RemoveSession(hash) => self.sessions.remove(&hash),
             }
         }
         for (ns, counts) in effects.counts {
@@ -613,6 +656,28 @@ impl Writer {
                 delta,
                 ttl_ms,
             } => self.increment(namespace, key, *delta, *ttl_ms, now, fx),
+            WriteOp::CreateSession(new) => self.create_session(new, now, fx),
+            WriteOp::UpdateSession {
+                token_hash,
+                set,
+                remove,
+                limits,
+            } => self.update_session(token_hash, set, remove, *limits, now, fx),
+            WriteOp::RotateSession {
+                token_hash,
+                new_hash,
+            } => self.rotate_session(token_hash, new_hash, now, fx),
+            WriteOp::RevokeSession(target) => self.revoke_session(target, now, fx),
+            WriteOp::RevokeUserSessions { user_id, except } => {
+                self.revoke_user_sessions(user_id, except.as_deref(), now, fx)
+            }
+            WriteOp::TouchSession {
+                token_hash,
+                last_seen_ms,
+            } => {
+                self.touch_session(token_hash, *last_seen_ms)?;
+                Ok(WriteOutcome::Found(true))
+            }
             WriteOp::Maintain => self.maintain(now, fx),
         }
     }
@@ -810,10 +875,12 @@ impl Writer {
         if self.eviction_in_sight() {
             self.record_accesses()?;
         }
-        let expired = self.sweep_expired(now, self.settings.sweep_batch, fx)?;
+        let batch = self.settings.sweep_batch;
+        let expired = self.sweep_expired(now, batch, fx)?;
+        let sessions = self.sweep_sessions(now, batch, fx)?;
         Ok(WriteOutcome::Maintained {
-            expired,
-            more: expired as usize >= self.settings.sweep_batch,
+            expired: expired + sessions,
+            more: expired as usize >= batch || sessions as usize >= batch,
         })
     }
 
@@ -981,6 +1048,10 @@ struct Candidate {
     namespace: String,
     key: String,
     size: i64,
+}
+
+fn sessions_data_bytes(data: &BTreeMap<String, String>) -> usize {
+    crate::store::sessions::data_bytes(data)
 }
 
 fn needs_savepoint(op: &WriteOp) -> bool {

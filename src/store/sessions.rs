@@ -1,0 +1,534 @@
+//! Login sessions in the store: the record, its in-memory form with a sliding last-seen time,
+//! the SQL row mapping shared by readers and the writer, and the [`Store`] methods behind
+//! SessionService.
+//!
+//! Sliding expiry without a write per read: a GetSession moves the session's last-seen time in
+//! memory only, and queues a background write of it at most once per coalescing window
+//! ([`persist_window`]: a tenth of the idle TTL, at most [`MAX_PERSIST_WINDOW_MS`]). A crash
+//! therefore loses at most that window of last-seen time, so a session may end up to that much
+//! earlier after a restart; creations, updates, rotations and revocations are committed before
+//! they are acknowledged and are never lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use crate::error::{Error, Result};
+use crate::store::memory::{Cached, Lookup, MemoryCache};
+use crate::store::writer::{WriteOp, WriteOutcome};
+use crate::store::{Store, submit, unexpected};
+
+/// SHA-256 of a session token: all the store ever sees of a token.
+pub type TokenHash = [u8; 32];
+
+/// The longest a session's last-seen time waits in memory before it is written.
+pub const MAX_PERSIST_WINDOW_MS: u64 = 60_000;
+
+/// How long the sweeper leaves a session whose idle expiry passed on disk: its last-seen time
+/// in memory may be up to one coalescing window newer than on disk.
+pub const SWEEP_GRACE_MS: u64 = MAX_PERSIST_WINDOW_MS;
+
+/// How stale the on-disk last-seen time of a session with `idle_ttl_ms` may get before a read
+/// writes it: a tenth of the idle TTL, at most [`MAX_PERSIST_WINDOW_MS`], at least 1 ms.
+pub fn persist_window(idle_ttl_ms: u64) -> u64 {
+    (idle_ttl_ms / 10).clamp(1, MAX_PERSIST_WINDOW_MS)
+}
+
+/// When a session last used at `last_seen_ms` ends: after its idle TTL, but never later than
+/// its absolute expiry.
+pub fn idle_expiry(last_seen_ms: u64, idle_ttl_ms: u64, absolute_expires_at_ms: u64) -> u64 {
+    last_seen_ms
+        .saturating_add(idle_ttl_ms)
+        .min(absolute_expires_at_ms)
+}
+
+/// A session as stored (never its token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Public identifier.
+    pub session_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// App data.
+    pub data: Arc<BTreeMap<String, String>>,
+    /// Client description.
+    pub device_info: String,
+    /// Client address.
+    pub ip: String,
+    /// Unix ms of creation.
+    pub created_at_ms: u64,
+    /// Unix ms of the last use.
+    pub last_seen_at_ms: u64,
+    /// Sliding lifetime without use.
+    pub idle_ttl_ms: u64,
+    /// Unix ms after which the session ends regardless of use.
+    pub absolute_expires_at_ms: u64,
+}
+
+impl SessionRecord {
+    /// When the session ends unless used again.
+    pub fn idle_expires_at_ms(&self) -> u64 {
+        idle_expiry(
+            self.last_seen_at_ms,
+            self.idle_ttl_ms,
+            self.absolute_expires_at_ms,
+        )
+    }
+
+    /// Whether the session is live at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> bool {
+        now_ms < self.idle_expires_at_ms()
+    }
+
+    /// Bytes of the session's strings and data, for memory and response budgets.
+    pub fn size(&self) -> usize {
+        self.session_id.len()
+            + self.user_id.len()
+            + self.device_info.len()
+            + self.ip.len()
+            + data_bytes(&self.data)
+    }
+}
+
+/// Bytes of all keys and values of a data map.
+pub fn data_bytes(data: &BTreeMap<String, String>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Bounds on a session's data, checked again by the writer after an UpdateSession merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataLimits {
+    /// Most entries in the map.
+    pub max_entries: usize,
+    /// Most bytes of keys and values together.
+    pub max_bytes: usize,
+}
+
+impl DataLimits {
+    /// Checks a whole map; the error names `field`.
+    pub fn check(&self, field: &str, data: &BTreeMap<String, String>) -> Result<()> {
+        if data.len() > self.max_entries {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "the session data would hold {} entries, more than the limit of {}",
+                    data.len(),
+                    self.max_entries
+                ),
+            ));
+        }
+        let bytes = data_bytes(data);
+        if bytes > self.max_bytes {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "the session data would hold {bytes} bytes of keys and values, more than \
+                     the limit of {}",
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A session to create.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// SHA-256 of the token handed to the client.
+    pub token_hash: TokenHash,
+    /// Public identifier.
+    pub session_id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Initial data.
+    pub data: BTreeMap<String, String>,
+    /// Client description.
+    pub device_info: String,
+    /// Client address.
+    pub ip: String,
+    /// Sliding lifetime without use (> 0).
+    pub idle_ttl_ms: u64,
+    /// Lifetime regardless of use (> 0).
+    pub absolute_ttl_ms: u64,
+}
+
+/// Which session a revocation is for.
+#[derive(Debug, Clone)]
+pub enum SessionTarget {
+    /// By the hash of its token.
+    Token(TokenHash),
+    /// By its public id.
+    Id(String),
+}
+
+/// A session in the memory LRU: the record as committed, plus its last-seen time as reads
+/// move it (ahead of the disk by less than one coalescing window).
+#[derive(Debug)]
+pub struct CachedSession {
+    record: SessionRecord,
+    /// Latest use known to memory.
+    last_seen: AtomicU64,
+    /// Latest last-seen time written (or queued to be written) to disk.
+    persisted: AtomicU64,
+}
+
+impl CachedSession {
+    /// A record as committed (its last-seen time is the one on disk).
+    pub fn new(record: SessionRecord) -> Self {
+        let seen = record.last_seen_at_ms;
+        Self {
+            record,
+            last_seen: AtomicU64::new(seen),
+            persisted: AtomicU64::new(seen),
+        }
+    }
+
+    /// The latest use known to memory.
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Acquire)
+    }
+
+    /// The record with the latest last-seen time.
+    pub fn snapshot(&self) -> SessionRecord {
+        SessionRecord {
+            last_seen_at_ms: self.last_seen(),
+            ..self.record.clone()
+        }
+    }
+}
+
+impl Cached for Arc<CachedSession> {
+    type Key = TokenHash;
+
+    fn size(key: &TokenHash, value: &Self) -> usize {
+        key.len() + value.record.size()
+    }
+
+    fn live(&self, now_ms: u64) -> bool {
+        now_ms
+            < idle_expiry(
+                self.last_seen(),
+                self.record.idle_ttl_ms,
+                self.record.absolute_expires_at_ms,
+            )
+    }
+}
+
+/// The LRU of sessions, by token hash.
+pub type SessionCache = MemoryCache<Arc<CachedSession>>;
+
+/// The latest use of a session as either the disk (`on_disk`) or memory knows it.
+pub fn latest_use(memory: &SessionCache, hash: &TokenHash, on_disk: u64) -> u64 {
+    memory
+        .peek(hash)
+        .map_or(on_disk, |c| c.last_seen().max(on_disk))
+}
+
+/// Columns read into a [`SessionRecord`] by [`record_from_row`], after any leading columns.
+pub const RECORD_COLUMNS: &str = "session_id, user_id, data, device_info, ip, created_at, \
+                                  last_seen_at, idle_ttl, absolute_expires_at";
+
+/// Reads [`RECORD_COLUMNS`] starting at column `at`.
+pub fn record_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<SessionRecord> {
+    let data: String = r.get(at + 2)?;
+    let data: BTreeMap<String, String> = serde_json::from_str(&data).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(at + 2, rusqlite::types::Type::Text, e.into())
+    })?;
+    Ok(SessionRecord {
+        session_id: r.get(at)?,
+        user_id: r.get(at + 1)?,
+        data: Arc::new(data),
+        device_info: r.get(at + 3)?,
+        ip: r.get(at + 4)?,
+        created_at_ms: r.get::<_, i64>(at + 5)? as u64,
+        last_seen_at_ms: r.get::<_, i64>(at + 6)? as u64,
+        idle_ttl_ms: r.get::<_, i64>(at + 7)? as u64,
+        absolute_expires_at_ms: r.get::<_, i64>(at + 8)? as u64,
+    })
+}
+
+/// A data map as stored: a JSON object (readable with `sqlite3`).
+pub fn encode_data(data: &BTreeMap<String, String>) -> String {
+    // A map of strings to strings always serializes.
+    serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// One page of a user's sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionList {
+    /// Live sessions, newest first.
+    pub sessions: Vec<SessionRecord>,
+    /// Whether live sessions were left out to respect the bounds.
+    pub truncated: bool,
+}
+
+impl Store {
+    /// Creates a session; answers once it is committed.
+    pub async fn create_session(&self, new: NewSession) -> Result<SessionRecord> {
+        match self.write(WriteOp::CreateSession(Box::new(new))).await? {
+            WriteOutcome::Session(Some(record)) => Ok(record),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Looks a live session up and slides its idle expiry. The new last-seen time stays in
+    /// memory and is written in the background once per coalescing window.
+    pub async fn get_session(&self, hash: &TokenHash) -> Result<Option<SessionRecord>> {
+        let now = self.inner.clock.now_ms();
+        let cached = match self.inner.sessions.get(hash, now) {
+            Lookup::Hit(cached) => cached,
+            Lookup::Expired => return Ok(None),
+            Lookup::Miss(ticket) => {
+                let h = *hash;
+                let row = self
+                    .read(move |conn| {
+                        conn.prepare_cached(&format!(
+                            "SELECT {RECORD_COLUMNS} FROM sessions WHERE token_hash = ?1"
+                        ))
+                        .and_then(|mut s| s.query_row([&h[..]], |r| record_from_row(r, 0)))
+                        .optional()
+                        .map_err(Error::storage("reading a session"))
+                    })
+                    .await?;
+                let Some(record) = row.filter(|r| r.live(now)) else {
+                    return Ok(None);
+                };
+                let cached = Arc::new(CachedSession::new(record));
+                self.inner.sessions.fill(ticket, *hash, cached.clone());
+                cached
+            }
+        };
+        cached.last_seen.fetch_max(now, Ordering::AcqRel);
+        let persisted = cached.persisted.load(Ordering::Acquire);
+        if now.saturating_sub(persisted) >= persist_window(cached.record.idle_ttl_ms)
+            && cached
+                .persisted
+                .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // Written in the background: this read does not wait for the disk.
+            let writer = self.inner.writer.clone();
+            let hash = *hash;
+            tokio::spawn(async move {
+                let touch = WriteOp::TouchSession {
+                    token_hash: hash,
+                    last_seen_ms: now,
+                };
+                if let Err(e) = submit(&writer, touch).await {
+                    tracing::debug!(error = %e, "recording a session's last use failed");
+                }
+            });
+        }
+        Ok(Some(cached.snapshot()))
+    }
+
+    /// Merges `set` and `remove` into a live session's data; `None` when it is not live.
+    pub async fn update_session(
+        &self,
+        hash: &TokenHash,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        limits: DataLimits,
+    ) -> Result<Option<SessionRecord>> {
+        self.session_write(WriteOp::UpdateSession {
+            token_hash: *hash,
+            set,
+            remove,
+            limits,
+        })
+        .await
+    }
+
+    /// Replaces a live session's token hash; `None` when it is not live.
+    pub async fn rotate_session(
+        &self,
+        hash: &TokenHash,
+        new_hash: TokenHash,
+    ) -> Result<Option<SessionRecord>> {
+        self.session_write(WriteOp::RotateSession {
+            token_hash: *hash,
+            new_hash,
+        })
+        .await
+    }
+
+    async fn session_write(&self, op: WriteOp) -> Result<Option<SessionRecord>> {
+        match self.write(op).await? {
+            WriteOutcome::Session(record) => Ok(record),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends one session; returns whether it was live.
+    pub async fn revoke_session(&self, target: SessionTarget) -> Result<bool> {
+        match self.write(WriteOp::RevokeSession(target)).await? {
+            WriteOutcome::Found(revoked) => Ok(revoked),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends every session of a user except `except` (a session id); returns how many were
+    /// live.
+    pub async fn revoke_user_sessions(&self, user_id: &str, except: Option<String>) -> Result<u64> {
+        match self
+            .write(WriteOp::RevokeUserSessions {
+                user_id: user_id.to_owned(),
+                except,
+            })
+            .await?
+        {
+            WriteOutcome::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A user's live sessions, newest first: at most `max_sessions` of them and at most
+    /// `max_bytes` of their strings and data (always at least one, if any is live).
+    pub async fn list_sessions(
+        &self,
+        user_id: &str,
+        max_sessions: usize,
+        max_bytes: usize,
+    ) -> Result<SessionList> {
+        let now = self.inner.clock.now_ms();
+        let user = user_id.to_owned();
+        let memory = self.inner.sessions.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT token_hash, {RECORD_COLUMNS} FROM sessions \
+                     WHERE user_id = ?1 AND absolute_expires_at > ?2 AND idle_expires_at > ?3 \
+                     ORDER BY created_at DESC, id DESC"
+                ))
+                .map_err(Error::storage("preparing a session listing"))?;
+            let mut rows = stmt
+                .query(params![
+                    user,
+                    now as i64,
+                    now.saturating_sub(SWEEP_GRACE_MS) as i64
+                ])
+                .map_err(Error::storage("listing sessions"))?;
+            let mut list = SessionList::default();
+            let mut bytes = 0usize;
+            while let Some(row) = rows.next().map_err(Error::storage("listing sessions"))? {
+                let hash: TokenHash = row
+                    .get::<_, Vec<u8>>(0)
+                    .ok()
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(|| Error::Internal("a session row has a malformed hash".into()))?;
+                let mut record =
+                    record_from_row(row, 1).map_err(Error::storage("listing sessions"))?;
+                record.last_seen_at_ms = latest_use(&memory, &hash, record.last_seen_at_ms);
+                if !record.live(now) {
+                    continue;
+                }
+                bytes += record.size();
+                if list.sessions.len() >= max_sessions
+                    || (bytes > max_bytes && !list.sessions.is_empty())
+                {
+                    list.truncated = true;
+                    break;
+                }
+                list.sessions.push(record);
+            }
+            Ok(list)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(last_seen: u64, idle: u64, absolute: u64) -> SessionRecord {
+        SessionRecord {
+            session_id: "ses_x".into(),
+            user_id: "u".into(),
+            data: Arc::default(),
+            device_info: String::new(),
+            ip: String::new(),
+            created_at_ms: 0,
+            last_seen_at_ms: last_seen,
+            idle_ttl_ms: idle,
+            absolute_expires_at_ms: absolute,
+        }
+    }
+
+    #[test]
+    fn idle_expiry_slides_but_never_past_the_absolute_one() {
+        assert_eq!(idle_expiry(1_000, 500, 10_000), 1_500);
+        assert_eq!(idle_expiry(9_800, 500, 10_000), 10_000);
+        assert_eq!(idle_expiry(u64::MAX - 1, 500, u64::MAX), u64::MAX);
+        let r = record(1_000, 500, 10_000);
+        assert!(r.live(1_499));
+        assert!(!r.live(1_500));
+    }
+
+    #[test]
+    fn the_coalescing_window_is_a_tenth_of_the_idle_ttl_up_to_a_minute() {
+        assert_eq!(persist_window(30 * 60_000), MAX_PERSIST_WINDOW_MS);
+        assert_eq!(persist_window(100_000), 10_000);
+        assert_eq!(persist_window(5), 1);
+    }
+
+    #[test]
+    fn memory_knows_a_later_use_than_the_disk() {
+        let memory = SessionCache::new(1 << 20);
+        let hash = [7; 32];
+        assert_eq!(latest_use(&memory, &hash, 100), 100);
+        let cached = Arc::new(CachedSession::new(record(100, 1_000, 10_000)));
+        memory.put(hash, cached.clone());
+        cached.last_seen.fetch_max(400, Ordering::AcqRel);
+        assert_eq!(latest_use(&memory, &hash, 100), 400);
+        assert_eq!(latest_use(&memory, &hash, 500), 500);
+        assert!(memory.peek(&hash).unwrap().live(1_399));
+        assert!(!memory.peek(&hash).unwrap().live(1_400));
+    }
+
+    #[test]
+    fn data_limits_count_entries_and_bytes() {
+        let limits = DataLimits {
+            max_entries: 2,
+            max_bytes: 10,
+        };
+        let mut data = BTreeMap::new();
+        data.insert("ab".to_owned(), "cdef".to_owned());
+        assert!(limits.check("set", &data).is_ok());
+        data.insert("x".to_owned(), "yyy".to_owned());
+        assert!(limits.check("set", &data).is_ok(), "exactly 10 bytes");
+        data.insert("z".to_owned(), String::new());
+        let err = limits.check("set", &data).unwrap_err().to_string();
+        assert!(err.starts_with("set: ") && err.contains("entries"), "{err}");
+        data.remove("z");
+        data.insert("x".to_owned(), "yyyy".to_owned());
+        assert!(
+            limits
+                .check("set", &data)
+                .unwrap_err()
+                .to_string()
+                .contains("bytes")
+        );
+    }
+
+    proptest! {
+        /// A session is live exactly before both of its expiries, whatever the numbers.
+        #[test]
+        fn live_means_before_both_expiries(last_seen in 0u64..1u64 << 50, idle in 1u64..1u64 << 40, absolute in 0u64..1u64 << 51, now in 0u64..1u64 << 51) {
+            let r = record(last_seen, idle, absolute);
+            prop_assert_eq!(r.live(now), now < last_seen + idle && now < absolute);
+            prop_assert!(r.idle_expires_at_ms() <= absolute);
+        }
+
+        /// Data survives its stored form.
+        #[test]
+        fn data_round_trips_through_json(data in prop::collection::btree_map("\\PC{0,8}", "\\PC{0,8}", 0..8)) {
+            let decoded: BTreeMap<String, String> = serde_json::from_str(&encode_data(&data)).unwrap();
+            prop_assert_eq!(decoded, data);
+        }
+    }
+}
