@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# bench-cache.sh: the side-by-side cache benchmark. Builds larder and examples/cachebench in
-# release mode, starts a bare-tonic baseline server, the real daemon (on a temporary data dir)
-# and Redis on fixed loopback ports, drives each with the same closed-loop load (Get and Set,
-# concurrency 64), and prints one table with the ratios the project aims for. Everything it
-# starts is stopped on exit; nothing listens beyond 127.0.0.1.
+# bench.sh: the side-by-side benchmark. Builds larder and examples/bench in release mode,
+# starts a bare-tonic baseline server, the real daemon (on a temporary data dir) and Redis on
+# fixed loopback ports, drives each with the same closed-loop load (concurrency 64): cache Get
+# and Set, and GetSession against Redis doing the same job (MULTI HGETALL + PEXPIRE EXEC), and
+# prints one table with the ratios the project aims for. Everything it starts is stopped on
+# exit; nothing listens beyond 127.0.0.1.
 #
-# Environment: BENCH_DURATION (seconds measured per run, default 10), BENCH_WARMUP (seconds,
+# Environment: BENCH_OPS (which runs, default "get set get-session"), BENCH_TRANSPORT (tcp, or
+# unix: larder and Redis both over Unix sockets, the bare baseline left out), BENCH_DURATION (seconds measured per run, default 10), BENCH_WARMUP (seconds,
 # default 2), BENCH_CONCURRENCY (64), BENCH_CONNECTIONS (4), BENCH_KEYS (10000),
 # BENCH_VALUE_SIZE (100), BENCH_WORKERS (gRPC threads of both servers, 1), BENCH_REDIS_REQUESTS (requests per redis-benchmark run, default
 # 20000 × BENCH_DURATION), BENCH_SKIP_REDIS=1 to leave Redis out, BENCH_PORT_BASE (17000:
@@ -14,6 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
+ops="${BENCH_OPS:-get set get-session}"
+transport="${BENCH_TRANSPORT:-tcp}"
+case "$transport" in tcp | unix) ;; *)
+  echo "bench: BENCH_TRANSPORT must be tcp or unix, got '$transport'" >&2
+  exit 2
+  ;;
+esac
 duration="${BENCH_DURATION:-10}"
 warmup="${BENCH_WARMUP:-2}"
 concurrency="${BENCH_CONCURRENCY:-64}"
@@ -35,7 +44,7 @@ run_limit=$((warmup + duration + 150))
 for n in "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" "$workers" \
   "$redis_requests" "$port_base"; do
   case "$n" in '' | *[!0-9]*)
-    echo "bench-cache: BENCH_* settings must be whole numbers, got '$n'" >&2
+    echo "bench: BENCH_* settings must be whole numbers, got '$n'" >&2
     exit 2
     ;;
   esac
@@ -70,7 +79,7 @@ wait_for_port() {
   local port="$1" pid="$2" log="$3"
   for _ in $(seq 1 100); do
     if ! kill -0 "$pid" 2>/dev/null; then
-      echo "bench-cache: the server for port $port exited; its log:" >&2
+      echo "bench: the server for port $port exited; its log:" >&2
       cat "$log" >&2
       exit 1
     fi
@@ -79,13 +88,13 @@ wait_for_port() {
     fi
     sleep 0.1
   done
-  echo "bench-cache: nothing accepted connections on 127.0.0.1:$port within 10 s" >&2
+  echo "bench: nothing accepted connections on 127.0.0.1:$port within 10 s" >&2
   exit 1
 }
 
 port_free() {
   if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-    echo "bench-cache: 127.0.0.1:$1 is already in use; set BENCH_PORT_BASE or stop it" >&2
+    echo "bench: 127.0.0.1:$1 is already in use; set BENCH_PORT_BASE or stop it" >&2
     exit 1
   fi
 }
@@ -100,9 +109,9 @@ echo "settings: duration ${duration}s, warmup ${warmup}s, concurrency $concurren
   "connections $connections, keys $keys, value ${value_size} B"
 
 section "build (release)"
-cargo build --release --bin larder --example cachebench
+cargo build --release --bin larder --example bench
 larder_bin="$CARGO_TARGET_DIR/release/larder"
-bench_bin="$CARGO_TARGET_DIR/release/examples/cachebench"
+bench_bin="$CARGO_TARGET_DIR/release/examples/bench"
 
 with_redis=1
 if [ "${BENCH_SKIP_REDIS:-0}" = 1 ]; then
@@ -115,7 +124,7 @@ elif ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/
       apt-get install -y -qq redis-server redis-tools >/dev/null; then
     :
   else
-    echo "bench-cache: could not install Redis; going on without it" >&2
+    echo "bench: could not install Redis; going on without it" >&2
     with_redis=0
   fi
 fi
@@ -129,6 +138,7 @@ bare_pid=$!
 pids+=("$bare_pid")
 mkdir "$tmp/larder-data"
 "$larder_bin" serve --data-dir "$tmp/larder-data" --listen "127.0.0.1:$larder_port" \
+  --unix-socket "$tmp/larder.sock" \
   --worker-threads "$workers" --log-level warn >"$tmp/larder.log" 2>&1 &
 larder_pid=$!
 pids+=("$larder_pid")
@@ -144,10 +154,12 @@ if [ "$with_redis" = 1 ]; then
   echo "$(redis-server --version | awk '{print $1, $2, $3}')"
   mkdir "$tmp/redis" "$tmp/redis-aof"
   redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    --unixsocket "$tmp/redis.sock" --unixsocketperm 700 \
     --dir "$tmp/redis" --daemonize no --protected-mode yes >"$tmp/redis.log" 2>&1 &
   redis_pid=$!
   pids+=("$redis_pid")
   redis-server --bind 127.0.0.1 --port "$redis_aof_port" --save '' --appendonly yes \
+    --unixsocket "$tmp/redis-aof.sock" --unixsocketperm 700 \
     --appendfsync everysec --dir "$tmp/redis-aof" --daemonize no --protected-mode yes \
     >"$tmp/redis-aof.log" 2>&1 &
   redis_aof_pid=$!
@@ -178,10 +190,11 @@ machine_ns() {
   awk 'NR == 1 { printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e7; exit }' /proc/stat
 }
 
-grpc_run() {
-  local system="$1" port="$2" pid="$3" op="$4" line f
+# Runs examples/bench against $2 (a URL) whose server is process $3.
+load_run() {
+  local system="$1" target="$2" pid="$3" op="$4" line f
   section "$system $op"
-  line="$(timeout "$run_limit" "$bench_bin" load --target "http://127.0.0.1:$port" \
+  line="$(timeout "$run_limit" "$bench_bin" load --target "$target" \
     --system "$system" --op "$op" --concurrency "$concurrency" --connections "$connections" \
     --duration "${duration}s" --warmup "${warmup}s" --keys "$keys" \
     --value-size "$value_size" --server-pid "$pid" --json)"
@@ -194,6 +207,15 @@ grpc_run() {
   echo "$row" >>"$results"
 }
 
+# redis-benchmark's options to reach the Redis on TCP port $1 over the chosen transport.
+redis_address() {
+  if [ "$transport" = unix ]; then
+    case "$1" in "$redis_port") echo "-s $tmp/redis.sock" ;; *) echo "-s $tmp/redis-aof.sock" ;; esac
+  else
+    echo "-h 127.0.0.1 -p $1"
+  fi
+}
+
 # redis-benchmark runs a fixed number of requests, not a duration; its CSV has no p99.9.
 # The CPU columns cover the whole run (redis-benchmark has no warmup to leave out).
 redis_run() {
@@ -204,7 +226,7 @@ redis_run() {
   # `time` reports the client's user and system CPU seconds and the wall time.
   times="$tmp/times"
   csv="$( { TIMEFORMAT='%3U %3S %3R'; time timeout "$run_limit" redis-benchmark \
-    -h 127.0.0.1 -p "$port" -t "$op" -c "$concurrency" -n "$redis_requests" \
+    $(redis_address "$port") -t "$op" -c "$concurrency" -n "$redis_requests" \
     -d "$value_size" -P 1 -r "$keys" --csv; } 2>"$times")"
   after="$(cpu_ns "$pid")"
   m_after="$(machine_ns)"
@@ -222,19 +244,50 @@ redis_run() {
   echo "$system $op $row" >>"$results"
 }
 
-grpc_run bare "$bare_port" "$bare_pid" get
-grpc_run larder "$larder_port" "$larder_pid" get
-grpc_run larder "$larder_port" "$larder_pid" set
-grpc_run bare "$bare_port" "$bare_pid" set
+wants() { case " $ops " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+bare="http://127.0.0.1:$bare_port"
+larder="http://127.0.0.1:$larder_port"
+redis_url="redis://127.0.0.1:$redis_port"
+redis_aof_url="redis://127.0.0.1:$redis_aof_port"
+with_bare=1
+if [ "$transport" = unix ]; then
+  # The bare baseline listens on TCP only.
+  with_bare=0
+  larder="unix:$tmp/larder.sock"
+  redis_url="unix+redis:$tmp/redis.sock"
+  redis_aof_url="unix+redis:$tmp/redis-aof.sock"
+fi
+if wants get; then
+  [ "$with_bare" = 1 ] && load_run bare "$bare" "$bare_pid" get
+  load_run larder "$larder" "$larder_pid" get
+fi
+if wants set; then
+  load_run larder "$larder" "$larder_pid" set
+  [ "$with_bare" = 1 ] && load_run bare "$bare" "$bare_pid" set
+fi
+if wants get-session; then
+  load_run larder "$larder" "$larder_pid" get-session
+fi
 if [ "$with_redis" = 1 ]; then
   # SET first: with requests ≫ keys it fills the key space, so that the GETs hit as ours do.
-  redis_run redis "$redis_port" "$redis_pid" set
-  redis_run redis "$redis_port" "$redis_pid" get
-  redis_run redis-aof "$redis_aof_port" "$redis_aof_pid" set
+  if wants set || wants get; then
+    redis_run redis "$redis_port" "$redis_pid" set
+  fi
+  if wants get; then
+    redis_run redis "$redis_port" "$redis_pid" get
+  fi
+  if wants set; then
+    redis_run redis-aof "$redis_aof_port" "$redis_aof_pid" set
+  fi
+  if wants get-session; then
+    # The same client as larder's runs, one connection per caller as web workers hold them.
+    load_run redis "$redis_url" "$redis_pid" get-session
+    load_run redis-aof "$redis_aof_url" "$redis_aof_pid" get-session
+  fi
 fi
 
-section "results (concurrency $concurrency, ${duration}s per gRPC run, nproc $(nproc))"
-fmt='%-10s %-4s %8s %8s %8s %8s %6s %9s %9s %9s %9s\n'
+section "results ($transport, concurrency $concurrency, ${duration}s per gRPC run, nproc $(nproc))"
+fmt='%-10s %-11s %8s %8s %8s %8s %6s %9s %9s %9s %9s\n'
 awk -v fmt="$fmt" 'BEGIN { printf fmt, "system", "op", "ops/s", "p50_us", "p99_us",
     "p99.9_us", "errors", "srv_us/op", "srv_cores", "cli_cores", "oth_cores" }
   { printf fmt, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }' "$results"
@@ -254,6 +307,7 @@ verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v != "n/a" && v >= t) ? "met
 
 larder_get="$(rate larder get)"
 larder_set="$(rate larder set)"
+larder_session="$(rate larder get-session)"
 get_ratio="$(ratio "$larder_get" "$(rate bare get)")"
 section "ratios"
 echo "larder get / bare get:   $get_ratio (target >= 0.9: $(verdict "$get_ratio" 0.9))"
@@ -264,6 +318,10 @@ if [ "$with_redis" = 1 ]; then
   echo "larder get / redis get:  $(ratio "$larder_get" "$(rate redis get)")"
   echo "larder set / redis set:  $(ratio "$larder_set" "$(rate redis set)") (redis without persistence)"
   echo "larder set / redis-aof:  $(ratio "$larder_set" "$(rate redis-aof set)") (AOF, fsync every second)"
+  session_ratio="$(ratio "$larder_session" "$(rate redis get-session)")"
+  echo "larder get-session / redis MULTI HGETALL+PEXPIRE: $session_ratio" \
+    "(target >= 1.0: $(verdict "$session_ratio" 1.0))"
+  echo "larder get-session / redis-aof:  $(ratio "$larder_session" "$(rate redis-aof get-session)")"
 fi
 echo "note: client and servers share the machine's $(nproc) cores; expect run-to-run noise of ±20%."
 busiest="$(awk '$11 != "null" && $11 > m { m = $11 } END { printf "%.2f", m }' "$results")"

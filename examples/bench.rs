@@ -1,22 +1,26 @@
-//! `cachebench`: the benchmark harness for `larder.v1.CacheService` (run by
-//! `scripts/bench-cache.sh`). It owns two commands:
+//! `bench`: the benchmark harness behind `scripts/bench-cache.sh` and
+//! `scripts/bench-session.sh`. It owns two commands:
 //!
 //! - `bare-server`: a baseline CacheService doing nothing but a `HashMap` behind a `Mutex`
 //!   (Get and Set; every other RPC is UNIMPLEMENTED), served by bare tonic with the same worker
 //!   thread count and TCP_NODELAY as larder, so that larder's cost over the gRPC stack itself
 //!   can be read off side by side.
-//! - `load`: a closed-loop load generator: `--concurrency` tasks, round-robin over
-//!   `--connections` channels, each issuing unary Get or Set calls back to back on uniformly
-//!   random keys `key:{i}`, with per-call latency in an HDR histogram; prints ops/s, p50, p99,
-//!   p99.9 and errors (one JSON line with `--json`), and the CPU the client and (with
-//!   `--server-pid`) the server spent in the measured window, since on a small machine the two
-//!   share the cores.
+//! - `load`: a closed-loop load generator: `--concurrency` tasks, each issuing one operation
+//!   back to back on uniformly random keys, with per-call latency in an HDR histogram; prints
+//!   ops/s, p50, p99, p99.9 and errors (one JSON line with `--json`), and the CPU the client
+//!   and (with `--server-pid`) the server spent in the measured window, since on a small
+//!   machine the two share the cores. Against larder (`http://…`, tasks spread round-robin
+//!   over `--connections` HTTP/2 connections) the operations are unary Get, Set and
+//!   GetSession calls; against Redis (`redis://…`, one connection per task, as web workers
+//!   hold them) they are what apps send Redis for the same job: GET, SET, and for a session
+//!   `MULTI; HGETALL session:{i}; PEXPIRE session:{i} <idle>; EXEC` (read it and slide its
+//!   expiry in one round trip).
 //!
-//! Usage: `cargo run --release --example cachebench -- load --target http://127.0.0.1:7379 --op get`.
+//! Usage: `cargo run --release --example bench -- load --target http://127.0.0.1:7379 --op get`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,6 +30,7 @@ use hdrhistogram::Histogram;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::cache_service_server::{CacheService, CacheServiceServer};
+use larder::pb::session_service_client::SessionServiceClient;
 use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -41,7 +46,7 @@ const HIST_MAX_NS: u64 = 60_000_000_000;
 
 /// Benchmark harness for larder's CacheService.
 #[derive(Debug, Parser)]
-#[command(name = "cachebench")]
+#[command(name = "bench")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -67,8 +72,12 @@ struct BareServerArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Op {
+    /// CacheService/Get; Redis GET.
     Get,
+    /// CacheService/Set; Redis SET.
     Set,
+    /// SessionService/GetSession; Redis MULTI HGETALL + PEXPIRE EXEC.
+    GetSession,
 }
 
 impl Op {
@@ -76,13 +85,18 @@ impl Op {
         match self {
             Op::Get => "get",
             Op::Set => "set",
+            Op::GetSession => "get-session",
         }
     }
 }
 
+/// The idle TTL of benchmark sessions (both systems), as web frameworks default to.
+const SESSION_IDLE_MS: u64 = 30 * 60 * 1000;
+
 #[derive(Debug, Args)]
 struct LoadArgs {
-    /// The server, e.g. http://127.0.0.1:7379.
+    /// The server: larder as http://127.0.0.1:7379 or unix:/path/to.sock, Redis as
+    /// redis://127.0.0.1:6379 or unix+redis:/path/to.sock.
     #[arg(long)]
     target: String,
     /// Label for the report (e.g. "larder", "bare"); defaults to the target.
@@ -103,10 +117,11 @@ struct LoadArgs {
     /// How long to run before measuring, e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Size of the key space: keys are `key:0` .. `key:{keys-1}`.
+    /// Size of the key space: keys are `key:0` .. `key:{keys-1}` (sessions: that many
+    /// sessions, preloaded).
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    /// Bytes per value written (Set, and the preload before Get).
+    /// Bytes per value written (Set, the preload before Get, and each session's data).
     #[arg(long, default_value_t = 100)]
     value_size: usize,
     /// Worker threads of the client's own runtime (default: one per core).
@@ -279,7 +294,7 @@ struct TaskResult {
     errors: u64,
     /// Successful calls that answered `found = false` (Get) or `stored = false` (Set).
     misses: u64,
-    first_error: Option<Status>,
+    first_error: Option<String>,
 }
 
 /// xorshift64*: enough to pick load keys uniformly, and free of dependencies.
@@ -337,41 +352,32 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
-    let endpoint = Endpoint::from_shared(args.target.clone())
-        .with_context(|| format!("--target {:?} is not a URI", args.target))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        // `Channel` is one HTTP/2 connection; connecting each one eagerly makes it a distinct
-        // connection (clones of one Channel would share it).
-        let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
-            .await
-            .with_context(|| format!("connecting to {} timed out", args.target))?
-            .with_context(|| format!("cannot connect to {}", args.target))?;
-        channels.push(channel);
-    }
+    let system_under_test = Sut::connect(&args).await?;
     let value = Bytes::from(vec![b'v'; args.value_size]);
-
-    if args.op == Op::Get {
-        tokio::time::timeout(PRELOAD_TIMEOUT, preload(&channels, &args, value.clone()))
-            .await
-            .context("preloading the key space timed out")??;
-    }
-    let stats_before = server_stats(&channels[0]).await;
+    let tokens = tokio::time::timeout(PRELOAD_TIMEOUT, preload(&system_under_test, &args, &value))
+        .await
+        .context("preloading the key space timed out")??;
+    let workload = Arc::new(Workload {
+        op: args.op,
+        keys: args.keys,
+        value,
+        tokens,
+    });
+    let stats_before = system_under_test.stats().await;
 
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let measure_until = measure_from + args.duration;
+    let mut conns = Vec::with_capacity(args.concurrency);
+    for task in 0..args.concurrency {
+        conns.push(system_under_test.conn(task).await?);
+    }
     let cpu = tokio::spawn(cpu_over(args.server_pid, measure_from, measure_until));
     let mut tasks = JoinSet::new();
-    for task in 0..args.concurrency {
-        let client = CacheServiceClient::new(channels[task % channels.len()].clone());
+    for (task, conn) in conns.into_iter().enumerate() {
         tasks.spawn(run_task(
-            client,
-            args.op,
-            args.keys,
-            value.clone(),
+            conn,
+            workload.clone(),
             task as u64,
             measure_from,
             measure_until,
@@ -405,26 +411,22 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
 
     // The sampler only sleeps and reads /proc, and the tasks have all ended by now.
     let cpu = cpu.await.context("the CPU sampler panicked")?;
-    if let Some(status) = &first_error {
-        eprintln!(
-            "cachebench: {errors} calls failed; the first: {:?}: {}",
-            status.code(),
-            status.message()
-        );
+    if let Some(error) = &first_error {
+        eprintln!("bench: {errors} calls failed; the first: {error}");
     }
     if misses > 0 {
         match args.op {
-            Op::Get => eprintln!(
-                "cachebench: {misses} Gets found nothing although the key space was preloaded"
+            Op::Get | Op::GetSession => eprintln!(
+                "bench: {misses} lookups found nothing although the key space was preloaded"
             ),
-            Op::Set => eprintln!("cachebench: {misses} unconditional Sets answered stored=false"),
+            Op::Set => eprintln!("bench: {misses} unconditional Sets answered stored=false"),
         }
     }
-    if let (Some(before), Some(after)) = (stats_before, server_stats(&channels[0]).await) {
+    if let (Some(before), Some(after)) = (stats_before, system_under_test.stats().await) {
         let hits = after.hits.saturating_sub(before.hits);
         let memory = after.memory_hits.saturating_sub(before.memory_hits);
         eprintln!(
-            "cachebench: over warmup and run the server counted {hits} hits ({memory} from \
+            "bench: over warmup and run the server counted {hits} cache hits ({memory} from \
              memory), {} misses, {} sets",
             after.misses.saturating_sub(before.misses),
             after.sets.saturating_sub(before.sets),
@@ -487,48 +489,276 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes every key of the key space once, spread over the channels, so that each Get hits.
-async fn preload(channels: &[Channel], args: &LoadArgs, value: Bytes) -> anyhow::Result<()> {
+/// The system under test: larder (or the bare baseline) over gRPC, or Redis.
+enum Sut {
+    Grpc(Vec<Channel>),
+    Redis(redis::Client),
+}
+
+/// One task's connection.
+enum Conn {
+    Grpc {
+        cache: CacheServiceClient<Channel>,
+        sessions: SessionServiceClient<Channel>,
+    },
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+/// What every task draws its calls from.
+struct Workload {
+    op: Op,
+    keys: u64,
+    value: Bytes,
+    /// Session tokens by index (larder); empty for Redis, whose sessions are `session:{i}`.
+    tokens: Vec<String>,
+}
+
+impl Sut {
+    async fn connect(args: &LoadArgs) -> anyhow::Result<Self> {
+        if args.target.starts_with("redis://") || args.target.starts_with("unix+redis:") {
+            // `unix+redis:/path` names Redis on a Unix socket (redis-rs spells it unix://).
+            let url = match args.target.strip_prefix("unix+redis:") {
+                Some(path) => format!("unix://{path}"),
+                None => args.target.clone(),
+            };
+            let client = redis::Client::open(url.as_str())
+                .with_context(|| format!("--target {:?} is not a Redis URL", args.target))?;
+            return Ok(Sut::Redis(client));
+        }
+        let unix = args
+            .target
+            .strip_prefix("unix:")
+            .map(std::path::PathBuf::from);
+        let uri = if unix.is_some() {
+            "http://localhost".to_owned()
+        } else {
+            args.target.clone()
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .with_context(|| format!("--target {:?} is not a URI", args.target))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let mut channels = Vec::with_capacity(args.connections);
+        for _ in 0..args.connections {
+            // `Channel` is one HTTP/2 connection; connecting each one eagerly makes it a
+            // distinct connection (clones of one Channel would share it).
+            let connecting = async {
+                match &unix {
+                    Some(path) => {
+                        let path = path.clone();
+                        endpoint
+                            .connect_with_connector(tower::service_fn(
+                                move |_: tonic::transport::Uri| {
+                                    let path = path.clone();
+                                    async move {
+                                        tokio::net::UnixStream::connect(path)
+                                            .await
+                                            .map(hyper_util::rt::TokioIo::new)
+                                    }
+                                },
+                            ))
+                            .await
+                    }
+                    None => endpoint.connect().await,
+                }
+            };
+            let channel = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .with_context(|| format!("connecting to {} timed out", args.target))?
+                .with_context(|| format!("cannot connect to {}", args.target))?;
+            channels.push(channel);
+        }
+        Ok(Sut::Grpc(channels))
+    }
+
+    /// The connection of task `task`: a share of the gRPC channels, or a Redis connection of
+    /// its own.
+    async fn conn(&self, task: usize) -> anyhow::Result<Conn> {
+        Ok(match self {
+            Sut::Grpc(channels) => {
+                let channel = channels[task % channels.len()].clone();
+                Conn::Grpc {
+                    cache: CacheServiceClient::new(channel.clone()),
+                    sessions: SessionServiceClient::new(channel),
+                }
+            }
+            Sut::Redis(client) => Conn::Redis(
+                tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+                    .await
+                    .context("connecting to Redis timed out")?
+                    .context("cannot connect to Redis")?,
+            ),
+        })
+    }
+
+    /// The server's counters, when it answers Stats (larder does; the bare baseline and
+    /// Redis do not).
+    async fn stats(&self) -> Option<pb::StatsResponse> {
+        let Sut::Grpc(channels) = self else {
+            return None;
+        };
+        let mut client = CacheServiceClient::new(channels[0].clone());
+        let call = client.stats(pb::StatsRequest::default());
+        match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// The data of benchmark session `i`: a user id, a CSRF secret and `value` as a third field
+/// (both systems store the same).
+fn session_fields(i: u64, value: &Bytes) -> [(String, String); 3] {
+    [
+        ("user_id".to_owned(), format!("user:{i}")),
+        (
+            "csrf".to_owned(),
+            format!("{:032x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        ),
+        (
+            "blob".to_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ),
+    ]
+}
+
+impl Conn {
+    /// Writes key or session `i` of the key space, as the preload before a read run does;
+    /// returns the session token, if the system made one.
+    async fn preload(&mut self, op: Op, i: u64, value: &Bytes) -> anyhow::Result<Option<String>> {
+        match (self, op) {
+            (_, Op::Set) => Ok(None),
+            (Conn::Grpc { cache, .. }, Op::Get) => {
+                cache
+                    .set(set_request(format!("key:{i}"), value.clone()))
+                    .await?;
+                Ok(None)
+            }
+            (Conn::Grpc { sessions, .. }, Op::GetSession) => {
+                let created = sessions
+                    .create_session(pb::CreateSessionRequest {
+                        user_id: format!("user:{i}"),
+                        data: session_fields(i, value).into_iter().collect(),
+                        idle_ttl_ms: SESSION_IDLE_MS,
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(Some(created.into_inner().token))
+            }
+            (Conn::Redis(conn), Op::Get) => {
+                redis::cmd("SET")
+                    .arg(format!("key:{i}"))
+                    .arg(&value[..])
+                    .exec_async(conn)
+                    .await?;
+                Ok(None)
+            }
+            (Conn::Redis(conn), Op::GetSession) => {
+                let key = format!("session:{i}");
+                redis::pipe()
+                    .atomic()
+                    .hset_multiple(&key, &session_fields(i, value))
+                    .ignore()
+                    .pexpire(&key, SESSION_IDLE_MS as i64)
+                    .ignore()
+                    .exec_async(conn)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// One measured call on key or session `i`: whether it found (or stored) something.
+    async fn call(&mut self, w: &Workload, i: u64) -> Result<bool, String> {
+        match (self, w.op) {
+            (Conn::Grpc { cache, .. }, Op::Get) => cache
+                .get(pb::GetRequest {
+                    namespace: String::new(),
+                    key: format!("key:{i}"),
+                })
+                .await
+                .map(|r| r.into_inner().found)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+            (Conn::Grpc { cache, .. }, Op::Set) => cache
+                .set(set_request(format!("key:{i}"), w.value.clone()))
+                .await
+                .map(|r| r.into_inner().stored)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+            (Conn::Grpc { sessions, .. }, Op::GetSession) => sessions
+                .get_session(pb::GetSessionRequest {
+                    token: w.tokens[i as usize].clone(),
+                })
+                .await
+                .map(|r| r.into_inner().found)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+            (Conn::Redis(conn), Op::Get) => redis::cmd("GET")
+                .arg(format!("key:{i}"))
+                .query_async::<Option<Vec<u8>>>(conn)
+                .await
+                .map(|v| v.is_some())
+                .map_err(|e| e.to_string()),
+            (Conn::Redis(conn), Op::Set) => redis::cmd("SET")
+                .arg(format!("key:{i}"))
+                .arg(&w.value[..])
+                .exec_async(conn)
+                .await
+                .map(|()| true)
+                .map_err(|e| e.to_string()),
+            (Conn::Redis(conn), Op::GetSession) => {
+                let key = format!("session:{i}");
+                redis::pipe()
+                    .atomic()
+                    .hgetall(&key)
+                    .pexpire(&key, SESSION_IDLE_MS as i64)
+                    .query_async::<(HashMap<String, String>, bool)>(conn)
+                    .await
+                    .map(|(fields, _)| !fields.is_empty())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Writes every key (or session) of the key space once, spread over `--concurrency` tasks,
+/// so that every read hits; returns the session tokens by index (larder sessions).
+async fn preload(sut: &Sut, args: &LoadArgs, value: &Bytes) -> anyhow::Result<Vec<String>> {
+    if args.op == Op::Set {
+        return Ok(Vec::new());
+    }
     let writers = args.concurrency as u64;
     let mut tasks = JoinSet::new();
     for w in 0..writers {
-        let mut client = CacheServiceClient::new(channels[w as usize % channels.len()].clone());
-        let (keys, value) = (args.keys, value.clone());
+        let mut conn = sut.conn(w as usize).await?;
+        let (keys, value, op) = (args.keys, value.clone(), args.op);
         tasks.spawn(async move {
+            let mut made = Vec::new();
             let mut i = w;
             while i < keys {
-                client
-                    .set(set_request(format!("key:{i}"), value.clone()))
+                if let Some(token) = conn
+                    .preload(op, i, &value)
                     .await
-                    .with_context(|| format!("preloading key:{i}"))?;
+                    .with_context(|| format!("preloading {i}"))?
+                {
+                    made.push((i, token));
+                }
                 i += writers;
             }
-            anyhow::Ok(())
+            anyhow::Ok(made)
         });
     }
+    let mut tokens = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        joined.context("a preload task panicked")??;
+        tokens.extend(joined.context("a preload task panicked")??);
     }
-    Ok(())
-}
-
-/// The server's counters, when it answers Stats (larder does; the bare baseline does not).
-async fn server_stats(channel: &Channel) -> Option<pb::StatsResponse> {
-    let mut client = CacheServiceClient::new(channel.clone());
-    let call = client.stats(pb::StatsRequest::default());
-    match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
-        Ok(Ok(r)) => Some(r.into_inner()),
-        _ => None,
-    }
+    tokens.sort_unstable();
+    Ok(tokens.into_iter().map(|(_, t)| t).collect())
 }
 
 /// One closed-loop caller: issues calls back to back until `until`, recording those that start
 /// at or after `from`.
 async fn run_task(
-    mut client: CacheServiceClient<Channel>,
-    op: Op,
-    keys: u64,
-    value: Bytes,
+    mut conn: Conn,
+    workload: Arc<Workload>,
     seed: u64,
     from: Instant,
     until: Instant,
@@ -543,24 +773,12 @@ async fn run_task(
         first_error: None,
     };
     loop {
-        let key = format!("key:{}", rng.below(keys));
+        let i = rng.below(workload.keys);
         let t0 = Instant::now();
         if t0 >= until {
             break;
         }
-        let outcome = match op {
-            Op::Get => client
-                .get(pb::GetRequest {
-                    namespace: String::new(),
-                    key,
-                })
-                .await
-                .map(|resp| resp.into_inner().found),
-            Op::Set => client
-                .set(set_request(key, value.clone()))
-                .await
-                .map(|resp| resp.into_inner().stored),
-        };
+        let outcome = conn.call(&workload, i).await;
         let elapsed = t0.elapsed();
         if t0 < from {
             continue;
@@ -575,9 +793,9 @@ async fn run_task(
                     r.misses += 1;
                 }
             }
-            Err(status) => {
+            Err(error) => {
                 r.errors += 1;
-                r.first_error.get_or_insert(status);
+                r.first_error.get_or_insert(error);
             }
         }
     }
