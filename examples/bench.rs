@@ -497,11 +497,14 @@ enum Sut {
 
 /// One task's connection.
 enum Conn {
-    Grpc {
-        cache: CacheServiceClient<Channel>,
-        sessions: SessionServiceClient<Channel>,
-    },
+    Grpc(Box<GrpcConn>),
     Redis(redis::aio::MultiplexedConnection),
+}
+
+/// The clients of one gRPC task (one channel shared by both).
+struct GrpcConn {
+    cache: CacheServiceClient<Channel>,
+    sessions: SessionServiceClient<Channel>,
 }
 
 /// What every task draws its calls from.
@@ -577,10 +580,10 @@ impl Sut {
         Ok(match self {
             Sut::Grpc(channels) => {
                 let channel = channels[task % channels.len()].clone();
-                Conn::Grpc {
+                Conn::Grpc(Box::new(GrpcConn {
                     cache: CacheServiceClient::new(channel.clone()),
                     sessions: SessionServiceClient::new(channel),
-                }
+                }))
             }
             Sut::Redis(client) => Conn::Redis(
                 tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
@@ -628,14 +631,15 @@ impl Conn {
     async fn preload(&mut self, op: Op, i: u64, value: &Bytes) -> anyhow::Result<Option<String>> {
         match (self, op) {
             (_, Op::Set) => Ok(None),
-            (Conn::Grpc { cache, .. }, Op::Get) => {
+            (Conn::Grpc(c), Op::Get) => {
                 cache
                     .set(set_request(format!("key:{i}"), value.clone()))
                     .await?;
                 Ok(None)
             }
-            (Conn::Grpc { sessions, .. }, Op::GetSession) => {
-                let created = sessions
+            (Conn::Grpc(c), Op::GetSession) => {
+                let created = c
+                    .sessions
                     .create_session(pb::CreateSessionRequest {
                         user_id: format!("user:{i}"),
                         data: session_fields(i, value).into_iter().collect(),
@@ -671,7 +675,8 @@ impl Conn {
     /// One measured call on key or session `i`: whether it found (or stored) something.
     async fn call(&mut self, w: &Workload, i: u64) -> Result<bool, String> {
         match (self, w.op) {
-            (Conn::Grpc { cache, .. }, Op::Get) => cache
+            (Conn::Grpc(c), Op::Get) => c
+                .cache
                 .get(pb::GetRequest {
                     namespace: String::new(),
                     key: format!("key:{i}"),
@@ -679,12 +684,14 @@ impl Conn {
                 .await
                 .map(|r| r.into_inner().found)
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
-            (Conn::Grpc { cache, .. }, Op::Set) => cache
+            (Conn::Grpc(c), Op::Set) => c
+                .cache
                 .set(set_request(format!("key:{i}"), w.value.clone()))
                 .await
                 .map(|r| r.into_inner().stored)
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
-            (Conn::Grpc { sessions, .. }, Op::GetSession) => sessions
+            (Conn::Grpc(c), Op::GetSession) => c
+                .sessions
                 .get_session(pb::GetSessionRequest {
                     token: w.tokens[i as usize].clone(),
                 })
