@@ -632,7 +632,7 @@ impl Conn {
         match (self, op) {
             (_, Op::Set) => Ok(None),
             (Conn::Grpc(c), Op::Get) => {
-                cache
+                c.cache
                     .set(set_request(format!("key:{i}"), value.clone()))
                     .await?;
                 Ok(None)
