@@ -191,6 +191,16 @@ impl<V: Cached> MemoryCache<V> {
         self.lock(self.shard_of(key)).lru.peek(key).cloned()
     }
 
+    /// A copy of every cached key and value, shard by shard (not one atomic snapshot).
+    pub fn entries(&self) -> Vec<(V::Key, V)> {
+        let mut out = Vec::new();
+        for i in 0..SHARDS {
+            let s = self.lock(i);
+            out.extend(s.lru.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out
+    }
+
     /// Remembers that a key was read at `now_ms` (for reads answered from SQLite; memory hits
     /// are remembered by [`MemoryCache::get`]).
     pub fn record_access(&self, key: &V::Key, now_ms: u64) {

@@ -232,8 +232,8 @@ impl Store {
         })
     }
 
-    /// Stops the maintenance task, lets the writer commit everything queued, checkpoints the
-    /// WAL and joins the writer thread. Writes after this answer `UNAVAILABLE`. Idempotent.
+    /// Stops the maintenance task, writes the sessions' last uses that only memory knows, lets
+    /// the writer commit everything queued, checkpoints the WAL and joins the writer thread. Writes after this answer `UNAVAILABLE`. Idempotent.
     pub async fn close(&self) -> Result<()> {
         let background = self
             .inner
@@ -247,6 +247,11 @@ impl Store {
         bg.stop_maintenance.cancel();
         if let Err(e) = bg.maintenance.await {
             tracing::warn!(error = %e, "maintenance task ended abnormally");
+        }
+        match self.persist_session_uses().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(sessions = n, "wrote the last uses of sessions"),
+            Err(e) => tracing::warn!(error = %e, "writing the last uses of sessions failed"),
         }
         let (reply, done) = oneshot::channel();
         let result = match self.inner.writer.send(Command::Shutdown { reply }).await {

@@ -181,6 +181,39 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_file_is_migrated_and_keeps_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!("{}; PRAGMA user_version = 1;", MIGRATIONS[0]))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO cache_entries (namespace, key, version, expires_at, accessed_at, size, value) \
+             VALUES ('default', 'k', 7, 0, 0, 2, x'7676')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let version: i64 = conn
+            .query_row(
+                "SELECT version FROM cache_entries WHERE key = 'k'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 7);
+        let sessions: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sessions, 0);
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");

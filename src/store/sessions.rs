@@ -30,6 +30,9 @@ pub const MAX_PERSIST_WINDOW_MS: u64 = 60_000;
 /// in memory may be up to one coalescing window newer than on disk.
 pub const SWEEP_GRACE_MS: u64 = MAX_PERSIST_WINDOW_MS;
 
+/// Sessions whose last use is written per command at close.
+const PERSIST_CHUNK: usize = 1000;
+
 /// How stale the on-disk last-seen time of a session with `idle_ttl_ms` may get before a read
 /// writes it: a tenth of the idle TTL, at most [`MAX_PERSIST_WINDOW_MS`], at least 1 ms.
 pub fn persist_window(idle_ttl_ms: u64) -> u64 {
@@ -266,6 +269,29 @@ pub struct SessionList {
 }
 
 impl Store {
+    /// Writes the last uses that memory knows of and the disk does not yet (called at close,
+    /// so that a clean shutdown loses no last-seen time); returns how many sessions it wrote.
+    pub async fn persist_session_uses(&self) -> Result<u64> {
+        let uses: Vec<(TokenHash, u64)> = self
+            .inner
+            .sessions
+            .entries()
+            .into_iter()
+            .filter_map(|(hash, cached)| {
+                let seen = cached.last_seen();
+                (seen > cached.persisted.fetch_max(seen, Ordering::AcqRel)).then_some((hash, seen))
+            })
+            .collect();
+        let mut written = 0;
+        for chunk in uses.chunks(PERSIST_CHUNK) {
+            match self.write(WriteOp::TouchSessions(chunk.to_vec())).await? {
+                WriteOutcome::Count(n) => written += n,
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(written)
+    }
+
     /// Creates a session; answers once it is committed.
     pub async fn create_session(&self, new: NewSession) -> Result<SessionRecord> {
         match self.write(WriteOp::CreateSession(Box::new(new))).await? {
@@ -313,10 +339,7 @@ impl Store {
             let writer = self.inner.writer.clone();
             let hash = *hash;
             tokio::spawn(async move {
-                let touch = WriteOp::TouchSession {
-                    token_hash: hash,
-                    last_seen_ms: now,
-                };
+                let touch = WriteOp::TouchSessions(vec![(hash, now)]);
                 if let Err(e) = submit(&writer, touch).await {
                     tracing::debug!(error = %e, "recording a session's last use failed");
                 }

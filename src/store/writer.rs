@@ -132,11 +132,8 @@ pub enum WriteOp {
         user_id: String,
         except: Option<String>,
     },
-    /// Record a session's last use, seen by a read (coalesced, in the background).
-    TouchSession {
-        token_hash: TokenHash,
-        last_seen_ms: u64,
-    },
+    /// Record sessions' last uses seen by reads (coalesced, in the background, and at close).
+    TouchSessions(Vec<(TokenHash, u64)>),
     /// Background upkeep: record reads for eviction order, delete a batch of expired rows and
     /// sessions, and evict if over the disk bound.
     Maintain,
@@ -671,12 +668,11 @@ impl Writer {
             WriteOp::RevokeUserSessions { user_id, except } => {
                 self.revoke_user_sessions(user_id, except.as_deref(), now, fx)
             }
-            WriteOp::TouchSession {
-                token_hash,
-                last_seen_ms,
-            } => {
-                self.touch_session(token_hash, *last_seen_ms)?;
-                Ok(WriteOutcome::Found(true))
+            WriteOp::TouchSessions(uses) => {
+                for (hash, last_seen_ms) in uses {
+                    self.touch_session(hash, *last_seen_ms)?;
+                }
+                Ok(WriteOutcome::Count(uses.len() as u64))
             }
             WriteOp::Maintain => self.maintain(now, fx),
         }
@@ -1058,6 +1054,7 @@ fn needs_savepoint(op: &WriteOp) -> bool {
     match op {
         WriteOp::SetMany { entries, .. } => entries.len() > 1,
         WriteOp::Delete { keys, .. } => keys.len() > 1,
+        WriteOp::TouchSessions(uses) => uses.len() > 1,
         WriteOp::Maintain => true,
         _ => false,
     }
