@@ -17,5 +17,6 @@ mod suite {
     mod persistence;
     mod rpc;
     mod server;
+    mod sessions;
     mod validation;
 }

@@ -226,12 +226,10 @@ impl<V: Cached> MemoryCache<V> {
     }
 
     /// Caches a value a reader found in SQLite, unless a write reached the shard since the
-    /// reader's miss.
-    pub fn fill(&self, ticket: FillTicket, key: V::Key, value: V) {
+    /// reader's miss; returns whether the value is now cached.
+    pub fn fill(&self, ticket: FillTicket, key: V::Key, value: V) -> bool {
         let mut s = self.lock(ticket.shard);
-        if s.epoch == ticket.epoch {
-            self.insert_locked(&mut s, key, value);
-        }
+        s.epoch == ticket.epoch && self.insert_locked(&mut s, key, value)
     }
 
     /// Writer only: the committed value of a key.
@@ -257,13 +255,14 @@ impl<V: Cached> MemoryCache<V> {
         }
     }
 
-    fn insert_locked(&self, s: &mut Shard<V>, key: V::Key, value: V) {
+    /// Returns whether the value was cached.
+    fn insert_locked(&self, s: &mut Shard<V>, key: V::Key, value: V) -> bool {
         s.take(&key);
         let cost = charge(&key, &value);
         // An entry bigger than half a shard would flush most of it for one key: keep it on
         // disk only.
         if cost > self.shard_budget / 2 {
-            return;
+            return false;
         }
         while s.bytes + cost > self.shard_budget {
             match s.lru.pop_lru() {
@@ -273,6 +272,7 @@ impl<V: Cached> MemoryCache<V> {
         }
         s.bytes += cost;
         s.lru.put(key, value);
+        true
     }
 
     /// Bytes currently charged, over all shards.

@@ -628,6 +628,13 @@ async fn maintenance_pass(writer: &mpsc::Sender<Command>) -> Result<(u64, bool)>
     }
 }
 
+/// Queues a write without waiting for room or for its commit; returns false when the queue
+/// is full or the writer has stopped (the write is then not made).
+pub(crate) fn submit_nowait(writer: &mpsc::Sender<Command>, op: WriteOp) -> bool {
+    let (reply, _) = oneshot::channel();
+    writer.try_send(Command::Write { op, reply }).is_ok()
+}
+
 /// Queues a write and waits until the writer answers (after its transaction committed).
 pub(crate) async fn submit(writer: &mpsc::Sender<Command>, op: WriteOp) -> Result<WriteOutcome> {
     let (reply, answer) = oneshot::channel();

@@ -18,7 +18,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use crate::error::{Error, Result};
 use crate::store::memory::{Cached, Lookup, MemoryCache};
 use crate::store::writer::{WriteOp, WriteOutcome};
-use crate::store::{Store, submit, unexpected};
+use crate::store::{Store, submit_nowait, unexpected};
 
 /// SHA-256 of a session token: all the store ever sees of a token.
 pub type TokenHash = [u8; 32];
@@ -292,6 +292,34 @@ impl Store {
         Ok(written)
     }
 
+    /// Queues a write of the session's last use `now` when the disk's copy is at least
+    /// `window` ms older. Never waits: the command enters the writer's queue before this
+    /// returns (so a later shutdown still commits it); when the queue is full, the write is
+    /// left to a later read.
+    fn queue_use(&self, hash: &TokenHash, cached: &CachedSession, now: u64, window: u64) {
+        let persisted = cached.persisted.load(Ordering::Acquire);
+        if now <= persisted
+            || now - persisted < window
+            || cached
+                .persisted
+                .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        if !submit_nowait(
+            &self.inner.writer,
+            WriteOp::TouchSessions(vec![(*hash, now)]),
+        ) {
+            let _ = cached.persisted.compare_exchange(
+                now,
+                persisted,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
     /// Creates a session; answers once it is committed.
     pub async fn create_session(&self, new: NewSession) -> Result<SessionRecord> {
         match self.write(WriteOp::CreateSession(Box::new(new))).await? {
@@ -323,28 +351,23 @@ impl Store {
                     return Ok(None);
                 };
                 let cached = Arc::new(CachedSession::new(record));
-                self.inner.sessions.fill(ticket, *hash, cached.clone());
+                if !self.inner.sessions.fill(ticket, *hash, cached.clone()) {
+                    // Not kept in memory (too large for it, or raced by a write): this use
+                    // would be forgotten with the copy, so it goes to disk now.
+                    cached.last_seen.fetch_max(now, Ordering::AcqRel);
+                    self.queue_use(hash, &cached, now, 0);
+                    return Ok(Some(cached.snapshot()));
+                }
                 cached
             }
         };
         cached.last_seen.fetch_max(now, Ordering::AcqRel);
-        let persisted = cached.persisted.load(Ordering::Acquire);
-        if now.saturating_sub(persisted) >= persist_window(cached.record.idle_ttl_ms)
-            && cached
-                .persisted
-                .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // Written in the background: this read does not wait for the disk.
-            let writer = self.inner.writer.clone();
-            let hash = *hash;
-            tokio::spawn(async move {
-                let touch = WriteOp::TouchSessions(vec![(hash, now)]);
-                if let Err(e) = submit(&writer, touch).await {
-                    tracing::debug!(error = %e, "recording a session's last use failed");
-                }
-            });
-        }
+        self.queue_use(
+            hash,
+            &cached,
+            now,
+            persist_window(cached.record.idle_ttl_ms),
+        );
         Ok(Some(cached.snapshot()))
     }
 

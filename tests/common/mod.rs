@@ -1,6 +1,7 @@
 //! Shared by every test: [`TestServer`] (the real gRPC server over a real store in a temporary
-//! data directory, listening on TCP port 0 and on a Unix socket, with a manual clock), the two
-//! kinds of client, one-line wrappers for the common calls, and assertions on gRPC statuses.
+//! data directory, listening on TCP port 0 and on a Unix socket, with a manual clock), the
+//! clients (CacheService over either transport, SessionService over TCP), one-line wrappers for
+//! the common calls, and assertions on gRPC statuses.
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use larder::clock::ManualClock;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::session_service_client::SessionServiceClient;
 use larder::server::{Listeners, ServerSettings};
 use larder::store::{Store, StoreConfig};
 use tempfile::TempDir;
@@ -24,6 +26,9 @@ use tonic::{Code, Status};
 
 /// A CacheService client over either transport.
 pub type Client = CacheServiceClient<Channel>;
+
+/// A SessionService client.
+pub type Sessions = SessionServiceClient<Channel>;
 
 /// Where every test clock starts (2023-11-14T22:13:20Z), far from 0 so that "expired" and
 /// "never expires" (0) cannot be confused.
@@ -158,6 +163,11 @@ impl TestServer {
     /// A client over the Unix socket.
     pub async fn unix_client(&self) -> Client {
         CacheServiceClient::new(unix_channel(&self.socket_path()).await)
+    }
+
+    /// A SessionService client over TCP.
+    pub async fn session_client(&self) -> Sessions {
+        SessionServiceClient::new(self.channel().await)
     }
 
     /// A raw TCP channel, for the health and reflection clients.
@@ -333,6 +343,28 @@ pub async fn stats(c: &mut Client, namespace: &str) -> pb::StatsResponse {
     })
     .await
     .unwrap_or_else(|s| panic!("Stats {namespace:?}: {s:?}"))
+    .into_inner()
+}
+
+/// A CreateSession that must succeed.
+pub async fn create_session(
+    c: &mut Sessions,
+    req: pb::CreateSessionRequest,
+) -> pb::CreateSessionResponse {
+    let user = req.user_id.clone();
+    c.create_session(req)
+        .await
+        .unwrap_or_else(|s| panic!("CreateSession for {user:?}: {s:?}"))
+        .into_inner()
+}
+
+/// A GetSession.
+pub async fn get_session(c: &mut Sessions, token: &str) -> pb::GetSessionResponse {
+    c.get_session(pb::GetSessionRequest {
+        token: token.into(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("GetSession {token:?}: {s:?}"))
     .into_inner()
 }
 

@@ -15,10 +15,12 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::common::{TestServer, assert_code, get, set, unix_channel};
 
 const CACHE_SERVICE: &str = "larder.v1.CacheService";
+const SESSION_SERVICE: &str = "larder.v1.SessionService";
 
 /// Every service the server exposes, as reflection should list them.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     CACHE_SERVICE,
+    SESSION_SERVICE,
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -57,7 +59,7 @@ async fn health_reports_serving() {
         unix_channel(&server.socket_path()).await,
     ] {
         let mut health = HealthClient::new(channel);
-        for service in [CACHE_SERVICE, ""] {
+        for service in [CACHE_SERVICE, SESSION_SERVICE, ""] {
             let status = health
                 .check(HealthCheckRequest {
                     service: service.into(),
