@@ -1080,7 +1080,7 @@ async fn a_session_memory_cannot_hold_has_each_use_written_at_once() {
     server.clock().advance_ms(500);
     let used = get(&mut c, &token).await.expect("a live session");
     assert_eq!(used.idle_expires_at_ms, START_MS + 10_500);
-    wait_for_disk_last_seen(&server.data_dir(), &created.session_id, START_MS + 500).await;
+    wait_for_disk_last_seen(server.data_dir(), &created.session_id, START_MS + 500).await;
     server.clock().set_ms(START_MS + 10_200);
     assert!(get(&mut c, &token).await.is_some());
     server.clock().set_ms(START_MS + 20_200);
