@@ -284,10 +284,7 @@ impl Store {
             .collect();
         let mut written = 0;
         for chunk in uses.chunks(PERSIST_CHUNK) {
-            match self.write(WriteOp::TouchSessions(chunk.to_vec())).await? {
-                WriteOutcome::Count(n) => written += n,
-                other => return Err(unexpected(other)),
-            }
+            written += self.count(WriteOp::TouchSessions(chunk.to_vec())).await?;
         }
         Ok(written)
     }
@@ -419,16 +416,11 @@ impl Store {
     /// Ends every session of a user except `except` (a session id); returns how many were
     /// live.
     pub async fn revoke_user_sessions(&self, user_id: &str, except: Option<String>) -> Result<u64> {
-        match self
-            .write(WriteOp::RevokeUserSessions {
-                user_id: user_id.to_owned(),
-                except,
-            })
-            .await?
-        {
-            WriteOutcome::Count(n) => Ok(n),
-            other => Err(unexpected(other)),
-        }
+        self.count(WriteOp::RevokeUserSessions {
+            user_id: user_id.to_owned(),
+            except,
+        })
+        .await
     }
 
     /// A user's live sessions, newest first: at most `max_sessions` of them and at most
