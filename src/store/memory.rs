@@ -226,10 +226,19 @@ impl<V: Cached> MemoryCache<V> {
     }
 
     /// Caches a value a reader found in SQLite, unless a write reached the shard since the
-    /// reader's miss; returns whether the value is now cached.
-    pub fn fill(&self, ticket: FillTicket, key: V::Key, value: V) -> bool {
+    /// reader's miss; returns the value now cached for the key, if any. When another reader
+    /// filled the key first, its copy is kept (it holds the same commit and may have been
+    /// changed in place since).
+    pub fn fill(&self, ticket: FillTicket, key: V::Key, value: V) -> Option<V> {
         let mut s = self.lock(ticket.shard);
-        s.epoch == ticket.epoch && self.insert_locked(&mut s, key, value)
+        if s.epoch != ticket.epoch {
+            return None;
+        }
+        if let Some(existing) = s.lru.get(&key) {
+            return Some(existing.clone());
+        }
+        self.insert_locked(&mut s, key, value.clone())
+            .then_some(value)
     }
 
     /// Writer only: the committed value of a key.
@@ -362,6 +371,25 @@ mod tests {
         m.remove(&ck("ns", "k"));
         m.fill(ticket, ck("ns", "k"), entry(b"stale", 0));
         assert!(matches!(m.get(&ck("ns", "k"), 0), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn a_second_fill_keeps_the_first_readers_copy() {
+        let m = EntryCache::new(1 << 20);
+        let (Lookup::Miss(first), Lookup::Miss(second)) =
+            (m.get(&ck("ns", "k"), 0), m.get(&ck("ns", "k"), 0))
+        else {
+            panic!("expected two misses")
+        };
+        assert_eq!(
+            m.fill(first, ck("ns", "k"), entry(b"a", 0)).unwrap().value,
+            "a"
+        );
+        assert_eq!(
+            m.fill(second, ck("ns", "k"), entry(b"b", 0)).unwrap().value,
+            "a"
+        );
+        assert!(matches!(m.get(&ck("ns", "k"), 0), Lookup::Hit(e) if e.value == "a"));
     }
 
     #[test]

@@ -27,8 +27,9 @@ pub type TokenHash = [u8; 32];
 pub const MAX_PERSIST_WINDOW_MS: u64 = 60_000;
 
 /// How long the sweeper leaves a session whose idle expiry passed on disk: its last-seen time
-/// in memory may be up to one coalescing window newer than on disk.
-pub const SWEEP_GRACE_MS: u64 = MAX_PERSIST_WINDOW_MS;
+/// in memory may be up to one coalescing window newer than on disk, or two when a queued
+/// write was lost (a full queue, a batch rolled back).
+pub const SWEEP_GRACE_MS: u64 = 2 * MAX_PERSIST_WINDOW_MS;
 
 /// Sessions whose last use is written per command at close.
 const PERSIST_CHUNK: usize = 1000;
@@ -347,15 +348,17 @@ impl Store {
                 let Some(record) = row.filter(|r| r.live(now)) else {
                     return Ok(None);
                 };
-                let cached = Arc::new(CachedSession::new(record));
-                if !self.inner.sessions.fill(ticket, *hash, cached.clone()) {
-                    // Not kept in memory (too large for it, or raced by a write): this use
-                    // would be forgotten with the copy, so it goes to disk now.
-                    cached.last_seen.fetch_max(now, Ordering::AcqRel);
-                    self.queue_use(hash, &cached, now, 0);
-                    return Ok(Some(cached.snapshot()));
+                let read = Arc::new(CachedSession::new(record));
+                match self.inner.sessions.fill(ticket, *hash, read.clone()) {
+                    Some(cached) => cached,
+                    None => {
+                        // Not kept in memory (too large for it, or raced by a write): this use
+                        // would be forgotten with the copy, so it goes to disk now.
+                        read.last_seen.fetch_max(now, Ordering::AcqRel);
+                        self.queue_use(hash, &read, now, 0);
+                        return Ok(Some(read.snapshot()));
+                    }
                 }
-                cached
             }
         };
         cached.last_seen.fetch_max(now, Ordering::AcqRel);
@@ -434,7 +437,7 @@ impl Store {
         let now = self.inner.clock.now_ms();
         let user = user_id.to_owned();
         let memory = self.inner.sessions.clone();
-        self.read(move |conn| {
+        self.scan(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT token_hash, {RECORD_COLUMNS} FROM sessions \
