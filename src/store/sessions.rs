@@ -330,8 +330,12 @@ impl Store {
     /// memory and is written in the background once per coalescing window.
     pub async fn get_session(&self, hash: &TokenHash) -> Result<Option<SessionRecord>> {
         let now = self.inner.clock.now_ms();
-        let cached = match self.inner.sessions.get(hash, now) {
-            Lookup::Hit(cached) => cached,
+        // The session, and how stale its disk copy may get before this use is written.
+        let (cached, window) = match self.inner.sessions.get(hash, now) {
+            Lookup::Hit(cached) => {
+                let window = persist_window(cached.record.idle_ttl_ms);
+                (cached, window)
+            }
             Lookup::Expired => return Ok(None),
             Lookup::Miss(ticket) => {
                 let h = *hash;
@@ -350,24 +354,18 @@ impl Store {
                 };
                 let read = Arc::new(CachedSession::new(record));
                 match self.inner.sessions.fill(ticket, *hash, read.clone()) {
-                    Some(cached) => cached,
-                    None => {
-                        // Not kept in memory (too large for it, or raced by a write): this use
-                        // would be forgotten with the copy, so it goes to disk now.
-                        read.last_seen.fetch_max(now, Ordering::AcqRel);
-                        self.queue_use(hash, &read, now, 0);
-                        return Ok(Some(read.snapshot()));
+                    Some(cached) => {
+                        let window = persist_window(cached.record.idle_ttl_ms);
+                        (cached, window)
                     }
+                    // Not kept in memory (too large for it, or raced by a write): this use
+                    // would be forgotten with the copy, so it goes to disk now.
+                    None => (read, 0),
                 }
             }
         };
         cached.last_seen.fetch_max(now, Ordering::AcqRel);
-        self.queue_use(
-            hash,
-            &cached,
-            now,
-            persist_window(cached.record.idle_ttl_ms),
-        );
+        self.queue_use(hash, &cached, now, window);
         Ok(Some(cached.snapshot()))
     }
 

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::store::memory::{CachedEntry, EntryCache};
 use crate::store::sessions::{
     CachedSession, DataLimits, NewSession, SessionCache, SessionRecord, SessionTarget, TokenHash,
+    data_bytes,
 };
 use crate::store::stats::{CounterValues, StatsRegistry};
 
@@ -145,8 +146,8 @@ impl WriteOp {
         match self {
             WriteOp::Set { value, .. } => value.len(),
             WriteOp::SetMany { entries, .. } => entries.iter().map(|e| e.value.len()).sum(),
-            WriteOp::CreateSession(new) => sessions_data_bytes(&new.data),
-            WriteOp::UpdateSession { set, .. } => sessions_data_bytes(set),
+            WriteOp::CreateSession(new) => data_bytes(&new.data),
+            WriteOp::UpdateSession { set, .. } => data_bytes(set),
             _ => 0,
         }
     }
@@ -1044,10 +1045,6 @@ struct Candidate {
     namespace: String,
     key: String,
     size: i64,
-}
-
-fn sessions_data_bytes(data: &BTreeMap<String, String>) -> usize {
-    crate::store::sessions::data_bytes(data)
 }
 
 fn needs_savepoint(op: &WriteOp) -> bool {

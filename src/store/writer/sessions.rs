@@ -2,6 +2,7 @@
 //! background last-seen writes and the sweep of expired sessions. Each runs inside the
 //! writer's batch transaction; memory changes are queued as effects and applied after COMMIT.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
@@ -115,7 +116,7 @@ impl Writer {
     pub(super) fn update_session(
         &mut self,
         hash: &TokenHash,
-        set: &std::collections::BTreeMap<String, String>,
+        set: &BTreeMap<String, String>,
         remove: &[String],
         limits: DataLimits,
         now: u64,
