@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/larder/v1/cache.proto",
         "proto/larder/v1/session.proto",
+        "proto/larder/v1/ratelimit.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
