@@ -1,5 +1,4 @@
-//! `bench`: the benchmark harness behind `scripts/bench-cache.sh` and
-//! `scripts/bench-session.sh`. It owns two commands:
+//! `bench`: the benchmark harness behind `scripts/bench.sh`. It owns two commands:
 //!
 //! - `bare-server`: a baseline CacheService doing nothing but a `HashMap` behind a `Mutex`
 //!   (Get and Set; every other RPC is UNIMPLEMENTED), served by bare tonic with the same worker
@@ -10,11 +9,20 @@
 //!   ops/s, p50, p99, p99.9 and errors (one JSON line with `--json`), and the CPU the client
 //!   and (with `--server-pid`) the server spent in the measured window, since on a small
 //!   machine the two share the cores. Against larder (`http://…`, tasks spread round-robin
-//!   over `--connections` HTTP/2 connections) the operations are unary Get, Set and
-//!   GetSession calls; against Redis (`redis://…`, one connection per task, as web workers
-//!   hold them) they are what apps send Redis for the same job: GET, SET, and for a session
-//!   `MULTI; HGETALL session:{i}; PEXPIRE session:{i} <idle>; EXEC` (read it and slide its
-//!   expiry in one round trip).
+//!   over `--connections` HTTP/2 connections) the operations are unary Get, Set,
+//!   GetSession and RateLimitService Check calls; against Redis (`redis://…`, one connection
+//!   per task, as web workers hold them) they are what apps send Redis for the same job: GET,
+//!   SET, and for a session `MULTI; HGETALL session:{i}; PEXPIRE session:{i} <idle>; EXEC`
+//!   (read it and slide its expiry in one round trip).
+//! - The rate-limit ops check key `rl:sliding:{i}` or `rl:gcra:{i}` against `--rl-limit`
+//!   units per `--rl-period-ms` (default 100 per minute; cost 1; GCRA burst = limit), with no
+//!   preload. `ratelimit-sliding` is larder's `Check` with `ALGORITHM_SLIDING_WINDOW`, against
+//!   the sliding-window log web apps keep in Redis: `MULTI; ZREMRANGEBYSCORE k 0
+//!   <now_ms - period>; ZADD k <now_ms> <unique member>; ZCARD k; PEXPIRE k <period>; EXEC`,
+//!   allowed when the count is at most the limit (the client's clock; denied calls are
+//!   logged too, as those limiters do). `ratelimit-gcra` is `Check` with `ALGORITHM_GCRA`,
+//!   against `EVALSHA` of a GCRA Lua script (loaded once with `SCRIPT LOAD`; the server's
+//!   clock). A denied answer is a successful call; the report gives the fraction allowed.
 //!
 //! Usage: `cargo run --release --example bench -- load --target http://127.0.0.1:7379 --op get`.
 
@@ -30,6 +38,7 @@ use hdrhistogram::Histogram;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::cache_service_server::{CacheService, CacheServiceServer};
+use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
 use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
@@ -56,7 +65,8 @@ struct Cli {
 enum Cmd {
     /// Serve a baseline CacheService (Get/Set on a HashMap) with bare tonic.
     BareServer(BareServerArgs),
-    /// Drive a CacheService with closed-loop Get or Set calls and report throughput and latency.
+    /// Drive larder, the baseline or Redis with closed-loop calls of one op and report
+    /// throughput and latency.
     Load(LoadArgs),
 }
 
@@ -78,6 +88,11 @@ enum Op {
     Set,
     /// SessionService/GetSession; Redis MULTI HGETALL + PEXPIRE EXEC.
     GetSession,
+    /// RateLimitService/Check, sliding window; Redis MULTI ZREMRANGEBYSCORE + ZADD + ZCARD +
+    /// PEXPIRE EXEC (a sliding-window log).
+    RatelimitSliding,
+    /// RateLimitService/Check, GCRA; Redis EVALSHA of a GCRA Lua script.
+    RatelimitGcra,
 }
 
 impl Op {
@@ -86,12 +101,52 @@ impl Op {
             Op::Get => "get",
             Op::Set => "set",
             Op::GetSession => "get-session",
+            Op::RatelimitSliding => "ratelimit-sliding",
+            Op::RatelimitGcra => "ratelimit-gcra",
         }
+    }
+
+    fn is_rate_limit(self) -> bool {
+        matches!(self, Op::RatelimitSliding | Op::RatelimitGcra)
     }
 }
 
 /// The idle TTL of benchmark sessions (both systems), as web frameworks default to.
 const SESSION_IDLE_MS: u64 = 30 * 60 * 1000;
+
+/// The Redis side of `ratelimit-gcra`: GCRA over one key per client holding its theoretical
+/// arrival time (TAT), in milliseconds since the epoch by the Redis server's clock.
+/// KEYS[1]: the client's key. ARGV: burst, rate (units per period), period (ms), cost.
+/// Returns {allowed (1 or 0), remaining, retry_after_ms, reset_after_ms}; a denied request
+/// consumes nothing.
+const GCRA_LUA: &str = r"
+local burst = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+
+-- Milliseconds between two units at the steady rate, and how far ahead of now the TAT may
+-- run (a full bucket of `burst` units).
+local interval = period / rate
+local tolerance = interval * burst
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local new_tat = tat + interval * cost
+-- Milliseconds of budget left once this request is counted.
+local room = now + tolerance - new_tat
+if room < 0 then
+  return {0, 0, math.ceil(-room), math.ceil(tat - now)}
+end
+local reset_after = new_tat - now
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(reset_after))
+return {1, math.floor(room / interval), 0, math.ceil(reset_after)}
+";
 
 #[derive(Debug, Args)]
 struct LoadArgs {
@@ -118,12 +173,19 @@ struct LoadArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
     /// Size of the key space: keys are `key:0` .. `key:{keys-1}` (sessions: that many
-    /// sessions, preloaded).
+    /// sessions, preloaded; rate limits: that many clients, `rl:sliding:{i}` or
+    /// `rl:gcra:{i}`).
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
     /// Bytes per value written (Set, the preload before Get, and each session's data).
     #[arg(long, default_value_t = 100)]
     value_size: usize,
+    /// Rate-limit ops: units admitted per key and period (GCRA's burst too).
+    #[arg(long, default_value_t = 100)]
+    rl_limit: u32,
+    /// Rate-limit ops: the period, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    rl_period_ms: u64,
     /// Worker threads of the client's own runtime (default: one per core).
     #[arg(long)]
     client_threads: Option<usize>,
@@ -292,7 +354,8 @@ struct TaskResult {
     ops: u64,
     /// Failed calls (any non-OK status).
     errors: u64,
-    /// Successful calls that answered `found = false` (Get) or `stored = false` (Set).
+    /// Successful calls that answered `found = false` (Get), `stored = false` (Set) or
+    /// `allowed = false` (rate limits).
     misses: u64,
     first_error: Option<String>,
 }
@@ -340,6 +403,9 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
+    if args.rl_limit == 0 || args.rl_period_ms == 0 {
+        bail!("--rl-limit and --rl-period-ms must be at least 1");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.client_threads {
         if threads == 0 {
@@ -357,11 +423,18 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     let tokens = tokio::time::timeout(PRELOAD_TIMEOUT, preload(&system_under_test, &args, &value))
         .await
         .context("preloading the key space timed out")??;
+    let gcra_sha = match (&system_under_test, args.op) {
+        (Sut::Redis(client), Op::RatelimitGcra) => Some(load_gcra_script(client).await?),
+        _ => None,
+    };
     let workload = Arc::new(Workload {
         op: args.op,
         keys: args.keys,
         value,
         tokens,
+        rl_limit: args.rl_limit,
+        rl_period_ms: args.rl_period_ms,
+        gcra_sha,
     });
     let stats_before = system_under_test.stats().await;
 
@@ -420,6 +493,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
                 "bench: {misses} lookups found nothing although the key space was preloaded"
             ),
             Op::Set => eprintln!("bench: {misses} unconditional Sets answered stored=false"),
+            // Denials are what a rate limiter is for: reported as the fraction allowed.
+            Op::RatelimitSliding | Op::RatelimitGcra => {}
         }
     }
     if let (Some(before), Some(after)) = (stats_before, system_under_test.stats().await) {
@@ -446,6 +521,9 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         let ours = cpu.server_ns.unwrap_or(0) + cpu.client_ns.unwrap_or(0);
         (ns as f64 - ours as f64).max(0.0) / window_ns
     });
+    // Rate limits: the share of answered checks that were admitted.
+    let allowed_fraction =
+        (args.op.is_rate_limit() && ops > 0).then(|| (ops - misses) as f64 / ops as f64);
     let server_us_per_op = cpu
         .server_ns
         .filter(|_| ops > 0)
@@ -460,7 +538,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
              \"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.0},\"p50_us\":{p50:.1},\
              \"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"errors\":{errors},\"misses\":{misses},\
              \"server_cpu_us_per_op\":{},\"server_cores\":{},\"client_cores\":{},\
-             \"other_cores\":{}}}",
+             \"other_cores\":{},\"allowed_fraction\":{}}}",
             json_string(system),
             args.op.name(),
             args.concurrency,
@@ -469,17 +547,21 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             fmt(server_cores, 2),
             fmt(client_cores, 2),
             fmt(other_cores, 2),
+            fmt(allowed_fraction, 4),
         );
     } else {
         println!(
             "{system} {}: {ops_per_sec:.0} ops/s over {:?} ({ops} calls, concurrency {}, \
              {} connections), p50 {p50:.1} µs, p99 {p99:.1} µs, p99.9 {p999:.1} µs, \
-             {errors} errors, {misses} misses; CPU: server {} cores ({} µs/op), client {} cores, \
-             other {} cores",
+             {errors} errors, {misses} misses{}; CPU: server {} cores ({} µs/op), client {} \
+             cores, other {} cores",
             args.op.name(),
             args.duration,
             args.concurrency,
             args.connections,
+            allowed_fraction
+                .map(|f| format!(" (denials; {:.2}% allowed)", f * 100.0))
+                .unwrap_or_default(),
             fmt(server_cores, 2),
             fmt(server_us_per_op, 1),
             fmt(client_cores, 2),
@@ -501,10 +583,11 @@ enum Conn {
     Redis(redis::aio::MultiplexedConnection),
 }
 
-/// The clients of one gRPC task (one channel shared by both).
+/// The clients of one gRPC task (one channel shared by all).
 struct GrpcConn {
     cache: CacheServiceClient<Channel>,
     sessions: SessionServiceClient<Channel>,
+    rate_limits: RateLimitServiceClient<Channel>,
 }
 
 /// What every task draws its calls from.
@@ -514,6 +597,11 @@ struct Workload {
     value: Bytes,
     /// Session tokens by index (larder); empty for Redis, whose sessions are `session:{i}`.
     tokens: Vec<String>,
+    /// Rate limits: units per key and period, and the period in milliseconds.
+    rl_limit: u32,
+    rl_period_ms: u64,
+    /// The SHA1 of the GCRA script as Redis loaded it (Redis `ratelimit-gcra` only).
+    gcra_sha: Option<String>,
 }
 
 impl Sut {
@@ -582,7 +670,8 @@ impl Sut {
                 let channel = channels[task % channels.len()].clone();
                 Conn::Grpc(Box::new(GrpcConn {
                     cache: CacheServiceClient::new(channel.clone()),
-                    sessions: SessionServiceClient::new(channel),
+                    sessions: SessionServiceClient::new(channel.clone()),
+                    rate_limits: RateLimitServiceClient::new(channel),
                 }))
             }
             Sut::Redis(client) => Conn::Redis(
@@ -630,7 +719,7 @@ impl Conn {
     /// returns the session token, if the system made one.
     async fn preload(&mut self, op: Op, i: u64, value: &Bytes) -> anyhow::Result<Option<String>> {
         match (self, op) {
-            (_, Op::Set) => Ok(None),
+            (_, Op::Set | Op::RatelimitSliding | Op::RatelimitGcra) => Ok(None),
             (Conn::Grpc(c), Op::Get) => {
                 c.cache
                     .set(set_request(format!("key:{i}"), value.clone()))
@@ -672,8 +761,9 @@ impl Conn {
         }
     }
 
-    /// One measured call on key or session `i`: whether it found (or stored) something.
-    async fn call(&mut self, w: &Workload, i: u64) -> Result<bool, String> {
+    /// One measured call on key or session `i`: whether it found (or stored) something, or
+    /// (rate limits) was allowed. `nonce` differs between all calls of a run.
+    async fn call(&mut self, w: &Workload, i: u64, nonce: u64) -> Result<bool, String> {
         match (self, w.op) {
             (Conn::Grpc(c), Op::Get) => c
                 .cache
@@ -698,6 +788,23 @@ impl Conn {
                 .await
                 .map(|r| r.into_inner().found)
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+            (Conn::Grpc(c), op @ (Op::RatelimitSliding | Op::RatelimitGcra)) => {
+                let algorithm = match op {
+                    Op::RatelimitSliding => pb::Algorithm::SlidingWindow,
+                    _ => pb::Algorithm::Gcra,
+                };
+                c.rate_limits
+                    .check(pb::CheckRequest {
+                        key: rate_limit_key(op, i),
+                        limit: w.rl_limit,
+                        period_ms: w.rl_period_ms,
+                        algorithm: algorithm as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().allowed)
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            }
             (Conn::Redis(conn), Op::Get) => redis::cmd("GET")
                 .arg(format!("key:{i}"))
                 .query_async::<Option<Vec<u8>>>(conn)
@@ -722,14 +829,79 @@ impl Conn {
                     .map(|(fields, _)| !fields.is_empty())
                     .map_err(|e| e.to_string())
             }
+            (Conn::Redis(conn), Op::RatelimitSliding) => {
+                let key = rate_limit_key(Op::RatelimitSliding, i);
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_err(|e| e.to_string())?
+                    .as_millis() as u64;
+                let period = w.rl_period_ms;
+                redis::pipe()
+                    .atomic()
+                    .zrembyscore(&key, 0, now_ms.saturating_sub(period))
+                    .ignore()
+                    .zadd(&key, format!("{now_ms}-{nonce:x}"), now_ms)
+                    .ignore()
+                    .zcard(&key)
+                    .pexpire(&key, period as i64)
+                    .ignore()
+                    .query_async::<(u64,)>(conn)
+                    .await
+                    .map(|(count,)| count <= u64::from(w.rl_limit))
+                    .map_err(|e| e.to_string())
+            }
+            (Conn::Redis(conn), Op::RatelimitGcra) => {
+                let sha = w
+                    .gcra_sha
+                    .as_deref()
+                    .ok_or("the GCRA script was not loaded")?;
+                redis::cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(1)
+                    .arg(rate_limit_key(Op::RatelimitGcra, i))
+                    .arg(w.rl_limit) // burst
+                    .arg(w.rl_limit) // rate
+                    .arg(w.rl_period_ms)
+                    .arg(1) // cost
+                    .query_async::<(u8, u64, u64, u64)>(conn)
+                    .await
+                    .map(|(allowed, _remaining, _retry_after, _reset_after)| allowed == 1)
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 }
 
+/// The key of rate-limit client `i` (the same on both systems; one prefix per algorithm, as
+/// Redis keeps a sorted set for one and a string for the other).
+fn rate_limit_key(op: Op, i: u64) -> String {
+    match op {
+        Op::RatelimitSliding => format!("rl:sliding:{i}"),
+        _ => format!("rl:gcra:{i}"),
+    }
+}
+
+/// Loads the GCRA script into Redis (`SCRIPT LOAD`) and returns its SHA1, for `EVALSHA`.
+async fn load_gcra_script(client: &redis::Client) -> anyhow::Result<String> {
+    let loading = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(GCRA_LUA)
+            .query_async::<String>(&mut conn)
+            .await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, loading)
+        .await
+        .context("loading the GCRA script into Redis timed out")?
+        .context("cannot load the GCRA script into Redis")
+}
+
 /// Writes every key (or session) of the key space once, spread over `--concurrency` tasks,
-/// so that every read hits; returns the session tokens by index (larder sessions).
+/// so that every read hits (Set and the rate limits start from nothing); returns the session
+/// tokens by index (larder sessions).
 async fn preload(sut: &Sut, args: &LoadArgs, value: &Bytes) -> anyhow::Result<Vec<String>> {
-    if args.op == Op::Set {
+    if !matches!(args.op, Op::Get | Op::GetSession) {
         return Ok(Vec::new());
     }
     let writers = args.concurrency as u64;
@@ -779,13 +951,16 @@ async fn run_task(
         misses: 0,
         first_error: None,
     };
+    // Unique per call of the run: the task in the high bits, its call count in the low ones.
+    let mut nonce = seed << 40;
     loop {
         let i = rng.below(workload.keys);
         let t0 = Instant::now();
         if t0 >= until {
             break;
         }
-        let outcome = conn.call(&workload, i).await;
+        nonce += 1;
+        let outcome = conn.call(&workload, i, nonce).await;
         let elapsed = t0.elapsed();
         if t0 < from {
             continue;

@@ -8,6 +8,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
 //! - [`service`]: the gRPC services (validation, proto ⇄ store); no SQL here.
 //! - [`store`]: the storage engine: memory LRU, reader pool, group-commit writer, sweeper.
+//! - [`ratelimit`]: the rate-limit algorithms, as pure functions.
 //! - [`clock`]: wall clock and the manual clock tests use.
 //! - [`error`]: the error type and its one mapping to gRPC statuses.
 //! - [`pb`]: code generated from `proto/larder/v1/*.proto`.
@@ -15,6 +16,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod shutdown;
