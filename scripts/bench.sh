@@ -2,16 +2,20 @@
 # bench.sh: the side-by-side benchmark. Builds larder and examples/bench in release mode,
 # starts a bare-tonic baseline server, the real daemon (on a temporary data dir) and Redis on
 # fixed loopback ports, drives each with the same closed-loop load (concurrency 64): cache Get
-# and Set, and GetSession against Redis doing the same job (MULTI HGETALL + PEXPIRE EXEC), and
-# prints one table with the ratios the project aims for. Everything it starts is stopped on
-# exit; nothing listens beyond 127.0.0.1.
+# and Set, GetSession against Redis doing the same job (MULTI HGETALL + PEXPIRE EXEC), and on
+# request the rate-limit Check against Redis as web apps use it (ratelimit-sliding: a
+# sliding-window log, MULTI ZREMRANGEBYSCORE + ZADD + ZCARD + PEXPIRE EXEC; ratelimit-gcra:
+# EVALSHA of a GCRA Lua script), and prints one table with the ratios the project aims for.
+# Everything it starts is stopped on exit; nothing listens beyond 127.0.0.1.
 #
-# Environment: BENCH_OPS (which runs, default "get set get-session"), BENCH_TRANSPORT (tcp, or
+# Environment: BENCH_OPS (which runs, default "get set get-session"; also "ratelimit-sliding"
+# and "ratelimit-gcra"), BENCH_TRANSPORT (tcp, or
 # unix: larder and Redis both over Unix sockets, the bare baseline left out), BENCH_DURATION (seconds measured per run, default 10), BENCH_WARMUP (seconds,
 # default 2), BENCH_CONCURRENCY (64), BENCH_CONNECTIONS (4), BENCH_KEYS (10000),
 # BENCH_VALUE_SIZE (100), BENCH_WORKERS (gRPC threads of both servers, 1), BENCH_REDIS_REQUESTS (requests per redis-benchmark run, default
-# 20000 × BENCH_DURATION), BENCH_SKIP_REDIS=1 to leave Redis out, BENCH_PORT_BASE (17000:
-# bare on +1, larder on +2; Redis on 16379 and 16380).
+# 20000 × BENCH_DURATION), BENCH_RL_LIMIT and BENCH_RL_PERIOD_MS (the rate limit of every
+# key of the rate-limit runs, both systems: default 100 per 60000 ms), BENCH_SKIP_REDIS=1 to
+# leave Redis out, BENCH_PORT_BASE (17000: bare on +1, larder on +2; Redis on 16379 and 16380).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +36,8 @@ value_size="${BENCH_VALUE_SIZE:-100}"
 # gRPC worker threads of both servers (larder's default is 1).
 workers="${BENCH_WORKERS:-1}"
 redis_requests="${BENCH_REDIS_REQUESTS:-$((20000 * duration))}"
+rl_limit="${BENCH_RL_LIMIT:-100}"
+rl_period_ms="${BENCH_RL_PERIOD_MS:-60000}"
 port_base="${BENCH_PORT_BASE:-17000}"
 bare_port=$((port_base + 1))
 larder_port=$((port_base + 2))
@@ -42,7 +48,7 @@ redis_aof_port=16380
 run_limit=$((warmup + duration + 150))
 
 for n in "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" "$workers" \
-  "$redis_requests" "$port_base"; do
+  "$redis_requests" "$rl_limit" "$rl_period_ms" "$port_base"; do
   case "$n" in '' | *[!0-9]*)
     echo "bench: BENCH_* settings must be whole numbers, got '$n'" >&2
     exit 2
@@ -106,7 +112,8 @@ echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(
 )"
 echo "kernel: $(uname -r)"
 echo "settings: duration ${duration}s, warmup ${warmup}s, concurrency $concurrency," \
-  "connections $connections, keys $keys, value ${value_size} B"
+  "connections $connections, keys $keys, value ${value_size} B," \
+  "rate limit $rl_limit per $rl_period_ms ms"
 
 section "build (release)"
 cargo build --release --bin larder --example bench
@@ -171,7 +178,7 @@ if [ "$with_redis" = 1 ]; then
 fi
 
 # One row per run: system op ops_per_sec p50_us p99_us p999_us errors srv_us_per_op
-# srv_cores cli_cores other_cores.
+# srv_cores cli_cores other_cores allowed_fraction (rate limits; "null" or "-" otherwise).
 results="$tmp/results"
 : >"$results"
 
@@ -197,11 +204,12 @@ load_run() {
   line="$(timeout "$run_limit" "$bench_bin" load --target "$target" \
     --system "$system" --op "$op" --concurrency "$concurrency" --connections "$connections" \
     --duration "${duration}s" --warmup "${warmup}s" --keys "$keys" \
-    --value-size "$value_size" --server-pid "$pid" --json)"
+    --value-size "$value_size" --rl-limit "$rl_limit" --rl-period-ms "$rl_period_ms" \
+    --server-pid "$pid" --json)"
   echo "$line"
   local row="$system $op"
   for f in ops_per_sec p50_us p99_us p999_us errors server_cpu_us_per_op server_cores \
-    client_cores other_cores; do
+    client_cores other_cores allowed_fraction; do
     row="$row $(json_field "$line" "$f")"
   done
   echo "$row" >>"$results"
@@ -241,7 +249,7 @@ redis_run() {
       printf "%.0f %.1f %.1f - - %.1f %.2f %.2f %.2f", $2, $5 * 1000, $7 * 1000,
         srv / n / 1000, srv / 1e9 / c[3], (c[1] + c[2]) / c[3], (other > 0 ? other : 0) / c[3]
       exit }')"
-  echo "$system $op $row" >>"$results"
+  echo "$system $op $row -" >>"$results"
 }
 
 wants() { case " $ops " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -268,6 +276,12 @@ fi
 if wants get-session; then
   load_run larder "$larder" "$larder_pid" get-session
 fi
+# The bare baseline has no RateLimitService.
+for op in ratelimit-sliding ratelimit-gcra; do
+  if wants "$op"; then
+    load_run larder "$larder" "$larder_pid" "$op"
+  fi
+done
 if [ "$with_redis" = 1 ]; then
   # SET first: with requests ≫ keys it fills the key space, so that the GETs hit as ours do.
   if wants set || wants get; then
@@ -284,16 +298,30 @@ if [ "$with_redis" = 1 ]; then
     load_run redis "$redis_url" "$redis_pid" get-session
     load_run redis-aof "$redis_aof_url" "$redis_aof_pid" get-session
   fi
+  for op in ratelimit-sliding ratelimit-gcra; do
+    if wants "$op"; then
+      # Each Redis starts the run with no rate-limit state, as larder does.
+      load_run redis "$redis_url" "$redis_pid" "$op"
+      load_run redis-aof "$redis_aof_url" "$redis_aof_pid" "$op"
+    fi
+  done
 fi
 
 section "results ($transport, concurrency $concurrency, ${duration}s per gRPC run, nproc $(nproc))"
-fmt='%-10s %-11s %8s %8s %8s %8s %6s %9s %9s %9s %9s\n'
+fmt='%-10s %-17s %8s %8s %8s %8s %6s %9s %9s %9s %9s\n'
 awk -v fmt="$fmt" 'BEGIN { printf fmt, "system", "op", "ops/s", "p50_us", "p99_us",
     "p99.9_us", "errors", "srv_us/op", "srv_cores", "cli_cores", "oth_cores" }
   { printf fmt, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }' "$results"
 echo "srv_us/op: server CPU per call. *_cores: CPU used in the measured window, out of" \
   "$(nproc), by the server, the load client, and anything else (other processes, kernel" \
-  "threads, hypervisor steal). Redis rows: redis-benchmark, a C client, over its whole run."
+  "threads, hypervisor steal). Redis get and set rows: redis-benchmark, a C client, over its" \
+  "whole run; the other Redis rows: the same client as larder's."
+if awk '$2 ~ /^ratelimit-/ { found = 1 } END { exit !found }' "$results"; then
+  echo "rate limits ($rl_limit per $rl_period_ms ms per key, $keys keys), share of checks allowed:"
+  awk '$2 ~ /^ratelimit-/ {
+    printf "  %-10s %-17s %s\n", $1, $2, ($12 == "null" ? "n/a" : sprintf("%.2f%%", $12 * 100)) }' \
+    "$results"
+fi
 
 rate() { awk -v s="$1" -v o="$2" '$1 == s && $2 == o { print $3; exit }' "$results"; }
 ratio() {
@@ -310,18 +338,43 @@ larder_set="$(rate larder set)"
 larder_session="$(rate larder get-session)"
 get_ratio="$(ratio "$larder_get" "$(rate bare get)")"
 section "ratios"
-echo "larder get / bare get:   $get_ratio (target >= 0.9: $(verdict "$get_ratio" 0.9))"
-echo "larder set:              ${larder_set:-n/a} ops/s durable" \
-  "(target >= 30000: $(verdict "${larder_set:-n/a}" 30000))"
-echo "larder set / bare set:   $(ratio "$larder_set" "$(rate bare set)")"
+# Only the lines of the ops that ran.
+if wants get; then
+  echo "larder get / bare get:   $get_ratio (target >= 0.9: $(verdict "$get_ratio" 0.9))"
+fi
+if wants set; then
+  echo "larder set:              ${larder_set:-n/a} ops/s durable" \
+    "(target >= 30000: $(verdict "${larder_set:-n/a}" 30000))"
+  echo "larder set / bare set:   $(ratio "$larder_set" "$(rate bare set)")"
+fi
 if [ "$with_redis" = 1 ]; then
-  echo "larder get / redis get:  $(ratio "$larder_get" "$(rate redis get)")"
-  echo "larder set / redis set:  $(ratio "$larder_set" "$(rate redis set)") (redis without persistence)"
-  echo "larder set / redis-aof:  $(ratio "$larder_set" "$(rate redis-aof set)") (AOF, fsync every second)"
-  session_ratio="$(ratio "$larder_session" "$(rate redis get-session)")"
-  echo "larder get-session / redis MULTI HGETALL+PEXPIRE: $session_ratio" \
-    "(target >= 1.0: $(verdict "$session_ratio" 1.0))"
-  echo "larder get-session / redis-aof:  $(ratio "$larder_session" "$(rate redis-aof get-session)")"
+  if wants get; then
+    echo "larder get / redis get:  $(ratio "$larder_get" "$(rate redis get)")"
+  fi
+  if wants set; then
+    echo "larder set / redis set:  $(ratio "$larder_set" "$(rate redis set)") (redis without persistence)"
+    echo "larder set / redis-aof:  $(ratio "$larder_set" "$(rate redis-aof set)") (AOF, fsync every second)"
+  fi
+  if wants get-session; then
+    session_ratio="$(ratio "$larder_session" "$(rate redis get-session)")"
+    echo "larder get-session / redis MULTI HGETALL+PEXPIRE: $session_ratio" \
+      "(target >= 1.0: $(verdict "$session_ratio" 1.0))"
+    echo "larder get-session / redis-aof:  $(ratio "$larder_session" "$(rate redis-aof get-session)")"
+  fi
+  if wants ratelimit-sliding; then
+    larder_sliding="$(rate larder ratelimit-sliding)"
+    echo "larder ratelimit-sliding / redis MULTI ZREMRANGEBYSCORE+ZADD+ZCARD+PEXPIRE:" \
+      "$(ratio "$larder_sliding" "$(rate redis ratelimit-sliding)")"
+    echo "larder ratelimit-sliding / redis-aof:  $(ratio "$larder_sliding" \
+      "$(rate redis-aof ratelimit-sliding)")"
+  fi
+  if wants ratelimit-gcra; then
+    larder_gcra="$(rate larder ratelimit-gcra)"
+    echo "larder ratelimit-gcra / redis EVALSHA gcra.lua:" \
+      "$(ratio "$larder_gcra" "$(rate redis ratelimit-gcra)")"
+    echo "larder ratelimit-gcra / redis-aof:  $(ratio "$larder_gcra" \
+      "$(rate redis-aof ratelimit-gcra)")"
+  fi
 fi
 echo "note: client and servers share the machine's $(nproc) cores; expect run-to-run noise of ±20%."
 busiest="$(awk '$11 != "null" && $11 > m { m = $11 } END { printf "%.2f", m }' "$results")"
