@@ -22,9 +22,11 @@ use tonic_health::ServingStatus;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::cache_service_server::CacheServiceServer;
+use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::service::Limits;
 use crate::service::cache::CacheApi;
+use crate::service::ratelimit::{RateLimitApi, RateLimitSettings};
 use crate::service::session::{SessionApi, SessionSettings};
 use crate::store::Store;
 
@@ -121,6 +123,8 @@ pub struct ServerSettings {
     pub limits: Limits,
     /// Session defaults and bounds.
     pub sessions: SessionSettings,
+    /// Named rate-limit policies.
+    pub ratelimit: RateLimitSettings,
     /// How long in-flight calls may run after shutdown starts before they are cut.
     pub drain_timeout: Duration,
 }
@@ -130,6 +134,7 @@ impl Default for ServerSettings {
         Self {
             limits: Limits::default(),
             sessions: SessionSettings::default(),
+            ratelimit: RateLimitSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -147,6 +152,9 @@ pub async fn serve(
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
     health
         .set_serving::<SessionServiceServer<SessionApi>>()
+        .await;
+    health
+        .set_serving::<RateLimitServiceServer<RateLimitApi>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
 
@@ -176,11 +184,17 @@ pub async fn serve(
         SessionServiceServer::new(SessionApi::new(store.clone(), settings.sessions.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
+    let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
+        store.clone(),
+        settings.ratelimit.clone(),
+        settings.limits.max_key_bytes,
+    ));
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(cache)
-        .add_service(sessions);
+        .add_service(sessions)
+        .add_service(ratelimit);
 
     let stop_accepting = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -224,6 +238,9 @@ pub async fn serve(
         .await;
     health
         .set_not_serving::<SessionServiceServer<SessionApi>>()
+        .await;
+    health
+        .set_not_serving::<RateLimitServiceServer<RateLimitApi>>()
         .await;
     health
         .set_service_status("", ServingStatus::NotServing)

@@ -1,7 +1,11 @@
-//! The command line (flags, each also readable from a `LARDER_*` environment variable) and the
-//! one validated [`ServeConfig`] it becomes.
+//! The command line (flags, each also readable from a `LARDER_*` environment variable), the
+//! config file ([`file`]), and the one validated [`ServeConfig`] they become. A flag or its
+//! variable wins over the file.
+
+pub mod file;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -9,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::server::ServerSettings;
 use crate::service::Limits;
+use crate::service::ratelimit::RateLimitSettings;
 use crate::service::session::SessionSettings;
 use crate::store::StoreConfig;
 use crate::store::schema::Synchronous;
@@ -41,6 +46,9 @@ pub enum SynchronousArg {
 /// Flags of `larder serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML config file (rate-limit policies and settings); flags and variables win over it.
+    #[arg(long, env = "LARDER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Directory for the database file, its WAL and the lock file.
     #[arg(long, env = "LARDER_DATA_DIR", default_value = "larder-data")]
     pub data_dir: PathBuf,
@@ -78,6 +86,14 @@ pub struct ServeArgs {
     /// Longest idle or absolute TTL a client may ask for.
     #[arg(long, env = "LARDER_SESSION_MAX_TTL", default_value = "365days", value_parser = humantime::parse_duration)]
     pub session_max_ttl: Duration,
+    /// Longest a rate-limit change stays in memory only, i.e. what a crash can lose (e.g. 1s;
+    /// default 1s, or `ratelimit.write_behind` in the config file).
+    #[arg(long, env = "LARDER_RATELIMIT_WRITE_BEHIND", value_parser = humantime::parse_duration)]
+    pub ratelimit_write_behind: Option<Duration>,
+    /// Memory for rate-limit state; idle keys past it are evicted to disk (e.g. 32MiB;
+    /// default 32MiB, or `ratelimit.max_memory` in the config file).
+    #[arg(long, env = "LARDER_RATELIMIT_MAX_MEMORY")]
+    pub ratelimit_max_memory: Option<ByteSize>,
     /// Largest value accepted (the gRPC message limit follows it).
     #[arg(long, env = "LARDER_MAX_VALUE", default_value = "16MiB")]
     pub max_value: ByteSize,
@@ -109,6 +125,27 @@ pub struct ServeConfig {
 impl ServeArgs {
     /// Checks the flags and builds the config; the error names the flag at fault.
     pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => file::FileConfig::load(path)?,
+            None => file::FileConfig::default(),
+        };
+        let policies = file.ratelimit.rules()?;
+        let write_behind = match self.ratelimit_write_behind {
+            Some(d) => d,
+            None => file
+                .ratelimit
+                .write_behind()?
+                .unwrap_or(Duration::from_secs(1)),
+        };
+        if write_behind < Duration::from_millis(10) || write_behind > Duration::from_secs(600) {
+            anyhow::bail!(
+                "--ratelimit-write-behind (ratelimit.write_behind) must be between 10ms and 10m"
+            );
+        }
+        let limit_memory = match self.ratelimit_max_memory {
+            Some(b) => b,
+            None => file.ratelimit.max_memory()?.unwrap_or(ByteSize::mib(32)),
+        };
         let listen = match self.listen.trim() {
             "none" | "" => None,
             addr => Some(addr.to_owned()),
@@ -148,6 +185,8 @@ impl ServeArgs {
         store.max_memory_bytes = self.max_memory.as_u64();
         store.max_disk_bytes = self.max_disk.as_u64();
         store.session_memory_bytes = self.session_max_memory.as_u64();
+        store.limit_memory_bytes = limit_memory.as_u64();
+        store.write_behind = write_behind;
         let server = ServerSettings {
             limits: Limits {
                 max_value_bytes: max_value as usize,
@@ -158,6 +197,9 @@ impl ServeArgs {
                 default_absolute_ttl: self.session_absolute_ttl,
                 max_ttl: self.session_max_ttl,
                 ..SessionSettings::default()
+            },
+            ratelimit: RateLimitSettings {
+                policies: Arc::new(policies),
             },
             drain_timeout: self.drain_timeout,
         };
@@ -219,6 +261,47 @@ mod tests {
             Duration::from_secs(7 * 86400)
         );
         assert!(parse(&["--session-idle-ttl", "0s"]).is_err());
+        assert!(parse(&["--ratelimit-write-behind", "1ms"]).is_err());
+        let c = parse(&["--ratelimit-write-behind", "250ms"]).unwrap();
+        assert_eq!(c.store.write_behind, Duration::from_millis(250));
         assert!(parse(&["--session-absolute-ttl", "400days"]).is_err());
+    }
+
+    #[test]
+    fn the_config_file_gives_policies_and_flags_win_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("larder.toml");
+        std::fs::write(
+            &path,
+            "[ratelimit]\nwrite_behind = \"300ms\"\nmax_memory = \"4MiB\"\n\n\
+             [ratelimit.policies.ai_chat]\nlimit = 60\nperiod = \"1m\"\n\
+             algorithm = \"sliding_window\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let c = parse(&["--config", file]).unwrap();
+        assert_eq!(c.store.write_behind, Duration::from_millis(300));
+        assert_eq!(c.store.limit_memory_bytes, 4 << 20);
+        let chat = c.server.ratelimit.policies["ai_chat"];
+        assert_eq!((chat.limit(), chat.period_ms()), (60, 60_000));
+        let c = parse(&["--config", file, "--ratelimit-write-behind", "2s"]).unwrap();
+        assert_eq!(c.store.write_behind, Duration::from_secs(2));
+        assert_eq!(
+            parse(&[]).unwrap().store.write_behind,
+            Duration::from_secs(1)
+        );
+
+        std::fs::write(
+            &path,
+            "[ratelimit.policies.chat]\nlimit = 0\nperiod = \"1m\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", parse(&["--config", file]).unwrap_err());
+        assert!(e.contains("ratelimit.policies.chat.limit"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&["--config", "/nonexistent/larder.toml"]).unwrap_err()
+        );
+        assert!(e.contains("/nonexistent/larder.toml"), "{e}");
     }
 }

@@ -351,13 +351,6 @@ pub fn decide(
     }
 }
 
-/// Milliseconds from `now_ms` until `at_ns`, rounded up; 0 if it has passed.
-fn ms_until_ns(at_ns: u64, now_ms: u64) -> u64 {
-    at_ns
-        .saturating_sub(now_ms.saturating_mul(NS_PER_MS))
-        .div_ceil(NS_PER_MS)
-}
-
 /// `n` as u32, capped.
 fn clamp_u32(n: u128) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)

@@ -2,8 +2,10 @@
 //!
 //! - [`cache`] serves `larder.v1.CacheService`.
 //! - [`session`] serves `larder.v1.SessionService`; [`token`] makes and checks its tokens.
+//! - [`ratelimit`] serves `larder.v1.RateLimitService`.
 
 pub mod cache;
+pub mod ratelimit;
 pub mod session;
 pub mod token;
 

@@ -5,6 +5,7 @@
 //! - [`writer`]: the single writer thread with group commit; every mutation goes through it.
 //! - [`memory`]: the byte-bounded, sharded LRU in front of SQLite.
 //! - [`sessions`]: login sessions: records, sliding expiry, and the session methods.
+//! - [`ratelimits`]: rate-limit state in memory, written behind to SQLite, loaded lazily.
 //! - [`stats`]: per-namespace counters.
 //! - [`checkpoint`]: background WAL checkpoints, off the writer's path.
 //! - [`lock`]: one daemon per data directory.
@@ -18,6 +19,7 @@
 pub mod checkpoint;
 pub mod lock;
 pub mod memory;
+pub mod ratelimits;
 pub mod schema;
 pub mod sessions;
 pub mod stats;
@@ -63,6 +65,11 @@ pub struct StoreConfig {
     /// Byte budget of the memory LRU of sessions (sessions themselves are never evicted from
     /// disk).
     pub session_memory_bytes: u64,
+    /// Byte budget of rate-limit state in memory (idle keys past it are evicted; disk keeps
+    /// them).
+    pub limit_memory_bytes: u64,
+    /// Longest time a rate-limit change stays in memory only: what a crash can lose.
+    pub write_behind: Duration,
     /// Read-only connections in the reader pool.
     pub reader_connections: u32,
     /// How often expired rows are swept and read times recorded.
@@ -80,6 +87,8 @@ impl StoreConfig {
             max_memory_bytes: 256 << 20,
             max_disk_bytes: 4 << 30,
             session_memory_bytes: 64 << 20,
+            limit_memory_bytes: 32 << 20,
+            write_behind: Duration::from_secs(1),
             reader_connections: 4,
             sweep_interval: Duration::from_secs(1),
             sweep_batch: 1000,
@@ -123,6 +132,10 @@ struct Inner {
     memory: Arc<EntryCache>,
     /// The LRU of sessions by token hash; written by the writer, filled by readers.
     sessions: Arc<sessions::SessionCache>,
+    /// Rate-limit state; the truth for every key it holds.
+    limits: Arc<ratelimits::LimitTable>,
+    /// Writes rate-limit state behind.
+    write_behind: Arc<ratelimits::WriteBehind>,
     /// Counters for Stats.
     stats: Arc<StatsRegistry>,
     /// Read-only connections, used on blocking threads only.
@@ -142,6 +155,7 @@ struct Background {
     writer: std::thread::JoinHandle<()>,
     checkpointer: std::thread::JoinHandle<()>,
     maintenance: JoinHandle<()>,
+    write_behind: JoinHandle<()>,
     stop_maintenance: CancellationToken,
 }
 
@@ -211,12 +225,27 @@ impl Store {
             config.sweep_interval,
             stop_maintenance.clone(),
         ));
+        let limits = Arc::new(ratelimits::LimitTable::new(
+            config.limit_memory_bytes as usize,
+        ));
+        let write_behind = Arc::new(ratelimits::WriteBehind::new(
+            limits.clone(),
+            tx.clone(),
+            clock.clone(),
+        ));
+        // Flushing every half window keeps each change's time in memory under the window.
+        let write_behind_task = tokio::spawn(write_behind.clone().run(
+            (config.write_behind / 2).max(Duration::from_millis(1)),
+            stop_maintenance.clone(),
+        ));
         tracing::info!(path = %db_path.display(), "store open");
         Ok(Self {
             inner: Arc::new(Inner {
                 clock,
                 memory,
                 sessions: session_memory,
+                limits,
+                write_behind,
                 stats,
                 readers,
                 scanners,
@@ -225,6 +254,7 @@ impl Store {
                     writer: writer_thread,
                     checkpointer,
                     maintenance,
+                    write_behind: write_behind_task,
                     stop_maintenance,
                 })),
                 _lock: lock,
@@ -232,8 +262,9 @@ impl Store {
         })
     }
 
-    /// Stops the maintenance task, writes the sessions' last uses that only memory knows, lets
-    /// the writer commit everything queued, checkpoints the WAL and joins the writer thread. Writes after this answer `UNAVAILABLE`. Idempotent.
+    /// Stops the background tasks, writes the sessions' last uses and the rate-limit state that
+    /// only memory knows, lets the writer commit everything queued, checkpoints the WAL and
+    /// joins the writer thread. Writes after this answer `UNAVAILABLE`. Idempotent.
     pub async fn close(&self) -> Result<()> {
         let background = self
             .inner
@@ -245,8 +276,18 @@ impl Store {
             return Ok(());
         };
         bg.stop_maintenance.cancel();
-        if let Err(e) = bg.maintenance.await {
-            tracing::warn!(error = %e, "maintenance task ended abnormally");
+        for (name, task) in [
+            ("maintenance", bg.maintenance),
+            ("write-behind", bg.write_behind),
+        ] {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "{name} task ended abnormally");
+            }
+        }
+        match self.inner.write_behind.flush().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(keys = n, "wrote rate-limit state"),
+            Err(e) => tracing::warn!(error = %e, "writing rate-limit state failed"),
         }
         match self.persist_session_uses().await {
             Ok(0) => {}

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this build writes. A file with a higher version was written by a newer
 /// Larder and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// WAL pages after which the writer checkpoints inline (the background checkpointer normally
 /// keeps the WAL far below this).
@@ -62,6 +62,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
     CREATE INDEX sessions_by_expiry ON sessions (idle_expires_at);
+    ",
+    // 2 → 3: rate-limit state, written behind from memory. A row counts for nothing once
+    // expires_at has passed, and the sweeper deletes it.
+    "
+    CREATE TABLE rate_limits (
+        id         INTEGER PRIMARY KEY,
+        policy     TEXT    NOT NULL,  -- '' for limits given inline in the request
+        key        TEXT    NOT NULL,
+        state      TEXT    NOT NULL,  -- the algorithm's name and numbers, e.g. 'gcra <tat ns>'
+        expires_at INTEGER NOT NULL,  -- Unix ms
+        UNIQUE (policy, key)
+    );
+    CREATE INDEX rate_limits_by_expiry ON rate_limits (expires_at);
     ",
 ];
 
@@ -211,6 +224,10 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sessions, 0);
+        let limits: i64 = conn
+            .query_row("SELECT COUNT(*) FROM rate_limits", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limits, 0);
     }
 
     #[test]

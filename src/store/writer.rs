@@ -6,6 +6,7 @@
 //! commits once, and only then updates the memory LRU and answers the callers. Under load,
 //! hundreds of writes share one commit; a write is never acknowledged before it is committed.
 
+mod ratelimits;
 mod sessions;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::{Clock, deadline_ms, remaining_ms};
 use crate::error::{Error, Result};
 use crate::store::memory::{CachedEntry, EntryCache};
+use crate::store::ratelimits::LimitRow;
 use crate::store::sessions::{
     CachedSession, DataLimits, NewSession, SessionCache, SessionRecord, SessionTarget, TokenHash,
     data_bytes,
@@ -135,6 +137,8 @@ pub enum WriteOp {
     },
     /// Record sessions' last uses seen by reads (coalesced, in the background, and at close).
     TouchSessions(Vec<(TokenHash, u64)>),
+    /// Write rate-limit states behind (upsert, or delete where the state is `None`).
+    PersistLimits(Vec<LimitRow>),
     /// Background upkeep: record reads for eviction order, delete a batch of expired rows and
     /// sessions, and evict if over the disk bound.
     Maintain,
@@ -675,6 +679,7 @@ impl Writer {
                 }
                 Ok(WriteOutcome::Count(uses.len() as u64))
             }
+            WriteOp::PersistLimits(rows) => self.persist_limits(rows),
             WriteOp::Maintain => self.maintain(now, fx),
         }
     }
@@ -875,9 +880,12 @@ impl Writer {
         let batch = self.settings.sweep_batch;
         let expired = self.sweep_expired(now, batch, fx)?;
         let sessions = self.sweep_sessions(now, batch, fx)?;
+        let limits = self.sweep_limits(now, batch)?;
         Ok(WriteOutcome::Maintained {
-            expired: expired + sessions,
-            more: expired as usize >= batch || sessions as usize >= batch,
+            expired: expired + sessions + limits,
+            more: [expired, sessions, limits]
+                .iter()
+                .any(|&n| n as usize >= batch),
         })
     }
 
@@ -1052,6 +1060,7 @@ fn needs_savepoint(op: &WriteOp) -> bool {
         WriteOp::SetMany { entries, .. } => entries.len() > 1,
         WriteOp::Delete { keys, .. } => keys.len() > 1,
         WriteOp::TouchSessions(uses) => uses.len() > 1,
+        WriteOp::PersistLimits(rows) => rows.len() > 1,
         WriteOp::Maintain => true,
         _ => false,
     }

@@ -1,0 +1,514 @@
+//! Rate-limit state: held in memory, written behind to SQLite, loaded back lazily.
+//!
+//! Memory is the truth for every key it holds. [`LimitTable`] is sharded (one mutex per shard,
+//! none across shards), and a Check decides under its key's shard lock, so it is atomic per key
+//! and never waits for disk. A change marks the key dirty; the write-behind task
+//! ([`Store::flush_rate_limits`], every half `write_behind`) sends the dirty keys' states to the
+//! writer and, once they are committed, marks them clean. A key missing from memory is loaded
+//! from SQLite by its first caller while later callers wait for that load (a placeholder slot
+//! holds the key meanwhile), so a restart or an eviction never hands out a fresh budget.
+//!
+//! Why loads need no epoch check: a key leaves memory only when it is clean (disk holds its
+//! latest state) and no write for it is in flight, so while it is absent nothing but the
+//! sweeper touches its row, and the sweeper deletes only rows that count for nothing anyway.
+//!
+//! Memory is bounded: past the byte budget, the least recently used clean keys are evicted.
+//! Dirty keys are never evicted; they become clean at the next write-behind, so the budget can
+//! be overrun by at most what one write-behind interval dirties.
+
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lru::LruCache;
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::writer::{Command, WriteOp, WriteOutcome};
+use super::{Store, unexpected};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::ratelimit::{self, Decision, Rule, State};
+
+/// A key's identity: the policy's name ('' for inline limits) and the key.
+pub type LimitKey = (String, String);
+
+/// Independently locked shards (a power of two).
+const SHARDS: usize = 64;
+
+/// Bytes charged per key besides its policy and key strings: the slot, the LRU links and the
+/// string headers. An estimate that errs on the side of more.
+pub const SLOT_OVERHEAD: usize = 160;
+
+/// Slots looked at from the cold end for one eviction before giving up until the next
+/// write-behind (when every looked-at key was dirty).
+const EVICTION_SCAN: usize = 32;
+
+/// Rows per command sent to the writer by one write-behind.
+const FLUSH_CHUNK: usize = 1000;
+
+/// One row for the writer: a key and its state, or `None` to delete the row.
+#[derive(Debug, Clone)]
+pub struct LimitRow {
+    /// Policy name.
+    pub policy: String,
+    /// Key.
+    pub key: String,
+    /// The state's text and its expiry (Unix ms), or `None` when the key has no state.
+    pub state: Option<(String, u64)>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// The first caller is loading the key from SQLite; the others wait until the sender
+    /// (held by that caller's [`Load`]) is dropped.
+    Loading(watch::Receiver<()>),
+    Ready(Entry),
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: Option<State>,
+    /// Changes since the key entered memory.
+    version: u64,
+    /// The version disk holds.
+    persisted: u64,
+    /// Whether the key is in its shard's dirty list.
+    queued: bool,
+}
+
+impl Entry {
+    fn clean(&self) -> bool {
+        !self.queued && self.persisted == self.version
+    }
+
+    /// Whether the key counts for nothing at `now_ms`.
+    fn dead(&self, now_ms: u64) -> bool {
+        self.state.is_none_or(|s| s.expires_at_ms() <= now_ms)
+    }
+}
+
+#[derive(Debug)]
+struct Shard {
+    lru: LruCache<LimitKey, Slot>,
+    bytes: usize,
+    /// Keys changed since the last write-behind took them.
+    dirty: Vec<LimitKey>,
+}
+
+/// What [`LimitTable::with`] found.
+#[derive(Debug)]
+pub enum Access<T> {
+    /// The key was in memory; here is the closure's answer.
+    Done(T),
+    /// Another caller is loading the key: wait for `changed()` to end, then try again.
+    Wait(watch::Receiver<()>),
+    /// The key was not in memory: load it from disk and [`Load::fill`] it, then try again.
+    Load(Load),
+}
+
+/// The duty of loading one key; dropping it without filling frees the key for another try.
+#[derive(Debug)]
+pub struct Load {
+    table: Arc<LimitTable>,
+    key: LimitKey,
+    _loading: watch::Sender<()>,
+}
+
+impl Load {
+    /// Puts the state read from disk in memory (clean) and wakes the waiting callers.
+    pub fn fill(self, state: Option<State>) {
+        let mut shard = self.table.shard(&self.key);
+        if let Some(slot @ Slot::Loading(_)) = shard.lru.peek_mut(&self.key) {
+            *slot = Slot::Ready(Entry {
+                state,
+                version: 0,
+                persisted: 0,
+                queued: false,
+            });
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let mut shard = self.table.shard(&self.key);
+        if matches!(shard.lru.peek(&self.key), Some(Slot::Loading(_))) {
+            shard.lru.pop(&self.key);
+            shard.bytes -= charge(&self.key);
+        }
+    }
+}
+
+/// The sharded, byte-bounded table of rate-limit state.
+#[derive(Debug)]
+pub struct LimitTable {
+    shards: Box<[Mutex<Shard>]>,
+    shard_budget: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+fn charge((policy, key): &LimitKey) -> usize {
+    policy.len() + key.len() + SLOT_OVERHEAD
+}
+
+impl LimitTable {
+    /// A table holding at most about `budget_bytes` of clean keys.
+    pub fn new(budget_bytes: usize) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        lru: LruCache::unbounded(),
+                        bytes: 0,
+                        dirty: Vec::new(),
+                    })
+                })
+                .collect(),
+            shard_budget: budget_bytes / SHARDS,
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, key: &LimitKey) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) & (SHARDS - 1);
+        lock(&self.shards[i])
+    }
+
+    /// Runs `f` on the key's state under its shard lock; `f` returns its answer and the state
+    /// the key has afterwards. A changed state marks the key dirty.
+    pub fn with<T>(
+        self: &Arc<Self>,
+        key: &LimitKey,
+        f: impl FnOnce(Option<&State>) -> (T, Option<State>),
+    ) -> Access<T> {
+        let mut shard = self.shard(key);
+        let shard = &mut *shard;
+        match shard.lru.get_mut(key) {
+            Some(Slot::Ready(entry)) => {
+                let (answer, next) = f(entry.state.as_ref());
+                if next != entry.state {
+                    entry.state = next;
+                    entry.version += 1;
+                    if !entry.queued {
+                        entry.queued = true;
+                        shard.dirty.push(key.clone());
+                    }
+                }
+                Access::Done(answer)
+            }
+            Some(Slot::Loading(rx)) => Access::Wait(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(());
+                shard.lru.push(key.clone(), Slot::Loading(rx));
+                shard.bytes += charge(key);
+                self.evict(shard, None);
+                Access::Load(Load {
+                    table: self.clone(),
+                    key: key.clone(),
+                    _loading: tx,
+                })
+            }
+        }
+    }
+
+    /// Evicts clean keys from the cold end while the shard is over budget, and (with `now_ms`)
+    /// clean keys at the cold end that count for nothing any more.
+    fn evict(&self, shard: &mut Shard, now_ms: Option<u64>) {
+        let mut gone = Vec::new();
+        let mut over = shard.bytes.saturating_sub(self.shard_budget);
+        for (key, slot) in shard.lru.iter().rev().take(EVICTION_SCAN) {
+            let Slot::Ready(entry) = slot else { continue };
+            if !entry.clean() {
+                continue;
+            }
+            if over > 0 {
+                over = over.saturating_sub(charge(key));
+                gone.push(key.clone());
+            } else if now_ms.is_some_and(|now| entry.dead(now)) {
+                gone.push(key.clone());
+            } else {
+                break;
+            }
+        }
+        for key in gone {
+            shard.lru.pop(&key);
+            shard.bytes -= charge(&key);
+        }
+    }
+
+    /// Takes every dirty key's state as of now, with its version.
+    fn take_dirty(&self) -> Vec<(LimitKey, u64, Option<State>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let shard = &mut *shard;
+            for key in std::mem::take(&mut shard.dirty) {
+                if let Some(Slot::Ready(entry)) = shard.lru.peek_mut(&key) {
+                    entry.queued = false;
+                    out.push((key, entry.version, entry.state));
+                }
+            }
+        }
+        out
+    }
+
+    /// Records that disk now holds these versions; then evicts what the budget and time allow.
+    fn persisted(&self, done: &[(LimitKey, u64)], now_ms: u64) {
+        for (key, version) in done {
+            let mut shard = self.shard(key);
+            if let Some(Slot::Ready(entry)) = shard.lru.peek_mut(key) {
+                entry.persisted = entry.persisted.max(*version);
+            }
+        }
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            self.evict(&mut shard, Some(now_ms));
+        }
+    }
+
+    /// Puts keys whose write failed back on the dirty lists.
+    fn requeue(&self, keys: impl IntoIterator<Item = LimitKey>) {
+        for key in keys {
+            let mut shard = self.shard(&key);
+            let shard = &mut *shard;
+            if let Some(Slot::Ready(entry)) = shard.lru.peek_mut(&key)
+                && !entry.queued
+                && entry.persisted < entry.version
+            {
+                entry.queued = true;
+                shard.dirty.push(key);
+            }
+        }
+    }
+
+    /// Keys in memory (including ones being loaded).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).lru.len()).sum()
+    }
+
+    /// Whether no key is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes charged for the keys in memory.
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).bytes).sum()
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // The shard's invariants hold between statements that cannot panic.
+    shard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The write-behind: takes the dirty keys, has the writer commit them, marks them clean.
+/// Shared by the periodic task, Reset (which waits for its change to be on disk) and close.
+#[derive(Debug)]
+pub struct WriteBehind {
+    table: Arc<LimitTable>,
+    writer: mpsc::Sender<Command>,
+    clock: Arc<dyn Clock>,
+    /// One write-behind at a time, so that states reach the writer in the order they were
+    /// taken.
+    serial: tokio::sync::Mutex<()>,
+}
+
+impl WriteBehind {
+    /// A write-behind for `table` through `writer`.
+    pub fn new(
+        table: Arc<LimitTable>,
+        writer: mpsc::Sender<Command>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            table,
+            writer,
+            clock,
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Writes every dirty key's state (a key that counts for nothing is deleted) and waits for
+    /// the commits; returns how many keys were written. Keys whose write failed stay dirty.
+    pub async fn flush(&self) -> Result<usize> {
+        let _serial = self.serial.lock().await;
+        let dirty = self.table.take_dirty();
+        let now = self.clock.now_ms();
+        let mut sent = Vec::new();
+        let mut failure = None;
+        let mut chunks = dirty.chunks(FLUSH_CHUNK);
+        for chunk in chunks.by_ref() {
+            let rows = chunk
+                .iter()
+                .map(|((policy, key), _, state)| LimitRow {
+                    policy: policy.clone(),
+                    key: key.clone(),
+                    state: state
+                        .filter(|s| s.expires_at_ms() > now)
+                        .map(|s| (s.encode(), s.expires_at_ms())),
+                })
+                .collect();
+            // Every chunk is queued before any is waited for, so that they share commits.
+            let (reply, answer) = oneshot::channel();
+            let op = WriteOp::PersistLimits(rows);
+            if self
+                .writer
+                .send(Command::Write { op, reply })
+                .await
+                .is_err()
+            {
+                failure = Some(Error::Unavailable("larder is shutting down".into()));
+                self.table.requeue(chunk.iter().map(|(k, _, _)| k.clone()));
+                break;
+            }
+            sent.push((chunk, answer));
+        }
+        for chunk in chunks {
+            self.table.requeue(chunk.iter().map(|(k, _, _)| k.clone()));
+        }
+        let mut done = Vec::with_capacity(dirty.len());
+        for (chunk, answer) in sent {
+            let result = answer
+                .await
+                .unwrap_or_else(|_| Err(Error::Unavailable("larder is shutting down".into())));
+            match result {
+                Ok(WriteOutcome::Count(_)) => {
+                    done.extend(chunk.iter().map(|(k, v, _)| (k.clone(), *v)));
+                }
+                other => {
+                    let e = match other {
+                        Err(e) => e,
+                        Ok(o) => unexpected(o),
+                    };
+                    failure.get_or_insert(e);
+                    self.table.requeue(chunk.iter().map(|(k, _, _)| k.clone()));
+                }
+            }
+        }
+        self.table.persisted(&done, now);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done.len()),
+        }
+    }
+
+    /// Flushes every `interval` until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "writing rate-limit state failed; will retry");
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Decides a request of `cost` units for `key` under `policy` ('' for inline) and `rule`,
+    /// and consumes it when `consume` is set and it is admitted. `cost` must be in
+    /// 1..=`rule.capacity()`. Waits for disk only when the key is not in memory (to load it).
+    pub async fn rate_limit(
+        &self,
+        policy: &str,
+        key: &str,
+        rule: &Rule,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Decision> {
+        let clock = &self.inner.clock;
+        self.with_limit(policy, key, |state| {
+            ratelimit::decide(rule, state, clock.now_ms(), cost, consume)
+        })
+        .await
+    }
+
+    /// Forgets a key's state and waits until that is on disk; returns whether the key had
+    /// state that still counted.
+    pub async fn reset_rate_limit(&self, policy: &str, key: &str) -> Result<bool> {
+        let clock = &self.inner.clock;
+        let existed = self
+            .with_limit(policy, key, |state| {
+                (
+                    state.is_some_and(|s| s.expires_at_ms() > clock.now_ms()),
+                    None,
+                )
+            })
+            .await?;
+        self.inner.write_behind.flush().await?;
+        Ok(existed)
+    }
+
+    /// Writes the rate-limit state changed since the last write-behind now; returns how many
+    /// keys were written.
+    pub async fn flush_rate_limits(&self) -> Result<usize> {
+        self.inner.write_behind.flush().await
+    }
+
+    /// Keys and bytes of rate-limit state in memory (for tests and metrics).
+    pub fn rate_limit_memory(&self) -> (usize, usize) {
+        (self.inner.limits.len(), self.inner.limits.bytes())
+    }
+
+    /// Runs `f` on the key's state in memory, loading it from disk first if needed.
+    async fn with_limit<T>(
+        &self,
+        policy: &str,
+        key: &str,
+        f: impl Fn(Option<&State>) -> (T, Option<State>),
+    ) -> Result<T> {
+        let id: LimitKey = (policy.to_owned(), key.to_owned());
+        loop {
+            match self.inner.limits.with(&id, &f) {
+                Access::Done(answer) => return Ok(answer),
+                Access::Wait(mut loading) => {
+                    // Ends (with an error) when the loading caller is done, either way.
+                    let _ = loading.changed().await;
+                }
+                Access::Load(load) => {
+                    let (policy, key) = id.clone();
+                    let now = self.inner.clock.now_ms();
+                    let state = self
+                        .read(move |conn| load_state(conn, &policy, &key, now))
+                        .await?;
+                    load.fill(state);
+                }
+            }
+        }
+    }
+}
+
+/// Reads a key's state from disk; `None` if it has none that still counts. A row whose text
+/// is not a state is logged and treated as absent (the next write replaces it).
+fn load_state(
+    conn: &rusqlite::Connection,
+    policy: &str,
+    key: &str,
+    now_ms: u64,
+) -> Result<Option<State>> {
+    let row = conn
+        .prepare_cached("SELECT state, expires_at FROM rate_limits WHERE policy = ?1 AND key = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![policy, key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
+        })
+        .map_err(Error::storage("reading rate-limit state"))?;
+    let Some((text, expires_at)) = row.filter(|(_, at)| *at > 0 && *at as u64 > now_ms) else {
+        return Ok(None);
+    };
+    let state = State::decode(&text);
+    if state.is_none() {
+        tracing::warn!(policy, key, state = %text, expires_at, "ignoring unreadable rate-limit state");
+    }
+    Ok(state)
+}
