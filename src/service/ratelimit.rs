@@ -135,6 +135,34 @@ impl RateLimitApi {
     }
 }
 
+/// The [`Query`] of a Check or Peek request (the two messages have the same fields).
+macro_rules! query {
+    ($r:expr) => {
+        Query {
+            policy: &$r.policy,
+            key: &$r.key,
+            cost: $r.cost,
+            limit: $r.limit,
+            period_ms: $r.period_ms,
+            burst: $r.burst,
+            algorithm: $r.algorithm,
+        }
+    };
+}
+
+/// A Check or Peek response (the two messages have the same fields) from a [`Decision`].
+macro_rules! answer {
+    ($response:ident, $d:expr) => {
+        Response::new(pb::$response {
+            allowed: $d.allowed,
+            limit: $d.limit,
+            remaining: $d.remaining,
+            reset_after_ms: $d.reset_after_ms,
+            retry_after_ms: $d.retry_after_ms,
+        })
+    };
+}
+
 #[tonic::async_trait]
 impl RateLimitService for RateLimitApi {
     async fn check(
@@ -142,27 +170,8 @@ impl RateLimitService for RateLimitApi {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let r = request.into_inner();
-        let d = self
-            .decide(
-                Query {
-                    policy: &r.policy,
-                    key: &r.key,
-                    cost: r.cost,
-                    limit: r.limit,
-                    period_ms: r.period_ms,
-                    burst: r.burst,
-                    algorithm: r.algorithm,
-                },
-                true,
-            )
-            .await?;
-        Ok(Response::new(pb::CheckResponse {
-            allowed: d.allowed,
-            limit: d.limit,
-            remaining: d.remaining,
-            reset_after_ms: d.reset_after_ms,
-            retry_after_ms: d.retry_after_ms,
-        }))
+        let d = self.decide(query!(r), true).await?;
+        Ok(answer!(CheckResponse, d))
     }
 
     async fn peek(
@@ -170,27 +179,8 @@ impl RateLimitService for RateLimitApi {
         request: Request<pb::PeekRequest>,
     ) -> Result<Response<pb::PeekResponse>, Status> {
         let r = request.into_inner();
-        let d = self
-            .decide(
-                Query {
-                    policy: &r.policy,
-                    key: &r.key,
-                    cost: r.cost,
-                    limit: r.limit,
-                    period_ms: r.period_ms,
-                    burst: r.burst,
-                    algorithm: r.algorithm,
-                },
-                false,
-            )
-            .await?;
-        Ok(Response::new(pb::PeekResponse {
-            allowed: d.allowed,
-            limit: d.limit,
-            remaining: d.remaining,
-            reset_after_ms: d.reset_after_ms,
-            retry_after_ms: d.retry_after_ms,
-        }))
+        let d = self.decide(query!(r), false).await?;
+        Ok(answer!(PeekResponse, d))
     }
 
     async fn reset(
