@@ -1,5 +1,5 @@
 //! The command line (flags, each also readable from a `LARDER_*` environment variable), the
-//! config file ([`file`]), and the one validated [`ServeConfig`] they become. A flag or its
+//! config file ([`mod@file`]), and the one validated [`ServeConfig`] they become. A flag or its
 //! variable wins over the file.
 
 pub mod file;
