@@ -15,6 +15,7 @@ mod suite {
     mod expiry;
     mod increment;
     mod persistence;
+    mod ratelimit;
     mod rpc;
     mod server;
     mod sessions;

@@ -1,7 +1,7 @@
 //! Shared by every test: [`TestServer`] (the real gRPC server over a real store in a temporary
 //! data directory, listening on TCP port 0 and on a Unix socket, with a manual clock), the
-//! clients (CacheService over either transport, SessionService over TCP), one-line wrappers for
-//! the common calls, and assertions on gRPC statuses.
+//! clients (CacheService over either transport, SessionService over TCP, RateLimitService over
+//! either transport), one-line wrappers for the common calls, and assertions on gRPC statuses.
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use larder::clock::ManualClock;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
 use larder::server::{Listeners, ServerSettings};
 use larder::store::{Store, StoreConfig};
@@ -29,6 +30,9 @@ pub type Client = CacheServiceClient<Channel>;
 
 /// A SessionService client.
 pub type Sessions = SessionServiceClient<Channel>;
+
+/// A RateLimitService client.
+pub type RateLimits = RateLimitServiceClient<Channel>;
 
 /// Where every test clock starts (2023-11-14T22:13:20Z), far from 0 so that "expired" and
 /// "never expires" (0) cannot be confused.
@@ -168,6 +172,16 @@ impl TestServer {
     /// A SessionService client over TCP.
     pub async fn session_client(&self) -> Sessions {
         SessionServiceClient::new(self.channel().await)
+    }
+
+    /// A RateLimitService client over TCP, on a connection of its own.
+    pub async fn rate_limits(&self) -> RateLimits {
+        RateLimitServiceClient::new(self.channel().await)
+    }
+
+    /// A RateLimitService client over the Unix socket.
+    pub async fn unix_rate_limits(&self) -> RateLimits {
+        RateLimitServiceClient::new(unix_channel(&self.socket_path()).await)
     }
 
     /// A raw TCP channel, for the health and reflection clients.

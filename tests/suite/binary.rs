@@ -3,16 +3,22 @@
 //! same directory serves what was written, a second daemon on a directory or socket in use
 //! exits non-zero with a message naming it, after SIGKILL a restart replaces the stale socket
 //! and still has every acknowledged write, and a SIGTERM sent as soon as the socket accepts
-//! connections is already a graceful shutdown.
+//! connections is already a graceful shutdown. For rate limiting: `--config FILE` serves the
+//! file's policies (and a bad policy is refused, naming it), a SIGKILL loses at most the
+//! write-behind window, a SIGTERM writes what memory knows, and a Reset is committed before it
+//! answers.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::rate_limit_service_client::RateLimitServiceClient;
+use tonic::transport::{Channel, Endpoint};
 
-use crate::common::{Client, get, set, unix_channel};
+use crate::common::{Client, RateLimits, assert_invalid, get, set, unix_channel};
 
 /// Polls while waiting for the daemon to accept connections (or to exit), and the pause
 /// between two: a bounded wait, not a measurement.
@@ -63,7 +69,18 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(data_dir: &Path, socket: &Path, log: PathBuf) -> Self {
+        Self::spawn_with(data_dir, socket, log, &[])
+    }
+
+    /// [`Daemon::spawn`] with `extra` flags.
+    fn spawn_with(
+        data_dir: &Path,
+        socket: &Path,
+        log: PathBuf,
+        extra: &[&std::ffi::OsStr],
+    ) -> Self {
         let child = serve(data_dir, socket, &log)
+            .args(extra)
             .spawn()
             .expect("starting larder");
         Self {
@@ -72,8 +89,8 @@ impl Daemon {
         }
     }
 
-    /// Waits until the daemon accepts connections on `socket`, then returns a client.
-    async fn client(&mut self, socket: &Path) -> Client {
+    /// Waits until the daemon accepts connections on `socket`, then returns a channel to it.
+    async fn channel(&mut self, socket: &Path) -> Channel {
         for _ in 0..POLLS {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
@@ -82,7 +99,7 @@ impl Daemon {
                 );
             }
             if tokio::net::UnixStream::connect(socket).await.is_ok() {
-                return CacheServiceClient::new(unix_channel(socket).await);
+                return unix_channel(socket).await;
             }
             tokio::time::sleep(POLL_PAUSE).await;
         }
@@ -90,6 +107,35 @@ impl Daemon {
             "larder never accepted connections:\n{}",
             read_log(&self.log)
         );
+    }
+
+    /// Waits until the daemon accepts connections on `socket`, then returns a client.
+    async fn client(&mut self, socket: &Path) -> Client {
+        CacheServiceClient::new(self.channel(socket).await)
+    }
+
+    /// Waits until the daemon accepts connections on `socket`, then returns a RateLimitService
+    /// client.
+    async fn rate_limits(&mut self, socket: &Path) -> RateLimits {
+        RateLimitServiceClient::new(self.channel(socket).await)
+    }
+
+    /// A RateLimitService client over TCP, at the address the daemon logged (call once it
+    /// accepts connections on its socket: it listens on TCP before that).
+    async fn tcp_rate_limits(&self) -> RateLimits {
+        let log = read_log(&self.log);
+        let addr = log
+            .lines()
+            .filter(|l| l.contains("listening on tcp"))
+            .find_map(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no TCP address in the log:\n{log}"));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .expect("connecting over TCP");
+        RateLimitServiceClient::new(channel)
     }
 
     /// Sends SIGTERM, waits for the process to end and asserts that it exited with status 0.
@@ -311,4 +357,179 @@ async fn the_binary_refuses_flags_that_serve_nothing() {
     let (status, stderr) = refused(cmd, &log).await;
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("--unix-socket"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limiting
+// ---------------------------------------------------------------------------------------------
+
+/// A Check that must succeed.
+async fn rl_check(c: &mut RateLimits, req: &pb::CheckRequest) -> pb::CheckResponse {
+    c.check(req.clone())
+        .await
+        .unwrap_or_else(|s| panic!("Check {req:?}: {s:?}"))
+        .into_inner()
+}
+
+/// An inline GCRA request of 5 per hour: a spent key stays denied for 12 minutes, far longer
+/// than any of these tests runs (a window algorithm could see its window end mid-test).
+fn five_per_hour(key: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        key: key.into(),
+        limit: 5,
+        period_ms: 3_600_000,
+        algorithm: pb::Algorithm::Gcra as i32,
+        ..Default::default()
+    }
+}
+
+/// Checks `req` five times (each admitted), then once more (denied).
+async fn spend_five(c: &mut RateLimits, req: &pb::CheckRequest) {
+    for n in 1..=5 {
+        let r = rl_check(c, req).await;
+        assert!(r.allowed, "check {n} of {req:?}: {r:?}");
+    }
+    let r = rl_check(c, req).await;
+    assert!(!r.allowed, "a sixth check of {req:?}: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_serves_the_rate_limit_policies_of_its_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let socket = tmp.path().join("l.sock");
+    let config = tmp.path().join("larder.toml");
+    // The write-behind is long, so only the graceful shutdown can write the state.
+    std::fs::write(
+        &config,
+        "[ratelimit]\nwrite_behind = \"10m\"\n\n\
+         [ratelimit.policies.login]\nlimit = 3\nperiod = \"1h\"\nalgorithm = \"gcra\"\n",
+    )
+    .unwrap();
+    let flags = ["--config".as_ref(), config.as_os_str()];
+    let login = pb::CheckRequest {
+        policy: "login".into(),
+        key: "ip:203.0.113.9".into(),
+        ..Default::default()
+    };
+
+    let mut daemon = Daemon::spawn_with(&data_dir, &socket, tmp.path().join("first.log"), &flags);
+    let mut unix = daemon.rate_limits(&socket).await;
+    let mut tcp = daemon.tcp_rate_limits().await;
+    let first = rl_check(&mut unix, &login).await;
+    assert!(
+        first.allowed && first.limit == 3 && first.remaining == 2,
+        "{first:?}"
+    );
+    assert_eq!(
+        rl_check(&mut tcp, &login).await.remaining,
+        1,
+        "TCP shares the key"
+    );
+    assert!(rl_check(&mut unix, &login).await.allowed);
+    let spent = rl_check(&mut tcp, &login).await;
+    assert!(!spent.allowed && spent.retry_after_ms > 0, "{spent:?}");
+    let unknown = pb::CheckRequest {
+        policy: "logon".into(),
+        ..login.clone()
+    };
+    assert_invalid(unix.check(unknown).await, "policy");
+    drop((unix, tcp));
+
+    // A SIGTERM right after the Checks keeps them.
+    daemon.terminate().await;
+    let mut daemon = Daemon::spawn_with(&data_dir, &socket, tmp.path().join("second.log"), &flags);
+    let mut c = daemon.rate_limits(&socket).await;
+    let after = rl_check(&mut c, &login).await;
+    assert!(!after.allowed, "the restart gave a fresh budget: {after:?}");
+    drop(c);
+    daemon.terminate().await;
+
+    // A bad policy is refused at start-up, naming it.
+    std::fs::write(
+        &config,
+        "[ratelimit.policies.chat]\nlimit = 0\nperiod = \"1m\"\n",
+    )
+    .unwrap();
+    let log = tmp.path().join("refused.log");
+    let mut cmd = serve(&data_dir, &socket, &log);
+    cmd.args(flags);
+    let (status, stderr) = refused(cmd, &log).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("ratelimit.policies.chat.limit"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_sigkill_rate_limits_lose_at_most_the_write_behind_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let socket = tmp.path().join("l.sock");
+    let flags = ["--ratelimit-write-behind".as_ref(), "200ms".as_ref()];
+    let req = five_per_hour("user:42");
+
+    let mut daemon = Daemon::spawn_with(&data_dir, &socket, tmp.path().join("first.log"), &flags);
+    let mut c = daemon.rate_limits(&socket).await;
+    spend_five(&mut c, &req).await;
+    // Well past the write-behind window: a wait for the background write, not a measurement.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(c);
+    let status = daemon.signal("-KILL").await;
+    assert!(!status.success());
+
+    let mut daemon = Daemon::spawn_with(&data_dir, &socket, tmp.path().join("second.log"), &flags);
+    let mut c = daemon.rate_limits(&socket).await;
+    let after = rl_check(&mut c, &req).await;
+    assert!(
+        !after.allowed,
+        "the SIGKILL lost the spent budget: {after:?}"
+    );
+    drop(c);
+    daemon.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_writes_rate_limits_and_a_reset_survives_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let socket = tmp.path().join("l.sock");
+    // The write-behind is long, so only a graceful shutdown or a Reset writes.
+    let flags = ["--ratelimit-write-behind".as_ref(), "10m".as_ref()];
+    let req = five_per_hour("user:7");
+    let log = |n: &str| tmp.path().join(format!("{n}.log"));
+
+    let mut daemon = Daemon::spawn_with(&data_dir, &socket, log("first"), &flags);
+    let mut c = daemon.rate_limits(&socket).await;
+    spend_five(&mut c, &req).await;
+    drop(c);
+    daemon.terminate().await;
+
+    let mut daemon = Daemon::spawn_with(&data_dir, &socket, log("second"), &flags);
+    let mut c = daemon.rate_limits(&socket).await;
+    let after = rl_check(&mut c, &req).await;
+    assert!(
+        !after.allowed,
+        "the SIGTERM lost the spent budget: {after:?}"
+    );
+    let reset = c
+        .reset(pb::ResetRequest {
+            policy: String::new(),
+            key: req.key.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reset.existed);
+    drop(c);
+    let status = daemon.signal("-KILL").await;
+    assert!(!status.success());
+
+    let mut daemon = Daemon::spawn_with(&data_dir, &socket, log("third"), &flags);
+    let mut c = daemon.rate_limits(&socket).await;
+    let fresh = rl_check(&mut c, &req).await;
+    assert!(
+        fresh.allowed && fresh.remaining == 4,
+        "the Reset did not survive the SIGKILL: {fresh:?}"
+    );
+    drop(c);
+    daemon.terminate().await;
 }

@@ -1,5 +1,6 @@
-//! The server around the cache: TCP and the Unix socket serve one store, gRPC health reports
-//! SERVING, both reflection versions list every service, the Unix socket replaces a stale
+//! The server around the services: TCP and the Unix socket serve one store, gRPC health
+//! reports SERVING for each service (and NOT_SERVING once shutdown starts), both reflection
+//! versions list every service, the Unix socket replaces a stale
 //! socket file but never a live socket or another file, and a stopped server removes its
 //! socket and answers no more.
 
@@ -16,11 +17,16 @@ use crate::common::{TestServer, assert_code, get, set, unix_channel};
 
 const CACHE_SERVICE: &str = "larder.v1.CacheService";
 const SESSION_SERVICE: &str = "larder.v1.SessionService";
+const RATE_LIMIT_SERVICE: &str = "larder.v1.RateLimitService";
+
+/// Larder's own services, each with a health status.
+const LARDER_SERVICES: [&str; 3] = [CACHE_SERVICE, SESSION_SERVICE, RATE_LIMIT_SERVICE];
 
 /// Every service the server exposes, as reflection should list them.
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     CACHE_SERVICE,
     SESSION_SERVICE,
+    RATE_LIMIT_SERVICE,
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -59,7 +65,7 @@ async fn health_reports_serving() {
         unix_channel(&server.socket_path()).await,
     ] {
         let mut health = HealthClient::new(channel);
-        for service in [CACHE_SERVICE, SESSION_SERVICE, ""] {
+        for service in LARDER_SERVICES.into_iter().chain([""]) {
             let status = health
                 .check(HealthCheckRequest {
                     service: service.into(),
@@ -97,6 +103,9 @@ async fn reflection_v1_lists_every_service() {
     let requests = vec![
         ask(MessageRequest::ListServices(String::new())),
         ask(MessageRequest::FileContainingSymbol(CACHE_SERVICE.into())),
+        ask(MessageRequest::FileContainingSymbol(
+            RATE_LIMIT_SERVICE.into(),
+        )),
     ];
     let answers: Vec<ServerReflectionResponse> = client
         .server_reflection_info(tokio_stream::iter(requests))
@@ -106,7 +115,7 @@ async fn reflection_v1_lists_every_service() {
         .collect::<Result<_, _>>()
         .await
         .unwrap();
-    assert_eq!(answers.len(), 2);
+    assert_eq!(answers.len(), 3);
 
     let Some(MessageResponse::ListServicesResponse(list)) = &answers[0].message_response else {
         panic!("not a list of services: {:?}", answers[0]);
@@ -115,10 +124,12 @@ async fn reflection_v1_lists_every_service() {
     for service in SERVICES {
         assert!(names.contains(&service), "{service} missing from {names:?}");
     }
-    let Some(MessageResponse::FileDescriptorResponse(files)) = &answers[1].message_response else {
-        panic!("no file for {CACHE_SERVICE}: {:?}", answers[1]);
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
+    for (answer, service) in answers[1..].iter().zip([CACHE_SERVICE, RATE_LIMIT_SERVICE]) {
+        let Some(MessageResponse::FileDescriptorResponse(files)) = &answer.message_response else {
+            panic!("no file for {service}: {answer:?}");
+        };
+        assert!(!files.file_descriptor_proto.is_empty(), "{service}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,23 +255,38 @@ async fn health_turns_not_serving_when_shutdown_starts() {
     )
     .await;
     let mut health = HealthClient::new(server.channel().await);
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: "larder.v1.CacheService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = watch.message().await.unwrap().expect("a first status");
-    assert_eq!(first.status(), ServingStatus::Serving);
+    let mut watches = Vec::new();
+    for service in LARDER_SERVICES {
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().expect("a first status");
+        assert_eq!(first.status(), ServingStatus::Serving, "{service}");
+        watches.push((service, watch));
+    }
 
-    // Bounded so that a missing status fails the test instead of hanging it: the stream stays
+    // Bounded so that a missing status fails the test instead of hanging it: the streams stay
     // open after the drain deadline, since serve() does not own the connection tasks.
-    let next_status = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message());
-    let (_, next) = tokio::join!(server.stop(), next_status);
-    let next = next
-        .expect("no status change after shutdown started")
-        .expect("the watch stream carries the change before it ends")
-        .expect("a status after shutdown started");
-    assert_eq!(next.status(), ServingStatus::NotServing);
+    let next_statuses = async {
+        let mut next = Vec::new();
+        for (service, watch) in &mut watches {
+            let status = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+                .await
+                .unwrap_or_else(|_| panic!("{service}: no status change after shutdown started"))
+                .unwrap_or_else(|e| {
+                    panic!("{service}: the watch stream carries the change before it ends: {e:?}")
+                })
+                .unwrap_or_else(|| panic!("{service}: a status after shutdown started"));
+            next.push((*service, status.status()));
+        }
+        next
+    };
+    let (_, next) = tokio::join!(server.stop(), next_statuses);
+    for (service, status) in next {
+        assert_eq!(status, ServingStatus::NotServing, "{service}");
+    }
 }
