@@ -6,7 +6,8 @@
 //! keys, keys being loaded from disk); named policies; validation (every bad field is
 //! INVALID_ARGUMENT naming it, and changes nothing); Reset (committed before it answers);
 //! persistence (written behind, written at a graceful shutdown, loaded lazily after a restart,
-//! the rows on disk, the sweeper); and the memory budget, with evicted keys reloaded intact.
+//! the rows on disk, keys stored byte for byte, the sweeper); and the memory budget, with
+//! evicted keys reloaded intact.
 //!
 //! The algorithms' arithmetic on its own is tested in `src/ratelimit/tests.rs`; these tests
 //! are about what the service and the store make of it. Where a property is about disk, the
@@ -1303,6 +1304,42 @@ async fn evicted_keys_are_reloaded_with_their_state() {
     flush(&server).await;
     let answers = concurrently(&server, vec![half.clone(); 500]).await;
     assert_exactly_admitted("evicted:half", &answers, 70);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_stored_byte_for_byte() {
+    // No budget: each key is evicted once written, so every later Check reads it back.
+    let mut server =
+        TestServer::start_with(|c| c.limit_memory_bytes = 0, ServerSettings::default()).await;
+    let mut c = server.rate_limits().await;
+    let keys = [
+        "a\0b",
+        "a\0c",
+        "a\nb",
+        "é",
+        "\u{10FFFF}",
+        "a%",
+        "a_",
+        "A",
+        "a",
+        "'; DROP TABLE rate_limits; --",
+    ];
+    let req = |key: &str| inline(key, Alg::FixedWindow, 2, HOUR);
+    for key in keys {
+        assert_eq!(exhaust(&mut c, &req(key), 2).await, 2, "{key:?}");
+    }
+    flush(&server).await;
+    assert_eq!(server.store().rate_limit_memory().0, 0);
+    assert_eq!(disk_rows(server.data_dir()), keys.len() as u64);
+    for key in keys {
+        assert!(!check(&mut c, &req(key)).await.allowed, "{key:?} reloaded");
+    }
+    server.restart().await;
+    let mut c = server.rate_limits().await;
+    for key in keys {
+        assert!(!check(&mut c, &req(key)).await.allowed, "{key:?} restarted");
+    }
+    assert_eq!(check(&mut c, &req("a\0d")).await.remaining, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
