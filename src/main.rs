@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use larder::clock::SystemClock;
-use larder::config::{Cli, Command, ServeConfig};
+use larder::config::{Cli, Command, LogFormat, ServeConfig};
 use larder::server::{Listeners, serve};
 use larder::store::Store;
 use tracing_subscriber::EnvFilter;
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => args.into_config().and_then(run_serve),
+        Command::CheckConfig(args) => args.into_config().and_then(check_config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,14 +26,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
+/// `larder check-config`: the configuration is valid (or `into_config` already said why
+/// not); print it as the daemon would run with it.
+fn check_config(config: ServeConfig) -> anyhow::Result<()> {
+    let text = config.to_toml()?;
+    println!("# effective configuration: defaults < config file < LARDER_* variables < flags");
+    print!("{text}");
+    Ok(())
+}
+
+/// Logs to standard error: human lines (ANSI colours only on a terminal) or JSON objects,
+/// one per line, which journald and log shippers take as they are.
+fn init_logging(config: &ServeConfig) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log_level)
-        .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", config.log_level))?;
-    tracing_subscriber::fmt()
+        .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    Ok(())
+}
+
+fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
+    init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .thread_name("larder-worker")
@@ -42,14 +67,19 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         let shutdown = larder::shutdown::on_signal()
             .map_err(|e| anyhow::anyhow!("cannot install SIGTERM/SIGINT handlers: {e}"))?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
-        let listeners =
-            match Listeners::bind(config.listen.as_deref(), config.unix_socket.as_deref()).await {
-                Ok(l) => l,
-                Err(e) => {
-                    store.close().await?;
-                    return Err(e.into());
-                }
-            };
+        let listeners = match Listeners::bind(
+            config.listen.as_deref(),
+            config.unix_socket.as_deref(),
+            config.unix_socket_mode,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                store.close().await?;
+                return Err(e.into());
+            }
+        };
         serve(store, listeners, config.server.clone(), shutdown).await?;
         Ok(())
     });

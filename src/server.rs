@@ -19,6 +19,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::config::{AuthConfig, TlsConfig, defaults};
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::cache_service_server::CacheServiceServer;
@@ -30,9 +31,6 @@ use crate::service::ratelimit::{RateLimitApi, RateLimitSettings};
 use crate::service::session::{SessionApi, SessionSettings};
 use crate::store::Store;
 
-/// File mode of the Unix socket: the daemon's user and group may connect, nobody else.
-const SOCKET_MODE: u32 = 0o660;
-
 /// The sockets the server accepts on; either or both.
 #[derive(Debug)]
 pub struct Listeners {
@@ -41,12 +39,13 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds TCP at `tcp` (`None` = no TCP) and a Unix socket at `unix`.
+    /// Binds TCP at `tcp` (`None` = no TCP) and a Unix socket at `unix` with file mode
+    /// `socket_mode`.
     ///
     /// A Unix socket path that is already a socket with a live server behind it is an error
     /// (never stolen); a stale socket file left by a dead process is replaced; any other file
     /// at the path is left alone and reported.
-    pub async fn bind(tcp: Option<&str>, unix: Option<&Path>) -> Result<Self> {
+    pub async fn bind(tcp: Option<&str>, unix: Option<&Path>, socket_mode: u32) -> Result<Self> {
         if tcp.is_none() && unix.is_none() {
             return Err(Error::invalid(
                 "listen",
@@ -62,7 +61,7 @@ impl Listeners {
             None => None,
         };
         let unix = match unix {
-            Some(path) => Some((bind_unix(path)?, path.to_owned())),
+            Some(path) => Some((bind_unix(path, socket_mode)?, path.to_owned())),
             None => None,
         };
         Ok(Self { tcp, unix })
@@ -79,8 +78,9 @@ impl Listeners {
     }
 }
 
-/// Binds a Unix socket at `path`, replacing a stale socket file but never a live one.
-pub fn bind_unix(path: &Path) -> Result<UnixListener> {
+/// Binds a Unix socket at `path` with file mode `mode` (0660 lets the daemon's user and
+/// group connect, nobody else), replacing a stale socket file but never a live one.
+pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -111,7 +111,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::Internal(format!("cannot set the mode of {}: {e}", path.display())))?;
     Ok(listener)
 }
@@ -127,6 +127,18 @@ pub struct ServerSettings {
     pub ratelimit: RateLimitSettings,
     /// How long in-flight calls may run after shutdown starts before they are cut.
     pub drain_timeout: Duration,
+    /// Longest a call may run (a client's shorter `grpc-timeout` wins); past it the call
+    /// answers `CANCELLED` ... see [`serve`].
+    pub request_timeout: Duration,
+    /// Most calls in progress at once over all connections; more answer `UNAVAILABLE` at
+    /// once instead of queueing.
+    pub max_concurrent_requests: usize,
+    /// Most open client connections over all listeners; more are closed on accept.
+    pub max_connections: usize,
+    /// Bearer-token authentication, if on.
+    pub auth: Option<AuthConfig>,
+    /// TLS on the TCP listener, if on.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerSettings {
@@ -135,7 +147,12 @@ impl Default for ServerSettings {
             limits: Limits::default(),
             sessions: SessionSettings::default(),
             ratelimit: RateLimitSettings::default(),
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(defaults::DRAIN_TIMEOUT_S),
+            request_timeout: Duration::from_secs(defaults::REQUEST_TIMEOUT_S),
+            max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS as usize,
+            max_connections: defaults::MAX_CONNECTIONS as usize,
+            auth: None,
+            tls: None,
         }
     }
 }

@@ -1,16 +1,17 @@
-//! The TOML config file (`--config FILE`): what it may hold, and its checks. An unknown key,
-//! a wrong type or an impossible value is an error naming the key; nothing is ignored.
+//! The TOML config file (`--config FILE`): what it may hold and how its values are written.
+//! An unknown key or a wrong type is an error naming the key; nothing is ignored. The same
+//! types print the effective config (`larder check-config`), so that output is itself a
+//! valid config file.
 //!
-//! Today the file holds the rate-limit section; every other setting is a flag (or its
-//! `LARDER_*` variable). Flags and variables win over the file.
+//! Every value is optional here: what the file leaves out comes from the environment, the
+//! flags or the defaults ([`super`] merges them and checks ranges).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ratelimit::{Algorithm, Rule};
 
@@ -18,39 +19,194 @@ use crate::ratelimit::{Algorithm, Rule};
 pub const MAX_POLICY_NAME: usize = 128;
 
 /// The file as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Directory of the database and lock file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// TCP address, or "none".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Unix socket path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
+    /// Octal file mode of the Unix socket, e.g. "0660".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_mode: Option<String>,
+    /// Threads running gRPC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<u64>,
+    /// `[storage]`.
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// `[cache]`.
+    #[serde(default)]
+    pub cache: CacheSection,
+    /// `[session]`.
+    #[serde(default)]
+    pub session: SessionSection,
     /// `[ratelimit]`.
     #[serde(default)]
     pub ratelimit: RateLimitSection,
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[auth]`.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// `[tls]`.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[storage]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// "normal" or "full".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Byte budget of the memory LRU.
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
+    /// Bound on the cache table's keys and values.
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub max_disk: Option<u64>,
+    /// Largest value.
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub max_value: Option<u64>,
+    /// Longest key (also rate-limit keys).
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub max_key: Option<u64>,
+    /// Most items in one batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u64>,
+}
+
+/// `[session]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    /// Idle TTL of a session created without one.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub idle_ttl: Option<Duration>,
+    /// Absolute TTL of a session created without one.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub absolute_ttl: Option<Duration>,
+    /// Longest TTL a client may ask for.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<Duration>,
+    /// Byte budget of the memory LRU of sessions.
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
 }
 
 /// `[ratelimit]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
-    /// Longest a change stays in memory only (a human duration, e.g. "1s").
-    pub write_behind: Option<String>,
-    /// Memory for rate-limit state (e.g. "32MiB").
-    pub max_memory: Option<String>,
+    /// Longest a change stays in memory only.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub write_behind: Option<Duration>,
+    /// Memory for rate-limit state.
+    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
     /// `[ratelimit.policies.NAME]`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub policies: BTreeMap<String, PolicySection>,
 }
 
 /// `[ratelimit.policies.NAME]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySection {
     /// Units admitted per period.
     pub limit: u64,
     /// The period, a human duration ("1m", "1h", "500ms").
-    pub period: String,
+    #[serde(with = "duration_required")]
+    pub period: Duration,
     /// "gcra" (default), "sliding_window" or "fixed_window".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
     /// GCRA's bucket size; default the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// How long in-flight calls may finish after SIGTERM.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Duration>,
+    /// Longest a call may run; a shorter client deadline wins.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Duration>,
+    /// Most calls in progress at once, over all connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u64>,
+    /// Most open client connections, over all listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// File of bearer tokens, one per line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Whether calls over the Unix socket need a token too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<bool>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// HTTP address serving Prometheus text at /metrics, or "none".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// "text" or "json".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A tracing filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
 }
 
 impl FileConfig {
@@ -64,6 +220,11 @@ impl FileConfig {
     /// Parses the file's text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// The file's text: what [`FileConfig::parse`] reads back to the same value.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string(self)?)
     }
 }
 
@@ -92,8 +253,7 @@ impl RateLimitSection {
                     at("burst")
                 );
             }
-            let period = parse_duration(&p.period).with_context(|| at("period"))?;
-            let period_ms = whole_ms(period).with_context(|| at("period"))?;
+            let period_ms = whole_ms(p.period).with_context(|| at("period"))?;
             let rule =
                 Rule::new(algorithm, p.limit, period_ms, p.burst.unwrap_or(0)).map_err(|e| {
                     let key = if e.field == "period_ms" {
@@ -107,30 +267,6 @@ impl RateLimitSection {
         }
         Ok(rules)
     }
-
-    /// `write_behind`, if set.
-    pub fn write_behind(&self) -> anyhow::Result<Option<Duration>> {
-        self.write_behind
-            .as_deref()
-            .map(|s| parse_duration(s).context("ratelimit.write_behind"))
-            .transpose()
-    }
-
-    /// `max_memory`, if set.
-    pub fn max_memory(&self) -> anyhow::Result<Option<ByteSize>> {
-        self.max_memory
-            .as_deref()
-            .map(|s| {
-                s.parse::<ByteSize>()
-                    .map_err(|e| anyhow::anyhow!("ratelimit.max_memory: {s:?} is not a size: {e}"))
-            })
-            .transpose()
-    }
-}
-
-/// A human duration ("1m", "1h 30m", "250ms").
-fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(s).map_err(|e| anyhow::anyhow!("{s:?} is not a duration: {e}"))
 }
 
 /// A duration in whole milliseconds.
@@ -139,6 +275,119 @@ fn whole_ms(d: Duration) -> anyhow::Result<u64> {
         bail!("{d:?} is not a whole number of milliseconds");
     }
     u64::try_from(d.as_millis()).context("too long")
+}
+
+/// Parses a byte size: a number of bytes, or a number with a unit ("256MiB", "4GiB",
+/// "1 KB"). Units follow `bytesize`: KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| anyhow::anyhow!("{s:?} is not a size (e.g. \"256MiB\"): {e}"))
+}
+
+/// Writes a byte size exactly, in the largest binary unit that divides it.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// Parses a human duration ("1m", "1h 30m", "250ms", "30days").
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("{s:?} is not a duration (e.g. \"30s\"): {e}"))
+}
+
+/// Writes a duration exactly, in the largest unit that divides it ("30m", "365days",
+/// "1500ms"), the way [`parse_duration`] reads it back.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return humantime::format_duration(d).to_string();
+    }
+    for (unit, size) in [
+        ("days", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Serde for optional sizes: a string with a unit, or a bare integer of bytes.
+mod size {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Written>::deserialize(d)? {
+            None => Ok(None),
+            Some(Written::Bytes(n)) => Ok(Some(n)),
+            Some(Written::Text(s)) => super::parse_size(&s)
+                .map(Some)
+                .map_err(|e| D::Error::custom(format!("{e:#}"))),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_str(&super::format_size(*n)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Serde for optional human durations.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_duration(&s).map_err(|e| D::Error::custom(format!("{e:#}"))))
+            .transpose()
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Serde for a required human duration.
+mod duration_required {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::parse_duration(&String::deserialize(d)?)
+            .map_err(|e| D::Error::custom(format!("{e:#}")))
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*v))
+    }
 }
 
 #[cfg(test)]
@@ -201,10 +450,7 @@ mod tests {
                 "limit = 5\nperiod = \"0s\"",
                 "ratelimit.policies.chat.period",
             ),
-            (
-                "limit = 5\nperiod = \"soon\"",
-                "ratelimit.policies.chat.period",
-            ),
+            ("limit = 5\nperiod = \"soon\"", "period"),
             (
                 "limit = 5\nperiod = \"400days\"",
                 "ratelimit.policies.chat.period",
@@ -251,22 +497,107 @@ mod tests {
             ("[ratelimits]\nwrite_behind = \"1s\"", "ratelimits"),
             ("[ratelimit]\nwrite_behnd = \"1s\"", "write_behnd"),
             ("data_dir = 5", "data_dir"),
+            ("worker_threads = \"two\"", "worker_threads"),
+            ("[cache]\nmax_memory = \"lots\"", "max_memory"),
+            ("[cache]\nmax_memory = -1", "max_memory"),
+            ("[session]\nidle_ttl = 30", "idle_ttl"),
+            ("[session]\nidle_ttl = \"soon\"", "idle_ttl"),
+            ("[auth]\nunix_socket = \"yes\"", "unix_socket"),
+            ("[tls]\ncertificate = \"a.pem\"", "certificate"),
+            ("listen = \"a\"\nlisten = \"b\"", "listen"),
         ] {
-            let e = error(text);
+            let e = format!("{:#}", FileConfig::parse(text).unwrap_err());
             assert!(e.contains(mentions), "{text:?} gave {e:?}");
         }
     }
 
     #[test]
-    fn write_behind_and_memory_parse() {
-        let f = FileConfig::parse("[ratelimit]\nwrite_behind = \"250ms\"\nmax_memory = \"8MiB\"")
-            .unwrap();
+    fn sizes_and_durations_read_as_written() {
+        let f = FileConfig::parse(
+            "[ratelimit]\nwrite_behind = \"250ms\"\nmax_memory = \"8MiB\"\n\
+             [cache]\nmax_key = 2048\nmax_disk = \"1 GB\"",
+        )
+        .unwrap();
+        assert_eq!(f.ratelimit.write_behind, Some(Duration::from_millis(250)));
+        assert_eq!(f.ratelimit.max_memory, Some(8 << 20));
+        assert_eq!(f.cache.max_key, Some(2048));
+        assert_eq!(f.cache.max_disk, Some(1_000_000_000));
+    }
+
+    #[test]
+    fn sizes_and_durations_print_exactly() {
+        assert_eq!(format_size(256 << 20), "256MiB");
+        assert_eq!(format_size(4 << 30), "4GiB");
+        assert_eq!(format_size(1024), "1KiB");
+        assert_eq!(format_size(1000), "1000B");
+        assert_eq!(format_size(0), "0B");
+        assert_eq!(format_size(1_000_000_000), "1000000000B");
+        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(
-            f.ratelimit.write_behind().unwrap(),
-            Some(Duration::from_millis(250))
+            format_duration(Duration::from_secs(365 * 86_400)),
+            "365days"
         );
-        assert_eq!(f.ratelimit.max_memory().unwrap(), Some(ByteSize::mib(8)));
-        let f = FileConfig::parse("[ratelimit]\nmax_memory = \"lots\"").unwrap();
-        assert!(format!("{:#}", f.ratelimit.max_memory().unwrap_err()).contains("max_memory"));
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        for bytes in [0, 1, 999, 1024, 1536, 256 << 20, 5 << 40, u64::MAX / 2] {
+            assert_eq!(parse_size(&format_size(bytes)).unwrap(), bytes, "{bytes}");
+        }
+        for ms in [1, 999, 1000, 60_000, 90_061_001, 365 * 86_400_000] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{ms}");
+        }
+    }
+
+    #[test]
+    fn a_full_file_prints_back_to_itself() {
+        let text = r#"
+            data_dir = "/var/lib/larder"
+            listen = "none"
+            unix_socket = "/run/larder/larder.sock"
+            unix_socket_mode = "0660"
+            worker_threads = 2
+            [storage]
+            synchronous = "full"
+            [cache]
+            max_memory = "64MiB"
+            max_disk = "1GiB"
+            max_value = "1MiB"
+            max_key = 512
+            max_batch = 100
+            [session]
+            idle_ttl = "15m"
+            absolute_ttl = "7days"
+            max_ttl = "30days"
+            max_memory = "16MiB"
+            [ratelimit]
+            write_behind = "500ms"
+            max_memory = "8MiB"
+            [ratelimit.policies.ai_chat]
+            limit = 60
+            period = "1m"
+            algorithm = "sliding_window"
+            [server]
+            drain_timeout = "5s"
+            request_timeout = "10s"
+            max_concurrent_requests = 256
+            max_connections = 128
+            [auth]
+            token_file = "/etc/larder/tokens"
+            unix_socket = false
+            [tls]
+            cert = "/etc/larder/cert.pem"
+            key = "/etc/larder/key.pem"
+            [metrics]
+            listen = "127.0.0.1:9379"
+            [log]
+            format = "json"
+            level = "warn"
+        "#;
+        let f = FileConfig::parse(text).unwrap();
+        assert_eq!(f.cache.max_key, Some(512));
+        assert_eq!(f.auth.unix_socket, Some(false));
+        let printed = f.to_toml().unwrap();
+        assert_eq!(FileConfig::parse(&printed).unwrap(), f, "{printed}");
     }
 }

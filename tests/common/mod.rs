@@ -107,7 +107,7 @@ impl TestServer {
             .expect("binding TCP port 0");
         let tcp_addr = tcp.local_addr().expect("the bound TCP address");
         let socket = self.socket_path();
-        let unix = larder::server::bind_unix(&socket).expect("binding the Unix socket");
+        let unix = larder::server::bind_unix(&socket, 0o660).expect("binding the Unix socket");
         let listeners = Listeners::from_bound(Some(tcp), Some((unix, socket)));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(larder::server::serve(

@@ -177,7 +177,7 @@ async fn a_stale_socket_file_is_replaced() {
         "nobody listens"
     );
 
-    let listener = bind_unix(&path).expect("a stale socket is replaced");
+    let listener = bind_unix(&path, 0o660).expect("a stale socket is replaced");
     let (connected, accepted) =
         tokio::join!(tokio::net::UnixStream::connect(&path), listener.accept());
     connected.expect("the new socket accepts connections");
@@ -190,7 +190,7 @@ async fn a_live_socket_is_not_stolen() {
     let path = dir.path().join("live.sock");
     let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
 
-    let err = bind_unix(&path).expect_err("a live socket must not be replaced");
+    let err = bind_unix(&path, 0o660).expect_err("a live socket must not be replaced");
     assert!(
         err.to_string().contains(&path.display().to_string()),
         "the error names the socket: {err}"
@@ -206,7 +206,7 @@ async fn a_file_that_is_not_a_socket_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("precious.txt");
     std::fs::write(&path, "keep me").unwrap();
-    let err = bind_unix(&path).expect_err("a regular file is not replaced");
+    let err = bind_unix(&path, 0o660).expect_err("a regular file is not replaced");
     assert!(
         err.to_string().contains(&path.display().to_string()),
         "{err}"
@@ -216,7 +216,7 @@ async fn a_file_that_is_not_a_socket_is_left_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn binding_nothing_is_refused() {
-    let err = Listeners::bind(None, None)
+    let err = Listeners::bind(None, None, 0o660)
         .await
         .expect_err("nothing to listen on");
     assert!(err.to_string().contains("listen"), "{err}");
