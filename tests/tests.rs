@@ -14,6 +14,7 @@ mod suite {
     mod conditions;
     mod expiry;
     mod increment;
+    mod ops;
     mod persistence;
     mod ratelimit;
     mod rpc;

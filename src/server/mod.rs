@@ -4,6 +4,12 @@
 //!
 //! The caller opens the store and passes the shutdown future, so tests run the real server on
 //! port 0 and stop it without signals.
+//!
+//! - [`limits`]: the bounds on connections and calls in progress.
+//! - [`notify`]: systemd's READY/STOPPING/WATCHDOG protocol.
+
+pub mod limits;
+pub mod notify;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -19,6 +25,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use self::limits::{ConnectionLimit, RequestLimitLayer};
 use crate::config::{AuthConfig, TlsConfig, defaults};
 use crate::error::{Error, Result};
 use crate::pb;
@@ -127,8 +134,8 @@ pub struct ServerSettings {
     pub ratelimit: RateLimitSettings,
     /// How long in-flight calls may run after shutdown starts before they are cut.
     pub drain_timeout: Duration,
-    /// Longest a call may run (a client's shorter `grpc-timeout` wins); past it the call
-    /// answers `CANCELLED` ... see [`serve`].
+    /// Longest a call may run (a client's shorter `grpc-timeout` wins); past it the handler
+    /// is dropped and the call answers `CANCELLED` (tonic's code for a server-side timeout).
     pub request_timeout: Duration,
     /// Most calls in progress at once over all connections; more answer `UNAVAILABLE` at
     /// once instead of queueing.
@@ -216,25 +223,46 @@ pub async fn serve(
     let stop_accepting = CancellationToken::new();
     let mut servers = JoinSet::new();
     let socket_path = listeners.unix_path().map(Path::to_owned);
+    let connections = ConnectionLimit::new(settings.max_connections);
+    let calls = RequestLimitLayer::new(settings.max_concurrent_requests);
+    // One builder for every listener: the same deadline and bounds whichever way a client
+    // comes in. tonic takes the shorter of `request_timeout` and the client's grpc-timeout.
+    let builder = || {
+        Server::builder()
+            .timeout(settings.request_timeout)
+            .layer(calls.clone())
+    };
+    let mut serving = Vec::new();
     if let Some(tcp) = listeners.tcp {
         let addr = tcp.local_addr().ok();
-        let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
-        let server = Server::builder()
+        let incoming = connections.limit(TcpIncoming::from(tcp).with_nodelay(Some(true)));
+        let server = builder()
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         servers.spawn(async move { (format!("tcp {addr:?}"), server.await) });
         if let Some(addr) = addr {
             tracing::info!(%addr, "listening on tcp");
+            serving.push(addr.to_string());
         }
     }
     if let Some((unix, path)) = listeners.unix {
-        let incoming = UnixListenerStream::new(unix);
-        let server = Server::builder()
+        let incoming = connections.limit(UnixListenerStream::new(unix));
+        let server = builder()
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         tracing::info!(path = %path.display(), "listening on unix socket");
+        serving.push(format!("unix:{}", path.display()));
         servers.spawn(async move { (format!("unix {}", path.display()), server.await) });
     }
+    let stop_watchdog = CancellationToken::new();
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        tokio::spawn(notify::watchdog(
+            store.clone(),
+            interval,
+            stop_watchdog.clone(),
+        ))
+    });
+    notify::ready(&format!("serving on {}", serving.join(" and ")));
 
     let mut failure = None;
     tokio::select! {
@@ -250,6 +278,7 @@ pub async fn serve(
         }
     }
 
+    notify::stopping("shutting down: draining calls in progress");
     health
         .set_not_serving::<CacheServiceServer<CacheApi>>()
         .await;
@@ -283,6 +312,13 @@ pub async fn serve(
         servers.shutdown().await;
     }
 
+    stop_watchdog.cancel();
+    if let Some(watchdog) = watchdog
+        && let Err(e) = watchdog.await
+    {
+        tracing::warn!(error = %e, "the watchdog task failed");
+    }
+    notify::stopping("shutting down: writing what is queued, checkpointing the WAL");
     let closed = store.close().await;
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(&path);

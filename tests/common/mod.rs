@@ -184,6 +184,11 @@ impl TestServer {
         RateLimitServiceClient::new(unix_channel(&self.socket_path()).await)
     }
 
+    /// The TCP address the server listens on.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.running().tcp_addr
+    }
+
     /// A raw TCP channel, for the health and reflection clients.
     pub async fn channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.running().tcp_addr))

@@ -1,0 +1,383 @@
+//! Overload protection: a bound on open connections (over every listener) and on calls in
+//! progress (over every connection). Past either bound the server answers at once rather
+//! than queueing without limit: an extra connection is closed as it is accepted, an extra
+//! call gets `UNAVAILABLE`, which gRPC clients and Envoy treat as "retry elsewhere or later"
+//! (the same code a shutting-down server gives). Health checks are never refused, so a busy
+//! daemon is not mistaken for a dead one.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::transport::server::Connected;
+
+/// Path prefix of the health service, which is never refused.
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// At most one warning per this interval for each kind of refusal, so a flood does not
+/// become a flood of log lines.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs a warning at most once per [`WARN_EVERY`], with the count refused since the last.
+#[derive(Debug)]
+struct Throttled {
+    what: &'static str,
+    started: Instant,
+    /// Milliseconds since `started` of the last warning, plus one (0 = never warned).
+    last_ms: AtomicU64,
+    /// Refusals since the last warning.
+    refused: AtomicU64,
+}
+
+impl Throttled {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn refused(&self, limit: usize) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.refused.swap(0, Ordering::Relaxed);
+            tracing::warn!(limit, refused, "{}", self.what);
+        }
+    }
+}
+
+/// The bound on open connections, shared by every listener.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    warn: Arc<Throttled>,
+}
+
+impl ConnectionLimit {
+    /// At most `limit` connections open at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            warn: Arc::new(Throttled::new(
+                "too many open connections (server.max_connections); closing new ones",
+            )),
+        }
+    }
+
+    /// The accepted connections of `incoming` that fit the bound, each holding its place
+    /// until it closes; the others are closed at once. Accept errors pass through.
+    pub fn limit<S, IO>(
+        &self,
+        incoming: S,
+    ) -> impl Stream<Item = io::Result<Limited<IO>>> + use<S, IO>
+    where
+        S: Stream<Item = io::Result<IO>>,
+    {
+        let this = self.clone();
+        incoming.filter_map(move |accepted| match accepted {
+            Err(e) => Some(Err(e)),
+            Ok(io) => match this.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(Ok(Limited {
+                    io,
+                    _permit: permit,
+                })),
+                Err(_) => {
+                    this.warn.refused(this.limit);
+                    None
+                }
+            },
+        })
+    }
+}
+
+/// A connection counted against [`ConnectionLimit`]; its place is freed when it is dropped.
+#[derive(Debug)]
+pub struct Limited<IO> {
+    io: IO,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<IO: Connected> Connected for Limited<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The bound on calls in progress, as a tower layer over the routes; one value is shared by
+/// every listener's server.
+#[derive(Debug, Clone)]
+pub struct RequestLimitLayer {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    warn: Arc<Throttled>,
+}
+
+impl RequestLimitLayer {
+    /// At most `limit` calls in progress at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            warn: Arc::new(Throttled::new(
+                "too many calls in progress (server.max_concurrent_requests); answering UNAVAILABLE",
+            )),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RequestLimitLayer {
+    type Service = RequestLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`RequestLimitLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct RequestLimit<S> {
+    inner: S,
+    layer: RequestLimitLayer,
+}
+
+impl<S> tower::Service<http::Request<Body>> for RequestLimit<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let permit = if request.uri().path().starts_with(HEALTH_PREFIX) {
+            None
+        } else {
+            match self.layer.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    self.layer.warn.refused(self.layer.limit);
+                    let busy = Status::unavailable(format!(
+                        "server busy: {} calls already in progress; retry shortly",
+                        self.layer.limit
+                    ));
+                    return Box::pin(async move { Ok(busy.into_http()) });
+                }
+            }
+        };
+        // The service that was polled ready is the one to call; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tokio::sync::oneshot;
+    use tower::{Layer, Service};
+
+    use super::*;
+
+    /// A service whose calls to `/slow` wait until the test lets them go.
+    #[derive(Clone)]
+    struct Gate {
+        release: Arc<std::sync::Mutex<Vec<oneshot::Sender<()>>>>,
+    }
+
+    impl Service<http::Request<Body>> for Gate {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+            let (tx, rx) = oneshot::channel();
+            let slow = request.uri().path().ends_with("/Slow");
+            if slow {
+                // No lock is held across an await: the sender is stored and the lock dropped.
+                self.release.lock().unwrap().push(tx);
+            }
+            Box::pin(async move {
+                if slow {
+                    let _ = rx.await;
+                }
+                Ok(http::Response::new(Body::default()))
+            })
+        }
+    }
+
+    fn request(path: &str) -> http::Request<Body> {
+        http::Request::builder()
+            .uri(path)
+            .body(Body::default())
+            .unwrap()
+    }
+
+    fn grpc_status(r: &http::Response<Body>) -> Option<String> {
+        r.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_limit_are_unavailable_at_once_and_health_always_passes() {
+        let gate = Gate {
+            release: Arc::default(),
+        };
+        let mut service = RequestLimitLayer::new(2).layer(gate.clone());
+        let first = tokio::spawn(service.call(request("/larder.v1.CacheService/Slow")));
+        let second = tokio::spawn(service.call(request("/larder.v1.CacheService/Slow")));
+        while gate.release.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = service
+            .call(request("/larder.v1.CacheService/Get"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&refused).as_deref(), Some("14"), "UNAVAILABLE");
+        let health = service
+            .call(request("/grpc.health.v1.Health/Check"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&health), None, "health is never refused");
+
+        let senders: Vec<_> = gate.release.lock().unwrap().drain(..).collect();
+        for tx in senders {
+            tx.send(()).unwrap();
+        }
+        assert_eq!(grpc_status(&first.await.unwrap().unwrap()), None);
+        assert_eq!(grpc_status(&second.await.unwrap().unwrap()), None);
+        let after = service
+            .call(request("/larder.v1.CacheService/Get"))
+            .await
+            .unwrap();
+        assert_eq!(
+            grpc_status(&after),
+            None,
+            "finished calls free their places"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_a_closed_one_frees_its_place() {
+        use tokio::io::AsyncReadExt;
+        use tokio_stream::wrappers::UnboundedReceiverStream;
+
+        let limit = ConnectionLimit::new(1);
+        let accept = |conns: Vec<tokio::io::DuplexStream>| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            for c in conns {
+                tx.send(Ok(c)).unwrap();
+            }
+            // Dropping the sender ends the stream once the queued connections are taken.
+            Box::pin(limit.limit(UnboundedReceiverStream::new(rx)))
+        };
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let (b, mut b_peer) = tokio::io::duplex(64);
+        let mut accepted = accept(vec![a, b]);
+        let first = accepted.next().await.unwrap().unwrap();
+        assert!(
+            accepted.next().await.is_none(),
+            "the second is not handed on"
+        );
+        let mut buf = [0u8; 1];
+        assert_eq!(b_peer.read(&mut buf).await.unwrap(), 0, "and is closed");
+
+        let (c, _c_peer) = tokio::io::duplex(64);
+        let mut accepted = accept(vec![c]);
+        assert!(
+            accepted.next().await.is_none(),
+            "still full while the first is open"
+        );
+        drop(first);
+        assert_eq!(a_peer.read(&mut buf).await.unwrap(), 0);
+        let (d, _d_peer) = tokio::io::duplex(64);
+        let mut accepted = accept(vec![d]);
+        assert!(
+            accepted.next().await.unwrap().is_ok(),
+            "a freed place is reused"
+        );
+    }
+}
