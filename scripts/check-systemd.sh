@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# check-systemd.sh: checks systemd/larder.service and the example config with a built larder.
+#   systemd-analyze verify      the unit parses and its commands exist
+#   systemd-analyze security    exposure score at most 2.0 (--threshold=20, tenths)
+#   larder check-config         systemd/larder.toml is a valid config
+# Usage: scripts/check-systemd.sh [PATH_TO_LARDER]   (default: the debug build)
+# Installs Debian's systemd (for systemd-analyze) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
+larder="${1:-$target/debug/larder}"
+if [ ! -x "$larder" ]; then
+  echo "check-systemd: no larder binary at $larder (build it first)" >&2
+  exit 2
+fi
+larder="$(cd "$(dirname "$larder")" && pwd)/$(basename "$larder")"
+if ! command -v systemd-analyze >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+# The unit names the installed path; point it at the binary under test.
+sed "s#/usr/local/bin/larder#$larder#g" systemd/larder.service >"$tmp/larder.service"
+
+systemd-analyze verify "$tmp/larder.service"
+echo "systemd-analyze verify: ok"
+systemd-analyze security --offline=yes --threshold=20 "$tmp/larder.service" >"$tmp/security.txt" || {
+  cat "$tmp/security.txt"
+  echo "check-systemd: exposure score above 2.0" >&2
+  exit 1
+}
+tail -n 1 "$tmp/security.txt"
+
+"$larder" check-config --config systemd/larder.toml >/dev/null
+echo "larder check-config systemd/larder.toml: ok"
