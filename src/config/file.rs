@@ -390,6 +390,52 @@ mod duration_required {
     }
 }
 
+/// A file that sets every setting, for tests.
+#[cfg(test)]
+pub(crate) const EVERY_SETTING: &str = r#"
+data_dir = "/srv/larder"
+listen = "127.0.0.1:17379"
+unix_socket = "/run/larder/larder.sock"
+unix_socket_mode = "0600"
+worker_threads = 2
+[storage]
+synchronous = "full"
+[cache]
+max_memory = "64MiB"
+max_disk = "1GiB"
+max_value = "1MiB"
+max_key = 512
+max_batch = 100
+[session]
+idle_ttl = "15m"
+absolute_ttl = "7days"
+max_ttl = "30days"
+max_memory = "16MiB"
+[ratelimit]
+write_behind = "300ms"
+max_memory = "4MiB"
+[ratelimit.policies.ai_chat]
+limit = 60
+period = "1m"
+algorithm = "sliding_window"
+[server]
+drain_timeout = "5s"
+request_timeout = "2s"
+max_concurrent_requests = 64
+max_connections = 32
+[auth]
+token_file = "/etc/larder/tokens"
+unix_socket = false
+[tls]
+cert = "/etc/larder/cert.pem"
+key = "/etc/larder/key.pem"
+[metrics]
+listen = "127.0.0.1:9379"
+[log]
+format = "json"
+level = "warn"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,49 +597,7 @@ mod tests {
 
     #[test]
     fn a_full_file_prints_back_to_itself() {
-        let text = r#"
-            data_dir = "/var/lib/larder"
-            listen = "none"
-            unix_socket = "/run/larder/larder.sock"
-            unix_socket_mode = "0660"
-            worker_threads = 2
-            [storage]
-            synchronous = "full"
-            [cache]
-            max_memory = "64MiB"
-            max_disk = "1GiB"
-            max_value = "1MiB"
-            max_key = 512
-            max_batch = 100
-            [session]
-            idle_ttl = "15m"
-            absolute_ttl = "7days"
-            max_ttl = "30days"
-            max_memory = "16MiB"
-            [ratelimit]
-            write_behind = "500ms"
-            max_memory = "8MiB"
-            [ratelimit.policies.ai_chat]
-            limit = 60
-            period = "1m"
-            algorithm = "sliding_window"
-            [server]
-            drain_timeout = "5s"
-            request_timeout = "10s"
-            max_concurrent_requests = 256
-            max_connections = 128
-            [auth]
-            token_file = "/etc/larder/tokens"
-            unix_socket = false
-            [tls]
-            cert = "/etc/larder/cert.pem"
-            key = "/etc/larder/key.pem"
-            [metrics]
-            listen = "127.0.0.1:9379"
-            [log]
-            format = "json"
-            level = "warn"
-        "#;
+        let text = EVERY_SETTING;
         let f = FileConfig::parse(text).unwrap();
         assert_eq!(f.cache.max_key, Some(512));
         assert_eq!(f.auth.unix_socket, Some(false));

@@ -223,51 +223,7 @@ fn every_impossible_value_is_refused_by_name() {
 
 #[test]
 fn the_file_sets_everything_and_flags_win_over_it() {
-    let file = File::new(
-        r#"
-        data_dir = "/srv/larder"
-        listen = "127.0.0.1:17379"
-        unix_socket = "/run/larder/larder.sock"
-        unix_socket_mode = "0600"
-        worker_threads = 2
-        [storage]
-        synchronous = "full"
-        [cache]
-        max_memory = "64MiB"
-        max_disk = "1GiB"
-        max_value = "1MiB"
-        max_key = 512
-        max_batch = 100
-        [session]
-        idle_ttl = "15m"
-        absolute_ttl = "7days"
-        max_ttl = "30days"
-        max_memory = "16MiB"
-        [ratelimit]
-        write_behind = "300ms"
-        max_memory = "4MiB"
-        [ratelimit.policies.ai_chat]
-        limit = 60
-        period = "1m"
-        algorithm = "sliding_window"
-        [server]
-        drain_timeout = "5s"
-        request_timeout = "2s"
-        max_concurrent_requests = 64
-        max_connections = 32
-        [auth]
-        token_file = "/etc/larder/tokens"
-        unix_socket = false
-        [tls]
-        cert = "/etc/larder/cert.pem"
-        key = "/etc/larder/key.pem"
-        [metrics]
-        listen = "127.0.0.1:9379"
-        [log]
-        format = "json"
-        level = "warn"
-        "#,
-    );
+    let file = File::new(file::EVERY_SETTING);
     let c = file.with(&[]).unwrap();
     assert_eq!(c.store.data_dir, PathBuf::from("/srv/larder"));
     assert_eq!(c.listen.as_deref(), Some("127.0.0.1:17379"));
