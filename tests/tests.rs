@@ -19,5 +19,6 @@ mod suite {
     mod rpc;
     mod server;
     mod sessions;
+    mod startup;
     mod validation;
 }

@@ -165,10 +165,13 @@ impl Store {
     /// Must be called inside a Tokio runtime.
     pub fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ))
+            let dir = config.data_dir.display();
+            match std::fs::metadata(&config.data_dir) {
+                Ok(meta) if !meta.is_dir() => Error::Setup(format!(
+                    "data directory {dir} exists and is not a directory"
+                )),
+                _ => Error::Setup(format!("cannot create data directory {dir}: {e}")),
+            }
         })?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join(DB_FILE);
