@@ -9,6 +9,7 @@
 mod common;
 
 mod suite {
+    mod backup;
     mod binary;
     mod bounds;
     mod conditions;

@@ -9,6 +9,7 @@
 //! - [`stats`]: per-namespace counters.
 //! - [`checkpoint`]: background WAL checkpoints, off the writer's path.
 //! - [`lock`]: one daemon per data directory.
+//! - [`backup`]: `larder backup`, a consistent copy of a live store into a new file.
 //!
 //! Reads try memory, then a pool of read-only connections on blocking threads; they never wait
 //! for the writer (WAL readers see the last commit). Writes are queued to the writer and
@@ -16,6 +17,7 @@
 //! interval, to sweep expired rows in bounded batches and record read times for eviction.
 //! SQL stays behind this module, so another backend can sit behind the same API later.
 
+pub mod backup;
 pub mod checkpoint;
 pub mod lock;
 pub mod memory;
