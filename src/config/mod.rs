@@ -51,7 +51,7 @@ pub enum Command {
 /// `LARDER_DATA_DIR`, then the config file's `data_dir`, then the default.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// TOML config file to read data_dir from (the daemon's own file does).
+    /// TOML config file to read data_dir from: the daemon's own.
     #[arg(long, env = "LARDER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory of the store to copy [default: larder-data].
