@@ -30,6 +30,12 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A path, file or address the operator gave cannot be used (a data directory that is not
+    /// writable, a database that is corrupt, foreign or too new, a port in use, a backup
+    /// destination that exists): reported at start-up or by `larder backup`, with the message
+    /// saying which and what to do.
+    #[error("{0}")]
+    Setup(String),
     /// A bug or an unexpected state; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,7 +65,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage { source, .. } => storage_code(source),
-            Error::Internal(_) => Code::Internal,
+            Error::Setup(_) | Error::Internal(_) => Code::Internal,
         }
     }
 }

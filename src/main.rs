@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use larder::clock::SystemClock;
-use larder::config::{Cli, Command, LogFormat, ServeConfig};
+use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
 use larder::server::{Listeners, serve};
 use larder::store::Store;
 use tracing_subscriber::EnvFilter;
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => args.into_config().and_then(run_serve),
         Command::CheckConfig(args) => args.into_config().and_then(check_config),
+        Command::Backup(args) => backup(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -32,6 +33,19 @@ fn check_config(config: ServeConfig) -> anyhow::Result<()> {
     let text = config.to_toml()?;
     println!("# effective configuration: defaults < config file < LARDER_* variables < flags");
     print!("{text}");
+    Ok(())
+}
+
+/// `larder backup`: copy the store, then print one line saying what was written. Warnings
+/// (none on a normal run) go to standard error.
+fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    let data_dir = args.resolve_data_dir()?;
+    let report = larder::store::backup::backup(&data_dir, &args.dest, args.force)?;
+    println!("{report}");
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 mod common;
 
 mod suite {
+    mod backup;
     mod binary;
     mod bounds;
     mod conditions;
@@ -20,5 +21,6 @@ mod suite {
     mod rpc;
     mod server;
     mod sessions;
+    mod startup;
     mod validation;
 }

@@ -217,15 +217,68 @@ impl FileConfig {
         Self::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
-    /// Parses the file's text.
+    /// Parses the file's text. An error is one line naming the dotted key at fault (when
+    /// the text is valid TOML), its line and column, and what is wrong.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))
     }
 
     /// The file's text: what [`FileConfig::parse`] reads back to the same value.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string(self)?)
     }
+}
+
+/// A TOML error as one line: toml's own message spans several lines with a drawing of the
+/// text, and for a bad value does not say which key it belongs to.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    match key_at(text, span.end.saturating_sub(1).max(span.start)) {
+        Some(key) => format!("{key}: {message} (line {line}, column {column})"),
+        None => {
+            let written = text.lines().nth(line - 1).unwrap_or_default().trim();
+            format!("line {line}, column {column} ({written}): {message}")
+        }
+    }
+}
+
+/// The dotted path of the last key written at or before byte `at`, which is the key an error
+/// at `at` is about: an unknown key's error points at the key itself, a bad value's at the
+/// value after its key, a missing key's at the header of its table. `None` when the text is
+/// not valid TOML.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        prefix: &str,
+        at: usize,
+        best: &mut Option<(usize, String)>,
+    ) {
+        for (key, value) in table.iter() {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            let start = key.span().start;
+            // `>=`: a table's keys are visited after the table, so the deeper key wins a tie.
+            if start <= at && best.as_ref().is_none_or(|(s, _)| start >= *s) {
+                *best = Some((start, path.clone()));
+            }
+            if let toml::de::DeValue::Table(inner) = value.get_ref() {
+                walk(inner, &path, at, best);
+            }
+        }
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut best = None;
+    walk(doc.get_ref(), "", at, &mut best);
+    best.map(|(_, key)| key)
 }
 
 impl RateLimitSection {
@@ -526,34 +579,56 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_are_errors() {
+        // Each error is one line naming the key by its full dotted path.
         for (text, mentions) in [
             (
                 "[ratelimit.policies.chat]\nlimit = 5\nperiod = \"1m\"\nlimt = 3",
-                "limt",
+                "ratelimit.policies.chat.limt: unknown field",
             ),
-            ("[ratelimit.policies.chat]\nperiod = \"1m\"", "limit"),
+            (
+                "[ratelimit.policies.chat]\nperiod = \"1m\"",
+                "ratelimit.policies.chat: missing field `limit`",
+            ),
             (
                 "[ratelimit.policies.chat]\nlimit = -5\nperiod = \"1m\"",
-                "limit",
+                "ratelimit.policies.chat.limit:",
             ),
             (
                 "[ratelimit.policies.chat]\nlimit = \"5\"\nperiod = \"1m\"",
-                "limit",
+                "ratelimit.policies.chat.limit:",
             ),
-            ("[ratelimits]\nwrite_behind = \"1s\"", "ratelimits"),
-            ("[ratelimit]\nwrite_behnd = \"1s\"", "write_behnd"),
-            ("data_dir = 5", "data_dir"),
-            ("worker_threads = \"two\"", "worker_threads"),
-            ("[cache]\nmax_memory = \"lots\"", "max_memory"),
-            ("[cache]\nmax_memory = -1", "max_memory"),
-            ("[session]\nidle_ttl = 30", "idle_ttl"),
-            ("[session]\nidle_ttl = \"soon\"", "idle_ttl"),
-            ("[auth]\nunix_socket = \"yes\"", "unix_socket"),
-            ("[tls]\ncertificate = \"a.pem\"", "certificate"),
-            ("listen = \"a\"\nlisten = \"b\"", "listen"),
+            (
+                "[ratelimits]\nwrite_behind = \"1s\"",
+                "ratelimits: unknown field",
+            ),
+            (
+                "[ratelimit]\nwrite_behnd = \"1s\"",
+                "ratelimit.write_behnd: unknown field",
+            ),
+            ("data_dir = 5", "data_dir:"),
+            ("worker_threads = \"two\"", "worker_threads:"),
+            (
+                "[cache]\nmax_memory = \"lots\"",
+                "cache.max_memory: \"lots\" is not a size",
+            ),
+            ("cache.max_memory = \"lots\"", "cache.max_memory:"),
+            ("[cache]\nmax_memory = -1", "cache.max_memory:"),
+            ("[session]\nidle_ttl = 30", "session.idle_ttl:"),
+            ("[session]\nidle_ttl = \"soon\"", "session.idle_ttl:"),
+            ("[auth]\nunix_socket = \"yes\"", "auth.unix_socket:"),
+            (
+                "[tls]\ncertificate = \"a.pem\"",
+                "tls.certificate: unknown field",
+            ),
+            (
+                "listen = \"a\"\nlisten = \"b\"",
+                "line 2, column 1 (listen = \"b\"): duplicate key",
+            ),
+            ("[cache\nmax_key = 5", "line 1, column 7 ([cache)"),
         ] {
             let e = format!("{:#}", FileConfig::parse(text).unwrap_err());
             assert!(e.contains(mentions), "{text:?} gave {e:?}");
+            assert!(!e.contains('\n'), "{text:?} gave more than one line: {e:?}");
         }
     }
 

@@ -43,6 +43,44 @@ pub enum Command {
     /// Validate the configuration (file, environment, flags) and print the effective config
     /// as TOML; exits non-zero, naming the key, if anything is wrong.
     CheckConfig(ServeArgs),
+    /// Copy the store to a new file, consistently, while the daemon keeps running (or not).
+    Backup(BackupArgs),
+}
+
+/// Flags of `larder backup`. The data directory is found as `serve` finds it: the flag, then
+/// `LARDER_DATA_DIR`, then the config file's `data_dir`, then the default.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// TOML config file to read data_dir from: the daemon's own.
+    #[arg(long, env = "LARDER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory of the store to copy [default: larder-data].
+    #[arg(long, env = "LARDER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Replace DEST if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The file to write: a standalone SQLite database, what `larder.db` is replaced with to
+    /// restore.
+    pub dest: PathBuf,
+}
+
+impl BackupArgs {
+    /// The data directory, with the precedence of `serve`. The config file must parse (an
+    /// unknown key is an error, as for the daemon), but only `data_dir` is taken from it.
+    pub fn resolve_data_dir(&self) -> anyhow::Result<PathBuf> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let args = ServeArgs {
+            data_dir: self.data_dir.clone(),
+            ..ServeArgs::default()
+        };
+        let mut effective = args.lay_over(file);
+        fill_defaults(&mut effective);
+        Ok(filled(&effective.data_dir))
+    }
 }
 
 /// The built-in defaults, one place.

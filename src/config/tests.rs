@@ -340,3 +340,42 @@ fn the_effective_config_reads_back_to_the_same_settings() {
         Duration::from_secs(90)
     );
 }
+
+/// `larder backup`'s data directory from `args` (after `larder backup`).
+fn backup_data_dir(args: &[&str]) -> anyhow::Result<PathBuf> {
+    let mut all = vec!["larder", "backup"];
+    all.extend_from_slice(args);
+    let Command::Backup(args) = Cli::try_parse_from(all)?.command else {
+        unreachable!("the first argument is backup")
+    };
+    args.resolve_data_dir()
+}
+
+#[test]
+fn backup_finds_the_data_dir_as_serve_does() {
+    assert_eq!(
+        backup_data_dir(&["out.db"]).unwrap(),
+        PathBuf::from(defaults::DATA_DIR)
+    );
+    let file = File::new("data_dir = \"/var/lib/larder\"\nlisten = \"none\"\n");
+    assert_eq!(
+        backup_data_dir(&["--config", &file.path, "out.db"]).unwrap(),
+        PathBuf::from("/var/lib/larder"),
+        "the file's data_dir, and nothing else of the file is checked against the flags"
+    );
+    assert_eq!(
+        backup_data_dir(&["--config", &file.path, "--data-dir", "/srv/l", "out.db"]).unwrap(),
+        PathBuf::from("/srv/l"),
+        "the flag wins over the file"
+    );
+    let bad = File::new("data_dirr = \"/var/lib/larder\"\n");
+    let e = format!(
+        "{:#}",
+        backup_data_dir(&["--config", &bad.path, "out.db"]).unwrap_err()
+    );
+    assert!(e.contains("data_dirr") && e.contains(&bad.path), "{e}");
+    assert!(
+        backup_data_dir(&[]).is_err(),
+        "DEST is required, not defaulted"
+    );
+}

@@ -63,7 +63,7 @@ impl Listeners {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))?,
+                    .map_err(|e| listen_error(addr, e))?,
             ),
             None => None,
         };
@@ -85,6 +85,31 @@ impl Listeners {
     }
 }
 
+/// Why the TCP address cannot be listened on, and what to do about it.
+fn listen_error(addr: &str, e: std::io::Error) -> Error {
+    use std::io::ErrorKind as K;
+    let hint = match e.kind() {
+        K::AddrInUse => {
+            "the address is already in use (another larder, or another program); \
+             stop it or choose another --listen"
+        }
+        K::PermissionDenied => {
+            "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE); \
+             choose another --listen"
+        }
+        K::AddrNotAvailable => {
+            "no interface of this machine has that address; choose another \
+             --listen"
+        }
+        _ => "",
+    };
+    if hint.is_empty() {
+        Error::Setup(format!("cannot listen on {addr}: {e}"))
+    } else {
+        Error::Setup(format!("cannot listen on {addr}: {hint} ({e})"))
+    }
+}
+
 /// Binds a Unix socket at `path` with file mode `mode` (0660 lets the daemon's user and
 /// group connect, nobody else), replacing a stale socket file but never a live one.
 pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
@@ -97,7 +122,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
                 )));
             }
             std::fs::remove_file(path).map_err(|e| {
-                Error::Internal(format!(
+                Error::Setup(format!(
                     "cannot remove stale socket {}: {e}",
                     path.display()
                 ))
@@ -105,7 +130,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
             tracing::info!(path = %path.display(), "replaced a stale unix socket");
         }
         Ok(_) => {
-            return Err(Error::Internal(format!(
+            return Err(Error::Setup(format!(
                 "{} exists and is not a socket; refusing to replace it",
                 path.display()
             )));
@@ -114,12 +139,12 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
-            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", parent.display())))?;
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", parent.display())))?;
     }
     let listener = UnixListener::bind(path)
-        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", path.display())))?;
+        .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::Internal(format!("cannot set the mode of {}: {e}", path.display())))?;
+        .map_err(|e| Error::Setup(format!("cannot set the mode of {}: {e}", path.display())))?;
     Ok(listener)
 }
 

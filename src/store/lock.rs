@@ -18,8 +18,11 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Takes the lock on `data_dir` without waiting.
+    /// Takes the lock on `data_dir` without waiting, after checking that the directory is
+    /// writable (the lock file may already exist, so opening it proves nothing about the
+    /// database's WAL, which SQLite would only fail to create later, less clearly).
     pub fn acquire(data_dir: &Path) -> Result<Self> {
+        check_writable(data_dir)?;
         let path = data_dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .create(true)
@@ -27,9 +30,7 @@ impl DataDirLock {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| {
-                Error::Internal(format!("cannot open lock file {}: {e}", path.display()))
-            })?;
+            .map_err(|e| Error::Setup(format!("cannot open lock file {}: {e}", path.display())))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -58,6 +59,30 @@ impl DataDirLock {
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", std::process::id());
         Ok(Self { _file: file })
+    }
+}
+
+/// Creates and removes a file in `dir`: the one sure test that files can be created there
+/// (permissions, a read-only mount, an immutable directory, ACLs, SELinux all say no alike).
+fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".larder-write-check.{}", std::process::id()));
+    let created = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe);
+    match created {
+        Ok(file) => {
+            drop(file);
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Error::Setup(format!(
+            "data directory {} is not writable ({e}); larder keeps its database, WAL and lock \
+             file there: make it writable by the user running larder, or choose another \
+             (--data-dir, LARDER_DATA_DIR, data_dir)",
+            dir.display()
+        ))),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`stats`]: per-namespace counters.
 //! - [`checkpoint`]: background WAL checkpoints, off the writer's path.
 //! - [`lock`]: one daemon per data directory.
+//! - [`backup`]: `larder backup`, a consistent copy of a live store into a new file.
 //!
 //! Reads try memory, then a pool of read-only connections on blocking threads; they never wait
 //! for the writer (WAL readers see the last commit). Writes are queued to the writer and
@@ -16,6 +17,7 @@
 //! interval, to sweep expired rows in bounded batches and record read times for eviction.
 //! SQL stays behind this module, so another backend can sit behind the same API later.
 
+pub mod backup;
 pub mod checkpoint;
 pub mod lock;
 pub mod memory;
@@ -165,10 +167,13 @@ impl Store {
     /// Must be called inside a Tokio runtime.
     pub fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ))
+            let dir = config.data_dir.display();
+            match std::fs::metadata(&config.data_dir) {
+                Ok(meta) if !meta.is_dir() => Error::Setup(format!(
+                    "data directory {dir} exists and is not a directory"
+                )),
+                _ => Error::Setup(format!("cannot create data directory {dir}: {e}")),
+            }
         })?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join(DB_FILE);

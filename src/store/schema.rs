@@ -1,5 +1,7 @@
 //! The database file: connection settings (PRAGMAs) and the schema, versioned with
-//! `PRAGMA user_version` and moved forward by migrations.
+//! `PRAGMA user_version` and moved forward by migrations; and the checks, made before anything
+//! is written, that a file is a Larder database this build can use (not damaged, not another
+//! program's, not from a newer Larder), each failure one message saying what to do.
 
 use std::path::Path;
 use std::time::Duration;
@@ -97,8 +99,13 @@ impl Synchronous {
     }
 }
 
-/// Opens (creating if needed) the database for the writer, sets WAL mode and migrates the
-/// schema to [`SCHEMA_VERSION`].
+/// Tables every Larder schema since version 1 has: a file with a schema version but without
+/// them was written by another program.
+const LARDER_TABLES: &[&str] = &["cache_entries", "meta"];
+
+/// Opens (creating if needed) the database for the writer, checks that it is a Larder
+/// database this build understands ([`identify`], before anything is written to it), sets WAL
+/// mode and migrates the schema to [`SCHEMA_VERSION`].
 pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -106,13 +113,26 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> 
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(Error::storage("opening the database"))?;
+    .map_err(|e| file_error(path, "opening the database", e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(Error::storage("setting busy_timeout"))?;
+    // SQLite falls back to read-only when the file is not writable, and would only say so at
+    // the first write.
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(Error::storage("opening the database"))?
+    {
+        return Err(Error::Setup(format!(
+            "{} is read-only; larder writes its database, so the file and its directory must \
+             be writable by the user running it",
+            path.display()
+        )));
+    }
     // Reading the header is the first thing that fails on a file that is not a database.
+    let version = identify(&conn, path)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(Error::storage("switching to WAL mode"))?;
+        .map_err(|e| file_error(path, "switching to WAL mode", e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::Internal(format!(
             "{}: SQLite refused WAL mode (journal_mode is {mode})",
@@ -130,27 +150,111 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> 
         64 << 20,
     ))
     .map_err(Error::storage("setting PRAGMAs"))?;
-    migrate(&conn, path)?;
+    migrate(&conn, path, version)?;
     Ok(conn)
 }
 
-fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+/// Checks, reading only, that the file open on `conn` is a Larder database this build can
+/// use, and returns its schema version: 0 for a new, empty file. A damaged file, a file of
+/// another program and a schema newer than [`SCHEMA_VERSION`] are each an [`Error::Setup`]
+/// naming `path` and saying what to do.
+pub fn identify(conn: &Connection, path: &Path) -> Result<i64> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(Error::storage("reading the schema version"))?;
+        .map_err(|e| file_error(path, "reading the schema version", e))?;
+    let tables = table_names(conn).map_err(|e| file_error(path, "reading the schema", e))?;
+    let foreign = |why: String| {
+        Error::Setup(format!(
+            "{} is not a larder database: {why}; move it away or choose another data directory",
+            path.display()
+        ))
+    };
+    if version == 0 {
+        if tables.is_empty() {
+            return Ok(0);
+        }
+        return Err(foreign(format!(
+            "it holds tables of another program ({}) and no larder schema version",
+            list_some(&tables)
+        )));
+    }
+    if version < 0 || !LARDER_TABLES.iter().all(|t| tables.iter().any(|n| n == t)) {
+        return Err(foreign(format!(
+            "it has schema version {version} but not larder's tables (it holds {})",
+            if tables.is_empty() {
+                "none".to_owned()
+            } else {
+                list_some(&tables)
+            }
+        )));
+    }
     if version > SCHEMA_VERSION {
-        return Err(Error::Internal(format!(
+        return Err(Error::Setup(format!(
             "{} has schema version {version}, newer than this larder understands \
-             ({SCHEMA_VERSION}); run a newer larder or restore a backup",
+             ({SCHEMA_VERSION}); run the newer larder that wrote it, or restore a backup made \
+             for this version",
             path.display()
         )));
     }
-    if version < 0 {
-        return Err(Error::Internal(format!(
-            "{} has an invalid schema version {version}",
-            path.display()
-        )));
+    Ok(version)
+}
+
+/// Names of the tables, indexes, views and triggers in the file, SQLite's own left out.
+fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name",
+    )?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
+/// The first few names, for a message.
+fn list_some(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
+    text
+}
+
+/// The error for a SQLite failure on the database file at `path`: a damaged file, a file
+/// larder may not write and a full disk each get a message saying what to do; anything else
+/// stays a storage error with `context`.
+pub fn file_error(path: &Path, context: &'static str, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as E;
+    let p = path.display();
+    match e.sqlite_error_code() {
+        Some(E::NotADatabase) => Error::Setup(format!(
+            "{p} is not a SQLite database (it is damaged, or a file of another kind); restore \
+             it from a backup (see `larder backup`), or move it away to start with an empty store"
+        )),
+        Some(E::DatabaseCorrupt) => Error::Setup(format!(
+            "{p} is corrupt ({}); restore it from a backup (see `larder backup`), or move it \
+             away to start with an empty store",
+            sqlite_message(&e)
+        )),
+        Some(E::ReadOnly | E::PermissionDenied | E::CannotOpen) => Error::Setup(format!(
+            "cannot open {p} ({}); the data directory and its files must be readable and \
+             writable by the user running larder",
+            sqlite_message(&e)
+        )),
+        Some(E::DiskFull) => Error::Setup(format!(
+            "no space left on the file system of {p}; free some space and try again"
+        )),
+        _ => Error::storage(context)(e),
+    }
+}
+
+/// SQLite's own words for an error, without rusqlite's repetitions.
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg)) if !msg.is_empty() => msg.clone(),
+        rusqlite::Error::SqliteFailure(code, _) => code.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn migrate(conn: &Connection, path: &Path, version: i64) -> Result<()> {
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = from as i64 + 1;
         conn.execute_batch(&format!(
@@ -158,7 +262,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
         ))
         .map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
-            Error::storage("migrating the schema")(e)
+            file_error(path, "migrating the schema", e)
         })?;
         tracing::info!(from, to, "migrated database schema");
     }
@@ -234,11 +338,14 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
+        drop(open_writer(&path, Synchronous::Normal).unwrap());
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(conn);
         let err = open_writer(&path, Synchronous::Normal).unwrap_err();
-        assert!(err.to_string().contains("newer"), "{err}");
+        assert!(matches!(err, Error::Setup(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("newer") && msg.contains("99"), "{msg}");
     }
 
     #[test]
@@ -246,6 +353,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         std::fs::write(&path, vec![b'x'; 8192]).unwrap();
-        assert!(open_writer(&path, Synchronous::Normal).is_err());
+        let err = open_writer(&path, Synchronous::Normal).unwrap_err();
+        assert!(matches!(err, Error::Setup(_)), "{err:?}");
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    }
+
+    /// A database of another program, with or without a schema version of its own.
+    fn foreign_file(user_version: i64) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); \
+             INSERT INTO users (name) VALUES ('ada'); PRAGMA user_version = {user_version};"
+        ))
+        .unwrap();
+        drop(conn);
+        let bytes = std::fs::read(&path).unwrap();
+        (dir, path, bytes)
+    }
+
+    #[test]
+    fn a_database_of_another_program_is_refused_and_left_as_it_was() {
+        for user_version in [0, 2, 99] {
+            let (_dir, path, before) = foreign_file(user_version);
+            let err = open_writer(&path, Synchronous::Normal).unwrap_err();
+            assert!(matches!(err, Error::Setup(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("not a larder database") && msg.contains("users"),
+                "user_version {user_version}: {msg}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                before,
+                "user_version {user_version}: the file was changed"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_a_new_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        std::fs::write(&path, b"").unwrap();
+        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        assert_eq!(identify(&conn, &path).unwrap(), SCHEMA_VERSION);
     }
 }

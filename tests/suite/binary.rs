@@ -125,15 +125,25 @@ impl Daemon {
     }
 
     /// A RateLimitService client over TCP, at the address the daemon logged (call once it
-    /// accepts connections on its socket: it listens on TCP before that).
+    /// accepts connections on its socket: it is bound to TCP before that, but the socket
+    /// accepts as soon as it is bound, which may be before the line is logged).
     async fn tcp_rate_limits(&self) -> RateLimits {
-        let log = read_log(&self.log);
-        let addr = log
-            .lines()
-            .filter(|l| l.contains("listening on tcp"))
-            .find_map(|l| l.split("addr=").nth(1))
-            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
-            .unwrap_or_else(|| panic!("no TCP address in the log:\n{log}"));
+        let logged_addr = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("listening on tcp"))
+                .find_map(|l| l.split("addr=").nth(1))
+                .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+        };
+        let mut addr = None;
+        for _ in 0..POLLS {
+            addr = logged_addr(&read_log(&self.log));
+            if addr.is_some() {
+                break;
+            }
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+        let addr =
+            addr.unwrap_or_else(|| panic!("no TCP address in the log:\n{}", read_log(&self.log)));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("a valid endpoint")
             .connect()
