@@ -1,6 +1,7 @@
 //! Binding the listeners and running the gRPC server over a store, with the ordered teardown:
 //! health NOT_SERVING → stop accepting → drain in-flight calls (bounded) → close the store
-//! (writer commits what was queued, WAL checkpoint) → remove the socket file.
+//! (writer commits what was queued, WAL checkpoint) → remove the socket file. The metrics
+//! endpoint, when on, serves until the calls have drained and is stopped before the store.
 //!
 //! The caller opens the store and passes the shutdown future, so tests run the real server on
 //! port 0 and stop it without signals.
@@ -8,6 +9,7 @@
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -21,6 +23,8 @@ use tonic_health::ServingStatus;
 
 use crate::config::{AuthConfig, TlsConfig, defaults};
 use crate::error::{Error, Result};
+use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::metrics::{Metrics, MetricsServer};
 use crate::pb;
 use crate::pb::cache_service_server::CacheServiceServer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
@@ -31,11 +35,13 @@ use crate::service::ratelimit::{RateLimitApi, RateLimitSettings};
 use crate::service::session::{SessionApi, SessionSettings};
 use crate::store::Store;
 
-/// The sockets the server accepts on; either or both.
+/// The sockets the server accepts on: TCP, a Unix socket or both for gRPC, and optionally
+/// a TCP listener for the metrics endpoint.
 #[derive(Debug)]
 pub struct Listeners {
     tcp: Option<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
+    metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -64,12 +70,27 @@ impl Listeners {
             Some(path) => Some((bind_unix(path, socket_mode)?, path.to_owned())),
             None => None,
         };
-        Ok(Self { tcp, unix })
+        Ok(Self {
+            tcp,
+            unix,
+            metrics: None,
+        })
     }
 
     /// Listeners already bound by the caller (tests bind `127.0.0.1:0`).
     pub fn from_bound(tcp: Option<TcpListener>, unix: Option<(UnixListener, PathBuf)>) -> Self {
-        Self { tcp, unix }
+        Self {
+            tcp,
+            unix,
+            metrics: None,
+        }
+    }
+
+    /// Also serves Prometheus metrics at `GET /metrics` on `listener` (see
+    /// [`crate::metrics::bind`]).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
     }
 
     /// The Unix socket path, if any.
@@ -161,7 +182,7 @@ impl Default for ServerSettings {
 /// then tears down in order and closes the store.
 pub async fn serve(
     store: Store,
-    listeners: Listeners,
+    mut listeners: Listeners,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -193,6 +214,16 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("building reflection v1alpha: {e}")))?;
 
+    let (observe, metrics_server) = match listeners.metrics.take() {
+        Some(listener) => {
+            let policies = settings.ratelimit.policies.keys().cloned();
+            let metrics = Arc::new(Metrics::new(store.clone(), policies)?);
+            let layer = metrics.grpc_layer();
+            (layer, Some(MetricsServer::start(listener, metrics)))
+        }
+        None => (GrpcMetricsLayer::off(), None),
+    };
+
     let max_message = settings.limits.max_message_bytes();
     let cache = CacheServiceServer::new(CacheApi::new(store.clone(), settings.limits.clone()))
         .max_decoding_message_size(max_message)
@@ -220,6 +251,7 @@ pub async fn serve(
         let addr = tcp.local_addr().ok();
         let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
         let server = Server::builder()
+            .layer(observe.clone())
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         servers.spawn(async move { (format!("tcp {addr:?}"), server.await) });
@@ -230,6 +262,7 @@ pub async fn serve(
     if let Some((unix, path)) = listeners.unix {
         let incoming = UnixListenerStream::new(unix);
         let server = Server::builder()
+            .layer(observe.clone())
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         tracing::info!(path = %path.display(), "listening on unix socket");
@@ -281,6 +314,9 @@ pub async fn serve(
             "in-flight calls did not finish in time; cutting them"
         );
         servers.shutdown().await;
+    }
+    if let Some(server) = metrics_server {
+        server.stop().await;
     }
 
     let closed = store.close().await;
