@@ -14,6 +14,7 @@ mod suite {
     mod conditions;
     mod expiry;
     mod increment;
+    mod metrics;
     mod persistence;
     mod ratelimit;
     mod rpc;

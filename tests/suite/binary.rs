@@ -22,12 +22,12 @@ use crate::common::{Client, RateLimits, assert_invalid, get, set, unix_channel};
 
 /// Polls while waiting for the daemon to accept connections (or to exit), and the pause
 /// between two: a bounded wait, not a measurement.
-const POLLS: usize = 1_000;
-const POLL_PAUSE: Duration = Duration::from_millis(20);
+pub(super) const POLLS: usize = 1_000;
+pub(super) const POLL_PAUSE: Duration = Duration::from_millis(20);
 
 /// `larder` with `args`, its stderr going to `log`, and no `LARDER_*` setting inherited from
 /// the environment running the tests.
-fn larder(args: &[&std::ffi::OsStr], log: &Path) -> Command {
+pub(super) fn larder(args: &[&std::ffi::OsStr], log: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
     cmd.args(args)
         .stdin(Stdio::null())
@@ -57,7 +57,7 @@ fn serve(data_dir: &Path, socket: &Path, log: &Path) -> Command {
     )
 }
 
-fn read_log(log: &Path) -> String {
+pub(super) fn read_log(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
@@ -177,7 +177,7 @@ impl Drop for Daemon {
 /// Runs a larder that is expected to refuse to start; returns its exit status and stderr.
 /// It gets the same bounded wait as a start-up: if it still runs after that, it is killed and
 /// the test fails instead of hanging.
-async fn refused(mut cmd: Command, log: &Path) -> (ExitStatus, String) {
+pub(super) async fn refused(mut cmd: Command, log: &Path) -> (ExitStatus, String) {
     let mut child = cmd.spawn().expect("starting larder");
     for _ in 0..POLLS {
         if let Some(status) = child.try_wait().unwrap() {
