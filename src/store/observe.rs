@@ -98,8 +98,9 @@ pub struct PolicyChecks {
 impl LimitChecks {
     /// Counts one Check under `policy`.
     pub(crate) fn count(&self, policy: &str, allowed: bool) {
-        let counts = self.counts(policy);
-        let Some(counts) = counts else { return };
+        let Some(counts) = self.counts(policy) else {
+            return;
+        };
         let slot = if allowed {
             &counts.allowed
         } else {
