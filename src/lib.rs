@@ -6,6 +6,7 @@
 //! - [`config`]: the command line and environment → one validated config.
 //! - [`server`]: binds TCP and Unix listeners, serves every gRPC service, ordered shutdown.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
+//! - [`metrics`]: Prometheus metrics: the gRPC call layer and the `/metrics` HTTP endpoint.
 //! - [`service`]: the gRPC services (validation, proto ⇄ store); no SQL here.
 //! - [`store`]: the storage engine: memory LRU, reader pool, group-commit writer, sweeper.
 //! - [`ratelimit`]: the rate-limit algorithms, as pure functions.
@@ -16,6 +17,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod service;

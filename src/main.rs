@@ -70,6 +70,25 @@ fn init_logging(config: &ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Binds the metrics listener when on (first, so that its failure leaves no socket file
+/// behind), then the gRPC listeners.
+async fn bind_listeners(config: &ServeConfig) -> larder::error::Result<Listeners> {
+    let metrics = match config.metrics_listen.as_deref() {
+        Some(addr) => Some(larder::metrics::bind(addr).await?),
+        None => None,
+    };
+    let listeners = Listeners::bind(
+        config.listen.as_deref(),
+        config.unix_socket.as_deref(),
+        config.unix_socket_mode,
+    )
+    .await?;
+    Ok(match metrics {
+        Some(listener) => listeners.with_metrics(listener),
+        None => listeners,
+    })
+}
+
 fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -81,13 +100,7 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         let shutdown = larder::shutdown::on_signal()
             .map_err(|e| anyhow::anyhow!("cannot install SIGTERM/SIGINT handlers: {e}"))?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
-        let listeners = match Listeners::bind(
-            config.listen.as_deref(),
-            config.unix_socket.as_deref(),
-            config.unix_socket_mode,
-        )
-        .await
-        {
+        let listeners = match bind_listeners(&config).await {
             Ok(l) => l,
             Err(e) => {
                 store.close().await?;

@@ -15,6 +15,7 @@ mod suite {
     mod conditions;
     mod expiry;
     mod increment;
+    mod metrics;
     mod ops;
     mod persistence;
     mod ratelimit;

@@ -187,7 +187,7 @@ impl RequestLimitLayer {
     }
 }
 
-impl<S> tower::Layer<S> for RequestLimitLayer {
+impl<S> tower_layer::Layer<S> for RequestLimitLayer {
     type Service = RequestLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -205,9 +205,9 @@ pub struct RequestLimit<S> {
     layer: RequestLimitLayer,
 }
 
-impl<S> tower::Service<http::Request<Body>> for RequestLimit<S>
+impl<S> tower_service::Service<http::Request<Body>> for RequestLimit<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
         + Clone
         + Send
         + 'static,
@@ -253,7 +253,8 @@ mod tests {
     use std::convert::Infallible;
 
     use tokio::sync::oneshot;
-    use tower::{Layer, Service};
+    use tower_layer::Layer;
+    use tower_service::Service;
 
     use super::*;
 

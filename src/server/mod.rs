@@ -1,6 +1,7 @@
 //! Binding the listeners and running the gRPC server over a store, with the ordered teardown:
 //! health NOT_SERVING → stop accepting → drain in-flight calls (bounded) → close the store
-//! (writer commits what was queued, WAL checkpoint) → remove the socket file.
+//! (writer commits what was queued, WAL checkpoint) → remove the socket file. The metrics
+//! endpoint, when on, serves until the calls have drained and is stopped before the store.
 //!
 //! The caller opens the store and passes the shutdown future, so tests run the real server on
 //! port 0 and stop it without signals.
@@ -14,6 +15,7 @@ pub mod notify;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -28,6 +30,8 @@ use tonic_health::ServingStatus;
 use self::limits::{ConnectionLimit, RequestLimitLayer};
 use crate::config::{AuthConfig, TlsConfig, defaults};
 use crate::error::{Error, Result};
+use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::metrics::{Metrics, MetricsServer};
 use crate::pb;
 use crate::pb::cache_service_server::CacheServiceServer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
@@ -38,11 +42,13 @@ use crate::service::ratelimit::{RateLimitApi, RateLimitSettings};
 use crate::service::session::{SessionApi, SessionSettings};
 use crate::store::Store;
 
-/// The sockets the server accepts on; either or both.
+/// The sockets the server accepts on: TCP, a Unix socket or both for gRPC, and optionally
+/// a TCP listener for the metrics endpoint.
 #[derive(Debug)]
 pub struct Listeners {
     tcp: Option<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
+    metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -71,12 +77,27 @@ impl Listeners {
             Some(path) => Some((bind_unix(path, socket_mode)?, path.to_owned())),
             None => None,
         };
-        Ok(Self { tcp, unix })
+        Ok(Self {
+            tcp,
+            unix,
+            metrics: None,
+        })
     }
 
     /// Listeners already bound by the caller (tests bind `127.0.0.1:0`).
     pub fn from_bound(tcp: Option<TcpListener>, unix: Option<(UnixListener, PathBuf)>) -> Self {
-        Self { tcp, unix }
+        Self {
+            tcp,
+            unix,
+            metrics: None,
+        }
+    }
+
+    /// Also serves Prometheus metrics at `GET /metrics` on `listener` (see
+    /// [`crate::metrics::bind`]).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
     }
 
     /// The Unix socket path, if any.
@@ -193,7 +214,7 @@ impl Default for ServerSettings {
 /// then tears down in order and closes the store.
 pub async fn serve(
     store: Store,
-    listeners: Listeners,
+    mut listeners: Listeners,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -225,6 +246,16 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("building reflection v1alpha: {e}")))?;
 
+    let (observe, metrics_server) = match listeners.metrics.take() {
+        Some(listener) => {
+            let policies = settings.ratelimit.policies.keys().cloned();
+            let metrics = Arc::new(Metrics::new(store.clone(), policies)?);
+            let layer = metrics.grpc_layer();
+            (layer, Some(MetricsServer::start(listener, metrics)))
+        }
+        None => (GrpcMetricsLayer::off(), None),
+    };
+
     let max_message = settings.limits.max_message_bytes();
     let cache = CacheServiceServer::new(CacheApi::new(store.clone(), settings.limits.clone()))
         .max_decoding_message_size(max_message)
@@ -252,9 +283,11 @@ pub async fn serve(
     let calls = RequestLimitLayer::new(settings.max_concurrent_requests);
     // One builder for every listener: the same deadline and bounds whichever way a client
     // comes in. tonic takes the shorter of `request_timeout` and the client's grpc-timeout.
+    // Metrics are the outer layer, so calls refused as over the limit are counted too.
     let builder = || {
         Server::builder()
             .timeout(settings.request_timeout)
+            .layer(observe.clone())
             .layer(calls.clone())
     };
     let mut serving = Vec::new();
@@ -335,6 +368,9 @@ pub async fn serve(
             "in-flight calls did not finish in time; cutting them"
         );
         servers.shutdown().await;
+    }
+    if let Some(server) = metrics_server {
+        server.stop().await;
     }
 
     stop_watchdog.cancel();

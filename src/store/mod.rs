@@ -8,6 +8,7 @@
 //! - [`ratelimits`]: rate-limit state in memory, written behind to SQLite, loaded lazily.
 //! - [`stats`]: per-namespace counters.
 //! - [`checkpoint`]: background WAL checkpoints, off the writer's path.
+//! - [`observe`]: what monitoring reads: writer histograms, rate-limit checks, cheap totals.
 //! - [`lock`]: one daemon per data directory.
 //! - [`backup`]: `larder backup`, a consistent copy of a live store into a new file.
 //!
@@ -21,6 +22,7 @@ pub mod backup;
 pub mod checkpoint;
 pub mod lock;
 pub mod memory;
+pub mod observe;
 pub mod ratelimits;
 pub mod schema;
 pub mod sessions;
@@ -148,6 +150,8 @@ struct Inner {
     writer: mpsc::Sender<Command>,
     /// The writer thread and the maintenance task, taken by [`Store::close`].
     background: Mutex<Option<Background>>,
+    /// Writer histograms, rate-limit check counts and the file paths, for metrics.
+    monitor: observe::Monitor,
     /// Held for as long as the store lives.
     _lock: DataDirLock,
 }
@@ -205,6 +209,7 @@ impl Store {
             config.session_memory_bytes as usize,
         ));
         let stats = Arc::new(StatsRegistry::default());
+        let monitor = observe::Monitor::new(db_path.clone());
         let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
             conn,
@@ -215,6 +220,7 @@ impl Store {
             WriterSettings {
                 max_disk_bytes: config.max_disk_bytes,
                 sweep_batch: config.sweep_batch.max(1),
+                metrics: monitor.writer.clone(),
             },
             checkpoint_hint,
         )?;
@@ -262,6 +268,7 @@ impl Store {
                     write_behind: write_behind_task,
                     stop_maintenance,
                 })),
+                monitor,
                 _lock: lock,
             }),
         })

@@ -425,10 +425,15 @@ impl Store {
         consume: bool,
     ) -> Result<Decision> {
         let clock = &self.inner.clock;
-        self.with_limit(policy, key, |state| {
-            ratelimit::decide(rule, state, clock.now_ms(), cost, consume)
-        })
-        .await
+        let decision = self
+            .with_limit(policy, key, |state| {
+                ratelimit::decide(rule, state, clock.now_ms(), cost, consume)
+            })
+            .await?;
+        if consume {
+            self.inner.monitor.checks.count(policy, decision.allowed);
+        }
+        Ok(decision)
     }
 
     /// Forgets a key's state and waits until that is on disk; returns whether the key had

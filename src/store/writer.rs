@@ -12,6 +12,7 @@ mod sessions;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
+use std::time::Instant;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::{Clock, deadline_ms, remaining_ms};
 use crate::error::{Error, Result};
 use crate::store::memory::{CachedEntry, EntryCache};
+use crate::store::observe::WriterMetrics;
 use crate::store::ratelimits::LimitRow;
 use crate::store::sessions::{
     CachedSession, DataLimits, NewSession, SessionCache, SessionRecord, SessionTarget, TokenHash,
@@ -200,6 +202,8 @@ pub struct WriterSettings {
     pub max_disk_bytes: u64,
     /// Expired rows deleted per upkeep pass.
     pub sweep_batch: usize,
+    /// Where each batch's size and commit time are recorded.
+    pub metrics: Arc<WriterMetrics>,
 }
 
 /// A change to apply to memory once the transaction holding it has committed.
@@ -310,7 +314,10 @@ impl Writer {
             checkpoint_hint,
             savepoint_failed: false,
         })
-        .inspect(|w| w.memory.set_access_tracking(w.eviction_in_sight()))
+        .inspect(|w| {
+            w.memory.set_access_tracking(w.eviction_in_sight());
+            w.settings.metrics.set_cache_bytes(w.cache_bytes);
+        })
     }
 
     /// Serves commands until shutdown or until every sender is gone.
@@ -381,7 +388,9 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: &mut Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome>>)>) {
         let now = self.clock.now_ms();
+        let started = Instant::now();
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            self.settings.metrics.failed_batches.inc();
             fail_all(batch, "starting a write transaction", &e);
             return;
         }
@@ -431,6 +440,9 @@ impl Writer {
         }
         let _ = self.checkpoint_hint.try_send(());
         self.cache_bytes = (self.cache_bytes as i64 + effects.bytes_delta).max(0) as u64;
+        self.settings
+            .metrics
+            .committed(batch.len(), started.elapsed(), self.cache_bytes);
         self.memory.set_access_tracking(self.eviction_in_sight());
         for effect in effects.memory {
             match effect {
@@ -483,6 +495,7 @@ impl Writer {
             tracing::error!(error = %e, "rolling back a failed write batch failed");
         }
         self.savepoint_failed = false;
+        self.settings.metrics.failed_batches.inc();
         // Versions handed out in the failed batch are skipped, never reused.
         tracing::warn!(error = %err, writes = batch.len(), "write batch rolled back");
         let source = match &err {

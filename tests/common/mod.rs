@@ -1,5 +1,6 @@
 //! Shared by every test: [`TestServer`] (the real gRPC server over a real store in a temporary
-//! data directory, listening on TCP port 0 and on a Unix socket, with a manual clock), the
+//! data directory, listening on TCP port 0 and on a Unix socket, with a manual clock; metrics
+//! over HTTP on another port 0 when asked), the
 //! clients (CacheService over either transport, SessionService over TCP, RateLimitService over
 //! either transport), one-line wrappers for the common calls, and assertions on gRPC statuses.
 
@@ -50,6 +51,8 @@ pub struct TestServer {
     clock: ManualClock,
     config: StoreConfig,
     settings: ServerSettings,
+    /// Whether the server also serves metrics (on a port 0 of its own).
+    metrics: bool,
     running: Option<Running>,
 }
 
@@ -57,6 +60,7 @@ pub struct TestServer {
 struct Running {
     store: Store,
     tcp_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: oneshot::Sender<()>,
     handle: JoinHandle<larder::error::Result<()>>,
 }
@@ -70,6 +74,20 @@ impl TestServer {
 
     /// A server whose store config is adjusted by `tune` and which runs with `settings`.
     pub async fn start_with(tune: impl FnOnce(&mut StoreConfig), settings: ServerSettings) -> Self {
+        Self::start_inner(tune, settings, false).await
+    }
+
+    /// A server with `settings` that also serves Prometheus metrics over HTTP; see
+    /// [`TestServer::metrics_addr`].
+    pub async fn start_with_metrics(settings: ServerSettings) -> Self {
+        Self::start_inner(|_| {}, settings, true).await
+    }
+
+    async fn start_inner(
+        tune: impl FnOnce(&mut StoreConfig),
+        settings: ServerSettings,
+        metrics: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let mut config = StoreConfig::new(dir.path().join("data"));
         // The background sweeper would race the tests' own `maintain()` calls.
@@ -80,6 +98,7 @@ impl TestServer {
             clock: ManualClock::new(START_MS),
             config,
             settings,
+            metrics,
             running: None,
         };
         server.launch().await;
@@ -108,7 +127,15 @@ impl TestServer {
         let tcp_addr = tcp.local_addr().expect("the bound TCP address");
         let socket = self.socket_path();
         let unix = larder::server::bind_unix(&socket, 0o660).expect("binding the Unix socket");
-        let listeners = Listeners::from_bound(Some(tcp), Some((unix, socket)));
+        let mut listeners = Listeners::from_bound(Some(tcp), Some((unix, socket)));
+        let mut metrics_addr = None;
+        if self.metrics {
+            let metrics = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("binding the metrics port 0");
+            metrics_addr = Some(metrics.local_addr().expect("the bound metrics address"));
+            listeners = listeners.with_metrics(metrics);
+        }
         let (shutdown, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(larder::server::serve(
             store.clone(),
@@ -121,6 +148,7 @@ impl TestServer {
         self.running = Some(Running {
             store,
             tcp_addr,
+            metrics_addr,
             shutdown,
             handle,
         });
@@ -196,6 +224,14 @@ impl TestServer {
             .connect()
             .await
             .expect("connecting over TCP")
+    }
+
+    /// Where the metrics endpoint listens (a server started with
+    /// [`TestServer::start_with_metrics`]).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.running()
+            .metrics_addr
+            .expect("this server was started without metrics")
     }
 
     /// The clock the store reads; move it with `advance_ms`.
