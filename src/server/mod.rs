@@ -4,6 +4,11 @@
 //!
 //! The caller opens the store and passes the shutdown future, so tests run the real server on
 //! port 0 and stop it without signals.
+//!
+//! [`auth`] checks bearer tokens on each listener; [`tls`] serves TLS on the TCP listener.
+
+pub mod auth;
+pub mod tls;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -12,6 +17,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -19,6 +25,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use self::auth::{AuthLayer, Authenticator, Transport};
+use self::tls::ServerTls;
 use crate::config::{AuthConfig, TlsConfig, defaults};
 use crate::error::{Error, Result};
 use crate::pb;
@@ -157,6 +165,17 @@ impl Default for ServerSettings {
     }
 }
 
+/// Reads the auth token file and the TLS files `settings` name.
+fn load_files(settings: &ServerSettings) -> Result<(Option<Authenticator>, Option<ServerTls>)> {
+    let auth = settings
+        .auth
+        .as_ref()
+        .map(Authenticator::load)
+        .transpose()?;
+    let tls = settings.tls.as_ref().map(ServerTls::load).transpose()?;
+    Ok((auth, tls))
+}
+
 /// Serves every service on the listeners until `shutdown` completes (or a listener fails),
 /// then tears down in order and closes the store.
 pub async fn serve(
@@ -165,6 +184,52 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    serve_with_reload(
+        store,
+        listeners,
+        settings,
+        shutdown,
+        tokio_stream::pending(),
+    )
+    .await
+}
+
+/// [`serve`], reading the auth token file again each time `reload` yields (the daemon passes
+/// SIGHUP, from [`crate::shutdown::on_reload`]).
+///
+/// The token file and the TLS files are read first; if one cannot be used, nothing is served,
+/// the store is closed and the error names the file.
+pub async fn serve_with_reload(
+    store: Store,
+    listeners: Listeners,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+    reload: impl Stream<Item = ()> + Send + Unpin + 'static,
+) -> Result<()> {
+    let (auth, tls) = match load_files(&settings) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // Nothing was served: let go of the store and the socket as a stop would.
+            let socket = listeners.unix_path().map(Path::to_owned);
+            drop(listeners);
+            if let Err(closing) = store.close().await {
+                tracing::warn!(error = %closing, "closing the store after a failed start");
+            }
+            if let Some(path) = socket {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(auth) = &auth {
+        tracing::info!(
+            path = %auth.token_file().display(),
+            tokens = auth.token_count(),
+            unix_socket = auth.unix_socket(),
+            "bearer tokens required"
+        );
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
     health
@@ -219,22 +284,34 @@ pub async fn serve(
     if let Some(tcp) = listeners.tcp {
         let addr = tcp.local_addr().ok();
         let incoming = TcpIncoming::from(tcp).with_nodelay(Some(true));
-        let server = Server::builder()
+        let builder = match &tls {
+            Some(tls) => tls.server(),
+            None => Server::builder(),
+        };
+        let server = builder
+            .layer(AuthLayer::new(auth.as_ref(), Transport::Tcp))
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         servers.spawn(async move { (format!("tcp {addr:?}"), server.await) });
         if let Some(addr) = addr {
             tracing::info!(%addr, "listening on tcp");
         }
+        if let Some(tls) = &tls {
+            let cert = tls.cert().display();
+            tracing::info!(%cert, chain = tls.chain_len(), "tcp serves TLS");
+        }
     }
     if let Some((unix, path)) = listeners.unix {
         let incoming = UnixListenerStream::new(unix);
         let server = Server::builder()
+            .layer(AuthLayer::new(auth.as_ref(), Transport::Unix))
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         tracing::info!(path = %path.display(), "listening on unix socket");
         servers.spawn(async move { (format!("unix {}", path.display()), server.await) });
     }
+
+    let reloader = tokio::spawn(auth::reload_on(auth, reload, stop_accepting.clone()));
 
     let mut failure = None;
     tokio::select! {
@@ -281,6 +358,9 @@ pub async fn serve(
             "in-flight calls did not finish in time; cutting them"
         );
         servers.shutdown().await;
+    }
+    if let Err(e) = reloader.await {
+        tracing::warn!(error = %e, "the token reload task failed");
     }
 
     let closed = store.close().await;
