@@ -9,6 +9,7 @@
 mod common;
 
 mod suite {
+    mod auth;
     mod binary;
     mod bounds;
     mod conditions;

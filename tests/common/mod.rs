@@ -193,6 +193,11 @@ impl TestServer {
             .expect("connecting over TCP")
     }
 
+    /// The TCP address the server listens on.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.running().tcp_addr
+    }
+
     /// The clock the store reads; move it with `advance_ms`.
     pub fn clock(&self) -> &ManualClock {
         &self.clock

@@ -22,12 +22,12 @@ use crate::common::{Client, RateLimits, assert_invalid, get, set, unix_channel};
 
 /// Polls while waiting for the daemon to accept connections (or to exit), and the pause
 /// between two: a bounded wait, not a measurement.
-const POLLS: usize = 1_000;
-const POLL_PAUSE: Duration = Duration::from_millis(20);
+pub(crate) const POLLS: usize = 1_000;
+pub(crate) const POLL_PAUSE: Duration = Duration::from_millis(20);
 
 /// `larder` with `args`, its stderr going to `log`, and no `LARDER_*` setting inherited from
 /// the environment running the tests.
-fn larder(args: &[&std::ffi::OsStr], log: &Path) -> Command {
+pub(crate) fn larder(args: &[&std::ffi::OsStr], log: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
     cmd.args(args)
         .stdin(Stdio::null())
@@ -42,7 +42,7 @@ fn larder(args: &[&std::ffi::OsStr], log: &Path) -> Command {
 }
 
 /// `larder serve` on a data directory, TCP on a free port and a Unix socket.
-fn serve(data_dir: &Path, socket: &Path, log: &Path) -> Command {
+pub(crate) fn serve(data_dir: &Path, socket: &Path, log: &Path) -> Command {
     larder(
         &[
             "serve".as_ref(),
@@ -57,12 +57,12 @@ fn serve(data_dir: &Path, socket: &Path, log: &Path) -> Command {
     )
 }
 
-fn read_log(log: &Path) -> String {
+pub(crate) fn read_log(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
 /// A `larder serve` child process, killed if the test ends while it still runs.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     log: PathBuf,
 }
@@ -73,7 +73,7 @@ impl Daemon {
     }
 
     /// [`Daemon::spawn`] with `extra` flags.
-    fn spawn_with(
+    pub(crate) fn spawn_with(
         data_dir: &Path,
         socket: &Path,
         log: PathBuf,
@@ -90,7 +90,7 @@ impl Daemon {
     }
 
     /// Waits until the daemon accepts connections on `socket`, then returns a channel to it.
-    async fn channel(&mut self, socket: &Path) -> Channel {
+    pub(crate) async fn channel(&mut self, socket: &Path) -> Channel {
         for _ in 0..POLLS {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
@@ -110,7 +110,7 @@ impl Daemon {
     }
 
     /// Waits until the daemon accepts connections on `socket`, then returns a client.
-    async fn client(&mut self, socket: &Path) -> Client {
+    pub(crate) async fn client(&mut self, socket: &Path) -> Client {
         CacheServiceClient::new(self.channel(socket).await)
     }
 
@@ -139,7 +139,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM, waits for the process to end and asserts that it exited with status 0.
-    async fn terminate(self) {
+    pub(crate) async fn terminate(self) {
         let log = self.log.clone();
         let status = self.signal("-TERM").await;
         assert!(
@@ -149,15 +149,21 @@ impl Daemon {
         );
     }
 
-    /// Sends `signal` (as `kill` spells it) and waits for the process to end.
-    async fn signal(mut self, signal: &str) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
+    /// Sends `signal` (as `kill` spells it) to the running daemon, and does not wait.
+    pub(crate) fn send(&self, signal: &str) {
+        let child = self.child.as_ref().unwrap();
         let kill = Command::new("kill")
             .arg(signal)
             .arg(child.id().to_string())
             .status()
             .expect("running kill");
         assert!(kill.success(), "kill {signal} failed");
+    }
+
+    /// Sends `signal` (as `kill` spells it) and waits for the process to end.
+    async fn signal(mut self, signal: &str) -> ExitStatus {
+        self.send(signal);
+        let mut child = self.child.take().unwrap();
         tokio::task::spawn_blocking(move || child.wait())
             .await
             .unwrap()
@@ -177,7 +183,7 @@ impl Drop for Daemon {
 /// Runs a larder that is expected to refuse to start; returns its exit status and stderr.
 /// It gets the same bounded wait as a start-up: if it still runs after that, it is killed and
 /// the test fails instead of hanging.
-async fn refused(mut cmd: Command, log: &Path) -> (ExitStatus, String) {
+pub(crate) async fn refused(mut cmd: Command, log: &Path) -> (ExitStatus, String) {
     let mut child = cmd.spawn().expect("starting larder");
     for _ in 0..POLLS {
         if let Some(status) = child.try_wait().unwrap() {
