@@ -39,6 +39,12 @@ pub enum Error {
     /// A bug or an unexpected state; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The auth token file cannot be used (at start-up; never sent to a client).
+    #[error(transparent)]
+    TokenFile(#[from] crate::server::auth::TokenFileError),
+    /// The TLS certificate or key cannot be used (at start-up; never sent to a client).
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// The library's result type.
@@ -65,7 +71,9 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage { source, .. } => storage_code(source),
-            Error::Setup(_) | Error::Internal(_) => Code::Internal,
+            Error::Setup(_) | Error::Internal(_) | Error::TokenFile(_) | Error::Tls(_) => {
+                Code::Internal
+            }
         }
     }
 }

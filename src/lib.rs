@@ -4,8 +4,9 @@
 //!
 //! # Layout
 //! - [`config`]: the command line and environment → one validated config.
-//! - [`server`]: binds TCP and Unix listeners, serves every gRPC service, ordered shutdown.
-//! - [`shutdown`]: SIGTERM/SIGINT as a future.
+//! - [`server`]: binds TCP and Unix listeners, serves every gRPC service, ordered shutdown;
+//!   bearer-token auth ([`server::auth`]) and TLS ([`server::tls`]).
+//! - [`shutdown`]: SIGTERM/SIGINT as a future, SIGHUP as a stream of reloads.
 //! - [`metrics`]: Prometheus metrics: the gRPC call layer and the `/metrics` HTTP endpoint.
 //! - [`service`]: the gRPC services (validation, proto ⇄ store); no SQL here.
 //! - [`store`]: the storage engine: memory LRU, reader pool, group-commit writer, sweeper.

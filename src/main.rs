@@ -7,7 +7,9 @@ use std::sync::Arc;
 use clap::Parser;
 use larder::clock::SystemClock;
 use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
-use larder::server::{Listeners, serve};
+use larder::server::auth::count_tokens;
+use larder::server::tls::ServerTls;
+use larder::server::{Listeners, serve_with_reload};
 use larder::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -28,10 +30,28 @@ fn main() -> ExitCode {
 }
 
 /// `larder check-config`: the configuration is valid (or `into_config` already said why
-/// not); print it as the daemon would run with it.
+/// not), and so are the token and TLS files it names; print it as the daemon would run with
+/// it.
 fn check_config(config: ServeConfig) -> anyhow::Result<()> {
+    let files = check_files(&config)?;
     let text = config.to_toml()?;
     println!("# effective configuration: defaults < config file < LARDER_* variables < flags");
+    if let (Some(n), Some(auth)) = (files.tokens, &config.server.auth) {
+        let tokens = if n == 1 { "token" } else { "tokens" };
+        println!("# auth: {n} {tokens} in {}", auth.token_file.display());
+    }
+    if let (Some(n), Some(tls)) = (files.chain_len, &config.server.tls) {
+        let certificates = if n == 1 {
+            "certificate"
+        } else {
+            "certificates"
+        };
+        println!(
+            "# tls: {n} {certificates} in {}, key in {}",
+            tls.cert.display(),
+            tls.key.display()
+        );
+    }
     print!("{text}");
     Ok(())
 }
@@ -47,6 +67,29 @@ fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let report = larder::store::backup::backup(&data_dir, &args.dest, args.force)?;
     println!("{report}");
     Ok(())
+}
+
+/// What the files named by the configuration hold.
+struct Files {
+    /// Distinct tokens in the auth token file, if auth is on.
+    tokens: Option<usize>,
+    /// Certificates in the TLS chain, if TLS is on.
+    chain_len: Option<usize>,
+}
+
+/// Reads the auth token file and the TLS files the configuration names, so that a bad one
+/// stops `serve` before it touches the data directory, and fails `check-config` with the same
+/// message.
+fn check_files(config: &ServeConfig) -> anyhow::Result<Files> {
+    let tokens = match &config.server.auth {
+        Some(auth) => Some(count_tokens(&auth.token_file)?),
+        None => None,
+    };
+    let chain_len = match &config.server.tls {
+        Some(tls) => Some(ServerTls::load(tls)?.chain_len()),
+        None => None,
+    };
+    Ok(Files { tokens, chain_len })
 }
 
 /// Logs to standard error: human lines (ANSI colours only on a terminal) or JSON objects,
@@ -91,6 +134,7 @@ async fn bind_listeners(config: &ServeConfig) -> larder::error::Result<Listeners
 
 fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     init_logging(&config)?;
+    check_files(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .thread_name("larder-worker")
@@ -99,6 +143,8 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         let shutdown = larder::shutdown::on_signal()
             .map_err(|e| anyhow::anyhow!("cannot install SIGTERM/SIGINT handlers: {e}"))?;
+        let reload = larder::shutdown::on_reload()
+            .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
         let listeners = match bind_listeners(&config).await {
             Ok(l) => l,
@@ -107,7 +153,7 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         };
-        serve(store, listeners, config.server.clone(), shutdown).await?;
+        serve_with_reload(store, listeners, config.server.clone(), shutdown, reload).await?;
         Ok(())
     });
     // Connections still open after the drain deadline, and reads still on blocking threads,

@@ -9,6 +9,7 @@
 mod common;
 
 mod suite {
+    mod auth;
     mod backup;
     mod binary;
     mod bounds;

@@ -8,9 +8,13 @@
 //!
 //! - [`limits`]: the bounds on connections and calls in progress.
 //! - [`notify`]: systemd's READY/STOPPING/WATCHDOG protocol.
+//! - [`auth`]: bearer tokens checked on each listener.
+//! - [`tls`]: TLS on the TCP listener.
 
+pub mod auth;
 pub mod limits;
 pub mod notify;
+pub mod tls;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -27,7 +32,9 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use self::auth::{AuthLayer, Authenticator, Transport};
 use self::limits::{ConnectionLimit, RequestLimitLayer};
+use self::tls::ServerTls;
 use crate::config::{AuthConfig, TlsConfig, defaults};
 use crate::error::{Error, Result};
 use crate::metrics::grpc::GrpcMetricsLayer;
@@ -210,14 +217,71 @@ impl Default for ServerSettings {
     }
 }
 
+/// Reads the auth token file and the TLS files `settings` name.
+fn load_files(settings: &ServerSettings) -> Result<(Option<Authenticator>, Option<ServerTls>)> {
+    let auth = settings
+        .auth
+        .as_ref()
+        .map(Authenticator::load)
+        .transpose()?;
+    let tls = settings.tls.as_ref().map(ServerTls::load).transpose()?;
+    Ok((auth, tls))
+}
+
 /// Serves every service on the listeners until `shutdown` completes (or a listener fails),
 /// then tears down in order and closes the store.
 pub async fn serve(
     store: Store,
-    mut listeners: Listeners,
+    listeners: Listeners,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    serve_with_reload(
+        store,
+        listeners,
+        settings,
+        shutdown,
+        tokio_stream::pending(),
+    )
+    .await
+}
+
+/// [`serve`], reading the auth token file again each time `reload` yields (the daemon passes
+/// SIGHUP, from [`crate::shutdown::on_reload`]).
+///
+/// The token file and the TLS files are read first; if one cannot be used, nothing is served,
+/// the store is closed and the error names the file.
+pub async fn serve_with_reload(
+    store: Store,
+    mut listeners: Listeners,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+    reload: impl Stream<Item = ()> + Send + Unpin + 'static,
+) -> Result<()> {
+    let (auth, tls) = match load_files(&settings) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // Nothing was served: let go of the store and the socket as a stop would.
+            let socket = listeners.unix_path().map(Path::to_owned);
+            drop(listeners);
+            if let Err(closing) = store.close().await {
+                tracing::warn!(error = %closing, "closing the store after a failed start");
+            }
+            if let Some(path) = socket {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(auth) = &auth {
+        tracing::info!(
+            path = %auth.token_file().display(),
+            tokens = auth.token_count(),
+            unix_socket = auth.unix_socket(),
+            "bearer tokens required"
+        );
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
     health
@@ -283,18 +347,23 @@ pub async fn serve(
     let calls = RequestLimitLayer::new(settings.max_concurrent_requests);
     // One builder for every listener: the same deadline and bounds whichever way a client
     // comes in. tonic takes the shorter of `request_timeout` and the client's grpc-timeout.
-    // Metrics are the outer layer, so calls refused as over the limit are counted too.
-    let builder = || {
-        Server::builder()
-            .timeout(settings.request_timeout)
+    // Metrics are the outer layer, so calls refused (no token, over the limit) are counted
+    // too; a call without a valid token never takes a place among the calls in progress.
+    let builder = |tls: Option<&ServerTls>, transport: Transport| {
+        let base = match tls {
+            Some(tls) => tls.server(),
+            None => Server::builder(),
+        };
+        base.timeout(settings.request_timeout)
             .layer(observe.clone())
+            .layer(AuthLayer::new(auth.as_ref(), transport))
             .layer(calls.clone())
     };
     let mut serving = Vec::new();
     if let Some(tcp) = listeners.tcp {
         let addr = tcp.local_addr().ok();
         let incoming = connections.limit(TcpIncoming::from(tcp).with_nodelay(Some(true)));
-        let server = builder()
+        let server = builder(tls.as_ref(), Transport::Tcp)
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         servers.spawn(async move { (format!("tcp {addr:?}"), server.await) });
@@ -302,10 +371,14 @@ pub async fn serve(
             tracing::info!(%addr, "listening on tcp");
             serving.push(addr.to_string());
         }
+        if let Some(tls) = &tls {
+            let cert = tls.cert().display();
+            tracing::info!(%cert, chain = tls.chain_len(), "tcp serves TLS");
+        }
     }
     if let Some((unix, path)) = listeners.unix {
         let incoming = connections.limit(UnixListenerStream::new(unix));
-        let server = builder()
+        let server = builder(None, Transport::Unix)
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         tracing::info!(path = %path.display(), "listening on unix socket");
@@ -321,6 +394,8 @@ pub async fn serve(
         ))
     });
     notify::ready(&format!("serving on {}", serving.join(" and ")));
+
+    let reloader = tokio::spawn(auth::reload_on(auth, reload, stop_accepting.clone()));
 
     let mut failure = None;
     tokio::select! {
@@ -368,6 +443,9 @@ pub async fn serve(
             "in-flight calls did not finish in time; cutting them"
         );
         servers.shutdown().await;
+    }
+    if let Err(e) = reloader.await {
+        tracing::warn!(error = %e, "the token reload task failed");
     }
     if let Some(server) = metrics_server {
         server.stop().await;

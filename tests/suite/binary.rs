@@ -163,15 +163,21 @@ impl Daemon {
         );
     }
 
-    /// Sends `signal` (as `kill` spells it) and waits for the process to end.
-    pub(crate) async fn signal(mut self, signal: &str) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
+    /// Sends `signal` (as `kill` spells it) to the running daemon, and does not wait.
+    pub(crate) fn send(&self, signal: &str) {
+        let child = self.child.as_ref().unwrap();
         let kill = Command::new("kill")
             .arg(signal)
             .arg(child.id().to_string())
             .status()
             .expect("running kill");
         assert!(kill.success(), "kill {signal} failed");
+    }
+
+    /// Sends `signal` (as `kill` spells it) and waits for the process to end.
+    pub(crate) async fn signal(mut self, signal: &str) -> ExitStatus {
+        self.send(signal);
+        let mut child = self.child.take().unwrap();
         tokio::task::spawn_blocking(move || child.wait())
             .await
             .unwrap()
