@@ -156,8 +156,8 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         serve_with_reload(store, listeners, config.server.clone(), shutdown, reload).await?;
         Ok(())
     });
-    // Connections still open after the drain deadline, and reads still on blocking threads,
-    // get a moment to end; the store is already closed and every write committed.
+    // Reads still on blocking threads (their callers are gone) get a moment to end; the
+    // connections are closed, the store is closed and every acknowledged write committed.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }

@@ -718,6 +718,7 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         request_timeout,
         max_concurrent_requests: max_concurrent_requests as usize,
         max_connections: max_connections as usize,
+        handshake_timeout: crate::server::limits::HANDSHAKE_TIMEOUT,
         auth,
         tls,
     };

@@ -4,6 +4,11 @@
 //! call gets `UNAVAILABLE`, which gRPC clients and Envoy treat as "retry elsewhere or later"
 //! (the same code a shutting-down server gives). Health checks are never refused, so a busy
 //! daemon is not mistaken for a dead one.
+//!
+//! Every connection also holds its place only while it is used: one that sends nothing within
+//! the handshake timeout ([`HANDSHAKE_TIMEOUT`] by default) of being accepted is closed (a client that connects and stays silent
+//! cannot fill the table), and at shutdown [`ConnectionLimit::cut`] closes every connection
+//! still open after the drain deadline, so that no call outlives the store.
 
 use std::io;
 use std::pin::Pin;
@@ -14,13 +19,19 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::Connected;
 
 /// Path prefix of the health service, which is never refused.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// How long an accepted connection may stay silent before its first byte (the HTTP/2 or TLS
+/// preface a real client sends at once).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At most one warning per this interval for each kind of refusal, so a flood does not
 /// become a flood of log lines.
@@ -70,18 +81,39 @@ pub struct ConnectionLimit {
     permits: Arc<Semaphore>,
     limit: usize,
     warn: Arc<Throttled>,
+    /// Cancelled by [`ConnectionLimit::cut`]: every connection fails its next read or write.
+    cut: CancellationToken,
+    /// How long a new connection may stay silent.
+    handshake_timeout: Duration,
 }
 
 impl ConnectionLimit {
-    /// At most `limit` connections open at once.
-    pub fn new(limit: usize) -> Self {
+    /// At most `limit` connections open at once, each closed if it sends nothing within
+    /// `handshake_timeout` of being accepted.
+    pub fn new(limit: usize, handshake_timeout: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             warn: Arc::new(Throttled::new(
                 "too many open connections (server.max_connections); closing new ones",
             )),
+            cut: CancellationToken::new(),
+            handshake_timeout,
         }
+    }
+
+    /// Closes every connection still open: each fails its next read or write, which ends it
+    /// and drops the calls it carries.
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+
+    /// Waits, at most `within`, until every connection has closed; whether they all did.
+    pub async fn closed(&self, within: Duration) -> bool {
+        let all = u32::try_from(self.limit).unwrap_or(u32::MAX);
+        tokio::time::timeout(within, self.permits.acquire_many(all))
+            .await
+            .is_ok_and(|acquired| acquired.is_ok())
     }
 
     /// The accepted connections of `incoming` that fit the bound, each holding its place
@@ -100,6 +132,8 @@ impl ConnectionLimit {
                 Ok(permit) => Some(Ok(Limited {
                     io,
                     _permit: permit,
+                    cut: Box::pin(this.cut.clone().cancelled_owned()),
+                    silent: Some(Box::pin(tokio::time::sleep(this.handshake_timeout))),
                 })),
                 Err(_) => {
                     this.warn.refused(this.limit);
@@ -115,6 +149,32 @@ impl ConnectionLimit {
 pub struct Limited<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
+    /// Ready once the server cuts every connection.
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Until the first byte arrives: the deadline for it.
+    silent: Option<Pin<Box<Sleep>>>,
+}
+
+impl<IO> Limited<IO> {
+    /// An error once the connection must end (cut at shutdown, or silent too long); polling
+    /// here also registers the task to be woken when that happens.
+    fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.cut.as_mut().poll(cx).is_ready() {
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server is shutting down",
+            ));
+        }
+        if let Some(silent) = self.silent.as_mut()
+            && silent.as_mut().poll(cx).is_ready()
+        {
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client sent nothing after connecting",
+            ));
+        }
+        None
+    }
 }
 
 impl<IO: Connected> Connected for Limited<IO> {
@@ -131,7 +191,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if let Some(e) = self.ended(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.silent = None;
+        }
+        polled
     }
 }
 
@@ -141,6 +209,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.cut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -149,6 +220,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.cut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -346,7 +420,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         use tokio_stream::wrappers::UnboundedReceiverStream;
 
-        let limit = ConnectionLimit::new(1);
+        let limit = ConnectionLimit::new(1, HANDSHAKE_TIMEOUT);
         let accept = |conns: Vec<tokio::io::DuplexStream>| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             for c in conns {

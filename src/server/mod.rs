@@ -176,6 +176,19 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// How long connections cut at shutdown get to close before the store closes anyway.
+const CONNECTIONS_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most calls in progress on one HTTP/2 connection (hyper's own default, which tonic turns
+/// off unless it is set): bounds what one client can open, including health Watch streams,
+/// which the call limit does not count.
+const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
+/// HTTP/2 keepalive: a connection whose peer stops answering pings is closed, so dead clients
+/// give their place back.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How the server behaves, beyond the store.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -195,6 +208,8 @@ pub struct ServerSettings {
     pub max_concurrent_requests: usize,
     /// Most open client connections over all listeners; more are closed on accept.
     pub max_connections: usize,
+    /// How long a new connection may send nothing before it is closed.
+    pub handshake_timeout: Duration,
     /// Bearer-token authentication, if on.
     pub auth: Option<AuthConfig>,
     /// TLS on the TCP listener, if on.
@@ -211,6 +226,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(defaults::REQUEST_TIMEOUT_S),
             max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS as usize,
             max_connections: defaults::MAX_CONNECTIONS as usize,
+            handshake_timeout: limits::HANDSHAKE_TIMEOUT,
             auth: None,
             tls: None,
         }
@@ -343,7 +359,7 @@ pub async fn serve_with_reload(
     let stop_accepting = CancellationToken::new();
     let mut servers = JoinSet::new();
     let socket_path = listeners.unix_path().map(Path::to_owned);
-    let connections = ConnectionLimit::new(settings.max_connections);
+    let connections = ConnectionLimit::new(settings.max_connections, settings.handshake_timeout);
     let calls = RequestLimitLayer::new(settings.max_concurrent_requests);
     // One builder for every listener: the same deadline and bounds whichever way a client
     // comes in. tonic takes the shorter of `request_timeout` and the client's grpc-timeout.
@@ -355,6 +371,9 @@ pub async fn serve_with_reload(
             None => Server::builder(),
         };
         base.timeout(settings.request_timeout)
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(observe.clone())
             .layer(AuthLayer::new(auth.as_ref(), transport))
             .layer(calls.clone())
@@ -440,9 +459,17 @@ pub async fn serve_with_reload(
     if drained.is_err() {
         tracing::warn!(
             timeout = ?settings.drain_timeout,
-            "in-flight calls did not finish in time; cutting them"
+            "calls in progress did not finish in time; closing their connections"
         );
         servers.shutdown().await;
+    }
+    // tonic runs each connection as a task of its own, which ending the accept loops does not
+    // end: close whatever is still open (after a full drain, only idle or streaming
+    // connections such as a health Watch) and wait for them, so that no call runs on after the
+    // store closes.
+    connections.cut();
+    if !connections.closed(CONNECTIONS_CLOSE_TIMEOUT).await {
+        tracing::warn!("some connections did not close in time");
     }
     if let Err(e) = reloader.await {
         tracing::warn!(error = %e, "the token reload task failed");

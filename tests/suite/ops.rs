@@ -316,3 +316,66 @@ async fn connections_past_the_limit_are_refused_until_one_closes() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_sends_nothing_is_closed_and_frees_its_place() {
+    let server = TestServer::start_with(
+        |_| {},
+        ServerSettings {
+            max_connections: 1,
+            handshake_timeout: Duration::from_millis(200),
+            ..ServerSettings::default()
+        },
+    )
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(server.tcp_addr())
+        .await
+        .unwrap();
+    // The server speaks first (its HTTP/2 SETTINGS), then closes the connection. Bounded so
+    // that a connection left open fails the test instead of hanging it.
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut silent, &mut buf).await
+            && n > 0
+        {}
+    })
+    .await
+    .expect("the silent connection was never closed");
+    // Its place is free again: a real client is served.
+    let mut client = server.client().await;
+    set(&mut client, "", "k", &b"v"[..], 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_drain_deadline_open_streams_are_closed_before_serve_returns() {
+    let mut server = TestServer::start_with(
+        |_| {},
+        ServerSettings {
+            drain_timeout: Duration::from_millis(100),
+            ..ServerSettings::default()
+        },
+    )
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some(), "a first status");
+    server.stop().await;
+    // serve() has returned: the stream must already be ended, not merely waiting on a
+    // connection task that outlived the store. Read what is left (NOT_SERVING, maybe), bounded.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stream outlived the server");
+}

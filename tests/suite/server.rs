@@ -269,8 +269,7 @@ async fn health_turns_not_serving_when_shutdown_starts() {
         watches.push((service, watch));
     }
 
-    // Bounded so that a missing status fails the test instead of hanging it: the streams stay
-    // open after the drain deadline, since serve() does not own the connection tasks.
+    // Bounded so that a missing status fails the test instead of hanging it.
     let next_statuses = async {
         let mut next = Vec::new();
         for (service, watch) in &mut watches {
