@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -395,9 +396,12 @@ impl TempCopy {
         let path = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         // A file of that name is left over from a killed backup with this pid: ours to replace.
         let _ = std::fs::remove_file(&path);
+        // Owner-only, whatever the umask: the copy holds every session and cached value.
+        // SQLite keeps an existing file's mode, and gives its journals the same one.
         OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::StorageFull {

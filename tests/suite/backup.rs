@@ -85,6 +85,12 @@ fn restore(backup: &Path, data_dir: &Path) {
 
 /// Asserts that `path` is a standalone, sound Larder database of this build's schema.
 fn assert_sound_copy(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "the copy holds every session: owner-only, got {mode:o}"
+    );
     let header = std::fs::read(path).unwrap();
     assert_eq!(
         (header[18], header[19]),
