@@ -77,7 +77,7 @@ impl BackupArgs {
             data_dir: self.data_dir.clone(),
             ..ServeArgs::default()
         };
-        let mut effective = args.lay_over(file);
+        let mut effective = args.lay_over(file)?;
         fill_defaults(&mut effective);
         Ok(filled(&effective.data_dir))
     }
@@ -151,65 +151,65 @@ pub struct ServeArgs {
     pub unix_socket_mode: Option<String>,
     /// Threads running gRPC; SQLite runs on its own threads besides these [default: 1].
     #[arg(long, env = "LARDER_WORKER_THREADS")]
-    pub worker_threads: Option<u64>,
+    pub worker_threads: Option<String>,
     /// Durability of each commit: normal (survives a crash of the process) or full (also a
     /// power loss) [default: normal].
     #[arg(long, env = "LARDER_SYNCHRONOUS")]
     pub synchronous: Option<String>,
     /// Memory for the LRU in front of SQLite [default: 256MiB].
-    #[arg(long, env = "LARDER_MAX_MEMORY", value_parser = size_arg)]
-    pub max_memory: Option<u64>,
+    #[arg(long, env = "LARDER_MAX_MEMORY")]
+    pub max_memory: Option<String>,
     /// Bound on the cache's keys and values on disk; least recently used entries are evicted
     /// past it [default: 4GiB].
-    #[arg(long, env = "LARDER_MAX_DISK", value_parser = size_arg)]
-    pub max_disk: Option<u64>,
+    #[arg(long, env = "LARDER_MAX_DISK")]
+    pub max_disk: Option<String>,
     /// Largest value accepted; the gRPC message limit follows it [default: 16MiB].
-    #[arg(long, env = "LARDER_MAX_VALUE", value_parser = size_arg)]
-    pub max_value: Option<u64>,
+    #[arg(long, env = "LARDER_MAX_VALUE")]
+    pub max_value: Option<String>,
     /// Longest key, also of rate-limit keys [default: 1KiB].
-    #[arg(long, env = "LARDER_MAX_KEY", value_parser = size_arg)]
-    pub max_key: Option<u64>,
+    #[arg(long, env = "LARDER_MAX_KEY")]
+    pub max_key: Option<String>,
     /// Most items in one GetMany, SetMany or DeleteMany [default: 1000].
     #[arg(long, env = "LARDER_MAX_BATCH")]
-    pub max_batch: Option<u64>,
+    pub max_batch: Option<String>,
     /// Memory for the LRU of sessions (sessions on disk are never evicted) [default: 64MiB].
-    #[arg(long, env = "LARDER_SESSION_MAX_MEMORY", value_parser = size_arg)]
-    pub session_max_memory: Option<u64>,
+    #[arg(long, env = "LARDER_SESSION_MAX_MEMORY")]
+    pub session_max_memory: Option<String>,
     /// Idle TTL of a session created without one [default: 30m].
-    #[arg(long, env = "LARDER_SESSION_IDLE_TTL", value_parser = duration_arg)]
-    pub session_idle_ttl: Option<Duration>,
+    #[arg(long, env = "LARDER_SESSION_IDLE_TTL")]
+    pub session_idle_ttl: Option<String>,
     /// Absolute TTL of a session created without one [default: 30days].
-    #[arg(long, env = "LARDER_SESSION_ABSOLUTE_TTL", value_parser = duration_arg)]
-    pub session_absolute_ttl: Option<Duration>,
+    #[arg(long, env = "LARDER_SESSION_ABSOLUTE_TTL")]
+    pub session_absolute_ttl: Option<String>,
     /// Longest idle or absolute TTL a client may ask for [default: 365days].
-    #[arg(long, env = "LARDER_SESSION_MAX_TTL", value_parser = duration_arg)]
-    pub session_max_ttl: Option<Duration>,
+    #[arg(long, env = "LARDER_SESSION_MAX_TTL")]
+    pub session_max_ttl: Option<String>,
     /// Longest a rate-limit change stays in memory only, i.e. what a crash can lose
     /// [default: 1s].
-    #[arg(long, env = "LARDER_RATELIMIT_WRITE_BEHIND", value_parser = duration_arg)]
-    pub ratelimit_write_behind: Option<Duration>,
+    #[arg(long, env = "LARDER_RATELIMIT_WRITE_BEHIND")]
+    pub ratelimit_write_behind: Option<String>,
     /// Memory for rate-limit state; idle keys past it are left on disk [default: 32MiB].
-    #[arg(long, env = "LARDER_RATELIMIT_MAX_MEMORY", value_parser = size_arg)]
-    pub ratelimit_max_memory: Option<u64>,
+    #[arg(long, env = "LARDER_RATELIMIT_MAX_MEMORY")]
+    pub ratelimit_max_memory: Option<String>,
     /// How long in-flight calls may finish after SIGTERM/SIGINT [default: 10s].
-    #[arg(long, env = "LARDER_DRAIN_TIMEOUT", value_parser = duration_arg)]
-    pub drain_timeout: Option<Duration>,
+    #[arg(long, env = "LARDER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
     /// Longest a call may run; a client's shorter deadline wins [default: 30s].
-    #[arg(long, env = "LARDER_REQUEST_TIMEOUT", value_parser = duration_arg)]
-    pub request_timeout: Option<Duration>,
+    #[arg(long, env = "LARDER_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
     /// Most calls in progress at once; more are refused with UNAVAILABLE [default: 1024].
     #[arg(long, env = "LARDER_MAX_CONCURRENT_REQUESTS")]
-    pub max_concurrent_requests: Option<u64>,
+    pub max_concurrent_requests: Option<String>,
     /// Most open client connections; more are closed at once [default: 512].
     #[arg(long, env = "LARDER_MAX_CONNECTIONS")]
-    pub max_connections: Option<u64>,
+    pub max_connections: Option<String>,
     /// File of bearer tokens, one per line; calls without one of them are UNAUTHENTICATED.
     #[arg(long, env = "LARDER_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
     /// Whether calls over the Unix socket need a token too (false: the socket's file mode is
     /// the guard) [default: true].
-    #[arg(long, env = "LARDER_AUTH_UNIX_SOCKET", action = clap::ArgAction::Set)]
-    pub auth_unix_socket: Option<bool>,
+    #[arg(long, env = "LARDER_AUTH_UNIX_SOCKET")]
+    pub auth_unix_socket: Option<String>,
     /// TLS certificate chain (PEM) for the TCP listener; needs --tls-key.
     #[arg(long, env = "LARDER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -295,46 +295,167 @@ impl ServeArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let mut effective = self.lay_over(file);
+        let mut effective = self.lay_over(file)?;
         fill_defaults(&mut effective);
         build(effective)
     }
 
-    /// The file with every flag or variable that was given laid over it.
-    fn lay_over(self, mut f: FileConfig) -> FileConfig {
+    /// The file with every flag or variable that was given laid over it. Flags and variables
+    /// arrive as text and are parsed here, so that a bad one is named in all three spellings,
+    /// like a bad value in the file.
+    fn lay_over(self, mut f: FileConfig) -> anyhow::Result<FileConfig> {
         overlay(&mut f.data_dir, self.data_dir);
         overlay(&mut f.listen, self.listen);
         overlay(&mut f.unix_socket, self.unix_socket);
         overlay(&mut f.unix_socket_mode, self.unix_socket_mode);
-        overlay(&mut f.worker_threads, self.worker_threads);
+        overlay(
+            &mut f.worker_threads,
+            number(self.worker_threads, "worker_threads", "worker-threads")?,
+        );
         overlay(&mut f.storage.synchronous, self.synchronous);
-        overlay(&mut f.cache.max_memory, self.max_memory);
-        overlay(&mut f.cache.max_disk, self.max_disk);
-        overlay(&mut f.cache.max_value, self.max_value);
-        overlay(&mut f.cache.max_key, self.max_key);
-        overlay(&mut f.cache.max_batch, self.max_batch);
-        overlay(&mut f.session.max_memory, self.session_max_memory);
-        overlay(&mut f.session.idle_ttl, self.session_idle_ttl);
-        overlay(&mut f.session.absolute_ttl, self.session_absolute_ttl);
-        overlay(&mut f.session.max_ttl, self.session_max_ttl);
-        overlay(&mut f.ratelimit.write_behind, self.ratelimit_write_behind);
-        overlay(&mut f.ratelimit.max_memory, self.ratelimit_max_memory);
-        overlay(&mut f.server.drain_timeout, self.drain_timeout);
-        overlay(&mut f.server.request_timeout, self.request_timeout);
+        overlay(
+            &mut f.cache.max_memory,
+            size(self.max_memory, "cache.max_memory", "max-memory")?,
+        );
+        overlay(
+            &mut f.cache.max_disk,
+            size(self.max_disk, "cache.max_disk", "max-disk")?,
+        );
+        overlay(
+            &mut f.cache.max_value,
+            size(self.max_value, "cache.max_value", "max-value")?,
+        );
+        overlay(
+            &mut f.cache.max_key,
+            size(self.max_key, "cache.max_key", "max-key")?,
+        );
+        overlay(
+            &mut f.cache.max_batch,
+            number(self.max_batch, "cache.max_batch", "max-batch")?,
+        );
+        overlay(
+            &mut f.session.max_memory,
+            size(
+                self.session_max_memory,
+                "session.max_memory",
+                "session-max-memory",
+            )?,
+        );
+        overlay(
+            &mut f.session.idle_ttl,
+            duration(
+                self.session_idle_ttl,
+                "session.idle_ttl",
+                "session-idle-ttl",
+            )?,
+        );
+        overlay(
+            &mut f.session.absolute_ttl,
+            duration(
+                self.session_absolute_ttl,
+                "session.absolute_ttl",
+                "session-absolute-ttl",
+            )?,
+        );
+        overlay(
+            &mut f.session.max_ttl,
+            duration(self.session_max_ttl, "session.max_ttl", "session-max-ttl")?,
+        );
+        overlay(
+            &mut f.ratelimit.write_behind,
+            duration(
+                self.ratelimit_write_behind,
+                "ratelimit.write_behind",
+                "ratelimit-write-behind",
+            )?,
+        );
+        overlay(
+            &mut f.ratelimit.max_memory,
+            size(
+                self.ratelimit_max_memory,
+                "ratelimit.max_memory",
+                "ratelimit-max-memory",
+            )?,
+        );
+        overlay(
+            &mut f.server.drain_timeout,
+            duration(self.drain_timeout, "server.drain_timeout", "drain-timeout")?,
+        );
+        overlay(
+            &mut f.server.request_timeout,
+            duration(
+                self.request_timeout,
+                "server.request_timeout",
+                "request-timeout",
+            )?,
+        );
         overlay(
             &mut f.server.max_concurrent_requests,
-            self.max_concurrent_requests,
+            number(
+                self.max_concurrent_requests,
+                "server.max_concurrent_requests",
+                "max-concurrent-requests",
+            )?,
         );
-        overlay(&mut f.server.max_connections, self.max_connections);
+        overlay(
+            &mut f.server.max_connections,
+            number(
+                self.max_connections,
+                "server.max_connections",
+                "max-connections",
+            )?,
+        );
         overlay(&mut f.auth.token_file, self.auth_token_file);
-        overlay(&mut f.auth.unix_socket, self.auth_unix_socket);
+        overlay(
+            &mut f.auth.unix_socket,
+            boolean(
+                self.auth_unix_socket,
+                "auth.unix_socket",
+                "auth-unix-socket",
+            )?,
+        );
         overlay(&mut f.tls.cert, self.tls_cert);
         overlay(&mut f.tls.key, self.tls_key);
         overlay(&mut f.metrics.listen, self.metrics_listen);
         overlay(&mut f.log.format, self.log_format);
         overlay(&mut f.log.level, self.log_level);
-        f
+        Ok(f)
     }
+}
+
+/// A size given as a flag or variable.
+fn size(v: Option<String>, key: &str, flag: &str) -> anyhow::Result<Option<u64>> {
+    v.map(|t| parse_size(&t).map_err(|e| anyhow::anyhow!("{}: {e:#}", named(key, flag))))
+        .transpose()
+}
+
+/// A duration given as a flag or variable.
+fn duration(v: Option<String>, key: &str, flag: &str) -> anyhow::Result<Option<Duration>> {
+    v.map(|t| parse_duration(&t).map_err(|e| anyhow::anyhow!("{}: {e:#}", named(key, flag))))
+        .transpose()
+}
+
+/// A whole number given as a flag or variable.
+fn number(v: Option<String>, key: &str, flag: &str) -> anyhow::Result<Option<u64>> {
+    v.map(|t| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("{}: {t:?} is not a whole number", named(key, flag)))
+    })
+    .transpose()
+}
+
+/// A boolean given as a flag or variable: `true` or `false`.
+fn boolean(v: Option<String>, key: &str, flag: &str) -> anyhow::Result<Option<bool>> {
+    v.map(|t| match t.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(anyhow::anyhow!(
+            "{}: {other:?} is not a boolean; expected true or false",
+            named(key, flag)
+        )),
+    })
+    .transpose()
 }
 
 /// Fills every setting still unset with its default, so the effective config shows all.
@@ -747,16 +868,6 @@ impl ServeConfig {
     pub fn data_dir(&self) -> &Path {
         &self.store.data_dir
     }
-}
-
-/// Parses a size flag.
-fn size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| format!("{e:#}"))
-}
-
-/// Parses a duration flag.
-fn duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Tests of merging flags over the file over the defaults, and of every rejection.
-//! (Environment variables are exercised through the binary in `tests/suite/config.rs`, since
+//! (Environment variables are exercised through the binary in `tests/suite/ops.rs`, since
 //! changing this process's environment would race with the other tests.)
 
 use super::*;

@@ -196,6 +196,30 @@ fn check_config_refuses_bad_settings_naming_them() {
         ),
         (
             "",
+            &[],
+            &[("LARDER_WORKER_THREADS", "two")],
+            "worker_threads (--worker-threads, LARDER_WORKER_THREADS): \"two\" is not a whole number",
+        ),
+        (
+            "",
+            &[],
+            &[("LARDER_MAX_MEMORY", "lots")],
+            "cache.max_memory (--max-memory, LARDER_MAX_MEMORY): \"lots\" is not a size",
+        ),
+        (
+            "",
+            &["--drain-timeout", "soon"],
+            &[],
+            "server.drain_timeout (--drain-timeout, LARDER_DRAIN_TIMEOUT)",
+        ),
+        (
+            "[auth]\ntoken_file = \"/nonexistent\"\n",
+            &[],
+            &[("LARDER_AUTH_UNIX_SOCKET", "yes")],
+            "auth.unix_socket (--auth-unix-socket, LARDER_AUTH_UNIX_SOCKET)",
+        ),
+        (
+            "",
             &["--log-format", "xml"],
             &[],
             "log.format (--log-format, LARDER_LOG_FORMAT)",
