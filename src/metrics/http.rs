@@ -40,7 +40,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Internal(format!("cannot serve metrics on {addr}: {e}")))
+        .map_err(|e| Error::Setup(format!("cannot serve metrics on {addr}: {e}")))
 }
 
 /// The running metrics endpoint. Dropping it without [`MetricsServer::stop`] still tells it

@@ -100,6 +100,7 @@ struct Process {
 impl Metrics {
     /// Metrics over `store`, with rate-limit checks exported for `policies` (and inline).
     pub fn new(store: Store, policies: impl IntoIterator<Item = String>) -> Result<Self> {
+        launched_at();
         let grpc = GrpcMetrics::new(&[
             pb::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -336,14 +337,14 @@ impl Metrics {
                     ConstGauge::new(n),
                 );
             }
-            if let Some(t) = p.start_time_seconds {
-                reg.register_with_unit(
-                    "process_start_time",
-                    "Start time of the process since the Unix epoch",
-                    Unit::Seconds,
-                    ConstGauge::new(t),
-                );
-            }
+            // Under systemd's ProcSubset=pid, /proc/stat (the boot time) is hidden: fall back
+            // to when metrics were set up, at start-up.
+            reg.register_with_unit(
+                "process_start_time",
+                "Start time of the process since the Unix epoch",
+                Unit::Seconds,
+                ConstGauge::new(p.start_time_seconds.unwrap_or_else(launched_at)),
+            );
             if let Some(t) = p.cpu_seconds {
                 reg.register_with_unit(
                     "process_cpu",
@@ -363,6 +364,16 @@ fn file_sizes(db: &Path) -> (Option<u64>, Option<u64>) {
     wal.push("-wal");
     let size = |p: &Path| std::fs::metadata(p).ok().map(|m| m.len());
     (size(db), size(&PathBuf::from(wal)))
+}
+
+/// When the daemon set up its metrics (at start-up), in seconds since the Unix epoch.
+fn launched_at() -> f64 {
+    static LAUNCHED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *LAUNCHED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    })
 }
 
 /// Clock ticks per second in `/proc/<pid>/stat`: fixed at 100 for user space on Linux (the

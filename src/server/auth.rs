@@ -366,13 +366,17 @@ pub async fn reload_on(
             tracing::info!("reload requested, but there is no auth.token_file to read");
             continue;
         };
-        match auth.reload() {
-            Ok(count) => tracing::info!(
+        // Reading a file may block (a slow or network file system): not on a runtime thread.
+        let reloading = auth.clone();
+        let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
+        match reloaded {
+            Err(e) => tracing::error!(error = %e, "the token file reload task failed"),
+            Ok(Ok(count)) => tracing::info!(
                 path = %auth.token_file().display(),
                 tokens = count,
                 "reloaded the auth token file"
             ),
-            Err(e) => tracing::error!(
+            Ok(Err(e)) => tracing::error!(
                 error = %e,
                 tokens = auth.token_count(),
                 "reloading the auth token file failed; keeping the tokens loaded before"
