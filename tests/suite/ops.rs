@@ -1,7 +1,9 @@
 //! What an operator sees: the systemd protocol on a `NOTIFY_SOCKET` the test opens (READY
 //! once serving, STATUS, WATCHDOG pings, STOPPING at SIGTERM), `larder check-config` and the
 //! precedence of its sources (defaults < file < `LARDER_*` variables < flags), its
-//! rejections, and the bounds on connections and calls in progress.
+//! rejections, the bounds on connections (silent ones closed, all cut after the drain
+//! deadline) and on calls in progress, and the request timeout. A call is kept in progress by
+//! holding SQLite's write lock from outside, so that the daemon's writer waits.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -402,4 +404,97 @@ async fn after_the_drain_deadline_open_streams_are_closed_before_serve_returns()
     })
     .await;
     assert!(ended.is_ok(), "the watch stream outlived the server");
+}
+
+/// Takes SQLite's write lock on the server's database from outside, so that the daemon's
+/// writer waits (up to its busy timeout, 5 s) and every write call stays in progress until
+/// the returned connection commits.
+fn hold_the_write_lock(server: &TestServer) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(server.data_dir().join(larder::store::DB_FILE)).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+/// A Set of `key` whose failure the test inspects.
+async fn try_set(c: &mut Client, key: &str) -> Result<larder::pb::SetResponse, tonic::Status> {
+    c.set(larder::pb::SetRequest {
+        key: key.into(),
+        value: b"v".to_vec().into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_past_the_concurrency_limit_are_unavailable_while_health_answers() {
+    let server = TestServer::start_with(
+        |_| {},
+        ServerSettings {
+            max_concurrent_requests: 1,
+            ..ServerSettings::default()
+        },
+    )
+    .await;
+    let lock = hold_the_write_lock(&server);
+    let spawn_stuck = |mut c: Client| tokio::spawn(async move { try_set(&mut c, "stuck").await });
+    let mut stuck = spawn_stuck(server.client().await);
+    // Once the stuck Set holds the one place, a probe is refused at once. Polled, bounded:
+    // the Set may take a moment to arrive, and if a probe took the place first the Set itself
+    // was refused and is sent again.
+    let mut client = server.client().await;
+    let mut refused = None;
+    for _ in 0..POLLS {
+        if stuck.is_finished() {
+            let early = stuck.await.unwrap();
+            assert!(
+                matches!(&early, Err(e) if e.code() == Code::Unavailable),
+                "the Set ended while the write lock was held: {early:?}"
+            );
+            stuck = spawn_stuck(server.client().await);
+        }
+        match try_get(&mut client, "stuck").await {
+            Err(e) if e.code() == Code::Unavailable => {
+                refused = Some(e);
+                break;
+            }
+            _ => tokio::time::sleep(POLL_PAUSE).await,
+        }
+    }
+    let refused = refused.expect("a call past the limit was never refused");
+    assert!(refused.message().contains("busy"), "{refused:?}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health checks are never refused");
+    assert_eq!(serving.into_inner().status, 1, "SERVING");
+
+    lock.execute_batch("COMMIT").unwrap();
+    assert!(stuck.await.unwrap().unwrap().stored);
+    assert!(
+        try_get(&mut client, "stuck").await.unwrap().found,
+        "the place is free again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_running_past_the_request_timeout_is_cut() {
+    let server = TestServer::start_with(
+        |_| {},
+        ServerSettings {
+            request_timeout: Duration::from_millis(200),
+            ..ServerSettings::default()
+        },
+    )
+    .await;
+    let lock = hold_the_write_lock(&server);
+    let mut client = server.client().await;
+    let cut = try_set(&mut client, "slow").await.unwrap_err();
+    assert_eq!(cut.code(), Code::Cancelled, "{cut:?}");
+    lock.execute_batch("COMMIT").unwrap();
+    // The server is fine afterwards; reads never waited for the writer.
+    assert!(try_set(&mut client, "quick").await.unwrap().stored);
 }
