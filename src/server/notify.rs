@@ -1,6 +1,7 @@
 //! The systemd service protocol (`Type=notify`): `READY=1` once every listener serves,
 //! `STOPPING=1` when shutdown starts, `STATUS=` lines saying what the daemon is doing, and
-//! `WATCHDOG=1` pings at half the `WatchdogSec=` interval while the store answers.
+//! `WATCHDOG=1` pings at half the `WatchdogSec=` interval while the store answers (a reader
+//! reads and the writer gets through its queue).
 //!
 //! Outside systemd (`NOTIFY_SOCKET` unset) every call here does nothing. A failure to notify
 //! is logged, never fatal: the daemon serves either way, and systemd reports the missing

@@ -579,14 +579,24 @@ impl Store {
         }
     }
 
-    /// Answers once a pooled reader has read the database: a liveness check (the systemd
-    /// watchdog) that costs one tiny query.
+    /// Answers once a pooled reader has read the database and the writer has taken a ping
+    /// from its queue (so it has got through every batch queued before): a liveness check for
+    /// the systemd watchdog that costs one tiny query and no write. A writer stuck in a batch
+    /// never answers; one that fails its batches (a full disk) still does, since reads go on.
     pub async fn ping(&self) -> Result<()> {
         self.read(|conn| {
             conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
                 .map_err(Error::storage("checking the database answers"))
         })
-        .await
+        .await?;
+        let (reply, answer) = oneshot::channel();
+        let gone = || Error::Unavailable("the writer has stopped".into());
+        self.inner
+            .writer
+            .send(Command::Ping { reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
     }
 
     /// Entry and byte counts (live entries only) and counters, for one namespace or all.

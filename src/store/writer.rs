@@ -193,6 +193,9 @@ pub enum Command {
     },
     /// Finish what was queued before, checkpoint the WAL and stop.
     Shutdown { reply: oneshot::Sender<Result<()>> },
+    /// Answer as soon as the writer takes this from its queue: it is alive and has got
+    /// through every batch before it (the watchdog's check).
+    Ping { reply: oneshot::Sender<()> },
 }
 
 /// Settings of the writer.
@@ -340,6 +343,9 @@ impl Writer {
                         shutdown = Some(reply);
                         break;
                     }
+                    Command::Ping { reply } => {
+                        let _ = reply.send(());
+                    }
                 }
                 if batch.len() < MAX_BATCH && batch_bytes < MAX_BATCH_BYTES {
                     next = rx.try_recv().ok();
@@ -358,6 +364,9 @@ impl Writer {
                 }
                 Command::Shutdown { reply } => {
                     let _ = reply.send(Ok(()));
+                }
+                Command::Ping { reply } => {
+                    let _ = reply.send(());
                 }
             }
         }

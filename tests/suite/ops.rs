@@ -498,3 +498,35 @@ async fn a_call_running_past_the_request_timeout_is_cut() {
     // The server is fine afterwards; reads never waited for the writer.
     assert!(try_set(&mut client, "quick").await.unwrap().stored);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_liveness_check_stops_answering_while_the_writer_is_stuck() {
+    let server = TestServer::start().await;
+    let store = server.store();
+    store.ping().await.expect("a live store answers");
+    let lock = hold_the_write_lock(&server);
+    let mut client = server.client().await;
+    let stuck = tokio::spawn(async move { try_set(&mut client, "stuck").await });
+    // Once the Set holds the writer, a ping waits behind it (polled, bounded: before the Set
+    // reaches the writer a ping still answers).
+    let mut unanswered = false;
+    for _ in 0..POLLS {
+        match tokio::time::timeout(Duration::from_millis(500), store.ping()).await {
+            Err(_) => {
+                unanswered = true;
+                break;
+            }
+            Ok(answer) => answer.unwrap(),
+        }
+    }
+    assert!(
+        unanswered,
+        "the ping kept answering while the writer was stuck"
+    );
+    lock.execute_batch("COMMIT").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), store.ping())
+        .await
+        .expect("the writer answers again once free")
+        .unwrap();
+    assert!(stuck.await.unwrap().unwrap().stored);
+}
