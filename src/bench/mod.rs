@@ -382,7 +382,11 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
         system: system.label.clone(),
         op,
         concurrency: plan.concurrency,
-        connections: plan.connections,
+        // Redis callers hold a connection each.
+        connections: match sut {
+            Sut::Grpc(channels) => channels.len(),
+            Sut::Redis { .. } => plan.concurrency,
+        },
         hist: &hist,
         ops,
         errors,
