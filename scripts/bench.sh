@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# bench.sh: the side-by-side benchmark. Builds larder and examples/bench in release mode,
-# starts a bare-tonic baseline server, the real daemon (on a temporary data dir) and Redis on
-# fixed loopback ports, drives each with the same closed-loop load (concurrency 64): cache Get
-# and Set, GetSession against Redis doing the same job (MULTI HGETALL + PEXPIRE EXEC), and on
-# request the rate-limit Check against Redis as web apps use it (ratelimit-sliding: a
-# sliding-window log, MULTI ZREMRANGEBYSCORE + ZADD + ZCARD + PEXPIRE EXEC; ratelimit-gcra:
-# EVALSHA of a GCRA Lua script), and prints one table with the ratios the project aims for.
+# bench.sh: the side-by-side benchmark. Builds larder in release mode, starts a bare-tonic
+# baseline server (`larder bench --bare-server`), the real daemon (on a temporary data dir) and
+# Redis on fixed loopback ports, drives each with the same closed-loop load (`larder bench`,
+# concurrency 64): cache Get and Set, GetSession against Redis doing the same job (MULTI
+# HGETALL + PEXPIRE EXEC), and on request Increment (INCR), GetMany of 16 (MGET of 16) and the
+# rate-limit Check against Redis as web apps use it (ratelimit_sliding: a sliding-window log,
+# MULTI ZREMRANGEBYSCORE + ZADD + ZCARD + PEXPIRE EXEC; ratelimit_gcra: EVALSHA of a GCRA Lua
+# script), and prints one table with the ratios the project aims for.
 # Everything it starts is stopped on exit; nothing listens beyond 127.0.0.1.
 #
-# Environment: BENCH_OPS (which runs, default "get set get-session"; also "ratelimit-sliding"
-# and "ratelimit-gcra"), BENCH_TRANSPORT (tcp, or
+# Environment: BENCH_OPS (which runs, default "get set session_get"; also "incr", "getmany",
+# "ratelimit_sliding" and "ratelimit_gcra"; spaces or commas between them, and the older
+# dashed names, e.g. get-session, work too), BENCH_TRANSPORT (tcp, or
 # unix: larder and Redis both over Unix sockets, the bare baseline left out), BENCH_DURATION (seconds measured per run, default 10), BENCH_WARMUP (seconds,
 # default 2), BENCH_CONCURRENCY (64), BENCH_CONNECTIONS (4), BENCH_KEYS (10000),
 # BENCH_VALUE_SIZE (100), BENCH_WORKERS (gRPC threads of both servers, 1), BENCH_REDIS_REQUESTS (requests per redis-benchmark run, default
@@ -20,7 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
-ops="${BENCH_OPS:-get set get-session}"
+ops="${BENCH_OPS:-get set session_get}"
+# One spelling: underscores, and session_get for the older get-session.
+ops="$(printf '%s' "$ops" | tr ',-' ' _' | sed 's/\bget_session\b/session_get/g')"
 transport="${BENCH_TRANSPORT:-tcp}"
 case "$transport" in tcp | unix) ;; *)
   echo "bench: BENCH_TRANSPORT must be tcp or unix, got '$transport'" >&2
@@ -116,9 +120,8 @@ echo "settings: duration ${duration}s, warmup ${warmup}s, concurrency $concurren
   "rate limit $rl_limit per $rl_period_ms ms"
 
 section "build (release)"
-cargo build --release --bin larder --example bench
+cargo build --release --bin larder
 larder_bin="$CARGO_TARGET_DIR/release/larder"
-bench_bin="$CARGO_TARGET_DIR/release/examples/bench"
 
 with_redis=1
 if [ "${BENCH_SKIP_REDIS:-0}" = 1 ]; then
@@ -139,7 +142,7 @@ fi
 section "starting servers"
 port_free "$bare_port"
 port_free "$larder_port"
-"$bench_bin" bare-server --listen "127.0.0.1:$bare_port" --worker-threads "$workers" \
+"$larder_bin" bench --bare-server "127.0.0.1:$bare_port" --bare-worker-threads "$workers" \
   >"$tmp/bare.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
@@ -197,12 +200,13 @@ machine_ns() {
   awk 'NR == 1 { printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e7; exit }' /proc/stat
 }
 
-# Runs examples/bench against $2 (a URL) whose server is process $3.
+# Runs `larder bench` against $2 (a URL: larder, the baseline or Redis) whose server is
+# process $3.
 load_run() {
   local system="$1" target="$2" pid="$3" op="$4" line f
   section "$system $op"
-  line="$(timeout "$run_limit" "$bench_bin" load --target "$target" \
-    --system "$system" --op "$op" --concurrency "$concurrency" --connections "$connections" \
+  line="$(timeout "$run_limit" "$larder_bin" bench --target "$target" \
+    --system "$system" --ops "$op" --concurrency "$concurrency" --connections "$connections" \
     --duration "${duration}s" --warmup "${warmup}s" --keys "$keys" \
     --value-size "$value_size" --rl-limit "$rl_limit" --rl-period-ms "$rl_period_ms" \
     --server-pid "$pid" --json)"
@@ -273,11 +277,8 @@ if wants set; then
   load_run larder "$larder" "$larder_pid" set
   [ "$with_bare" = 1 ] && load_run bare "$bare" "$bare_pid" set
 fi
-if wants get-session; then
-  load_run larder "$larder" "$larder_pid" get-session
-fi
-# The bare baseline has no RateLimitService.
-for op in ratelimit-sliding ratelimit-gcra; do
+# The bare baseline has Get and Set only.
+for op in incr getmany session_get ratelimit_sliding ratelimit_gcra; do
   if wants "$op"; then
     load_run larder "$larder" "$larder_pid" "$op"
   fi
@@ -293,14 +294,10 @@ if [ "$with_redis" = 1 ]; then
   if wants set; then
     redis_run redis-aof "$redis_aof_port" "$redis_aof_pid" set
   fi
-  if wants get-session; then
-    # The same client as larder's runs, one connection per caller as web workers hold them.
-    load_run redis "$redis_url" "$redis_pid" get-session
-    load_run redis-aof "$redis_aof_url" "$redis_aof_pid" get-session
-  fi
-  for op in ratelimit-sliding ratelimit-gcra; do
+  # The same client as larder's runs, one connection per caller as web workers hold them.
+  for op in incr getmany session_get ratelimit_sliding ratelimit_gcra; do
     if wants "$op"; then
-      # Each Redis starts the run with no rate-limit state, as larder does.
+      # Each Redis starts the run with no rate-limit state (and no counters), as larder does.
       load_run redis "$redis_url" "$redis_pid" "$op"
       load_run redis-aof "$redis_aof_url" "$redis_aof_pid" "$op"
     fi
@@ -316,9 +313,9 @@ echo "srv_us/op: server CPU per call. *_cores: CPU used in the measured window, 
   "$(nproc), by the server, the load client, and anything else (other processes, kernel" \
   "threads, hypervisor steal). Redis get and set rows: redis-benchmark, a C client, over its" \
   "whole run; the other Redis rows: the same client as larder's."
-if awk '$2 ~ /^ratelimit-/ { found = 1 } END { exit !found }' "$results"; then
+if awk '$2 ~ /^ratelimit_/ { found = 1 } END { exit !found }' "$results"; then
   echo "rate limits ($rl_limit per $rl_period_ms ms per key, $keys keys), share of checks allowed:"
-  awk '$2 ~ /^ratelimit-/ {
+  awk '$2 ~ /^ratelimit_/ {
     printf "  %-10s %-17s %s\n", $1, $2, ($12 == "null" ? "n/a" : sprintf("%.2f%%", $12 * 100)) }' \
     "$results"
 fi
@@ -335,7 +332,7 @@ verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v != "n/a" && v >= t) ? "met
 
 larder_get="$(rate larder get)"
 larder_set="$(rate larder set)"
-larder_session="$(rate larder get-session)"
+larder_session="$(rate larder session_get)"
 get_ratio="$(ratio "$larder_get" "$(rate bare get)")"
 section "ratios"
 # Only the lines of the ops that ran.
@@ -355,25 +352,35 @@ if [ "$with_redis" = 1 ]; then
     echo "larder set / redis set:  $(ratio "$larder_set" "$(rate redis set)") (redis without persistence)"
     echo "larder set / redis-aof:  $(ratio "$larder_set" "$(rate redis-aof set)") (AOF, fsync every second)"
   fi
-  if wants get-session; then
-    session_ratio="$(ratio "$larder_session" "$(rate redis get-session)")"
-    echo "larder get-session / redis MULTI HGETALL+PEXPIRE: $session_ratio" \
+  if wants incr; then
+    larder_incr="$(rate larder incr)"
+    echo "larder incr / redis INCR:  $(ratio "$larder_incr" "$(rate redis incr)")"
+    echo "larder incr / redis-aof:   $(ratio "$larder_incr" "$(rate redis-aof incr)")"
+  fi
+  if wants getmany; then
+    # The same 16 keys a call on both sides: the ratio of calls is the ratio of keys.
+    larder_getmany="$(rate larder getmany)"
+    echo "larder getmany / redis MGET of 16: $(ratio "$larder_getmany" "$(rate redis getmany)")"
+  fi
+  if wants session_get; then
+    session_ratio="$(ratio "$larder_session" "$(rate redis session_get)")"
+    echo "larder session_get / redis MULTI HGETALL+PEXPIRE: $session_ratio" \
       "(target >= 1.0: $(verdict "$session_ratio" 1.0))"
-    echo "larder get-session / redis-aof:  $(ratio "$larder_session" "$(rate redis-aof get-session)")"
+    echo "larder session_get / redis-aof:  $(ratio "$larder_session" "$(rate redis-aof session_get)")"
   fi
-  if wants ratelimit-sliding; then
-    larder_sliding="$(rate larder ratelimit-sliding)"
-    echo "larder ratelimit-sliding / redis MULTI ZREMRANGEBYSCORE+ZADD+ZCARD+PEXPIRE:" \
-      "$(ratio "$larder_sliding" "$(rate redis ratelimit-sliding)")"
-    echo "larder ratelimit-sliding / redis-aof:  $(ratio "$larder_sliding" \
-      "$(rate redis-aof ratelimit-sliding)")"
+  if wants ratelimit_sliding; then
+    larder_sliding="$(rate larder ratelimit_sliding)"
+    echo "larder ratelimit_sliding / redis MULTI ZREMRANGEBYSCORE+ZADD+ZCARD+PEXPIRE:" \
+      "$(ratio "$larder_sliding" "$(rate redis ratelimit_sliding)")"
+    echo "larder ratelimit_sliding / redis-aof:  $(ratio "$larder_sliding" \
+      "$(rate redis-aof ratelimit_sliding)")"
   fi
-  if wants ratelimit-gcra; then
-    larder_gcra="$(rate larder ratelimit-gcra)"
-    echo "larder ratelimit-gcra / redis EVALSHA gcra.lua:" \
-      "$(ratio "$larder_gcra" "$(rate redis ratelimit-gcra)")"
-    echo "larder ratelimit-gcra / redis-aof:  $(ratio "$larder_gcra" \
-      "$(rate redis-aof ratelimit-gcra)")"
+  if wants ratelimit_gcra; then
+    larder_gcra="$(rate larder ratelimit_gcra)"
+    echo "larder ratelimit_gcra / redis EVALSHA gcra.lua:" \
+      "$(ratio "$larder_gcra" "$(rate redis ratelimit_gcra)")"
+    echo "larder ratelimit_gcra / redis-aof:  $(ratio "$larder_gcra" \
+      "$(rate redis-aof ratelimit_gcra)")"
   fi
 fi
 echo "note: client and servers share the machine's $(nproc) cores; expect run-to-run noise of ±20%."

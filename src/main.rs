@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.into_config().and_then(run_serve),
         Command::CheckConfig(args) => args.into_config().and_then(check_config),
         Command::Backup(args) => backup(args),
+        Command::Bench(args) => larder::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ mod common;
 mod suite {
     mod auth;
     mod backup;
+    mod bench;
     mod binary;
     mod bounds;
     mod conditions;

@@ -45,6 +45,9 @@ pub enum Command {
     CheckConfig(ServeArgs),
     /// Copy the store to a new file, consistently, while the daemon keeps running (or not).
     Backup(BackupArgs),
+    /// Measure a running daemon (and, with --redis, Redis doing the same jobs): ops/s and
+    /// latency per op.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of `larder backup`. The data directory is found as `serve` finds it: the flag, then

@@ -1,0 +1,512 @@
+//! `larder bench`: Larder's own load generator, as `redis-benchmark` is to Redis. It drives a
+//! running daemon over gRPC (`--target http://host:port` or `unix:/path`) and, with
+//! `--redis URL`, Redis doing the same jobs, op by op, Larder then Redis, in the same run, so
+//! that every figure comes with a ratio.
+//!
+//! Each run (one system, one op) is closed-loop: `--concurrency` tasks issue calls back to
+//! back on uniformly random keys of a `--keys` key space, for `--warmup` and then `--duration`
+//! (or until `--requests` calls were measured), each recording its latencies in an HDR
+//! histogram of its own; the histograms are merged at the end of the run. Failed calls count
+//! neither as throughput nor in the latencies.
+//!
+//! - [`ops`]: the operations, their names, and the connections to both systems.
+//! - [`report`]: histogram merge, ratios, the JSON line and the human table.
+//! - [`cpu`]: CPU time of the server, the client and the machine over the measured window.
+//! - `bare`: the bare tonic baseline `scripts/bench.sh` compares Larder with.
+
+mod bare;
+pub mod cpu;
+pub mod ops;
+pub mod report;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+
+use self::cpu::CpuSample;
+use self::ops::{Conn, GETMANY_KEYS, Op, OpsError, Sut, Workload, parse_ops};
+use self::report::{Measured, RunReport};
+
+/// How long a timed run may overrun its warmup + duration before its stuck tasks are
+/// abandoned.
+const OVERRUN_GRACE: Duration = Duration::from_secs(30);
+/// Bound on preloading the key space.
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The warmup of a timed run when `--warmup` is not given (a `--requests` run has none).
+const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
+/// The measured time of a run when neither `--duration` nor `--requests` is given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// The `--ops` list, parsed.
+#[derive(Debug, Clone)]
+pub struct OpList(pub Vec<Op>);
+
+fn op_list(s: &str) -> Result<OpList, OpsError> {
+    parse_ops(s).map(OpList)
+}
+
+/// Flags of `larder bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The Larder daemon: http://HOST:PORT, or unix:/path/to.sock. A Redis URL
+    /// (redis://HOST:PORT or unix+redis:/path) measures that Redis alone.
+    #[arg(long, default_value = "http://127.0.0.1:7379")]
+    pub target: String,
+    /// Redis to run every op against as well, right after Larder: redis://HOST:PORT or
+    /// unix+redis:/path/to.sock.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Ops to run, a comma list of: get, set, incr, getmany, session_get, ratelimit_sliding,
+    /// ratelimit_gcra (dashes work too).
+    #[arg(
+        long,
+        value_parser = op_list,
+        default_value = "get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra"
+    )]
+    pub ops: OpList,
+    /// Callers issuing calls back to back (calls in flight).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections to Larder the callers share, round-robin (Redis: one connection
+    /// per caller, as web workers hold them).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// How long to measure each run, after the warmup, e.g. 10s [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Measure this many calls per run instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// How long to run before measuring, e.g. 2s [default: 2s, or 0s with --requests].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Size of the key space: `key:0` .. `key:{keys-1}` (preloaded for get and getmany),
+    /// `counter:{i}` for incr, that many sessions (preloaded), or rate-limit clients.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Bytes per value written (set, the preload, each session's data).
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Rate-limit ops: units admitted per key and period (GCRA's burst too).
+    #[arg(long, default_value_t = 100)]
+    pub rl_limit: u32,
+    /// Rate-limit ops: the period, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub rl_period_ms: u64,
+    /// Worker threads of the client's own runtime [default: one per core].
+    #[arg(long)]
+    pub client_threads: Option<usize>,
+    /// Process id of the --target server: its CPU time over each measured window is
+    /// reported (Linux, a server on this machine).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Process id of the --redis server, for the same.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
+    /// Label of the --target system in the report [default: larder, or redis for a Redis
+    /// URL].
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print one JSON object per line per system and op instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Serve the bare tonic baseline (Get and Set on a HashMap) on ADDR instead of
+    /// benchmarking; used by scripts/bench.sh.
+    #[arg(long, value_name = "ADDR", hide = true)]
+    pub bare_server: Option<SocketAddr>,
+    /// Worker threads of the bare baseline.
+    #[arg(long, default_value_t = 1, hide = true)]
+    pub bare_worker_threads: usize,
+}
+
+/// When a run stops measuring.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    After(Duration),
+    Requests(u64),
+}
+
+/// The validated settings of a benchmark.
+struct Plan {
+    ops: Vec<Op>,
+    concurrency: usize,
+    connections: usize,
+    stop: Stop,
+    warmup: Duration,
+    keys: u64,
+    value: Bytes,
+    rl_limit: u32,
+    rl_period_ms: u64,
+}
+
+/// One system the ops run against.
+struct System {
+    label: String,
+    sut: Sut,
+    pid: Option<u32>,
+}
+
+/// Runs `larder bench` (or, with `--bare-server`, the baseline server).
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.bare_server {
+        return bare::serve(addr, args.bare_worker_threads);
+    }
+    if args.concurrency == 0 || args.connections == 0 || args.keys == 0 {
+        bail!("--concurrency, --connections and --keys must be at least 1");
+    }
+    if args.rl_limit == 0 || args.rl_period_ms == 0 {
+        bail!("--rl-limit and --rl-period-ms must be at least 1");
+    }
+    let stop = match (args.duration, args.requests) {
+        (_, Some(0)) => bail!("--requests must be at least 1"),
+        (_, Some(n)) => Stop::Requests(n),
+        (Some(d), None) if d.is_zero() => bail!("--duration must be more than 0"),
+        (d, None) => Stop::After(d.unwrap_or(DEFAULT_DURATION)),
+    };
+    let warmup = args.warmup.unwrap_or(match stop {
+        Stop::After(_) => DEFAULT_WARMUP,
+        Stop::Requests(_) => Duration::ZERO,
+    });
+    if args.redis.is_some() && Sut::is_redis_url(&args.target) {
+        bail!("--redis is the second system next to a Larder --target; --target is Redis too");
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.client_threads {
+        if threads == 0 {
+            bail!("--client-threads must be at least 1");
+        }
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.thread_name("bench-worker").enable_all().build()?;
+    let plan = Plan {
+        ops: args.ops.0.clone(),
+        concurrency: args.concurrency,
+        connections: args.connections,
+        stop,
+        warmup,
+        keys: args.keys,
+        value: Bytes::from(vec![b'v'; args.value_size]),
+        rl_limit: args.rl_limit,
+        rl_period_ms: args.rl_period_ms,
+    };
+    runtime.block_on(bench(args, plan))
+}
+
+async fn bench(args: BenchArgs, plan: Plan) -> anyhow::Result<()> {
+    let mut systems = Vec::with_capacity(2);
+    if Sut::is_redis_url(&args.target) {
+        systems.push(System {
+            label: args.system.clone().unwrap_or_else(|| "redis".to_owned()),
+            sut: Sut::redis(&args.target).await?,
+            pid: args.server_pid,
+        });
+    } else {
+        systems.push(System {
+            label: args.system.clone().unwrap_or_else(|| "larder".to_owned()),
+            sut: Sut::grpc(&args.target, plan.connections).await?,
+            pid: args.server_pid,
+        });
+    }
+    if let Some(url) = &args.redis {
+        systems.push(System {
+            label: "redis".to_owned(),
+            sut: Sut::redis(url).await?,
+            pid: args.redis_pid,
+        });
+    }
+
+    let mut reports = Vec::with_capacity(plan.ops.len() * systems.len());
+    for &op in &plan.ops {
+        for system in &systems {
+            if !args.json {
+                eprintln!("bench: {} {} ...", system.label, op.name());
+            }
+            let report = run_op(system, op, &plan)
+                .await
+                .with_context(|| format!("{} {}", system.label, op.name()))?;
+            if args.json {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", report.json_line())?;
+                out.flush()?;
+            }
+            reports.push(report);
+        }
+    }
+    if !args.json {
+        print!("{}", report::table(&reports));
+    }
+    Ok(())
+}
+
+/// What one task measured.
+struct TaskResult {
+    /// Latency of each successful call, in nanoseconds.
+    hist: Histogram<u64>,
+    ops: u64,
+    errors: u64,
+    misses: u64,
+    first_error: Option<String>,
+}
+
+/// One run: `op` against `system`, preloaded as the op needs, measured as the plan says.
+async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunReport> {
+    let sut = &system.sut;
+    let tokens = tokio::time::timeout(
+        PRELOAD_TIMEOUT,
+        sut.preload(op, plan.keys, &plan.value, plan.concurrency),
+    )
+    .await
+    .context("preloading the key space timed out")??;
+    let gcra_sha = match op {
+        Op::RatelimitGcra => sut.load_gcra_script().await?,
+        _ => None,
+    };
+    let workload = Arc::new(Workload {
+        op,
+        keys: plan.keys,
+        value: plan.value.clone(),
+        tokens,
+        rl_limit: plan.rl_limit,
+        rl_period_ms: plan.rl_period_ms,
+        gcra_sha,
+    });
+    let stats_before = sut.stats().await;
+    let mut conns = Vec::with_capacity(plan.concurrency);
+    for task in 0..plan.concurrency {
+        conns.push(sut.conn(task).await?);
+    }
+
+    let start = Instant::now();
+    let from = start + plan.warmup;
+    let (until, budget) = match plan.stop {
+        Stop::After(d) => (Some(from + d), None),
+        Stop::Requests(n) => (None, Some((Arc::new(AtomicU64::new(0)), n))),
+    };
+    let pid = system.pid;
+    let cpu_start = tokio::spawn(async move {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(from)).await;
+        CpuSample::take(pid)
+    });
+    let cpu_end = until.map(|until| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            CpuSample::take(pid)
+        })
+    });
+    let mut tasks = JoinSet::new();
+    for (task, conn) in conns.into_iter().enumerate() {
+        let caller = Caller {
+            workload: workload.clone(),
+            seed: task as u64,
+            from,
+            until,
+            budget: budget.clone(),
+        };
+        tasks.spawn(caller.run(conn));
+    }
+
+    let deadline = until.map(|u| tokio::time::Instant::from_std(u + OVERRUN_GRACE));
+    let mut results = Vec::with_capacity(plan.concurrency);
+    loop {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let stuck = tasks.len();
+                    tasks.abort_all();
+                    bail!(
+                        "{stuck} callers still had a call in flight {OVERRUN_GRACE:?} after the \
+                         run ended"
+                    );
+                }
+            },
+            None => tasks.join_next().await,
+        };
+        let Some(joined) = next else { break };
+        results.push(joined.context("a load task panicked")?);
+    }
+    let ended = Instant::now();
+    // The samplers only sleep and read /proc.
+    let cpu_from = cpu_start.await.context("the CPU sampler panicked")?;
+    let cpu_to = match cpu_end {
+        Some(sampler) => sampler.await.context("the CPU sampler panicked")?,
+        None => CpuSample::take(pid),
+    };
+    let cpu = cpu_from.until(cpu_to);
+    let window = match plan.stop {
+        Stop::After(d) => d,
+        Stop::Requests(_) => ended.saturating_duration_since(from),
+    };
+
+    let hist = report::merge(results.iter().map(|r| &r.hist))?;
+    let sum = |f: fn(&TaskResult) -> u64| results.iter().map(f).sum::<u64>();
+    let (ops, errors, misses) = (sum(|r| r.ops), sum(|r| r.errors), sum(|r| r.misses));
+    if let Some(error) = results.iter().find_map(|r| r.first_error.as_deref()) {
+        eprintln!(
+            "bench: {} {}: {errors} calls failed; the first: {error}",
+            system.label,
+            op.name()
+        );
+    }
+    if misses > 0 && !op.is_rate_limit() {
+        eprintln!(
+            "bench: {} {}: {misses} calls found or stored nothing although the key space was \
+             preloaded",
+            system.label,
+            op.name()
+        );
+    }
+    // The cache's counters, as a check that reads were hits (they say nothing of the rest).
+    if matches!(op, Op::Get | Op::GetMany)
+        && let (Some(before), Some(after)) = (stats_before, sut.stats().await)
+    {
+        eprintln!(
+            "bench: {} {}: over warmup and run the server counted {} cache hits ({} from \
+             memory), {} misses",
+            system.label,
+            op.name(),
+            after.hits.saturating_sub(before.hits),
+            after.memory_hits.saturating_sub(before.memory_hits),
+            after.misses.saturating_sub(before.misses),
+        );
+    }
+    Ok(RunReport::new(&Measured {
+        system: system.label.clone(),
+        op,
+        concurrency: plan.concurrency,
+        // Redis callers hold a connection each.
+        connections: match sut {
+            Sut::Grpc(channels) => channels.len(),
+            Sut::Redis { .. } => plan.concurrency,
+        },
+        hist: &hist,
+        ops,
+        errors,
+        misses,
+        window_secs: window.as_secs_f64(),
+        server_ns: cpu.server_ns,
+        client_ns: cpu.client_ns,
+        machine_ns: cpu.machine_ns,
+    }))
+}
+
+/// One closed-loop caller of a run.
+struct Caller {
+    workload: Arc<Workload>,
+    seed: u64,
+    /// Calls that start at or after `from` are measured.
+    from: Instant,
+    /// A timed run: no call starts after this.
+    until: Option<Instant>,
+    /// A `--requests` run: the measured calls started so far by every caller, and how many
+    /// there are to be.
+    budget: Option<(Arc<AtomicU64>, u64)>,
+}
+
+impl Caller {
+    async fn run(self, mut conn: Conn) -> TaskResult {
+        let w = &*self.workload;
+        let mut rng = XorShift::new(self.seed);
+        let mut r = TaskResult {
+            hist: report::new_histogram(),
+            ops: 0,
+            errors: 0,
+            misses: 0,
+            first_error: None,
+        };
+        // Unique per call of the run: the task in the high bits, its call count in the low ones.
+        let mut nonce = self.seed << 40;
+        let mut many = [0u64; GETMANY_KEYS];
+        loop {
+            let i = rng.below(w.keys);
+            if w.op == Op::GetMany {
+                for k in &mut many {
+                    *k = rng.below(w.keys);
+                }
+            }
+            let t0 = Instant::now();
+            let measured = t0 >= self.from;
+            if measured {
+                if self.until.is_some_and(|until| t0 >= until) {
+                    break;
+                }
+                if let Some((started, total)) = &self.budget
+                    && started.fetch_add(1, Ordering::Relaxed) >= *total
+                {
+                    break;
+                }
+            }
+            nonce += 1;
+            let outcome = conn.call(w, i, &many, nonce).await;
+            let elapsed = t0.elapsed();
+            if !measured {
+                continue;
+            }
+            // A fast error would flatter both the rate and the latencies.
+            match outcome {
+                Ok(answered) => {
+                    r.ops += 1;
+                    r.hist.saturating_record(elapsed.as_nanos() as u64);
+                    if !answered {
+                        r.misses += 1;
+                    }
+                }
+                Err(error) => {
+                    r.errors += 1;
+                    r.first_error.get_or_insert(error);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// xorshift64*: enough to pick load keys uniformly, and free of dependencies.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        // splitmix64 of the seed, so nearby seeds give unrelated streams; never zero.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0), without modulo bias worth mentioning for n ≪ 2^64.
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::XorShift;
+
+    #[test]
+    fn keys_are_drawn_from_the_whole_key_space_and_no_further() {
+        let mut rng = XorShift::new(7);
+        let mut seen = [false; 10];
+        for _ in 0..1000 {
+            let k = rng.below(10);
+            assert!(k < 10);
+            seen[k as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+}

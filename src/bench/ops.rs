@@ -1,0 +1,694 @@
+//! The operations `larder bench` measures, each done the way its users write it: on Larder as
+//! one unary gRPC call, on Redis as the commands web apps send for the same job. Owns the op
+//! names and their parsing, the connections to both systems, the preload that makes reads
+//! hit, and the one measured call.
+//!
+//! | op | Larder | Redis |
+//! |---|---|---|
+//! | `get` | CacheService.Get of `key:{i}` (preloaded: a hit) | `GET` |
+//! | `set` | CacheService.Set (durable ack) | `SET` |
+//! | `incr` | CacheService.Increment of `counter:{i}` by 1 | `INCR` |
+//! | `getmany` | CacheService.GetMany of 16 preloaded keys | `MGET` of the same 16 |
+//! | `session_get` | SessionService.GetSession (sliding idle TTL) | `MULTI; HGETALL; PEXPIRE; EXEC` |
+//! | `ratelimit_sliding` | RateLimitService.Check, sliding window | `MULTI; ZREMRANGEBYSCORE; ZADD; ZCARD; PEXPIRE; EXEC` |
+//! | `ratelimit_gcra` | RateLimitService.Check, GCRA | `EVALSHA` of a GCRA Lua script |
+//!
+//! The rate-limit ops check `rl:sliding:{i}` or `rl:gcra:{i}` against `--rl-limit` units per
+//! `--rl-period-ms`, with no preload; a denied answer is a successful call.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb;
+use crate::pb::cache_service_client::CacheServiceClient;
+use crate::pb::rate_limit_service_client::RateLimitServiceClient;
+use crate::pb::session_service_client::SessionServiceClient;
+
+/// Bound on connecting to either system.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys per `getmany` call (and per `MGET`).
+pub const GETMANY_KEYS: usize = 16;
+/// The idle TTL of benchmark sessions (both systems), as web frameworks default to.
+const SESSION_IDLE_MS: u64 = 30 * 60 * 1000;
+
+/// One operation of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// CacheService.Get; Redis GET.
+    Get,
+    /// CacheService.Set; Redis SET.
+    Set,
+    /// CacheService.Increment; Redis INCR.
+    Incr,
+    /// CacheService.GetMany of [`GETMANY_KEYS`]; Redis MGET of as many.
+    GetMany,
+    /// SessionService.GetSession; Redis MULTI HGETALL + PEXPIRE EXEC.
+    SessionGet,
+    /// RateLimitService.Check, sliding window; a sliding-window log in a Redis sorted set.
+    RatelimitSliding,
+    /// RateLimitService.Check, GCRA; EVALSHA of a GCRA Lua script.
+    RatelimitGcra,
+}
+
+/// Every op, in the order the default run takes them.
+pub const ALL_OPS: [Op; 7] = [
+    Op::Get,
+    Op::Set,
+    Op::Incr,
+    Op::GetMany,
+    Op::SessionGet,
+    Op::RatelimitSliding,
+    Op::RatelimitGcra,
+];
+
+/// An `--ops` entry that names no operation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OpsError {
+    /// A name that is not an op.
+    #[error(
+        "unknown op {0:?}; the ops are get, set, incr, getmany, session_get, ratelimit_sliding \
+         and ratelimit_gcra"
+    )]
+    Unknown(String),
+    /// An empty list, or an empty entry between two commas.
+    #[error("--ops needs at least one op, and no empty entry between commas")]
+    Empty,
+}
+
+impl Op {
+    /// The op's name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Incr => "incr",
+            Op::GetMany => "getmany",
+            Op::SessionGet => "session_get",
+            Op::RatelimitSliding => "ratelimit_sliding",
+            Op::RatelimitGcra => "ratelimit_gcra",
+        }
+    }
+
+    /// The op named `name`; dashes are taken as underscores, and `get_session` (the name
+    /// earlier scripts used) as `session_get`.
+    pub fn parse(name: &str) -> Result<Op, OpsError> {
+        let normal = name.trim().to_ascii_lowercase().replace('-', "_");
+        if normal == "get_session" {
+            return Ok(Op::SessionGet);
+        }
+        ALL_OPS
+            .into_iter()
+            .find(|op| op.name() == normal)
+            .ok_or_else(|| OpsError::Unknown(name.trim().to_owned()))
+    }
+
+    /// Whether a successful call may answer "denied" as a matter of course.
+    pub fn is_rate_limit(self) -> bool {
+        matches!(self, Op::RatelimitSliding | Op::RatelimitGcra)
+    }
+
+    /// Keys read or written per call.
+    pub fn keys_per_call(self) -> u64 {
+        match self {
+            Op::GetMany => GETMANY_KEYS as u64,
+            _ => 1,
+        }
+    }
+
+    /// Whether the key space is written before the run, so that every read hits.
+    fn preloads(self) -> bool {
+        matches!(self, Op::Get | Op::GetMany | Op::SessionGet)
+    }
+}
+
+/// Parses a comma list of ops (`get,set,...`), keeping the order given and dropping repeats.
+pub fn parse_ops(list: &str) -> Result<Vec<Op>, OpsError> {
+    let mut ops = Vec::new();
+    for name in list.split(',') {
+        if name.trim().is_empty() {
+            return Err(OpsError::Empty);
+        }
+        let op = Op::parse(name)?;
+        if !ops.contains(&op) {
+            ops.push(op);
+        }
+    }
+    Ok(ops)
+}
+
+/// The GCRA Lua script of the Redis side of `ratelimit_gcra`: one key per client holding its
+/// theoretical arrival time (TAT), in milliseconds since the epoch by the Redis server's
+/// clock. KEYS[1]: the client's key. ARGV: burst, rate (units per period), period (ms), cost.
+/// Returns {allowed (1 or 0), remaining, retry_after_ms, reset_after_ms}; a denied request
+/// consumes nothing.
+const GCRA_LUA: &str = r"
+local burst = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+
+-- Milliseconds between two units at the steady rate, and how far ahead of now the TAT may
+-- run (a full bucket of `burst` units).
+local interval = period / rate
+local tolerance = interval * burst
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local new_tat = tat + interval * cost
+-- Milliseconds of budget left once this request is counted.
+local room = now + tolerance - new_tat
+if room < 0 then
+  return {0, 0, math.ceil(-room), math.ceil(tat - now)}
+end
+local reset_after = new_tat - now
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(reset_after))
+return {1, math.floor(room / interval), 0, math.ceil(reset_after)}
+";
+
+/// A system under test: Larder (or the bare baseline) over gRPC, or Redis.
+pub(crate) enum Sut {
+    /// `--connections` HTTP/2 connections, which the tasks share round-robin.
+    Grpc(Vec<Channel>),
+    /// A Redis client; every task opens a connection of its own, as web workers hold them.
+    Redis {
+        client: redis::Client,
+        /// The URL as given, for messages.
+        url: String,
+    },
+}
+
+/// What a run's calls are drawn from.
+pub(crate) struct Workload {
+    pub(crate) op: Op,
+    pub(crate) keys: u64,
+    pub(crate) value: Bytes,
+    /// Larder session tokens by index (`session_get`); Redis sessions are `session:{i}`.
+    pub(crate) tokens: Vec<String>,
+    /// Rate limits: units per key and period, and the period in milliseconds.
+    pub(crate) rl_limit: u32,
+    pub(crate) rl_period_ms: u64,
+    /// The SHA1 of the GCRA script as Redis loaded it (Redis `ratelimit_gcra` only).
+    pub(crate) gcra_sha: Option<String>,
+}
+
+/// One task's connection.
+pub(crate) enum Conn {
+    Grpc(Box<GrpcConn>),
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+/// The clients of one gRPC task (over one shared channel).
+pub(crate) struct GrpcConn {
+    cache: CacheServiceClient<Channel>,
+    sessions: SessionServiceClient<Channel>,
+    rate_limits: RateLimitServiceClient<Channel>,
+}
+
+impl Sut {
+    /// Whether `target` names Redis (`redis://…`, or `unix+redis:/path` for its Unix socket).
+    pub(crate) fn is_redis_url(target: &str) -> bool {
+        target.starts_with("redis://")
+            || target.starts_with("rediss://")
+            || target.starts_with("unix+redis:")
+    }
+
+    /// Opens Redis at `url` and checks that it answers (a `PING`), so that a wrong URL stops
+    /// the benchmark before anything is measured.
+    pub(crate) async fn redis(url: &str) -> anyhow::Result<Self> {
+        // `unix+redis:/path` names Redis on a Unix socket (redis-rs spells it unix://).
+        let open_url = match url.strip_prefix("unix+redis:") {
+            Some(path) => format!("unix://{path}"),
+            None => url.to_owned(),
+        };
+        let client = redis::Client::open(open_url.as_str())
+            .with_context(|| format!("{url:?} is not a Redis URL"))?;
+        let sut = Sut::Redis {
+            client,
+            url: url.to_owned(),
+        };
+        let Conn::Redis(mut conn) = sut.conn(0).await? else {
+            unreachable!("a Redis system under test makes Redis connections");
+        };
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .with_context(|| format!("Redis at {url} did not answer PING in {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("Redis at {url} did not answer PING"))?;
+        Ok(sut)
+    }
+
+    /// Connects `connections` HTTP/2 connections to Larder at `target`: `http://host:port`,
+    /// or `unix:/path` for its Unix socket (with the authority `localhost`).
+    pub(crate) async fn grpc(target: &str, connections: usize) -> anyhow::Result<Self> {
+        let unix = target.strip_prefix("unix:").map(PathBuf::from);
+        let uri = if unix.is_some() {
+            "http://localhost".to_owned()
+        } else {
+            target.to_owned()
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .with_context(|| {
+                format!("--target {target:?} is neither a URL (http://host:port) nor unix:/path")
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            // A `Channel` is one HTTP/2 connection; connecting each one eagerly makes it a
+            // distinct connection (clones of one Channel would share it).
+            let connecting = async {
+                match &unix {
+                    Some(path) => {
+                        let path = path.clone();
+                        endpoint
+                            .connect_with_connector(tower::service_fn(
+                                move |_: tonic::transport::Uri| {
+                                    let path = path.clone();
+                                    async move {
+                                        tokio::net::UnixStream::connect(path)
+                                            .await
+                                            .map(hyper_util::rt::TokioIo::new)
+                                    }
+                                },
+                            ))
+                            .await
+                    }
+                    None => endpoint.connect().await,
+                }
+            };
+            let channel = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .with_context(|| format!("connecting to {target} timed out"))?
+                .with_context(|| format!("cannot connect to {target}"))?;
+            channels.push(channel);
+        }
+        Ok(Sut::Grpc(channels))
+    }
+
+    /// The connection of task `task`: a share of the gRPC channels, or a Redis connection of
+    /// its own.
+    pub(crate) async fn conn(&self, task: usize) -> anyhow::Result<Conn> {
+        Ok(match self {
+            Sut::Grpc(channels) => {
+                let channel = channels[task % channels.len()].clone();
+                Conn::Grpc(Box::new(GrpcConn {
+                    cache: CacheServiceClient::new(channel.clone()),
+                    sessions: SessionServiceClient::new(channel.clone()),
+                    rate_limits: RateLimitServiceClient::new(channel),
+                }))
+            }
+            Sut::Redis { client, url } => Conn::Redis(
+                tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+                    .await
+                    .with_context(|| format!("connecting to Redis at {url} timed out"))?
+                    .with_context(|| format!("cannot connect to Redis at {url}"))?,
+            ),
+        })
+    }
+
+    /// The server's cache counters, when it answers Stats (Larder does; the bare baseline
+    /// and Redis do not).
+    pub(crate) async fn stats(&self) -> Option<pb::StatsResponse> {
+        let Sut::Grpc(channels) = self else {
+            return None;
+        };
+        let mut client = CacheServiceClient::new(channels[0].clone());
+        let call = client.stats(pb::StatsRequest::default());
+        match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            _ => None,
+        }
+    }
+
+    /// Loads the GCRA script into Redis (`SCRIPT LOAD`) and returns its SHA1, for `EVALSHA`;
+    /// `None` for gRPC.
+    pub(crate) async fn load_gcra_script(&self) -> anyhow::Result<Option<String>> {
+        let Sut::Redis { client, .. } = self else {
+            return Ok(None);
+        };
+        let loading = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(GCRA_LUA)
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        let sha = tokio::time::timeout(CONNECT_TIMEOUT, loading)
+            .await
+            .context("loading the GCRA script into Redis timed out")?
+            .context("cannot load the GCRA script into Redis")?;
+        Ok(Some(sha))
+    }
+
+    /// Writes every key (or session) of the key space once, spread over `writers` tasks, so
+    /// that every read of `op` hits; returns the session tokens by index (Larder sessions).
+    /// Ops that read nothing preloaded return at once.
+    pub(crate) async fn preload(
+        &self,
+        op: Op,
+        keys: u64,
+        value: &Bytes,
+        writers: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        if !op.preloads() {
+            return Ok(Vec::new());
+        }
+        let writers = writers as u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let mut conn = self.conn(w as usize).await?;
+            let value = value.clone();
+            tasks.spawn(async move {
+                let mut made = Vec::new();
+                let mut i = w;
+                while i < keys {
+                    if let Some(token) = conn
+                        .preload(op, i, &value)
+                        .await
+                        .with_context(|| format!("preloading {i}"))?
+                    {
+                        made.push((i, token));
+                    }
+                    i += writers;
+                }
+                anyhow::Ok(made)
+            });
+        }
+        let mut tokens = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            tokens.extend(joined.context("a preload task panicked")??);
+        }
+        tokens.sort_unstable();
+        Ok(tokens.into_iter().map(|(_, t)| t).collect())
+    }
+}
+
+fn set_request(key: String, value: Bytes) -> pb::SetRequest {
+    pb::SetRequest {
+        namespace: String::new(),
+        key,
+        value,
+        ttl_ms: 0,
+        condition: pb::Condition::Always as i32,
+        expected_version: 0,
+    }
+}
+
+/// The data of benchmark session `i`: a user id, a CSRF secret and `value` as a third field
+/// (both systems store the same).
+fn session_fields(i: u64, value: &Bytes) -> [(String, String); 3] {
+    [
+        ("user_id".to_owned(), format!("user:{i}")),
+        (
+            "csrf".to_owned(),
+            format!("{:032x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        ),
+        (
+            "blob".to_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ),
+    ]
+}
+
+/// The key of rate-limit client `i` (the same on both systems; one prefix per algorithm, as
+/// Redis keeps a sorted set for one and a string for the other).
+fn rate_limit_key(op: Op, i: u64) -> String {
+    match op {
+        Op::RatelimitSliding => format!("rl:sliding:{i}"),
+        _ => format!("rl:gcra:{i}"),
+    }
+}
+
+fn status_text(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+impl Conn {
+    /// Writes key or session `i` of the key space, as the preload before a read run does;
+    /// returns the session token, if the system made one.
+    async fn preload(&mut self, op: Op, i: u64, value: &Bytes) -> anyhow::Result<Option<String>> {
+        match (self, op) {
+            (Conn::Grpc(c), Op::SessionGet) => {
+                let created = c
+                    .sessions
+                    .create_session(pb::CreateSessionRequest {
+                        user_id: format!("user:{i}"),
+                        data: session_fields(i, value).into_iter().collect(),
+                        idle_ttl_ms: SESSION_IDLE_MS,
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(Some(created.into_inner().token))
+            }
+            (Conn::Grpc(c), _) => {
+                c.cache
+                    .set(set_request(format!("key:{i}"), value.clone()))
+                    .await?;
+                Ok(None)
+            }
+            (Conn::Redis(conn), Op::SessionGet) => {
+                let key = format!("session:{i}");
+                redis::pipe()
+                    .atomic()
+                    .hset_multiple(&key, &session_fields(i, value))
+                    .ignore()
+                    .pexpire(&key, SESSION_IDLE_MS as i64)
+                    .ignore()
+                    .exec_async(conn)
+                    .await?;
+                Ok(None)
+            }
+            (Conn::Redis(conn), _) => {
+                redis::cmd("SET")
+                    .arg(format!("key:{i}"))
+                    .arg(&value[..])
+                    .exec_async(conn)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// One measured call on key, session or client `i` (`getmany`: `keys[0..16]`): whether
+    /// it found (or stored) everything asked for or, for rate limits, was allowed. `nonce`
+    /// differs between all calls of a run.
+    pub(crate) async fn call(
+        &mut self,
+        w: &Workload,
+        i: u64,
+        many: &[u64; GETMANY_KEYS],
+        nonce: u64,
+    ) -> Result<bool, String> {
+        match self {
+            Conn::Grpc(c) => c.call(w, i, many).await.map_err(status_text),
+            Conn::Redis(conn) => redis_call(conn, w, i, many, nonce)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl GrpcConn {
+    async fn call(
+        &mut self,
+        w: &Workload,
+        i: u64,
+        many: &[u64; GETMANY_KEYS],
+    ) -> Result<bool, tonic::Status> {
+        match w.op {
+            Op::Get => self
+                .cache
+                .get(pb::GetRequest {
+                    namespace: String::new(),
+                    key: format!("key:{i}"),
+                })
+                .await
+                .map(|r| r.into_inner().found),
+            Op::Set => self
+                .cache
+                .set(set_request(format!("key:{i}"), w.value.clone()))
+                .await
+                .map(|r| r.into_inner().stored),
+            Op::Incr => self
+                .cache
+                .increment(pb::IncrementRequest {
+                    namespace: String::new(),
+                    key: format!("counter:{i}"),
+                    delta: 1,
+                    ttl_ms: 0,
+                })
+                .await
+                .map(|r| r.into_inner().value > 0),
+            Op::GetMany => self
+                .cache
+                .get_many(pb::GetManyRequest {
+                    namespace: String::new(),
+                    keys: many.iter().map(|k| format!("key:{k}")).collect(),
+                })
+                .await
+                .map(|r| r.into_inner().entries.iter().all(|e| e.found)),
+            Op::SessionGet => self
+                .sessions
+                .get_session(pb::GetSessionRequest {
+                    token: w.tokens[i as usize].clone(),
+                })
+                .await
+                .map(|r| r.into_inner().found),
+            Op::RatelimitSliding | Op::RatelimitGcra => {
+                let algorithm = match w.op {
+                    Op::RatelimitSliding => pb::Algorithm::SlidingWindow,
+                    _ => pb::Algorithm::Gcra,
+                };
+                self.rate_limits
+                    .check(pb::CheckRequest {
+                        key: rate_limit_key(w.op, i),
+                        limit: w.rl_limit,
+                        period_ms: w.rl_period_ms,
+                        algorithm: algorithm as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().allowed)
+            }
+        }
+    }
+}
+
+async fn redis_call(
+    conn: &mut redis::aio::MultiplexedConnection,
+    w: &Workload,
+    i: u64,
+    many: &[u64; GETMANY_KEYS],
+    nonce: u64,
+) -> redis::RedisResult<bool> {
+    match w.op {
+        Op::Get => redis::cmd("GET")
+            .arg(format!("key:{i}"))
+            .query_async::<Option<Vec<u8>>>(conn)
+            .await
+            .map(|v| v.is_some()),
+        Op::Set => redis::cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg(&w.value[..])
+            .exec_async(conn)
+            .await
+            .map(|()| true),
+        Op::Incr => redis::cmd("INCR")
+            .arg(format!("counter:{i}"))
+            .query_async::<i64>(conn)
+            .await
+            .map(|v| v > 0),
+        Op::GetMany => {
+            let mut mget = redis::cmd("MGET");
+            for k in many {
+                mget.arg(format!("key:{k}"));
+            }
+            mget.query_async::<Vec<Option<Vec<u8>>>>(conn)
+                .await
+                .map(|values| values.iter().all(Option::is_some))
+        }
+        Op::SessionGet => {
+            let key = format!("session:{i}");
+            redis::pipe()
+                .atomic()
+                .hgetall(&key)
+                .pexpire(&key, SESSION_IDLE_MS as i64)
+                .query_async::<(HashMap<String, String>, bool)>(conn)
+                .await
+                .map(|(fields, _)| !fields.is_empty())
+        }
+        Op::RatelimitSliding => {
+            let key = rate_limit_key(Op::RatelimitSliding, i);
+            // The client's clock, as the web apps keeping this log in Redis use.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            let period = w.rl_period_ms;
+            redis::pipe()
+                .atomic()
+                .zrembyscore(&key, 0, now_ms.saturating_sub(period))
+                .ignore()
+                .zadd(&key, format!("{now_ms}-{nonce:x}"), now_ms)
+                .ignore()
+                .zcard(&key)
+                .pexpire(&key, period as i64)
+                .ignore()
+                .query_async::<(u64,)>(conn)
+                .await
+                .map(|(count,)| count <= u64::from(w.rl_limit))
+        }
+        Op::RatelimitGcra => {
+            let Some(sha) = w.gcra_sha.as_deref() else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the GCRA script was not loaded",
+                )));
+            };
+            redis::cmd("EVALSHA")
+                .arg(sha)
+                .arg(1)
+                .arg(rate_limit_key(Op::RatelimitGcra, i))
+                .arg(w.rl_limit) // burst
+                .arg(w.rl_limit) // rate
+                .arg(w.rl_period_ms)
+                .arg(1) // cost
+                .query_async::<(u8, u64, u64, u64)>(conn)
+                .await
+                .map(|(allowed, _remaining, _retry_after, _reset_after)| allowed == 1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_lists_parse_in_order_in_either_spelling() {
+        assert_eq!(parse_ops("get").unwrap(), vec![Op::Get]);
+        assert_eq!(
+            parse_ops("get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra").unwrap(),
+            ALL_OPS.to_vec()
+        );
+        assert_eq!(
+            parse_ops("ratelimit-gcra, get-session,Session-Get,get").unwrap(),
+            vec![Op::RatelimitGcra, Op::SessionGet, Op::Get]
+        );
+        for op in ALL_OPS {
+            assert_eq!(Op::parse(op.name()), Ok(op));
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_empty_op_is_a_clear_error() {
+        let error = parse_ops("get,hgetall").unwrap_err();
+        assert_eq!(error, OpsError::Unknown("hgetall".to_owned()));
+        let message = error.to_string();
+        assert!(message.contains("\"hgetall\""), "{message}");
+        assert!(message.contains("ratelimit_gcra"), "{message}");
+        assert_eq!(parse_ops(""), Err(OpsError::Empty));
+        assert_eq!(parse_ops("get,,set"), Err(OpsError::Empty));
+    }
+
+    #[test]
+    fn only_getmany_reads_many_keys() {
+        for op in ALL_OPS {
+            let expected = if op == Op::GetMany { 16 } else { 1 };
+            assert_eq!(op.keys_per_call(), expected, "{op:?}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `larder bench` as a user runs it: the built binary against a test server's Unix socket
+//! runs every op and prints one well-formed JSON line per op with no errors, and a Redis it
+//! cannot reach, or an op it does not know, is a clear error rather than a panic. A smoke run
+//! of a few hundred calls: nothing here asserts how fast they were.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+
+use crate::common::TestServer;
+use crate::suite::binary::{POLL_PAUSE, read_log};
+
+/// Polls while waiting for `larder bench` to end: a bounded wait (a minute), not a
+/// measurement.
+const BENCH_POLLS: usize = 3_000;
+
+/// Runs `larder bench` with `args` until it exits (killed, and the test failed, if it runs
+/// for more than a minute); returns its status, standard output and standard error.
+async fn bench(args: &[&str], dir: &Path) -> (ExitStatus, String, String) {
+    let (out, err) = (dir.join("bench.out"), dir.join("bench.err"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
+    cmd.arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).expect("creating the output file"))
+        .stderr(File::create(&err).expect("creating the error file"));
+    let mut child = cmd.spawn().expect("starting larder bench");
+    for _ in 0..BENCH_POLLS {
+        if let Some(status) = child.try_wait().expect("waiting for larder bench") {
+            return (status, read_log(&out), read_log(&err));
+        }
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "larder bench did not end within a minute:\n{}\n{}",
+        read_log(&out),
+        read_log(&err)
+    );
+}
+
+const ALL_OPS: [&str; 7] = [
+    "get",
+    "set",
+    "incr",
+    "getmany",
+    "session_get",
+    "ratelimit_sliding",
+    "ratelimit_gcra",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_runs_every_op_against_the_unix_socket_and_prints_a_json_line_each() {
+    let server = TestServer::start().await;
+    let target = format!("unix:{}", server.socket_path().display());
+    let ops = ALL_OPS.join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--target",
+        &target,
+        "--ops",
+        &ops,
+        "--requests",
+        "200",
+        "--concurrency",
+        "4",
+        "--keys",
+        "100",
+        "--json",
+    ];
+    let (status, stdout, stderr) = bench(&args, dir.path()).await;
+    assert!(status.success(), "larder bench failed: {status}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), ALL_OPS.len(), "one line per op:\n{stdout}");
+    for (line, op) in lines.iter().zip(ALL_OPS) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["system"], "larder", "{line}");
+        assert_eq!(v["op"], op, "{line}");
+        assert_eq!(v["concurrency"], 4, "{line}");
+        assert_eq!(v["errors"], 0, "{line}\n{stderr}");
+        assert_eq!(v["ops"], 200, "{line}");
+        assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0, "{line}");
+        for key in ["p50_us", "p99_us", "p999_us"] {
+            assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {line}");
+        }
+        // Every read hit the preloaded key space, and every Set stored.
+        if !op.starts_with("ratelimit") {
+            assert_eq!(v["misses"], 0, "{line}");
+        }
+    }
+    let getmany: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
+    let (calls, keys) = (
+        getmany["ops_per_sec"].as_f64().unwrap(),
+        getmany["keys_per_sec"].as_f64().unwrap(),
+    );
+    assert!((keys - calls * 16.0).abs() <= 16.0, "{}", lines[3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_redis_or_an_unknown_op_is_a_clear_error() {
+    let server = TestServer::start().await;
+    let target = format!("unix:{}", server.socket_path().display());
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of the loopback interface.
+    let (status, stdout, stderr) = bench(
+        &[
+            "--target",
+            &target,
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--ops",
+            "get",
+            "--requests",
+            "10",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to Redis at redis://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.is_empty(), "nothing was measured:\n{stdout}");
+
+    let (status, _, stderr) = bench(&["--target", &target, "--ops", "get,hget"], dir.path()).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown op \"hget\""), "{stderr}");
+}
