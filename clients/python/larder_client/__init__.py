@@ -1,0 +1,30 @@
+"""larder_client: a typed Python client for Larder (cache, login sessions, rate limiting).
+
+    from larder_client import Larder
+
+    with Larder("127.0.0.1:7379", token=None, timeout=1.0) as larder:
+        larder.cache.set("greeting", b"hello", ttl_ms=60_000)
+        larder.cache.get("greeting")                 # b"hello"
+        token, session = larder.sessions.create("42", {"csrf": "abc"})
+        r = larder.ratelimit.check("ip:203.0.113.9", limit=10, period_ms=60_000)
+        r.allowed, r.headers()                       # X-RateLimit-*, Retry-After when denied
+
+INVALID_ARGUMENT raises ``LarderError`` (a ValueError); any other failure raises
+``grpc.RpcError``. The gRPC stubs are in ``larder_client._gen`` (generated at build time).
+"""
+
+from ._client import Cache, Larder, RateLimit, Sessions
+from ._invoke import LarderError
+from ._types import Entry, RateLimitResult, Session, SessionList
+
+__all__ = [
+    "Cache",
+    "Entry",
+    "Larder",
+    "LarderError",
+    "RateLimit",
+    "RateLimitResult",
+    "Session",
+    "SessionList",
+    "Sessions",
+]

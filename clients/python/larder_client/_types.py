@@ -1,0 +1,99 @@
+"""The values the client returns: cache entries, sessions, rate-limit answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cache entry: its value, version (changes on every write) and remaining TTL.
+
+    ``ttl_ms`` is 0 when the entry has no expiry.
+    """
+
+    value: bytes
+    version: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class Session:
+    """A login session as the server holds it (all times are Unix milliseconds)."""
+
+    session_id: str
+    user_id: str
+    data: Dict[str, str]
+    device_info: str
+    ip: str
+    created_at_ms: int
+    last_seen_at_ms: int
+    idle_expires_at_ms: int
+    absolute_expires_at_ms: int
+    idle_ttl_ms: int
+
+    @classmethod
+    def _from_pb(cls, pb: Any) -> "Session":
+        return cls(
+            session_id=pb.session_id,
+            user_id=pb.user_id,
+            data=dict(pb.data),
+            device_info=pb.device_info,
+            ip=pb.ip,
+            created_at_ms=pb.created_at_ms,
+            last_seen_at_ms=pb.last_seen_at_ms,
+            idle_expires_at_ms=pb.idle_expires_at_ms,
+            absolute_expires_at_ms=pb.absolute_expires_at_ms,
+            idle_ttl_ms=pb.idle_ttl_ms,
+        )
+
+
+@dataclass(frozen=True)
+class SessionList:
+    """A user's live sessions; ``truncated`` says the server returned only the first ones."""
+
+    sessions: List[Session] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class RateLimitResult:
+    """The answer of a rate-limit check (or peek)."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_ms: int
+    retry_after_ms: int
+
+    def headers(self) -> Dict[str, str]:
+        """The HTTP response headers for this answer.
+
+        ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (seconds
+        until the key is back to its full limit, rounded up) always; ``Retry-After`` (seconds,
+        rounded up) only when the request was denied, i.e. with a 429.
+        """
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(_ceil_seconds(self.reset_after_ms)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(_ceil_seconds(self.retry_after_ms))
+        return headers
+
+    @classmethod
+    def _from_pb(cls, pb: Any) -> "RateLimitResult":
+        return cls(
+            allowed=pb.allowed,
+            limit=pb.limit,
+            remaining=pb.remaining,
+            reset_after_ms=pb.reset_after_ms,
+            retry_after_ms=pb.retry_after_ms,
+        )
+
+
+def _ceil_seconds(ms: int) -> int:
+    """Milliseconds to whole seconds, rounded up (exact integer arithmetic)."""
+    return -(-ms // 1000)

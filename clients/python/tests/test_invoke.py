@@ -1,0 +1,100 @@
+"""The retry policy and metadata of larder_client._invoke.Invoker, with a stand-in stub method."""
+
+from __future__ import annotations
+
+from typing import List
+
+import grpc
+import pytest
+
+from larder_client import LarderError
+from larder_client._invoke import Invoker, channel_options
+
+
+class FakeError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return f"fake {self._code.name}"
+
+
+class Method:
+    """Fails with the given codes in turn, then answers "ok"; records every call."""
+
+    def __init__(self, *codes: grpc.StatusCode) -> None:
+        self.codes = list(codes)
+        self.calls: List[dict] = []
+
+    def __call__(self, request, *, timeout, metadata):
+        self.calls.append({"request": request, "timeout": timeout, "metadata": metadata})
+        if self.codes:
+            raise FakeError(self.codes.pop(0))
+        return "ok"
+
+
+def invoker(**kw) -> tuple:
+    slept: List[float] = []
+    return Invoker(kw.pop("token", None), kw.pop("timeout", 1.0), sleep=slept.append, **kw), slept
+
+
+def test_idempotent_calls_retry_unavailable() -> None:
+    call, slept = invoker()
+    method = Method(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
+    assert call(method, "req", idempotent=True) == "ok"
+    assert len(method.calls) == 3
+    assert slept == [0.05, 0.1]
+
+
+def test_idempotent_calls_give_up_after_the_retries() -> None:
+    call, _ = invoker(retries=2)
+    method = Method(*[grpc.StatusCode.UNAVAILABLE] * 3)
+    with pytest.raises(grpc.RpcError) as err:
+        call(method, "req", idempotent=True)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(method.calls) == 3
+
+
+def test_non_idempotent_calls_are_never_retried() -> None:
+    call, slept = invoker()
+    method = Method(grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(grpc.RpcError):
+        call(method, "req", idempotent=False)
+    assert len(method.calls) == 1 and slept == []
+
+
+def test_other_codes_are_not_retried() -> None:
+    call, _ = invoker()
+    method = Method(grpc.StatusCode.DEADLINE_EXCEEDED)
+    with pytest.raises(grpc.RpcError):
+        call(method, "req", idempotent=True)
+    assert len(method.calls) == 1
+
+
+def test_invalid_argument_becomes_larder_error() -> None:
+    call, _ = invoker()
+    with pytest.raises(LarderError, match="fake INVALID_ARGUMENT"):
+        call(Method(grpc.StatusCode.INVALID_ARGUMENT), "req", idempotent=True)
+
+
+def test_token_and_deadlines_are_sent() -> None:
+    call, _ = invoker(token="s3cret-token-value", timeout=0.7)
+    method = Method()
+    call(method, "req", idempotent=True)
+    call(method, "req", idempotent=False, timeout=2.5)
+    assert method.calls[0]["metadata"] == (("authorization", "Bearer s3cret-token-value"),)
+    assert [c["timeout"] for c in method.calls] == [0.7, 2.5]
+    anonymous, _ = invoker()
+    method = Method()
+    anonymous(method, "req", idempotent=True)
+    assert method.calls[0]["metadata"] == ()
+
+
+def test_unix_targets_name_localhost() -> None:
+    assert channel_options("unix:/run/larder.sock", []) == [("grpc.default_authority", "localhost")]
+    assert channel_options("127.0.0.1:7379", []) == []
+    own = [("grpc.default_authority", "larder")]
+    assert channel_options("unix:/x", own) == own
