@@ -10,7 +10,7 @@
 
 pub mod file;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -865,11 +865,6 @@ impl ServeConfig {
     /// stay in their file, and only the file's path is shown.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         self.effective.to_toml()
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.store.data_dir
     }
 }
 

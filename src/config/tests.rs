@@ -2,6 +2,8 @@
 //! (Environment variables are exercised through the binary in `tests/suite/ops.rs`, since
 //! changing this process's environment would race with the other tests.)
 
+use std::path::Path;
+
 use super::*;
 
 fn parse(args: &[&str]) -> anyhow::Result<ServeConfig> {
