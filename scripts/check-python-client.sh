@@ -8,24 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
-larder="${1:-$target/debug/larder}"
-if [ ! -x "$larder" ]; then
-  echo "check-python-client: no larder binary at $larder (build it first)" >&2
-  exit 2
-fi
-larder="$(cd "$(dirname "$larder")" && pwd)/$(basename "$larder")"
+# shellcheck source=scripts/ci-lib.sh
+. scripts/ci-lib.sh
+larder="$(larder_binary check-python-client "${1:-}")"
 
 venv="$HOME/.cache/larder-ci-tools/pyvenv"
-if [ ! -x "$venv/bin/python" ]; then
-  mkdir -p "$(dirname "$venv")"
-  if ! python3 -m venv "$venv"; then
-    # Debian's python3 keeps venv (ensurepip) in a separate package.
-    rm -rf "$venv"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-fi
+python_venv "$venv"
 "$venv/bin/python" --version
 "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio-tools pytest
 # A stale build/ from an earlier run must not stand in for freshly generated stubs.

@@ -8,13 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
-larder="${1:-$target/debug/larder}"
-if [ ! -x "$larder" ]; then
-  echo "check-systemd: no larder binary at $larder (build it first)" >&2
-  exit 2
-fi
-larder="$(cd "$(dirname "$larder")" && pwd)/$(basename "$larder")"
+# shellcheck source=scripts/ci-lib.sh
+. scripts/ci-lib.sh
+larder="$(larder_binary check-systemd "${1:-}")"
 if ! command -v systemd-analyze >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
