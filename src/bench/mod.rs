@@ -3,11 +3,14 @@
 //! `--redis URL`, Redis doing the same jobs, op by op, Larder then Redis, in the same run, so
 //! that every figure comes with a ratio.
 //!
-//! Each run (one system, one op) is closed-loop: `--concurrency` tasks issue calls back to
-//! back on uniformly random keys of a `--keys` key space, for `--warmup` and then `--duration`
-//! (or until `--requests` calls were measured), each recording its latencies in an HDR
-//! histogram of its own; the histograms are merged at the end of the run. Failed calls count
-//! neither as throughput nor in the latencies.
+//! Each run (one system, one op) has `--concurrency` tasks issue calls on uniformly random keys
+//! of a `--keys` key space, for `--warmup` and then `--duration` (or until `--requests` calls
+//! were measured), each recording its latencies in an HDR histogram of its own; the histograms
+//! are merged at the end of the run. Failed calls count neither as throughput nor in the
+//! latencies. By default the loop is closed (a task calls again as soon as it is answered),
+//! which measures the most a system does; with `--rate` it is open: calls are due on a fixed
+//! timetable and a late call is timed from when it was due, so a stall is charged to every
+//! call it held up rather than hidden (coordinated omission).
 //!
 //! - [`ops`]: the operations, their names, and the connections to both systems.
 //! - [`report`]: histogram merge, ratios, the JSON line and the human table.
@@ -32,14 +35,19 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
 use self::cpu::CpuSample;
-use self::ops::{Conn, GETMANY_KEYS, Op, OpsError, Sut, Workload, parse_ops};
+use self::ops::{Bearer, Conn, GETMANY_KEYS, Op, OpsError, Sut, Workload, parse_ops};
 use self::report::{Measured, RunReport};
 
 /// How long a timed run may overrun its warmup + duration before its stuck tasks are
 /// abandoned.
 const OVERRUN_GRACE: Duration = Duration::from_secs(30);
-/// Bound on preloading the key space.
+/// Bound on preloading the key space: this, plus [`PRELOAD_KEYS_PER_SEC_FLOOR`]'s share.
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The slowest preload rate the timeout allows for on top of [`PRELOAD_TIMEOUT`], in keys a
+/// second (2M keys: about 5 more minutes).
+const PRELOAD_KEYS_PER_SEC_FLOOR: u64 = 10_000;
+/// The highest `--rate` accepted, in calls a second.
+const MAX_RATE: f64 = 10_000_000.0;
 /// The warmup of a timed run when `--warmup` is not given (a `--requests` run has none).
 const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
 /// The measured time of a run when neither `--duration` nor `--requests` is given.
@@ -60,6 +68,9 @@ pub struct BenchArgs {
     /// (redis://HOST:PORT or unix+redis:/path) measures that Redis alone.
     #[arg(long, default_value = "http://127.0.0.1:7379")]
     pub target: String,
+    /// A file holding the bearer token for a daemon that requires one (auth.token_file).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Redis to run every op against as well, right after Larder: redis://HOST:PORT or
     /// unix+redis:/path/to.sock.
     #[arg(long)]
@@ -82,6 +93,12 @@ pub struct BenchArgs {
     /// How long to measure each run, after the warmup, e.g. 10s [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
+    /// Open loop: issue this many calls a second in all, on a fixed schedule spread over the
+    /// callers, and time each call from when it was due, so that a stall shows in the
+    /// latencies of the calls it delayed (no coordinated omission) [default: closed loop,
+    /// each caller calling again as soon as it is answered].
+    #[arg(long, value_name = "CALLS_PER_SEC")]
+    pub rate: Option<f64>,
     /// Measure this many calls per run instead of a duration.
     #[arg(long)]
     pub requests: Option<u64>,
@@ -127,6 +144,16 @@ pub struct BenchArgs {
     pub bare_worker_threads: usize,
 }
 
+/// The bearer token of `--token-file`, if given.
+fn bearer(args: &BenchArgs) -> anyhow::Result<Bearer> {
+    let Some(path) = &args.token_file else {
+        return Ok(Bearer::default());
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file {}: cannot read it", path.display()))?;
+    Bearer::new(&token).with_context(|| format!("--token-file {}", path.display()))
+}
+
 /// When a run stops measuring.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
@@ -145,6 +172,8 @@ struct Plan {
     value: Bytes,
     rl_limit: u32,
     rl_period_ms: u64,
+    /// Open loop: calls a second in all.
+    rate: Option<f64>,
 }
 
 /// One system the ops run against.
@@ -175,6 +204,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Stop::After(_) => DEFAULT_WARMUP,
         Stop::Requests(_) => Duration::ZERO,
     });
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE)
+    {
+        bail!("--rate must be more than 0 and at most {MAX_RATE} calls a second, got {rate}");
+    }
     if args.redis.is_some() && Sut::is_redis_url(&args.target) {
         bail!("--redis is the second system next to a Larder --target; --target is Redis too");
     }
@@ -196,6 +230,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         value: Bytes::from(vec![b'v'; args.value_size]),
         rl_limit: args.rl_limit,
         rl_period_ms: args.rl_period_ms,
+        rate: args.rate,
     };
     runtime.block_on(bench(args, plan))
 }
@@ -211,7 +246,7 @@ async fn bench(args: BenchArgs, plan: Plan) -> anyhow::Result<()> {
     } else {
         systems.push(System {
             label: args.system.clone().unwrap_or_else(|| "larder".to_owned()),
-            sut: Sut::grpc(&args.target, plan.connections).await?,
+            sut: Sut::grpc(&args.target, plan.connections, bearer(&args)?).await?,
             pid: args.server_pid,
         });
     }
@@ -260,7 +295,7 @@ struct TaskResult {
 async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunReport> {
     let sut = &system.sut;
     let tokens = tokio::time::timeout(
-        PRELOAD_TIMEOUT,
+        PRELOAD_TIMEOUT + Duration::from_secs(plan.keys / PRELOAD_KEYS_PER_SEC_FLOOR),
         sut.preload(op, plan.keys, &plan.value, plan.concurrency),
     )
     .await
@@ -303,12 +338,22 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
     });
     let mut tasks = JoinSet::new();
     for (task, conn) in conns.into_iter().enumerate() {
+        // Open loop: each caller takes an equal share of the rate, the callers' schedules
+        // staggered evenly over one interval.
+        let schedule = plan.rate.map(|rate| {
+            let interval = Duration::from_secs_f64(plan.concurrency as f64 / rate);
+            Schedule::new(
+                start + interval.mul_f64(task as f64 / plan.concurrency as f64),
+                interval,
+            )
+        });
         let caller = Caller {
             workload: workload.clone(),
             seed: task as u64,
             from,
             until,
             budget: budget.clone(),
+            schedule,
         };
         tasks.spawn(caller.run(conn));
     }
@@ -384,7 +429,7 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
         concurrency: plan.concurrency,
         // Redis callers hold a connection each.
         connections: match sut {
-            Sut::Grpc(channels) => channels.len(),
+            Sut::Grpc { channels, .. } => channels.len(),
             Sut::Redis { .. } => plan.concurrency,
         },
         hist: &hist,
@@ -395,6 +440,7 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
         server_ns: cpu.server_ns,
         client_ns: cpu.client_ns,
         machine_ns: cpu.machine_ns,
+        target_rate: plan.rate,
     }))
 }
 
@@ -409,10 +455,50 @@ struct Caller {
     /// A `--requests` run: the measured calls started so far by every caller, and how many
     /// there are to be.
     budget: Option<(Arc<AtomicU64>, u64)>,
+    /// Open loop: when each call is due.
+    schedule: Option<Schedule>,
+}
+
+/// An open-loop caller's timetable: one call every `interval` from a start time.
+struct Schedule {
+    next: Instant,
+    interval: Duration,
+}
+
+/// When the next call of a [`Schedule`] starts, and from when it is timed.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    /// It is not due yet: wait until then, and time it from when the wait ended (the timer's
+    /// own lateness is the load generator's, not the server's).
+    At(Instant),
+    /// It was due at this time, which has passed because earlier calls were slow: start it now
+    /// and time it from when it was due, so that the stall is counted for every call it
+    /// delayed.
+    Late(Instant),
+}
+
+impl Schedule {
+    fn new(first: Instant, interval: Duration) -> Self {
+        Self {
+            next: first,
+            interval,
+        }
+    }
+
+    /// The next call, as seen at `now`; the schedule moves on by one interval.
+    fn take(&mut self, now: Instant) -> Due {
+        let due = self.next;
+        self.next += self.interval;
+        if now < due {
+            Due::At(due)
+        } else {
+            Due::Late(due)
+        }
+    }
 }
 
 impl Caller {
-    async fn run(self, mut conn: Conn) -> TaskResult {
+    async fn run(mut self, mut conn: Conn) -> TaskResult {
         let w = &*self.workload;
         let mut rng = XorShift::new(self.seed);
         let mut r = TaskResult {
@@ -432,10 +518,22 @@ impl Caller {
                     *k = rng.below(w.keys);
                 }
             }
-            let t0 = Instant::now();
+            let t0 = match self.schedule.as_mut().map(|s| s.take(Instant::now())) {
+                None => Instant::now(),
+                Some(Due::At(due)) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                    Instant::now()
+                }
+                Some(Due::Late(due)) => due,
+            };
             let measured = t0 >= self.from;
             if measured {
-                if self.until.is_some_and(|until| t0 >= until) {
+                // A late open-loop caller stops at the end of the run too, however many calls
+                // it still owes.
+                if self
+                    .until
+                    .is_some_and(|until| t0 >= until || Instant::now() >= until)
+                {
                     break;
                 }
                 if let Some((started, total)) = &self.budget
@@ -496,7 +594,28 @@ impl XorShift {
 
 #[cfg(test)]
 mod tests {
-    use super::XorShift;
+    use std::time::{Duration, Instant};
+
+    use super::{Due, Schedule, XorShift};
+
+    #[test]
+    fn an_open_loop_schedule_times_late_calls_from_when_they_were_due() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Schedule::new(start, ms(10));
+        // On time or early: wait for the due time.
+        assert_eq!(s.take(start - ms(1)), Due::At(start));
+        assert_eq!(s.take(start + ms(3)), Due::At(start + ms(10)));
+        // A 45 ms stall: the calls due at 20, 30 and 40 ms are late and each is timed from
+        // when it was due; the one due at 50 ms is not late yet.
+        let after_stall = start + ms(48);
+        assert_eq!(s.take(after_stall), Due::Late(start + ms(20)));
+        assert_eq!(s.take(after_stall), Due::Late(start + ms(30)));
+        assert_eq!(s.take(after_stall), Due::Late(start + ms(40)));
+        assert_eq!(s.take(after_stall), Due::At(start + ms(50)));
+        // Exactly on time counts as due.
+        assert_eq!(s.take(start + ms(60)), Due::Late(start + ms(60)));
+    }
 
     #[test]
     fn keys_are_drawn_from_the_whole_key_space_and_no_further() {

@@ -22,6 +22,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb;
@@ -35,6 +38,9 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const GETMANY_KEYS: usize = 16;
 /// The idle TTL of benchmark sessions (both systems), as web frameworks default to.
 const SESSION_IDLE_MS: u64 = 30 * 60 * 1000;
+/// Cache keys per preload call (SetMany, MSET): well under the server's batch limit, and
+/// 256 KiB a call with 1 KiB values.
+const PRELOAD_BATCH: u64 = 256;
 
 /// One operation of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,8 +183,12 @@ return {1, math.floor(room / interval), 0, math.ceil(reset_after)}
 
 /// A system under test: Larder (or the bare baseline) over gRPC, or Redis.
 pub(crate) enum Sut {
-    /// `--connections` HTTP/2 connections, which the tasks share round-robin.
-    Grpc(Vec<Channel>),
+    /// `--connections` HTTP/2 connections, which the tasks share round-robin, and the bearer
+    /// token every call carries.
+    Grpc {
+        channels: Vec<Channel>,
+        bearer: Bearer,
+    },
     /// A Redis client; every task opens a connection of its own, as web workers hold them.
     Redis {
         client: redis::Client,
@@ -207,11 +217,45 @@ pub(crate) enum Conn {
     Redis(redis::aio::MultiplexedConnection),
 }
 
+/// A channel whose calls carry the bearer token.
+type Authed = InterceptedService<Channel, Bearer>;
+
 /// The clients of one gRPC task (over one shared channel).
 pub(crate) struct GrpcConn {
-    cache: CacheServiceClient<Channel>,
-    sessions: SessionServiceClient<Channel>,
-    rate_limits: RateLimitServiceClient<Channel>,
+    cache: CacheServiceClient<Authed>,
+    sessions: SessionServiceClient<Authed>,
+    rate_limits: RateLimitServiceClient<Authed>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when a token was given.
+#[derive(Clone, Default)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// The header for `token` (surrounding whitespace, such as a file's newline, dropped).
+    pub(crate) fn new(token: &str) -> anyhow::Result<Self> {
+        let token = token.trim();
+        if token.is_empty() {
+            anyhow::bail!("the token is empty");
+        }
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .context("the token has characters a header cannot carry")?;
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl Sut {
@@ -251,7 +295,11 @@ impl Sut {
 
     /// Connects `connections` HTTP/2 connections to Larder at `target`: `http://host:port`,
     /// or `unix:/path` for its Unix socket (with the authority `localhost`).
-    pub(crate) async fn grpc(target: &str, connections: usize) -> anyhow::Result<Self> {
+    pub(crate) async fn grpc(
+        target: &str,
+        connections: usize,
+        bearer: Bearer,
+    ) -> anyhow::Result<Self> {
         let unix = target.strip_prefix("unix:").map(PathBuf::from);
         let uri = if unix.is_some() {
             "http://localhost".to_owned()
@@ -294,19 +342,20 @@ impl Sut {
                 .with_context(|| format!("cannot connect to {target}"))?;
             channels.push(channel);
         }
-        Ok(Sut::Grpc(channels))
+        Ok(Sut::Grpc { channels, bearer })
     }
 
     /// The connection of task `task`: a share of the gRPC channels, or a Redis connection of
     /// its own.
     pub(crate) async fn conn(&self, task: usize) -> anyhow::Result<Conn> {
         Ok(match self {
-            Sut::Grpc(channels) => {
+            Sut::Grpc { channels, bearer } => {
                 let channel = channels[task % channels.len()].clone();
+                let authed = || InterceptedService::new(channel.clone(), bearer.clone());
                 Conn::Grpc(Box::new(GrpcConn {
-                    cache: CacheServiceClient::new(channel.clone()),
-                    sessions: SessionServiceClient::new(channel.clone()),
-                    rate_limits: RateLimitServiceClient::new(channel),
+                    cache: CacheServiceClient::new(authed()),
+                    sessions: SessionServiceClient::new(authed()),
+                    rate_limits: RateLimitServiceClient::new(authed()),
                 }))
             }
             Sut::Redis { client, url } => Conn::Redis(
@@ -321,10 +370,11 @@ impl Sut {
     /// The server's cache counters, when it answers Stats (Larder does; the bare baseline
     /// and Redis do not).
     pub(crate) async fn stats(&self) -> Option<pb::StatsResponse> {
-        let Sut::Grpc(channels) = self else {
+        let Sut::Grpc { channels, bearer } = self else {
             return None;
         };
-        let mut client = CacheServiceClient::new(channels[0].clone());
+        let mut client =
+            CacheServiceClient::new(InterceptedService::new(channels[0].clone(), bearer.clone()));
         let call = client.stats(pb::StatsRequest::default());
         match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
             Ok(Ok(r)) => Some(r.into_inner()),
@@ -355,7 +405,8 @@ impl Sut {
 
     /// Writes every key (or session) of the key space once, spread over `writers` tasks, so
     /// that every read of `op` hits; returns the session tokens by index (Larder sessions).
-    /// Ops that read nothing preloaded return at once.
+    /// Cache keys go [`PRELOAD_BATCH`] at a time (SetMany, MSET), sessions one by one. Ops that
+    /// read nothing preloaded return at once.
     pub(crate) async fn preload(
         &self,
         op: Op,
@@ -366,6 +417,11 @@ impl Sut {
         if !op.preloads() {
             return Ok(Vec::new());
         }
+        // Each task writes every `writers`-th chunk of `chunk` consecutive indices.
+        let chunk = match op {
+            Op::SessionGet => 1,
+            _ => PRELOAD_BATCH,
+        };
         let writers = writers as u64;
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..writers {
@@ -373,16 +429,21 @@ impl Sut {
             let value = value.clone();
             tasks.spawn(async move {
                 let mut made = Vec::new();
-                let mut i = w;
-                while i < keys {
-                    if let Some(token) = conn
-                        .preload(op, i, &value)
-                        .await
-                        .with_context(|| format!("preloading {i}"))?
-                    {
-                        made.push((i, token));
+                let mut first = w * chunk;
+                while first < keys {
+                    let indices = first..(first + chunk).min(keys);
+                    if op == Op::SessionGet {
+                        let token = conn
+                            .preload_session(first, &value)
+                            .await
+                            .with_context(|| format!("preloading session {first}"))?;
+                        made.extend(token.map(|t| (first, t)));
+                    } else {
+                        conn.preload_keys(indices.clone(), &value)
+                            .await
+                            .with_context(|| format!("preloading keys {indices:?}"))?;
                     }
-                    i += writers;
+                    first += writers * chunk;
                 }
                 anyhow::Ok(made)
             });
@@ -437,11 +498,11 @@ fn status_text(s: tonic::Status) -> String {
 }
 
 impl Conn {
-    /// Writes key or session `i` of the key space, as the preload before a read run does;
-    /// returns the session token, if the system made one.
-    async fn preload(&mut self, op: Op, i: u64, value: &Bytes) -> anyhow::Result<Option<String>> {
-        match (self, op) {
-            (Conn::Grpc(c), Op::SessionGet) => {
+    /// Writes session `i`, as the preload before a `session_get` run does; returns the
+    /// session token, if the system made one.
+    async fn preload_session(&mut self, i: u64, value: &Bytes) -> anyhow::Result<Option<String>> {
+        match self {
+            Conn::Grpc(c) => {
                 let created = c
                     .sessions
                     .create_session(pb::CreateSessionRequest {
@@ -453,13 +514,7 @@ impl Conn {
                     .await?;
                 Ok(Some(created.into_inner().token))
             }
-            (Conn::Grpc(c), _) => {
-                c.cache
-                    .set(set_request(format!("key:{i}"), value.clone()))
-                    .await?;
-                Ok(None)
-            }
-            (Conn::Redis(conn), Op::SessionGet) => {
+            Conn::Redis(conn) => {
                 let key = format!("session:{i}");
                 redis::pipe()
                     .atomic()
@@ -471,15 +526,41 @@ impl Conn {
                     .await?;
                 Ok(None)
             }
-            (Conn::Redis(conn), _) => {
-                redis::cmd("SET")
-                    .arg(format!("key:{i}"))
-                    .arg(&value[..])
-                    .exec_async(conn)
+        }
+    }
+
+    /// Writes `key:{i}` for every `i` of `indices` in one call (SetMany, or MSET), as the
+    /// preload before a read run does.
+    async fn preload_keys(
+        &mut self,
+        indices: std::ops::Range<u64>,
+        value: &Bytes,
+    ) -> anyhow::Result<()> {
+        match self {
+            Conn::Grpc(c) => {
+                let entries = indices
+                    .map(|i| pb::SetEntry {
+                        key: format!("key:{i}"),
+                        value: value.clone(),
+                        ttl_ms: 0,
+                    })
+                    .collect();
+                c.cache
+                    .set_many(pb::SetManyRequest {
+                        namespace: String::new(),
+                        entries,
+                    })
                     .await?;
-                Ok(None)
+            }
+            Conn::Redis(conn) => {
+                let mut mset = redis::cmd("MSET");
+                for i in indices {
+                    mset.arg(format!("key:{i}")).arg(&value[..]);
+                }
+                mset.exec_async(conn).await?;
             }
         }
+        Ok(())
     }
 
     /// One measured call on key, session or client `i` (`getmany`: `keys[0..16]`): whether

@@ -76,6 +76,8 @@ pub struct RunReport {
     pub other_cores: Option<f64>,
     /// Rate limits: the share of checks allowed.
     pub allowed_fraction: Option<f64>,
+    /// Open loop (`--rate`): the calls a second asked for; `null` for a closed loop.
+    pub target_rate: Option<f64>,
 }
 
 /// What one run measured, before it is turned into figures.
@@ -95,6 +97,8 @@ pub struct Measured<'a> {
     pub server_ns: Option<u64>,
     pub client_ns: Option<u64>,
     pub machine_ns: Option<u64>,
+    /// Open loop: the calls a second asked for.
+    pub target_rate: Option<f64>,
 }
 
 impl RunReport {
@@ -139,6 +143,7 @@ impl RunReport {
             other_cores: cores(other_ns),
             allowed_fraction: (m.op.is_rate_limit() && m.ops > 0)
                 .then(|| round((m.ops - m.misses) as f64 / m.ops as f64, 4)),
+            target_rate: m.target_rate,
         }
     }
 
@@ -225,6 +230,7 @@ mod tests {
             server_ns: Some(1_000_000_000),
             client_ns: Some(500_000_000),
             machine_ns: Some(2_000_000_000),
+            target_rate: None,
         }
     }
 
@@ -275,8 +281,9 @@ mod tests {
         assert_eq!(v["client_cores"], 0.25);
         assert_eq!(v["other_cores"], 0.25);
         assert_eq!(v["server_cpu_us_per_op"], 333.3);
-        // Not a rate limit: no share allowed.
+        // Not a rate limit: no share allowed; a closed loop: no target rate.
         assert!(v["allowed_fraction"].is_null());
+        assert!(v["target_rate"].is_null());
         let p50 = v["p50_us"].as_f64().unwrap();
         assert!((199.0..=201.0).contains(&p50), "{p50}");
     }

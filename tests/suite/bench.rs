@@ -7,6 +7,9 @@ use std::fs::File;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
+use larder::config::AuthConfig;
+use larder::server::ServerSettings;
+
 use crate::common::TestServer;
 use crate::suite::binary::{POLL_PAUSE, read_log};
 
@@ -129,4 +132,65 @@ async fn an_unreachable_redis_or_an_unknown_op_is_a_clear_error() {
     let (status, _, stderr) = bench(&["--target", &target, "--ops", "get,hget"], dir.path()).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("unknown op \"hget\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_loop_run_with_a_token_reports_its_target_rate_and_a_missing_token_fails() {
+    const TOKEN: &str = "bench-0123456789abcdefghijklmnopq";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let settings = ServerSettings {
+        auth: Some(AuthConfig {
+            token_file: tokens.clone(),
+            unix_socket: true,
+        }),
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start_with(|_| {}, settings).await;
+    let target = format!("unix:{}", server.socket_path().display());
+    let token_file = dir.path().join("client-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    let args = [
+        "--target",
+        &target,
+        "--token-file",
+        token_arg,
+        "--ops",
+        "get,ratelimit_gcra",
+        "--rate",
+        "2000",
+        "--requests",
+        "200",
+        "--concurrency",
+        "4",
+        "--keys",
+        "100",
+        "--json",
+    ];
+    let (status, stdout, stderr) = bench(&args, dir.path()).await;
+    assert!(status.success(), "larder bench failed: {status}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per op:\n{stdout}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["errors"], 0, "{line}\n{stderr}");
+        assert_eq!(v["ops"], 200, "{line}");
+        assert_eq!(v["target_rate"], 2000.0, "{line}");
+    }
+
+    // Without the token the preload is refused, and that is the error, not a panic.
+    let (status, _, stderr) = bench(
+        &["--target", &target, "--ops", "get", "--requests", "10"],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing bearer token"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let (status, _, stderr) = bench(&["--target", &target, "--rate", "0"], dir.path()).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--rate must be more than 0"), "{stderr}");
 }
