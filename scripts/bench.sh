@@ -60,61 +60,16 @@ for n in "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_siz
   esac
 done
 
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-bench.XXXXXX")"
 pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    # Bounded: a server that ignores SIGTERM for 10 s gets SIGKILL.
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
-section() { printf '\n== %s\n' "$*"; }
-
-# Fails unless something accepts TCP connections on 127.0.0.1:$1 within 10 s, while process $2
-# is still alive (its log, $3, is shown when it died).
-wait_for_port() {
-  local port="$1" pid="$2" log="$3"
-  for _ in $(seq 1 100); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "bench: the server for port $port exited; its log:" >&2
-      cat "$log" >&2
-      exit 1
-    fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "bench: nothing accepted connections on 127.0.0.1:$port within 10 s" >&2
-  exit 1
-}
-
-port_free() {
-  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-    echo "bench: 127.0.0.1:$1 is already in use; set BENCH_PORT_BASE or stop it" >&2
-    exit 1
-  fi
-}
-
 section "machine"
-echo "nproc: $(nproc), gRPC worker threads per server: $workers"
-echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(
-  [ -n "$(git status --porcelain 2>/dev/null)" ] && echo ' (work tree has changes)'
-)"
-echo "kernel: $(uname -r)"
+machine_facts
+echo "gRPC worker threads per server: $workers"
 echo "settings: duration ${duration}s, warmup ${warmup}s, concurrency $concurrency," \
   "connections $connections, keys $keys, value ${value_size} B," \
   "rate limit $rl_limit per $rl_period_ms ms"
@@ -126,17 +81,9 @@ larder_bin="$CARGO_TARGET_DIR/release/larder"
 with_redis=1
 if [ "${BENCH_SKIP_REDIS:-0}" = 1 ]; then
   with_redis=0
-elif ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-  section "installing redis-server and redis-tools"
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
-    timeout 600 apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive timeout 600 \
-      apt-get install -y -qq redis-server redis-tools >/dev/null; then
-    :
-  else
-    echo "bench: could not install Redis; going on without it" >&2
-    with_redis=0
-  fi
+elif ! ensure_redis; then
+  echo "bench: could not install Redis; going on without it" >&2
+  with_redis=0
 fi
 
 section "starting servers"
@@ -188,16 +135,6 @@ results="$tmp/results"
 # The value of a flat JSON object's field $2 in the line $1 (numbers and plain strings only).
 json_field() {
   printf '%s\n' "$1" | sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\).*/\1/p"
-}
-
-# On-CPU nanoseconds of every thread of process $1 so far (Linux schedstat).
-cpu_ns() {
-  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s }'
-}
-
-# Busy and stolen nanoseconds of all CPUs together so far (/proc/stat counts 100 ticks a second).
-machine_ns() {
-  awk 'NR == 1 { printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e7; exit }' /proc/stat
 }
 
 # Runs `larder bench` against $2 (a URL: larder, the baseline or Redis) whose server is

@@ -1,0 +1,92 @@
+# bench-lib.sh: helpers the benchmark scripts (bench.sh, bench-vs-redis.sh, bench-footprint.sh)
+# source; not run on its own. Expects `tmp` (a scratch directory) and the array `pids` to be
+# set by the caller, which also installs `bench_cleanup` as its EXIT trap.
+#   bench_cleanup             stops every process in `pids` (SIGTERM, SIGKILL after 10 s),
+#                             removes $tmp
+#   section TEXT              a heading in the log
+#   wait_for_port PORT PID LOG
+#                             fails unless 127.0.0.1:PORT accepts within 10 s while PID lives
+#   port_free PORT            fails if something already listens on 127.0.0.1:PORT
+#   free_port                 prints a loopback TCP port nothing listens on
+#   ensure_redis              installs Debian's redis-server and redis-tools when missing;
+#                             returns 1 when it cannot
+#   cpu_ns PID                on-CPU nanoseconds of every thread of PID so far
+#   machine_ns                busy and stolen nanoseconds of all CPUs so far
+#   machine_facts             the machine, commit and kernel, a line each
+
+bench_cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    # Bounded: a server that ignores SIGTERM for 10 s gets SIGKILL.
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$tmp"
+}
+
+section() { printf '\n== %s\n' "$*"; }
+
+wait_for_port() {
+  local port="$1" pid="$2" log="$3"
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench: the server for port $port exited; its log:" >&2
+      cat "$log" >&2
+      exit 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "bench: nothing accepted connections on 127.0.0.1:$port within 10 s" >&2
+  exit 1
+}
+
+port_free() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "bench: 127.0.0.1:$1 is already in use; set BENCH_PORT_BASE or stop it" >&2
+    exit 1
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+ensure_redis() {
+  if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null &&
+    command -v redis-cli >/dev/null; then
+    return 0
+  fi
+  section "installing redis-server and redis-tools"
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
+    timeout 600 apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive timeout 600 \
+      apt-get install -y -qq redis-server redis-tools >/dev/null
+}
+
+cpu_ns() {
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s }'
+}
+
+# /proc/stat counts 100 ticks a second.
+machine_ns() {
+  awk 'NR == 1 { printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e7; exit }' /proc/stat
+}
+
+machine_facts() {
+  echo "cpu: $(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)," \
+    "memory $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(
+    [ -n "$(git status --porcelain 2>/dev/null)" ] && echo ' (work tree has changes)'
+  )"
+  echo "kernel: $(uname -r)"
+}

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# bench-vs-redis.sh: Larder against Redis, op by op, as a matrix of callers (BENCH_CONCURRENCIES,
+# default 1 16 64) × transports (BENCH_TRANSPORTS, default tcp unix), and a Markdown report with
+# a chart. Installs Debian's redis-server if missing. For each cell it starts a fresh Redis
+# (appendonly yes, appendfsync everysec: the durability closest to Larder's) and a fresh Larder
+# (temporary data dir) on free loopback ports and Unix sockets, runs `larder bench --redis`
+# (every op on Larder, then on Redis, with the same client), and stops both, so that no cell
+# inherits another's rate-limit state or counters. Nothing listens beyond 127.0.0.1.
+#
+# Writes to BENCH_OUT_DIR (default: a new directory under /tmp, named at the end):
+#   results.jsonl     one `larder bench --json` line per system, op, transport and concurrency,
+#                     with "transport" added
+#   report.md         the tables, the targets and the machine (scripts/bench-report.py)
+#   ops-per-sec.svg   the chart of ops/s per op, Larder vs Redis, 64 callers (or the most run)
+#
+# Environment: BENCH_OPS (comma list, default every op), BENCH_DURATION (seconds measured per
+# run, 5), BENCH_WARMUP (seconds, 1), BENCH_KEYS (10000), BENCH_VALUE_SIZE (100),
+# BENCH_CONNECTIONS (HTTP/2 connections to Larder, at most one per caller, 4), BENCH_WORKERS
+# (Larder's gRPC worker threads, 1), LARDER_BIN (a larder binary to use instead of building
+# the release one: CI's smoke run passes the debug build; its figures mean nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
+ops="${BENCH_OPS:-get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra}"
+concurrencies="${BENCH_CONCURRENCIES:-1 16 64}"
+transports="${BENCH_TRANSPORTS:-tcp unix}"
+duration="${BENCH_DURATION:-5}"
+warmup="${BENCH_WARMUP:-1}"
+keys="${BENCH_KEYS:-10000}"
+value_size="${BENCH_VALUE_SIZE:-100}"
+connections="${BENCH_CONNECTIONS:-4}"
+workers="${BENCH_WORKERS:-1}"
+case "$warmup" in '' | *[!0-9]*)
+  echo "bench-vs-redis: BENCH_WARMUP must be a whole number of seconds, got '$warmup'" >&2
+  exit 2
+  ;;
+esac
+for n in $concurrencies "$duration" "$keys" "$value_size" "$connections" "$workers"; do
+  case "$n" in '' | *[!0-9]* | 0)
+    echo "bench-vs-redis: BENCH_* settings must be positive whole numbers, got '$n'" >&2
+    exit 2
+    ;;
+  esac
+done
+for t in $transports; do
+  case "$t" in tcp | unix) ;; *)
+    echo "bench-vs-redis: BENCH_TRANSPORTS takes tcp and unix, got '$t'" >&2
+    exit 2
+    ;;
+  esac
+done
+
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-vs-redis.XXXXXX")"
+pids=()
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+out="${BENCH_OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/larder-vs-redis-report.XXXXXX")}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+results="$out/results.jsonl"
+: >"$results"
+
+section "machine"
+machine_facts | tee "$out/machine.txt"
+
+if [ -n "${LARDER_BIN:-}" ]; then
+  larder_bin="$LARDER_BIN"
+else
+  section "build (release)"
+  cargo build --release --bin larder
+  larder_bin="$CARGO_TARGET_DIR/release/larder"
+fi
+if ! ensure_redis; then
+  echo "bench-vs-redis: Redis is missing and cannot be installed (needs root and apt-get)" >&2
+  exit 1
+fi
+{
+  echo "larder: $("$larder_bin" --version)"
+  echo "redis: $(redis-server --version | awk '{print $3}' | sed 's/^v=//') (appendonly yes, appendfsync everysec)"
+  echo "settings: ${duration}s measured after ${warmup}s warmup per run, keys $keys," \
+    "values ${value_size} B, Larder connections min(callers, $connections)," \
+    "Larder gRPC worker threads $workers, one Redis connection per caller"
+} | tee -a "$out/machine.txt"
+
+# Starts Redis and Larder for one cell; sets redis_pid, larder_pid, and the targets of both
+# transports.
+start_both() {
+  local cell="$1" redis_port larder_port
+  redis_port="$(free_port)"
+  larder_port="$(free_port)"
+  mkdir -p "$tmp/$cell/redis" "$tmp/$cell/larder"
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly yes \
+    --appendfsync everysec --unixsocket "$tmp/$cell/redis.sock" --unixsocketperm 700 \
+    --dir "$tmp/$cell/redis" --daemonize no --protected-mode yes \
+    >"$tmp/$cell/redis.log" 2>&1 &
+  redis_pid=$!
+  pids+=("$redis_pid")
+  "$larder_bin" serve --data-dir "$tmp/$cell/larder" --listen "127.0.0.1:$larder_port" \
+    --unix-socket "$tmp/$cell/larder.sock" --worker-threads "$workers" --log-level warn \
+    >"$tmp/$cell/larder.log" 2>&1 &
+  larder_pid=$!
+  pids+=("$larder_pid")
+  wait_for_port "$redis_port" "$redis_pid" "$tmp/$cell/redis.log"
+  wait_for_port "$larder_port" "$larder_pid" "$tmp/$cell/larder.log"
+  larder_tcp="http://127.0.0.1:$larder_port"
+  larder_unix="unix:$tmp/$cell/larder.sock"
+  redis_tcp="redis://127.0.0.1:$redis_port"
+  redis_unix="unix+redis:$tmp/$cell/redis.sock"
+}
+
+# Stops the cell's two servers (Larder with SIGTERM, so it shuts down as in production).
+stop_both() {
+  local pid
+  for pid in "$larder_pid" "$redis_pid"; do
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  pids=()
+}
+
+# The longest one cell may take: every op twice, each with its warmup, duration, preload
+# and slack.
+cell_limit=$(((warmup + duration + 60) * 14 + 120))
+for transport in $transports; do
+  for c in $concurrencies; do
+    cell="$transport-c$c"
+    section "$transport, $c callers"
+    start_both "$cell"
+    if [ "$transport" = unix ]; then
+      larder_target="$larder_unix" redis_target="$redis_unix"
+    else
+      larder_target="$larder_tcp" redis_target="$redis_tcp"
+    fi
+    conns=$((c < connections ? c : connections))
+    if ! timeout "$cell_limit" "$larder_bin" bench --target "$larder_target" \
+      --redis "$redis_target" --ops "$ops" --concurrency "$c" --connections "$conns" \
+      --duration "${duration}s" --warmup "${warmup}s" --keys "$keys" \
+      --value-size "$value_size" --server-pid "$larder_pid" --redis-pid "$redis_pid" \
+      --json >"$tmp/$cell.jsonl" 2>"$tmp/$cell.err"; then
+      cat "$tmp/$cell.err" >&2
+      echo "bench-vs-redis: the $cell run failed; the servers' logs:" >&2
+      cat "$tmp/$cell/larder.log" "$tmp/$cell/redis.log" >&2
+      exit 1
+    fi
+    # What the client said beside the figures (failed calls, cache counters).
+    grep -v '^bench: .* \.\.\.$' "$tmp/$cell.err" >&2 || true
+    sed "s/^{/{\"transport\":\"$transport\",/" "$tmp/$cell.jsonl" | tee -a "$results"
+    stop_both
+    rm -rf "${tmp:?}/$cell"
+  done
+done
+
+section "report"
+python3 scripts/bench-report.py --results "$results" --machine "$out/machine.txt" \
+  --markdown "$out/report.md" --chart "$out/ops-per-sec.svg"
+cat "$out/report.md"
+echo
+echo "bench-vs-redis: results, report and chart in $out"
