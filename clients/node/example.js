@@ -13,7 +13,8 @@ async function main() {
     const profile = { namespace: "myapp", key: "user:42:profile" };
     await larder.cache.Set({ ...profile, value: Buffer.from("{}"), ttl_ms: 300000 });
     const r = await larder.cache.Get(profile); // a miss is { found: false }, not an error
-    console.log("profile:", r.found, r.value.toString(), "version", r.version); // 64-bit: a string
+    // 64-bit numbers (version, ttl_ms, ...) are strings, to stay exact.
+    console.log("profile:", r.found, r.value.toString(), "version", r.version);
 
     // A lock (SET NX with expiry): exactly one worker gets stored = true.
     const lock = await larder.cache.Set({
@@ -22,11 +23,15 @@ async function main() {
     });
     console.log("lock:", lock.stored);
 
-    const { token } = await larder.sessions.CreateSession({ user_id: "42", data: { csrf: "abc" } });
+    const { token } = await larder.sessions.CreateSession({
+      user_id: "42", data: { csrf: "abc" }, device_info: "node",
+    });
     const s = await larder.sessions.GetSession({ token }); // slides the idle expiry
     console.log("session:", s.found, s.session.user_id, s.session.data.csrf);
 
-    const limit = await larder.ratelimit.Check({ key: "ip:203.0.113.9", limit: 10, period_ms: 60000 });
+    const limit = await larder.ratelimit.Check({
+      key: "ip:203.0.113.9", limit: 10, period_ms: 60000, // or a policy: "contact"
+    });
     console.log("allowed:", limit.allowed, "remaining", limit.remaining);
     if (!limit.allowed) {
       console.log("429, Retry-After:", Math.ceil(Number(limit.retry_after_ms) / 1000));

@@ -37,7 +37,9 @@ async function startDaemon(extraArgs = []) {
   const logPath = path.join(dir, "larder.log");
   const logFd = fs.openSync(logPath, "w");
   // Only the flags below configure the daemon: no LARDER_* variable from the environment.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("LARDER_")));
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith("LARDER_")),
+  );
   const args = [
     "serve",
     "--data-dir", path.join(dir, "data"),

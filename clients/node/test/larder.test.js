@@ -113,9 +113,10 @@ describe("larder.js against a daemon", TIMEOUT, () => {
         assert.equal(got.session.session_id, created.session.session_id);
         assert.equal(got.session.device_info, "node");
 
-        assert.deepEqual(await larder.sessions.RevokeSession({ token: created.token }), { revoked: true });
-        assert.equal((await larder.sessions.GetSession({ token: created.token })).found, false);
-        assert.deepEqual(await larder.sessions.RevokeSession({ token: created.token }), { revoked: false });
+        const token = { token: created.token };
+        assert.deepEqual(await larder.sessions.RevokeSession(token), { revoked: true });
+        assert.equal((await larder.sessions.GetSession(token)).found, false);
+        assert.deepEqual(await larder.sessions.RevokeSession(token), { revoked: false });
       });
 
       it("checks a rate limit until it denies, with retry_after_ms", async () => {
@@ -260,7 +261,8 @@ describe("deadlines", TIMEOUT, () => {
     try {
       const started = Date.now();
       await rejectsWith(larder.cache.Get({ key: "k" }), status.DEADLINE_EXCEEDED);
-      await rejectsWith(larder.cache.Set({ key: "k" }, { timeoutMs: 200 }), status.DEADLINE_EXCEEDED);
+      const set = larder.cache.Set({ key: "k" }, { timeoutMs: 200 });
+      await rejectsWith(set, status.DEADLINE_EXCEEDED);
       assert.ok(Date.now() - started < 5000, "the deadlines were not kept");
     } finally {
       larder.close();
