@@ -5,6 +5,9 @@
     with Larder("127.0.0.1:7379", token=None, timeout=1.0) as larder:
         larder.cache.set("greeting", b"hello", ttl_ms=60_000)
         larder.cache.get("greeting")                 # b"hello"
+        v = larder.cache.get_entry("greeting").version
+        larder.cache.compare_and_set("greeting", b"hi", v)   # new version, or None if changed
+        larder.cache.set_many({"a": b"1", "b": b"2"})        # one transaction
         token, session = larder.sessions.create("42", {"csrf": "abc"})
         r = larder.ratelimit.check("ip:203.0.113.9", limit=10, period_ms=60_000)
         r.allowed, r.headers()                       # X-RateLimit-*, Retry-After when denied

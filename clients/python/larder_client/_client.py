@@ -54,14 +54,24 @@ class Cache:
         if_absent: bool = False,
         namespace: str = "",
         *,
+        if_present: bool = False,
         timeout: Optional[float] = None,
     ) -> bool:
         """Stores ``value``; ``ttl_ms`` replaces any previous TTL (0 = never expires).
 
         With ``if_absent`` only when the key holds no live value (a lock: SET NX with
-        expiry). Returns whether it was stored.
+        expiry); with ``if_present`` only when it does (SET XX). Returns whether it was stored.
+        For compare-and-set, see ``compare_and_set``.
         """
-        condition = cache_pb2.CONDITION_IF_ABSENT if if_absent else cache_pb2.CONDITION_ALWAYS
+        if if_absent and if_present:
+            raise ValueError("set takes at most one of if_absent and if_present")
+        condition = cache_pb2.CONDITION_ALWAYS
+        if if_absent:
+            condition = cache_pb2.CONDITION_IF_ABSENT
+        elif if_present:
+            condition = cache_pb2.CONDITION_IF_PRESENT
+        # Never retried: after an UNAVAILABLE the first try may have been applied, and a
+        # second one could overwrite what another worker wrote in between.
         r = self._call(
             self._stub.Set,
             cache_pb2.SetRequest(
@@ -72,6 +82,65 @@ class Cache:
         )
         return bool(r.stored)
 
+    def compare_and_set(
+        self,
+        key: str,
+        value: bytes,
+        version: int,
+        ttl_ms: int = 0,
+        namespace: str = "",
+        *,
+        timeout: Optional[float] = None,
+    ) -> Optional[int]:
+        """Stores ``value`` only if the entry's version is still ``version`` (from
+        ``get_entry`` or an earlier write): compare-and-set.
+
+        Returns the entry's new version, or None when it was not stored because the entry
+        changed, was deleted or expired since (read it again and retry). ``version`` 0 is
+        invalid (LarderError naming ``expected_version``).
+        """
+        # Never retried: a retry of a try that was applied would find the version changed
+        # (by itself) and report a failure.
+        r = self._call(
+            self._stub.Set,
+            cache_pb2.SetRequest(
+                namespace=namespace,
+                key=key,
+                value=value,
+                ttl_ms=ttl_ms,
+                condition=cache_pb2.CONDITION_IF_VERSION,
+                expected_version=version,
+            ),
+            idempotent=False,
+            timeout=timeout,
+        )
+        return int(r.version) if r.stored else None
+
+    def set_many(
+        self,
+        entries: Mapping[str, bytes],
+        ttl_ms: int = 0,
+        namespace: str = "",
+        *,
+        timeout: Optional[float] = None,
+    ) -> Dict[str, int]:
+        """Stores every key -> value of ``entries`` in one transaction (all or none), each with
+        ``ttl_ms`` (0 = never expires); returns key -> new version.
+
+        If one entry is invalid, nothing is written and LarderError names it
+        (``entries[3].key: ...``, counted in the mapping's order).
+        """
+        keys = list(entries)
+        items = [cache_pb2.SetEntry(key=k, value=entries[k], ttl_ms=ttl_ms) for k in keys]
+        # Never retried, like set: a second try could overwrite later writes of other workers.
+        r = self._call(
+            self._stub.SetMany,
+            cache_pb2.SetManyRequest(namespace=namespace, entries=items),
+            idempotent=False,
+            timeout=timeout,
+        )
+        return dict(zip(keys, (int(v) for v in r.versions)))
+
     def delete(self, key: str, namespace: str = "", *, timeout: Optional[float] = None) -> bool:
         """Removes ``key``; returns whether it held a live value."""
         r = self._call(
@@ -81,6 +150,21 @@ class Cache:
             timeout=timeout,
         )
         return bool(r.deleted)
+
+    def delete_many(
+        self, keys: Iterable[str], namespace: str = "", *, timeout: Optional[float] = None
+    ) -> int:
+        """Removes ``keys`` in one transaction; returns how many held a live value."""
+        # Retried on UNAVAILABLE, like delete: deleting the same named keys again leaves the
+        # same state. Only the count can be low, when a first try that was applied is followed
+        # by a second that finds nothing left.
+        r = self._call(
+            self._stub.DeleteMany,
+            cache_pb2.DeleteManyRequest(namespace=namespace, keys=list(keys)),
+            idempotent=True,
+            timeout=timeout,
+        )
+        return int(r.deleted)
 
     def increment(
         self,
@@ -131,6 +215,19 @@ class Cache:
         r = self._call(
             self._stub.DeletePrefix,
             cache_pb2.DeletePrefixRequest(namespace=namespace, prefix=prefix),
+            idempotent=False,
+            timeout=timeout,
+        )
+        return int(r.deleted)
+
+    def clear(self, namespace: str = "", *, timeout: Optional[float] = None) -> int:
+        """Removes every entry of ``namespace`` ("" = "default"); returns how many."""
+        # Never retried, like delete_prefix: it removes whatever the namespace holds when it
+        # runs, so a second try after one that was applied would also remove entries other
+        # workers wrote in between, which this caller never named.
+        r = self._call(
+            self._stub.Clear,
+            cache_pb2.ClearRequest(namespace=namespace),
             idempotent=False,
             timeout=timeout,
         )

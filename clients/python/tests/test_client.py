@@ -79,6 +79,86 @@ def test_cache_touch_and_stats(client: Larder) -> None:
     assert stats["entries"] >= 1 and stats["sets"] >= 1
 
 
+def test_cache_if_present_only_replaces(client: Larder) -> None:
+    key = fresh("xx")
+    assert client.cache.set(key, b"new", if_present=True) is False
+    assert client.cache.get(key) is None  # a missing key is not created
+    client.cache.set(key, b"old")
+    assert client.cache.set(key, b"new", ttl_ms=60_000, if_present=True) is True
+    entry = client.cache.get_entry(key)
+    assert entry is not None and entry.value == b"new" and 0 < entry.ttl_ms <= 60_000
+    with pytest.raises(ValueError, match="at most one"):
+        client.cache.set(key, b"v", if_absent=True, if_present=True)
+
+
+def test_cache_compare_and_set(client: Larder) -> None:
+    key = fresh("cas")
+    assert client.cache.compare_and_set(key, b"v", version=1) is None  # absent: no version
+    assert client.cache.get(key) is None
+    client.cache.set(key, b"1")
+    first = client.cache.get_entry(key)
+    assert first is not None
+
+    second = client.cache.compare_and_set(key, b"2", first.version, ttl_ms=60_000)
+    assert second is not None and second > first.version
+    entry = client.cache.get_entry(key)
+    assert entry is not None and entry.value == b"2" and entry.version == second
+    assert 0 < entry.ttl_ms <= 60_000
+
+    # The version read first is stale now: the write is refused and changes nothing.
+    assert client.cache.compare_and_set(key, b"lost update", first.version) is None
+    assert client.cache.get(key) == b"2"
+    # Deleted and written again: a new version, so the old one cannot match (no ABA).
+    client.cache.delete(key)
+    client.cache.set(key, b"2")
+    assert client.cache.compare_and_set(key, b"3", second) is None
+
+    with pytest.raises(LarderError, match="^expected_version: "):
+        client.cache.compare_and_set(key, b"v", version=0)
+
+
+def test_cache_set_many_and_delete_many(client: Larder) -> None:
+    prefix = fresh("many") + ":"
+    entries = {prefix + "a": b"1", prefix + "b": b"", prefix + "c": b"3"}
+    versions = client.cache.set_many(entries, ttl_ms=60_000, namespace="batch")
+    assert list(versions) == list(entries)
+    assert len(set(versions.values())) == 3 and all(v > 0 for v in versions.values())
+    assert client.cache.get_many(list(entries), namespace="batch") == entries
+    for key, version in versions.items():
+        entry = client.cache.get_entry(key, namespace="batch")
+        assert entry is not None and entry.version == version and 0 < entry.ttl_ms <= 60_000
+    assert client.cache.get(prefix + "a") is None  # another namespace
+
+    keys = [prefix + "a", prefix + "c", prefix + "missing"]
+    assert client.cache.delete_many(keys, namespace="batch") == 2
+    assert client.cache.get_many(list(entries), namespace="batch") == {
+        prefix + "a": None,
+        prefix + "b": b"",
+        prefix + "c": None,
+    }
+    assert client.cache.delete_many(keys, namespace="batch") == 0
+
+
+def test_cache_set_many_is_all_or_nothing(client: Larder) -> None:
+    good = fresh("good")
+    with pytest.raises(LarderError) as err:
+        client.cache.set_many({good: b"1", "": b"2"})
+    assert err.value.details.startswith("entries[1].key: ")
+    assert client.cache.get(good) is None
+    with pytest.raises(LarderError, match="^keys: "):
+        client.cache.delete_many([])
+
+
+def test_cache_clear_empties_one_namespace(client: Larder) -> None:
+    ns, other = fresh("ns"), fresh("other")
+    client.cache.set_many({"a": b"1", "b": b"2"}, namespace=ns)
+    client.cache.set("a", b"kept", namespace=other)
+    assert client.cache.clear(ns) == 2
+    assert client.cache.get_many(["a", "b"], namespace=ns) == {"a": None, "b": None}
+    assert client.cache.get("a", namespace=other) == b"kept"
+    assert client.cache.clear(ns) == 0
+
+
 def test_invalid_argument_is_larder_error(client: Larder) -> None:
     with pytest.raises(LarderError) as err:
         client.cache.set("", b"empty key")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List
+from types import SimpleNamespace
+from typing import List, Tuple
 
 import grpc
 import pytest
 
-from larder_client import LarderError
+from larder_client import Cache, LarderError
 from larder_client._invoke import Invoker, channel_options
 
 
@@ -98,3 +99,37 @@ def test_unix_targets_name_localhost() -> None:
     assert channel_options("127.0.0.1:7379", []) == []
     own = [("grpc.default_authority", "larder")]
     assert channel_options("unix:/x", own) == own
+
+
+class Recorder:
+    """Stands in for the Invoker: records whether each stub method was called as idempotent."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[object, bool]] = []
+
+    def __call__(self, method, request, *, idempotent, timeout=None):
+        self.calls.append((method, idempotent))
+        return SimpleNamespace(stored=True, version=1, versions=[1], deleted=0)
+
+
+def test_which_cache_writes_may_be_retried() -> None:
+    # An unconnected channel: the recorder never calls the stub, so nothing is sent.
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    try:
+        recorder = Recorder()
+        cache = Cache(channel, recorder)
+        cache.set("k", b"v", if_present=True)
+        cache.compare_and_set("k", b"v", 7)
+        cache.set_many({"k": b"v"})
+        cache.delete_many(["k"])
+        cache.clear()
+        stub = cache._stub
+        assert recorder.calls == [
+            (stub.Set, False),
+            (stub.Set, False),
+            (stub.SetMany, False),
+            (stub.DeleteMany, True),
+            (stub.Clear, False),
+        ]
+    finally:
+        channel.close()
