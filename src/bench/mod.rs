@@ -109,6 +109,11 @@ pub struct BenchArgs {
     /// `counter:{i}` for incr, that many sessions (preloaded), or rate-limit clients.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Skip the preload of get and getmany: the key space is there from an earlier run (as
+    /// after a restart on the same data dir). Not with session_get, whose tokens the preload
+    /// makes.
+    #[arg(long)]
+    pub no_preload: bool,
     /// Bytes per value written (set, the preload, each session's data).
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
@@ -174,6 +179,7 @@ struct Plan {
     rl_period_ms: u64,
     /// Open loop: calls a second in all.
     rate: Option<f64>,
+    preload: bool,
 }
 
 /// One system the ops run against.
@@ -209,6 +215,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         bail!("--rate must be more than 0 and at most {MAX_RATE} calls a second, got {rate}");
     }
+    if args.no_preload && args.ops.0.contains(&Op::SessionGet) {
+        bail!("--no-preload cannot run session_get: its session tokens come from the preload");
+    }
     if args.redis.is_some() && Sut::is_redis_url(&args.target) {
         bail!("--redis is the second system next to a Larder --target; --target is Redis too");
     }
@@ -231,6 +240,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rl_limit: args.rl_limit,
         rl_period_ms: args.rl_period_ms,
         rate: args.rate,
+        preload: !args.no_preload,
     };
     runtime.block_on(bench(args, plan))
 }
@@ -294,12 +304,16 @@ struct TaskResult {
 /// One run: `op` against `system`, preloaded as the op needs, measured as the plan says.
 async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunReport> {
     let sut = &system.sut;
-    let tokens = tokio::time::timeout(
-        PRELOAD_TIMEOUT + Duration::from_secs(plan.keys / PRELOAD_KEYS_PER_SEC_FLOOR),
-        sut.preload(op, plan.keys, &plan.value, plan.concurrency),
-    )
-    .await
-    .context("preloading the key space timed out")??;
+    let tokens = if plan.preload {
+        tokio::time::timeout(
+            PRELOAD_TIMEOUT + Duration::from_secs(plan.keys / PRELOAD_KEYS_PER_SEC_FLOOR),
+            sut.preload(op, plan.keys, &plan.value, plan.concurrency),
+        )
+        .await
+        .context("preloading the key space timed out")??
+    } else {
+        Vec::new()
+    };
     let gcra_sha = match op {
         Op::RatelimitGcra => sut.load_gcra_script().await?,
         _ => None,
