@@ -41,13 +41,7 @@ section "machine"
 machine_facts
 echo "store: $keys keys × $value_size B, Larder's cache.max_memory $lru"
 
-if [ -n "${LARDER_BIN:-}" ]; then
-  larder_bin="$LARDER_BIN"
-else
-  section "build (release)"
-  cargo build --release --bin larder
-  larder_bin="$CARGO_TARGET_DIR/release/larder"
-fi
+larder_bin="$(bench_binary)"
 with_redis=1
 if [ "${FOOTPRINT_SKIP_REDIS:-0}" = 1 ]; then
   with_redis=0
@@ -93,7 +87,7 @@ socket="$tmp/larder.sock"
   --unix-socket "$socket" --max-memory "$lru" --log-level warn >"$tmp/larder.log" 2>&1 &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 1 100); do [ -S "$socket" ] && break; sleep 0.1; done
+wait_for_socket "$socket" "$pid" "$tmp/larder.log"
 started="$(date +%s.%N)"
 load "unix:$socket" "larder fill and read"
 filled="$(date +%s.%N)"
@@ -126,7 +120,7 @@ if [ "$with_redis" = 1 ]; then
   redis-server "${redis_args[@]}" >"$tmp/redis.log" 2>&1 &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 1 100); do [ -S "$redis_sock" ] && break; sleep 0.1; done
+  wait_for_socket "$redis_sock" "$pid" "$tmp/redis.log"
   load "unix+redis:$redis_sock" "redis fill and read"
   read -r r h <<<"$(rss "$pid")"
   row "Redis, filled (AOF everysec) | $r MiB | $h MiB | $(mib_of_dir "$tmp/redis") MiB | –"

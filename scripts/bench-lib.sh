@@ -6,6 +6,10 @@
 #   section TEXT              a heading in the log
 #   wait_for_port PORT PID LOG
 #                             fails unless 127.0.0.1:PORT accepts within 10 s while PID lives
+#   wait_for_socket PATH PID LOG
+#                             the same for a Unix socket at PATH
+#   bench_binary              the larder binary: $LARDER_BIN if set (it must exist), else the
+#                             release build, made now
 #   port_free PORT            fails if something already listens on 127.0.0.1:PORT
 #   free_port                 prints a loopback TCP port nothing listens on
 #   ensure_redis              installs Debian's redis-server and redis-tools when missing;
@@ -48,6 +52,35 @@ wait_for_port() {
   done
   echo "bench: nothing accepted connections on 127.0.0.1:$port within 10 s" >&2
   exit 1
+}
+
+wait_for_socket() {
+  local path="$1" pid="$2" log="$3"
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench: the server for $path exited; its log:" >&2
+      cat "$log" >&2
+      exit 1
+    fi
+    [ -S "$path" ] && return 0
+    sleep 0.1
+  done
+  echo "bench: no socket at $path within 10 s" >&2
+  exit 1
+}
+
+bench_binary() {
+  if [ -n "${LARDER_BIN:-}" ]; then
+    if [ ! -x "$LARDER_BIN" ]; then
+      echo "bench: LARDER_BIN=$LARDER_BIN is not an executable file" >&2
+      exit 2
+    fi
+    echo "$LARDER_BIN"
+    return
+  fi
+  section "build (release)" >&2
+  cargo build --release --bin larder >&2
+  echo "${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}/release/larder"
 }
 
 port_free() {

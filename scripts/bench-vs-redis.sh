@@ -66,13 +66,7 @@ results="$out/results.jsonl"
 section "machine"
 machine_facts | tee "$out/machine.txt"
 
-if [ -n "${LARDER_BIN:-}" ]; then
-  larder_bin="$LARDER_BIN"
-else
-  section "build (release)"
-  cargo build --release --bin larder
-  larder_bin="$CARGO_TARGET_DIR/release/larder"
-fi
+larder_bin="$(bench_binary)"
 if ! ensure_redis; then
   echo "bench-vs-redis: Redis is missing and cannot be installed (needs root and apt-get)" >&2
   exit 1

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this build writes. A file with a higher version was written by a newer
 /// Larder and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// WAL pages after which the writer checkpoints inline (the background checkpointer normally
 /// keeps the WAL far below this).
@@ -77,6 +77,11 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (policy, key)
     );
     CREATE INDEX rate_limits_by_expiry ON rate_limits (expires_at);
+    ",
+    // 3 → 4: the bytes the cache table holds against the disk bound, kept by the writer in the
+    // transaction of every change, so that opening a big store need not add up every row.
+    "
+    INSERT INTO meta (name, value) SELECT 'cache_bytes', COALESCE(SUM(size), 0) FROM cache_entries;
     ",
 ];
 
@@ -324,6 +329,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(version, 7);
+        let bytes: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'cache_bytes'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(bytes, 2, "the migration adds up the rows there were");
         let sessions: i64 = conn
             .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
             .unwrap();

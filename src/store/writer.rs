@@ -297,13 +297,15 @@ impl Writer {
         // Starting above a thousand versions per millisecond of wall-clock time since the epoch
         // rules that out for any sustainable write rate, without an fsync per lease.
         let version_floor = clock.now_ms().saturating_mul(1000);
+        // Kept in the same transaction as every change of the table (see `commit_batch`):
+        // reading it costs nothing however big the store, where SUM(size) reads every row.
         let cache_bytes: i64 = conn
             .query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM cache_entries",
+                "SELECT value FROM meta WHERE name = 'cache_bytes'",
                 [],
                 |r| r.get(0),
             )
-            .map_err(Error::storage("measuring the cache table"))?;
+            .map_err(Error::storage("reading the cache table's size"))?;
         Ok(Self {
             conn,
             memory,
@@ -431,12 +433,16 @@ impl Writer {
             // The batch itself is fine; the bound is enforced again on the next write.
             tracing::warn!(error = %e, "evicting for the disk bound failed");
         }
-        let commit = self.extend_version_lease().and_then(|new_lease| {
-            self.conn
-                .execute_batch("COMMIT")
-                .map_err(Error::storage("committing a write batch"))
-                .map(|()| new_lease)
-        });
+        let cache_bytes = (self.cache_bytes as i64 + effects.bytes_delta).max(0) as u64;
+        let commit = self
+            .save_cache_bytes(cache_bytes)
+            .and_then(|()| self.extend_version_lease())
+            .and_then(|new_lease| {
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(Error::storage("committing a write batch"))
+                    .map(|()| new_lease)
+            });
         let new_lease = match commit {
             Ok(lease) => lease,
             Err(e) => {
@@ -448,7 +454,7 @@ impl Writer {
             self.lease_end = lease;
         }
         let _ = self.checkpoint_hint.try_send(());
-        self.cache_bytes = (self.cache_bytes as i64 + effects.bytes_delta).max(0) as u64;
+        self.cache_bytes = cache_bytes;
         self.settings
             .metrics
             .committed(batch.len(), started.elapsed(), self.cache_bytes);
@@ -532,6 +538,19 @@ impl Writer {
             return Err(Error::storage("closing a savepoint")(e));
         }
         result
+    }
+
+    /// Inside the batch's transaction: records the cache table's new byte total, when the
+    /// batch changed it.
+    fn save_cache_bytes(&mut self, bytes: u64) -> Result<()> {
+        if bytes == self.cache_bytes {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'cache_bytes'")
+            .and_then(|mut s| s.execute([bytes as i64]))
+            .map_err(Error::storage("saving the cache table's size"))?;
+        Ok(())
     }
 
     /// Inside the batch's transaction: when the batch handed out versions past the lease,
@@ -800,7 +819,10 @@ impl Writer {
             namespace.to_owned(),
             key.to_owned(),
             CachedEntry {
-                value: value.clone(),
+                // A copy of its own: the request's value is a slice of the buffer the whole
+                // message was decoded from (a SetMany's, up to megabytes), which the LRU would
+                // otherwise keep alive, unaccounted, for as long as it keeps this entry.
+                value: Bytes::copy_from_slice(value),
                 version,
                 expires_at_ms: expires_at,
             },

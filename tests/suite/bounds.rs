@@ -176,3 +176,117 @@ async fn check_disk_bound(ops: Vec<Op>) -> Result<(), TestCaseError> {
     store.close().await.unwrap();
     Ok(())
 }
+
+/// One change of the byte-total property test.
+#[derive(Debug, Clone)]
+enum Change {
+    Set(u8, usize, u64),
+    Delete(u8),
+    Increment(u8),
+    Clear,
+    Sweep(u64),
+}
+
+fn changes() -> impl Strategy<Value = Vec<Change>> {
+    let change = prop_oneof![
+        6 => (0u8..30, 0usize..3_000, prop_oneof![Just(0u64), 1u64..50])
+            .prop_map(|(k, size, ttl)| Change::Set(k, size, ttl)),
+        2 => (0u8..30).prop_map(Change::Delete),
+        2 => (30u8..35).prop_map(Change::Increment),
+        1 => Just(Change::Clear),
+        1 => (0u64..100).prop_map(Change::Sweep),
+    ];
+    prop::collection::vec(change, 1..50)
+}
+
+/// The cache table's byte total as the writer saved it, and as its rows add up.
+fn saved_and_summed(dir: &std::path::Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(dir.join("larder.db")).unwrap();
+    let saved = conn
+        .query_row("SELECT value FROM meta WHERE name = 'cache_bytes'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let summed = conn
+        .query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM cache_entries",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (saved, summed)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Whatever changed the cache table (writes, deletes, counters, a clear, expiry sweeps,
+    /// evictions past the disk bound), the byte total saved beside it, which the next start
+    /// reads instead of adding up every row, equals the sum of its rows, before and after a
+    /// reopen.
+    #[test]
+    fn the_saved_byte_total_is_the_sum_of_the_rows(changes in changes()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(check_byte_total(changes))?;
+    }
+}
+
+async fn check_byte_total(changes: Vec<Change>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let open = || {
+        let mut config = StoreConfig::new(dir.path());
+        config.max_disk_bytes = DISK_BOUND;
+        config.sweep_interval = std::time::Duration::from_secs(24 * 3600);
+        Store::open(config, Arc::new(clock.clone())).unwrap()
+    };
+    let store = open();
+    for change in &changes {
+        let key = |k: &u8| format!("key-{k}");
+        match change {
+            Change::Set(k, size, ttl) => {
+                let value = Bytes::from(vec![7u8; *size]);
+                store
+                    .set("ns", &key(k), value, *ttl, SetCondition::Always)
+                    .await
+                    .unwrap();
+            }
+            Change::Delete(k) => {
+                store.delete("ns", vec![key(k)]).await.unwrap();
+            }
+            Change::Increment(k) => {
+                store.increment("ns", &key(k), 5, 0).await.unwrap();
+            }
+            Change::Clear => {
+                store.clear("ns").await.unwrap();
+            }
+            Change::Sweep(ms) => {
+                clock.advance_ms(*ms);
+                store.maintain().await.unwrap();
+            }
+        }
+        clock.advance_ms(1);
+    }
+    let live = store.stats(None).await.unwrap().bytes;
+    store.close().await.unwrap();
+    drop(store);
+    let (saved, summed) = saved_and_summed(dir.path());
+    prop_assert_eq!(saved, summed);
+    prop_assert!(live as i64 <= summed, "live {} of {}", live, summed);
+
+    // A reopened store starts from the saved total and keeps it right.
+    let store = open();
+    store
+        .set("ns", "after", Bytes::from_static(b"v"), 0, SetCondition::Always)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let (saved, summed) = saved_and_summed(dir.path());
+    prop_assert_eq!(saved, summed);
+    Ok(())
+}
