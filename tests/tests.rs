@@ -16,6 +16,7 @@ mod suite {
     mod bounds;
     mod conditions;
     mod expiry;
+    mod faults;
     mod increment;
     mod metrics;
     mod ops;
