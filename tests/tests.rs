@@ -17,6 +17,7 @@ mod suite {
     mod conditions;
     mod expiry;
     mod faults;
+    mod hostile;
     mod increment;
     mod metrics;
     mod ops;
