@@ -238,11 +238,34 @@ pub fn file_error(path: &Path, context: &'static str, e: rusqlite::Error) -> Err
              writable by the user running larder",
             sqlite_message(&e)
         )),
-        Some(E::DiskFull) => Error::Setup(format!(
-            "no space left on the file system of {p}; free some space and try again"
-        )),
+        Some(E::DiskFull) => no_space(path),
+        // SQLite says only "disk I/O error" when it cannot grow its shared-memory index
+        // (`-shm`) on a full disk: ask the file system.
+        Some(E::SystemIoFailure) if out_of_space(path) => no_space(path),
         _ => Error::storage(context)(e),
     }
+}
+
+fn no_space(path: &Path) -> Error {
+    Error::Setup(format!(
+        "no space left on the file system of {}; free some space and try again",
+        path.display()
+    ))
+}
+
+/// Whether the directory of `path` has no room for 64 KiB (what SQLite needs to open a
+/// database in WAL mode: its `-shm` index and the first WAL frames). Writes and removes a
+/// probe file.
+fn out_of_space(path: &Path) -> bool {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".larder-space-check.{}", std::process::id()));
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 64 << 10])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    matches!(written, Err(e) if e.kind() == std::io::ErrorKind::StorageFull)
 }
 
 /// SQLite's own words for an error, without rusqlite's repetitions.

@@ -594,3 +594,28 @@ async fn an_fsync_error_fails_the_write_unavailable_and_it_is_not_kept() {
     drop(c);
     daemon.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_started_on_a_full_disk_is_refused_in_one_line_saying_so() {
+    let Some(fs) = tmpfs_or_skip("8m", "") else {
+        return;
+    };
+    let data_dir = stopped_store(fs.path(), 1).await;
+    let filler = fs.path().join("filler");
+    fill(&filler, 16 << 20);
+    let logs = tempfile::tempdir().unwrap();
+    let (status, stderr) = refuse(&data_dir, &[], &logs.path().join("full.log")).await;
+    assert_one_line_error(
+        status,
+        &stderr,
+        &["no space left", &data_dir.display().to_string()],
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let socket = logs.path().join("l.sock");
+    let mut daemon = Daemon::spawn(&data_dir, &socket, logs.path().join("second.log"));
+    let mut c = daemon.client(&socket).await;
+    assert!(get(&mut c, "", "k0").await.found, "the store is intact");
+    drop(c);
+    daemon.terminate().await;
+}
