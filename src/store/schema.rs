@@ -242,7 +242,30 @@ pub fn file_error(path: &Path, context: &'static str, e: rusqlite::Error) -> Err
         // SQLite says only "disk I/O error" when it cannot grow its shared-memory index
         // (`-shm`) on a full disk: ask the file system.
         Some(E::SystemIoFailure) if out_of_space(path) => no_space(path),
+        Some(E::SystemIoFailure) => Error::Setup(format!(
+            "the disk failed under {p} while {context} ({}); check the disk and the kernel \
+             log (`dmesg`)",
+            io_failure(&e)
+        )),
         _ => Error::storage(context)(e),
+    }
+}
+
+/// What an SQLite I/O error was, in words (its extended code says which system call failed).
+fn io_failure(e: &rusqlite::Error) -> String {
+    use rusqlite::ffi;
+    let code = match e {
+        rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+        _ => return e.to_string(),
+    };
+    match code {
+        ffi::SQLITE_IOERR_FSYNC | ffi::SQLITE_IOERR_DIR_FSYNC => "fsync failed".into(),
+        ffi::SQLITE_IOERR_WRITE => "a write failed".into(),
+        ffi::SQLITE_IOERR_READ | ffi::SQLITE_IOERR_SHORT_READ => "a read failed".into(),
+        ffi::SQLITE_IOERR_SHMSIZE | ffi::SQLITE_IOERR_SHMOPEN | ffi::SQLITE_IOERR_SHMMAP => {
+            "SQLite's shared-memory index (-shm) could not be made".into()
+        }
+        other => format!("SQLite I/O error code {other}"),
     }
 }
 

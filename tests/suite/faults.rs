@@ -619,3 +619,69 @@ async fn a_daemon_started_on_a_full_disk_is_refused_in_one_line_saying_so() {
     drop(c);
     daemon.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_synchronous_normal_an_fsync_error_fails_only_the_checkpoint_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let library = match failing_fsync_library(tmp.path()) {
+        Ok(library) => library,
+        Err(reason) => {
+            println!("skipped: cannot build the failing-fsync library ({reason})");
+            return;
+        }
+    };
+    let data_dir = tmp.path().join("data");
+    let socket = tmp.path().join("l.sock");
+    let marker = tmp.path().join("fail-fsync");
+    let log = tmp.path().join("first.log");
+    let mut cmd = serve(&data_dir, &socket, &log);
+    cmd.env("LD_PRELOAD", &library)
+        .env("FAULT_FSYNC_FILE", &marker);
+    let mut daemon = Daemon::start(cmd, log.clone());
+    let mut c = daemon.client(&socket).await;
+    std::fs::write(&marker, "").unwrap();
+    // Commits do not wait for fsync under `normal`: the write is acknowledged.
+    let written = set(&mut c, "", "k", "in the WAL", 0).await;
+    drop(c);
+    // The final checkpoint cannot sync the database file: the stop is not clean.
+    let status = daemon.signal("-TERM").await;
+    let logged = read_log(&log);
+    assert!(!status.success(), "{logged}");
+    assert!(logged.contains("checkpoint"), "{logged}");
+
+    std::fs::remove_file(&marker).unwrap();
+    let mut daemon = Daemon::spawn(&data_dir, &socket, tmp.path().join("second.log"));
+    let mut c = daemon.client(&socket).await;
+    let g = get(&mut c, "", "k").await;
+    assert_eq!((g.value, g.version), ("in the WAL".into(), written.version));
+    drop(c);
+    daemon.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_fsync_error_at_start_up_is_refused_in_one_line_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let library = match failing_fsync_library(tmp.path()) {
+        Ok(library) => library,
+        Err(reason) => {
+            println!("skipped: cannot build the failing-fsync library ({reason})");
+            return;
+        }
+    };
+    let data_dir = tmp.path().join("data");
+    let marker = tmp.path().join("fail-fsync");
+    std::fs::write(&marker, "").unwrap();
+    let log = tmp.path().join("refused.log");
+    let mut cmd = serve(&data_dir, &tmp.path().join("l.sock"), &log);
+    cmd.env("LD_PRELOAD", &library)
+        .env("FAULT_FSYNC_FILE", &marker);
+    let (status, stderr) = crate::suite::binary::refused(cmd, &log).await;
+    assert_one_line_error(
+        status,
+        &stderr,
+        &[
+            &data_dir.join(DB_FILE).display().to_string(),
+            "fsync failed",
+        ],
+    );
+}
