@@ -270,7 +270,26 @@ async fn a_full_disk_fails_writes_whole_keeps_reads_and_recovers_without_a_resta
 struct Immutable(Vec<PathBuf>);
 
 impl Immutable {
+    /// Makes `paths` immutable, after checking on a probe file beside the first that this
+    /// file system stops writes through a descriptor already open (tmpfs, for one, does not).
     fn set(paths: &[PathBuf]) -> Result<Self, String> {
+        let dir = paths[0].parent().expect("a file in a directory");
+        let probe_path = dir.join(".immutable-probe");
+        let mut probe = std::fs::File::create(&probe_path).map_err(|e| e.to_string())?;
+        let guard = Self::make(std::slice::from_ref(&probe_path))?;
+        let stopped = probe.write_all(b"x").is_err();
+        drop(guard);
+        let _ = std::fs::remove_file(&probe_path);
+        if !stopped {
+            return Err(format!(
+                "the file system of {} lets open descriptors write to an immutable file",
+                dir.display()
+            ));
+        }
+        Self::make(paths)
+    }
+
+    fn make(paths: &[PathBuf]) -> Result<Self, String> {
         let mut done = Self(Vec::new());
         for path in paths {
             let out = Command::new("chattr")
