@@ -549,30 +549,54 @@ fn failing_fsync_library(dir: &Path) -> Result<PathBuf, String> {
     Ok(library)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_fsync_error_fails_the_write_unavailable_and_it_is_not_kept() {
-    let tmp = tempfile::tempdir().unwrap();
-    let library = match failing_fsync_library(tmp.path()) {
+/// A `larder serve` in a temporary directory whose fsync fails while `marker` exists.
+struct FailingFsync {
+    cmd: Command,
+    data_dir: PathBuf,
+    socket: PathBuf,
+    marker: PathBuf,
+    log: PathBuf,
+}
+
+/// [`FailingFsync`] in `dir`, or `None` after printing why the calling test checks nothing.
+fn failing_fsync(dir: &Path) -> Option<FailingFsync> {
+    let library = match failing_fsync_library(dir) {
         Ok(library) => library,
         Err(reason) => {
             println!("skipped: cannot build the failing-fsync library ({reason})");
-            return;
+            return None;
         }
     };
-    let data_dir = tmp.path().join("data");
-    let socket = tmp.path().join("l.sock");
-    let marker = tmp.path().join("fail-fsync");
-    let log = tmp.path().join("first.log");
+    let data_dir = dir.join("data");
+    let socket = dir.join("l.sock");
+    let marker = dir.join("fail-fsync");
+    let log = dir.join("first.log");
     let mut cmd = serve(&data_dir, &socket, &log);
-    cmd.args(["--synchronous", "full"])
-        .env("LD_PRELOAD", &library)
+    cmd.env("LD_PRELOAD", &library)
         .env("FAULT_FSYNC_FILE", &marker);
-    let mut daemon = Daemon::start(cmd, log.clone());
-    let channel = daemon.channel(&socket).await;
+    Some(FailingFsync {
+        cmd,
+        data_dir,
+        socket,
+        marker,
+        log,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_fsync_error_fails_the_write_unavailable_and_it_is_not_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = failing_fsync(tmp.path()) else {
+        return;
+    };
+    let mut cmd = f.cmd;
+    cmd.args(["--synchronous", "full"]);
+    let mut daemon = Daemon::start(cmd, f.log.clone());
+    let channel = daemon.channel(&f.socket).await;
     let mut c = Client::new(channel.clone());
     let before = set(&mut c, "", "before", "synced", 0).await;
 
-    std::fs::write(&marker, "").unwrap();
+    std::fs::write(&f.marker, "").unwrap();
     let failed = assert_code(
         try_set(&mut c, "during", b"lost".to_vec()).await,
         Code::Unavailable,
@@ -592,7 +616,7 @@ async fn an_fsync_error_fails_the_write_unavailable_and_it_is_not_kept() {
         .unwrap();
     assert_eq!(health.into_inner().status, SERVING);
 
-    std::fs::remove_file(&marker).unwrap();
+    std::fs::remove_file(&f.marker).unwrap();
     assert!(
         try_set(&mut c, "after", b"synced".to_vec())
             .await
@@ -601,11 +625,11 @@ async fn an_fsync_error_fails_the_write_unavailable_and_it_is_not_kept() {
     );
     drop(c);
     daemon.terminate().await;
-    let logged = read_log(&log);
+    let logged = read_log(&f.log);
     assert!(logged.contains("write batch rolled back"), "{logged}");
 
-    let mut daemon = Daemon::spawn(&data_dir, &socket, tmp.path().join("second.log"));
-    let mut c = daemon.client(&socket).await;
+    let mut daemon = Daemon::spawn(&f.data_dir, &f.socket, tmp.path().join("second.log"));
+    let mut c = daemon.client(&f.socket).await;
     assert_eq!(
         crate::common::found(&mut c, "", &["before", "during", "after"]).await,
         [true, false, true]
@@ -642,35 +666,24 @@ async fn a_daemon_started_on_a_full_disk_is_refused_in_one_line_saying_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_synchronous_normal_an_fsync_error_fails_only_the_checkpoint_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let library = match failing_fsync_library(tmp.path()) {
-        Ok(library) => library,
-        Err(reason) => {
-            println!("skipped: cannot build the failing-fsync library ({reason})");
-            return;
-        }
+    let Some(f) = failing_fsync(tmp.path()) else {
+        return;
     };
-    let data_dir = tmp.path().join("data");
-    let socket = tmp.path().join("l.sock");
-    let marker = tmp.path().join("fail-fsync");
-    let log = tmp.path().join("first.log");
-    let mut cmd = serve(&data_dir, &socket, &log);
-    cmd.env("LD_PRELOAD", &library)
-        .env("FAULT_FSYNC_FILE", &marker);
-    let mut daemon = Daemon::start(cmd, log.clone());
-    let mut c = daemon.client(&socket).await;
-    std::fs::write(&marker, "").unwrap();
+    let mut daemon = Daemon::start(f.cmd, f.log.clone());
+    let mut c = daemon.client(&f.socket).await;
+    std::fs::write(&f.marker, "").unwrap();
     // Commits do not wait for fsync under `normal`: the write is acknowledged.
     let written = set(&mut c, "", "k", "in the WAL", 0).await;
     drop(c);
     // The final checkpoint cannot sync the database file: the stop is not clean.
     let status = daemon.signal("-TERM").await;
-    let logged = read_log(&log);
+    let logged = read_log(&f.log);
     assert!(!status.success(), "{logged}");
     assert!(logged.contains("checkpoint"), "{logged}");
 
-    std::fs::remove_file(&marker).unwrap();
-    let mut daemon = Daemon::spawn(&data_dir, &socket, tmp.path().join("second.log"));
-    let mut c = daemon.client(&socket).await;
+    std::fs::remove_file(&f.marker).unwrap();
+    let mut daemon = Daemon::spawn(&f.data_dir, &f.socket, tmp.path().join("second.log"));
+    let mut c = daemon.client(&f.socket).await;
     let g = get(&mut c, "", "k").await;
     assert_eq!((g.value, g.version), ("in the WAL".into(), written.version));
     drop(c);
@@ -680,26 +693,16 @@ async fn with_synchronous_normal_an_fsync_error_fails_only_the_checkpoint_and_lo
 #[tokio::test(flavor = "multi_thread")]
 async fn an_fsync_error_at_start_up_is_refused_in_one_line_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let library = match failing_fsync_library(tmp.path()) {
-        Ok(library) => library,
-        Err(reason) => {
-            println!("skipped: cannot build the failing-fsync library ({reason})");
-            return;
-        }
+    let Some(f) = failing_fsync(tmp.path()) else {
+        return;
     };
-    let data_dir = tmp.path().join("data");
-    let marker = tmp.path().join("fail-fsync");
-    std::fs::write(&marker, "").unwrap();
-    let log = tmp.path().join("refused.log");
-    let mut cmd = serve(&data_dir, &tmp.path().join("l.sock"), &log);
-    cmd.env("LD_PRELOAD", &library)
-        .env("FAULT_FSYNC_FILE", &marker);
-    let (status, stderr) = crate::suite::binary::refused(cmd, &log).await;
+    std::fs::write(&f.marker, "").unwrap();
+    let (status, stderr) = crate::suite::binary::refused(f.cmd, &f.log).await;
     assert_one_line_error(
         status,
         &stderr,
         &[
-            &data_dir.join(DB_FILE).display().to_string(),
+            &f.data_dir.join(DB_FILE).display().to_string(),
             "fsync failed",
         ],
     );
