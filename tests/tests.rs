@@ -16,6 +16,8 @@ mod suite {
     mod bounds;
     mod conditions;
     mod expiry;
+    mod faults;
+    mod hostile;
     mod increment;
     mod metrics;
     mod ops;

@@ -5,9 +5,11 @@
 //! (the same code a shutting-down server gives). Health checks are never refused, so a busy
 //! daemon is not mistaken for a dead one.
 //!
-//! Every connection also holds its place only while it is used: one that sends nothing within
-//! the handshake timeout ([`HANDSHAKE_TIMEOUT`] by default) of being accepted is closed (a client that connects and stays silent
-//! cannot fill the table), and at shutdown [`ConnectionLimit::cut`] closes every connection
+//! Every connection also holds its place only while it is used: one that has not sent the
+//! 24 bytes of the HTTP/2 connection preface within the handshake timeout
+//! ([`HANDSHAKE_TIMEOUT`] by default) of being accepted is closed (a client that connects and
+//! stays silent, or stops part-way through the preface, cannot fill the table; once the
+//! preface is in, HTTP/2 keepalive closes a peer that stops answering), and at shutdown [`ConnectionLimit::cut`] closes every connection
 //! still open after the drain deadline, so that no call outlives the store.
 
 use std::io;
@@ -29,9 +31,15 @@ use tonic::transport::server::Connected;
 /// Path prefix of the health service, which is never refused.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
-/// How long an accepted connection may stay silent before its first byte (the HTTP/2 or TLS
-/// preface a real client sends at once).
+/// How long an accepted connection may take to send [`PREFACE_BYTES`] (the HTTP/2 preface or
+/// the start of a TLS handshake, which a real client sends at once).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes a connection must send within the handshake timeout: the length of the HTTP/2
+/// client connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`). hyper waits for the
+/// whole preface without a deadline of its own, so counting only the first byte would let a
+/// client hold its place forever by sending one. A TLS ClientHello is longer than this.
+pub const PREFACE_BYTES: usize = 24;
 
 /// At most one warning per this interval for each kind of refusal, so a flood does not
 /// become a flood of log lines.
@@ -134,6 +142,7 @@ impl ConnectionLimit {
                     _permit: permit,
                     cut: Box::pin(this.cut.clone().cancelled_owned()),
                     silent: Some(Box::pin(tokio::time::sleep(this.handshake_timeout))),
+                    received: 0,
                 })),
                 Err(_) => {
                     this.warn.refused(this.limit);
@@ -151,8 +160,10 @@ pub struct Limited<IO> {
     _permit: OwnedSemaphorePermit,
     /// Ready once the server cuts every connection.
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Until the first byte arrives: the deadline for it.
+    /// Until [`PREFACE_BYTES`] have arrived: the deadline for them.
     silent: Option<Pin<Box<Sleep>>>,
+    /// Bytes read so far, counted up to [`PREFACE_BYTES`].
+    received: usize,
 }
 
 impl<IO> Limited<IO> {
@@ -170,7 +181,7 @@ impl<IO> Limited<IO> {
         {
             return Some(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "the client sent nothing after connecting",
+                "the client did not send the HTTP/2 preface in time",
             ));
         }
         None
@@ -196,8 +207,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.silent = None;
+        if self.silent.is_some() && matches!(polled, Poll::Ready(Ok(()))) {
+            self.received += buf.filled().len() - before;
+            if self.received >= PREFACE_BYTES {
+                self.silent = None;
+            }
         }
         polled
     }

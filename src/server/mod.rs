@@ -208,7 +208,7 @@ pub struct ServerSettings {
     pub max_concurrent_requests: usize,
     /// Most open client connections over all listeners; more are closed on accept.
     pub max_connections: usize,
-    /// How long a new connection may send nothing before it is closed.
+    /// How long a new connection may take to send the HTTP/2 preface before it is closed.
     pub handshake_timeout: Duration,
     /// Bearer-token authentication, if on.
     pub auth: Option<AuthConfig>,

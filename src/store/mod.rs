@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: background WAL checkpoints, off the writer's path.
 //! - [`observe`]: what monitoring reads: writer histograms, rate-limit checks, cheap totals.
 //! - [`lock`]: one daemon per data directory.
+//! - [`files`]: writes refused once the database file or its WAL is deleted or replaced.
 //! - [`backup`]: `larder backup`, a consistent copy of a live store into a new file.
 //!
 //! Reads try memory, then a pool of read-only connections on blocking threads; they never wait
@@ -20,6 +21,7 @@
 
 pub mod backup;
 pub mod checkpoint;
+pub mod files;
 pub mod lock;
 pub mod memory;
 pub mod observe;
@@ -213,6 +215,7 @@ impl Store {
         let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
             conn,
+            &db_path,
             memory.clone(),
             session_memory.clone(),
             stats.clone(),

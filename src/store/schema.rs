@@ -243,11 +243,57 @@ pub fn file_error(path: &Path, context: &'static str, e: rusqlite::Error) -> Err
              writable by the user running larder",
             sqlite_message(&e)
         )),
-        Some(E::DiskFull) => Error::Setup(format!(
-            "no space left on the file system of {p}; free some space and try again"
+        Some(E::DiskFull) => no_space(path),
+        // SQLite says only "disk I/O error" when it cannot grow its shared-memory index
+        // (`-shm`) on a full disk: ask the file system.
+        Some(E::SystemIoFailure) if out_of_space(path) => no_space(path),
+        Some(E::SystemIoFailure) => Error::Setup(format!(
+            "the disk failed under {p} while {context} ({}); check the disk and the kernel \
+             log (`dmesg`)",
+            io_failure(&e)
         )),
         _ => Error::storage(context)(e),
     }
+}
+
+/// What an SQLite I/O error was, in words (its extended code says which system call failed).
+fn io_failure(e: &rusqlite::Error) -> String {
+    use rusqlite::ffi;
+    let code = match e {
+        rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+        _ => return e.to_string(),
+    };
+    match code {
+        ffi::SQLITE_IOERR_FSYNC | ffi::SQLITE_IOERR_DIR_FSYNC => "fsync failed".into(),
+        ffi::SQLITE_IOERR_WRITE => "a write failed".into(),
+        ffi::SQLITE_IOERR_READ | ffi::SQLITE_IOERR_SHORT_READ => "a read failed".into(),
+        ffi::SQLITE_IOERR_SHMSIZE | ffi::SQLITE_IOERR_SHMOPEN | ffi::SQLITE_IOERR_SHMMAP => {
+            "SQLite's shared-memory index (-shm) could not be made".into()
+        }
+        other => format!("SQLite I/O error code {other}"),
+    }
+}
+
+fn no_space(path: &Path) -> Error {
+    Error::Setup(format!(
+        "no space left on the file system of {}; free some space and try again",
+        path.display()
+    ))
+}
+
+/// Whether the directory of `path` has no room for 64 KiB (what SQLite needs to open a
+/// database in WAL mode: its `-shm` index and the first WAL frames). Writes and removes a
+/// probe file.
+fn out_of_space(path: &Path) -> bool {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".larder-space-check.{}", std::process::id()));
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 64 << 10])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    matches!(written, Err(e) if e.kind() == std::io::ErrorKind::StorageFull)
 }
 
 /// SQLite's own words for an error, without rusqlite's repetitions.

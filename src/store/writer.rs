@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, deadline_ms, remaining_ms};
 use crate::error::{Error, Result};
+use crate::store::files::OpenFiles;
 use crate::store::memory::{CachedEntry, EntryCache};
 use crate::store::observe::WriterMetrics;
 use crate::store::ratelimits::LimitRow;
@@ -272,12 +273,16 @@ pub struct Writer {
     checkpoint_hint: SyncSender<()>,
     /// Set when a savepoint could not be closed: the batch's transaction is then abandoned.
     savepoint_failed: bool,
+    /// The database file and WAL this connection has open; checked before every batch.
+    files: OpenFiles,
 }
 
 impl Writer {
-    /// Loads the writer's counters from the database.
+    /// Loads the writer's counters from the database opened at `db_path`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: Connection,
+        db_path: &std::path::Path,
         memory: Arc<EntryCache>,
         sessions: Arc<SessionCache>,
         stats: Arc<StatsRegistry>,
@@ -318,6 +323,7 @@ impl Writer {
             cache_bytes: cache_bytes.max(0) as u64,
             checkpoint_hint,
             savepoint_failed: false,
+            files: OpenFiles::record(db_path),
         })
         .inspect(|w| {
             w.memory.set_access_tracking(w.eviction_in_sight());
@@ -400,6 +406,16 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<(WriteOp, oneshot::Sender<Result<WriteOutcome>>)>) {
         let now = self.clock.now_ms();
         let started = Instant::now();
+        if let Err(moved) = self.files.check() {
+            // Committing into a file no longer at its path would acknowledge writes that the
+            // next start cannot see.
+            self.settings.metrics.failed_batches.inc();
+            let message = moved.to_string();
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(Error::Unavailable(message.clone())));
+            }
+            return;
+        }
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             self.settings.metrics.failed_batches.inc();
             fail_all(batch, "starting a write transaction", &e);

@@ -105,6 +105,11 @@ impl TestServer {
         server
     }
 
+    /// A server with the default store config and these settings.
+    pub async fn with_settings(settings: ServerSettings) -> Self {
+        Self::start_with(|_| {}, settings).await
+    }
+
     /// A server with default store config and these request limits.
     pub async fn with_limits(limits: larder::service::Limits) -> Self {
         Self::start_with(

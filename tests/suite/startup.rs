@@ -34,7 +34,7 @@ fn serve_on(data_dir: &Path, extra: &[&OsStr], log: &Path) -> Command {
 /// Asserts that larder exited non-zero, and that its error is one line (the last of stderr,
 /// after any log lines) holding each of `mentions`, with no panic.
 #[track_caller]
-fn assert_one_line_error(status: ExitStatus, stderr: &str, mentions: &[&str]) {
+pub(crate) fn assert_one_line_error(status: ExitStatus, stderr: &str, mentions: &[&str]) {
     assert!(!status.success(), "larder started: {stderr}");
     assert_eq!(status.code(), Some(1), "not a plain failure exit: {stderr}");
     let lower = stderr.to_lowercase();
@@ -62,12 +62,12 @@ fn assert_one_line_error(status: ExitStatus, stderr: &str, mentions: &[&str]) {
 }
 
 /// Runs `larder serve` on `data_dir` expecting a refusal; returns what it printed.
-async fn refuse(data_dir: &Path, extra: &[&OsStr], log: &Path) -> (ExitStatus, String) {
+pub(crate) async fn refuse(data_dir: &Path, extra: &[&OsStr], log: &Path) -> (ExitStatus, String) {
     refused(serve_on(data_dir, extra, log), log).await
 }
 
 /// A data directory whose daemon wrote `entries` values of 8 KiB and stopped.
-async fn stopped_store(tmp: &Path, entries: usize) -> PathBuf {
+pub(crate) async fn stopped_store(tmp: &Path, entries: usize) -> PathBuf {
     let data_dir = tmp.join("data");
     let socket = tmp.join("store.sock");
     let mut daemon = Daemon::spawn(&data_dir, &socket, tmp.join("store.log"));
