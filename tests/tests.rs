@@ -15,6 +15,7 @@ mod suite {
     mod binary;
     mod bounds;
     mod conditions;
+    mod crash;
     mod expiry;
     mod increment;
     mod metrics;
