@@ -25,6 +25,7 @@ mod suite {
     mod rpc;
     mod server;
     mod sessions;
+    mod soak;
     mod startup;
     mod validation;
 }
