@@ -14,6 +14,7 @@ mod suite {
     mod bench;
     mod binary;
     mod bounds;
+    mod concurrency;
     mod conditions;
     mod crash;
     mod expiry;
