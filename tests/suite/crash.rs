@@ -10,6 +10,10 @@
 //! its one call in flight. A counter shared by every client is incremented too: after a
 //! restart it lies between what was acknowledged and that plus the calls in flight.
 //!
+//! The daemon runs with `--synchronous normal` (the default), and every fourth time with
+//! `full`: both must keep every acknowledged write through a process crash. (What `full` adds,
+//! surviving a power loss or an OS crash, cannot be tested by killing a process.)
+//!
 //! The randomness (which calls, which keys, when the kill comes) is seeded; the seed is
 //! printed, and `LARDER_CRASH_SEED` replays it. `LARDER_CRASH_CYCLES` sets the number of
 //! kill-and-restart cycles (20 by default, a few seconds each at most).
@@ -203,7 +207,14 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
 
     for cycle in 0..=cycles {
         let log = tmp.path().join(format!("cycle-{cycle}.log"));
-        let mut daemon = Daemon::spawn(&data_dir, &socket, log);
+        // Every fourth incarnation commits with fsync (`full`); the others as by default.
+        let synchronous = if cycle % 4 == 3 { "full" } else { "normal" };
+        let mut daemon = Daemon::spawn_with(
+            &data_dir,
+            &socket,
+            log,
+            &["--synchronous".as_ref(), synchronous.as_ref()],
+        );
         let channel = daemon.channel(&socket).await;
 
         // What the previous cycle left must be there before anything new is written.
