@@ -111,6 +111,15 @@ async fn history(server: &TestServer, noise: bool) -> Vec<Call> {
     .expect("the register history did not finish in time")
 }
 
+/// The newest version among `calls` (sorted by end) that ended before `at`.
+fn newest_ended_before(calls: &[&Call], at: Instant) -> Option<u64> {
+    calls
+        .iter()
+        .take_while(|c| c.end < at)
+        .map(|c| c.version)
+        .max()
+}
+
 /// Asserts that the history is linearizable in the sense of the module documentation.
 #[track_caller]
 fn assert_linearizable(calls: &[Call]) {
@@ -124,12 +133,7 @@ fn assert_linearizable(calls: &[Call]) {
     by_end.sort_by_key(|w| w.end);
     for w in &writes {
         // The newest version of the writes that ended before `w` started is below its own.
-        if let Some(before) = by_end
-            .iter()
-            .take_while(|b| b.end < w.start)
-            .map(|b| b.version)
-            .max()
-        {
+        if let Some(before) = newest_ended_before(&by_end, w.start) {
             assert!(
                 before < w.version,
                 "a write that started after version {before} was acknowledged got {}",
@@ -142,12 +146,7 @@ fn assert_linearizable(calls: &[Call]) {
     for r in &reads {
         // The newest write acknowledged before the read started must not have been replaced
         // by an older one.
-        let floor = by_end
-            .iter()
-            .take_while(|b| b.end < r.start)
-            .map(|b| b.version)
-            .max()
-            .unwrap_or(0);
+        let floor = newest_ended_before(&by_end, r.start).unwrap_or(0);
         assert!(
             r.version >= floor,
             "a read returned version {} although {floor} was acknowledged before it started",
@@ -180,12 +179,7 @@ fn assert_linearizable(calls: &[Call]) {
     let mut reads_by_end = reads.clone();
     reads_by_end.sort_by_key(|r| r.end);
     for r in &reads {
-        if let Some(before) = reads_by_end
-            .iter()
-            .take_while(|b| b.end < r.start)
-            .map(|b| b.version)
-            .max()
-        {
+        if let Some(before) = newest_ended_before(&reads_by_end, r.start) {
             assert!(
                 r.version >= before,
                 "a read returned version {} after an earlier read had returned {before}",

@@ -34,7 +34,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::binary::Daemon;
-use crate::common::unix_channel;
+use crate::common::{get_session, unix_channel};
 
 /// Concurrent writers.
 const CLIENTS: usize = 12;
@@ -247,15 +247,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
         killed.store(true, Ordering::SeqCst);
         let status = daemon.signal("-KILL").await;
         assert!(!status.success(), "seed {seed}: larder survived SIGKILL");
-        models = tokio::time::timeout(BOUND, async {
-            let mut models = Vec::new();
-            for t in tasks {
-                models.push(t.await.expect("a writing client panicked"));
-            }
-            models
-        })
-        .await
-        .expect("the clients did not notice the kill in time");
+        models = join_clients(tasks, "noticing the kill").await;
     }
 
     let acked: u64 = models.iter().map(|m| m.acked_calls).sum();
@@ -271,6 +263,26 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
         acked >= cycles as u64,
         "seed {seed}: too few writes were acknowledged ({acked}) for the test to mean much"
     );
+}
+
+/// Waits (at most [`BOUND`]) for every client task, which is `doing` something, and returns
+/// their models in order.
+async fn join_clients(
+    tasks: Vec<tokio::task::JoinHandle<ClientModel>>,
+    doing: &str,
+) -> Vec<ClientModel> {
+    tokio::time::timeout(BOUND, async {
+        let mut models = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            models.push(
+                t.await
+                    .unwrap_or_else(|e| panic!("a client {doing} panicked: {e}")),
+            );
+        }
+        models
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the clients did not finish {doing} in time"))
 }
 
 /// Sends random writes one at a time until a call fails, which must only happen once `killed`
@@ -516,16 +528,7 @@ async fn verify_all(
         let channel = unix_channel(socket).await;
         tasks.push(tokio::spawn(verify_client(model, channel, seed, cycle)));
     }
-    let verified = tokio::time::timeout(BOUND, async {
-        let mut verified = Vec::new();
-        for t in tasks {
-            verified.push(t.await.expect("a verifying client panicked"));
-        }
-        verified
-    })
-    .await
-    .expect("verification did not finish in time");
-    *models = verified;
+    *models = join_clients(tasks, "verifying").await;
 
     let mut c = CacheServiceClient::new(unix_channel(socket).await);
     let found = c
@@ -765,13 +768,7 @@ async fn verify_client(
     // Tokens: every live one still opens its session, every revoked one does not.
     for s in &m.sessions {
         let Some(token) = &s.token else { continue };
-        let r = sessions
-            .get_session(pb::GetSessionRequest {
-                token: token.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{at}: GetSession: {e:?}"))
-            .into_inner();
+        let r = get_session(&mut sessions, token).await;
         if s.revoked {
             assert!(!r.found, "{at}: revoked session {} is found", s.session_id);
         } else {
