@@ -384,6 +384,19 @@ mod tests {
     }
 
     #[test]
+    fn the_publication_count_is_odd_only_while_a_commit_is_applied() {
+        let m = EntryCache::new(1 << 20);
+        m.mark_published(10);
+        assert_eq!((m.publication(), m.published_version()), (0, 9));
+        m.begin_publish();
+        assert_eq!(m.publication() % 2, 1, "a commit is being applied");
+        m.put(ck("ns", "a"), entry(b"v", 0));
+        assert_eq!(m.published_version(), 9, "not yet published");
+        m.end_publish(12);
+        assert_eq!((m.publication(), m.published_version()), (2, 11));
+    }
+
+    #[test]
     fn reads_are_remembered_until_collected() {
         let m = EntryCache::new(1 << 20);
         m.set_access_tracking(true);
