@@ -14,7 +14,9 @@ mod suite {
     mod bench;
     mod binary;
     mod bounds;
+    mod concurrency;
     mod conditions;
+    mod crash;
     mod expiry;
     mod faults;
     mod hostile;
@@ -26,6 +28,7 @@ mod suite {
     mod rpc;
     mod server;
     mod sessions;
+    mod soak;
     mod startup;
     mod validation;
 }

@@ -5,12 +5,15 @@
 //! Only the writer thread puts acknowledged values here (after its transaction committed), so a
 //! client always reads its own writes. Readers that missed may *fill* an entry they read from
 //! SQLite, but only if no write touched the shard since they looked (the shard's epoch), so a
-//! slow reader can never put back a value that a newer commit replaced.
+//! slow reader can never put back a value that a newer commit replaced, and only if the
+//! writer has applied the commit it read (so memory never shows part of a commit early). The
+//! writer applies each commit's changes between two steps of a publication count, so that a
+//! reader of several keys can tell that it saw no commit half applied.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -117,6 +120,14 @@ pub struct MemoryCache<V: Cached> {
     /// Whether reads are remembered for eviction order; the writer turns it on only when the
     /// disk bound is in sight, so that far from it a hit costs no bookkeeping.
     track_access: AtomicBool,
+    /// Odd while the writer applies one commit's changes, even between commits (a sequence
+    /// lock without the lock): a reader of several keys that sees the same even value before
+    /// and after its lookups saw no commit half applied.
+    publication: AtomicU64,
+    /// The newest version the writer has applied here. A reader's fill carrying a newer one
+    /// read a commit the writer has not applied yet, and is refused, so that memory never
+    /// shows part of a commit before the writer applies all of it.
+    published_version: AtomicU64,
 }
 
 /// Bytes an entry is charged against the budget.
@@ -142,7 +153,39 @@ impl<V: Cached> MemoryCache<V> {
             shard_budget: budget_bytes / SHARDS,
             hasher: Default::default(),
             track_access: AtomicBool::new(false),
+            publication: AtomicU64::new(0),
+            published_version: AtomicU64::new(0),
         }
+    }
+
+    /// The writer's publication count (see [`MemoryCache::begin_publish`]); odd while a
+    /// commit is being applied.
+    pub fn publication(&self) -> u64 {
+        self.publication.load(Ordering::SeqCst)
+    }
+
+    /// Writer only: the changes of one commit are about to be applied.
+    pub fn begin_publish(&self) {
+        self.publication.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Writer only: every change of the commit is applied; its versions are all below
+    /// `next_version`.
+    pub fn end_publish(&self, next_version: u64) {
+        self.mark_published(next_version);
+        self.publication.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Writer only: every version below `next_version` is applied (or, at start-up, on disk
+    /// before memory held anything).
+    pub fn mark_published(&self, next_version: u64) {
+        self.published_version
+            .store(next_version.saturating_sub(1), Ordering::SeqCst);
+    }
+
+    /// The newest version applied by the writer.
+    pub fn published_version(&self) -> u64 {
+        self.published_version.load(Ordering::SeqCst)
     }
 
     fn shard_of(&self, key: &V::Key) -> usize {
@@ -338,6 +381,19 @@ mod tests {
         assert!(matches!(m.get(&ck("ns", "k"), 100), Lookup::Expired));
         assert!(matches!(m.get(&ck("ns", "k"), 0), Lookup::Miss(_)));
         assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn the_publication_count_is_odd_only_while_a_commit_is_applied() {
+        let m = EntryCache::new(1 << 20);
+        m.mark_published(10);
+        assert_eq!((m.publication(), m.published_version()), (0, 9));
+        m.begin_publish();
+        assert_eq!(m.publication() % 2, 1, "a commit is being applied");
+        m.put(ck("ns", "a"), entry(b"v", 0));
+        assert_eq!(m.published_version(), 9, "not yet published");
+        m.end_publish(12);
+        assert_eq!((m.publication(), m.published_version()), (2, 11));
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - [`backup`]: `larder backup`, a consistent copy of a live store into a new file.
 //!
 //! Reads try memory, then a pool of read-only connections on blocking threads; they never wait
-//! for the writer (WAL readers see the last commit). Writes are queued to the writer and
+//! for the writer (WAL readers see the last commit). A read of several keys answers from one
+//! commit: from memory when no commit was being applied to it meanwhile, else from one SQLite
+//! read transaction. Writes are queued to the writer and
 //! acknowledged after their transaction committed. A maintenance task asks the writer, once per
 //! interval, to sweep expired rows in bounded batches and record read times for eviction.
 //! SQL stays behind this module, so another backend can sit behind the same API later.
@@ -45,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, remaining_ms};
 use crate::error::{Error, Result};
 use lock::DataDirLock;
-use memory::{CacheKey, CachedEntry, EntryCache, Lookup};
+use memory::{CacheKey, CachedEntry, EntryCache, FillTicket, Lookup};
 use schema::Synchronous;
 use stats::StatsRegistry;
 use writer::{Command, WriteOp, WriteOutcome, Writer, WriterSettings};
@@ -56,6 +58,10 @@ pub const DB_FILE: &str = "larder.db";
 
 /// Commands that may wait for the writer before senders feel back-pressure.
 const WRITE_QUEUE: usize = 4096;
+
+/// Tries of a multi-key read to find memory between two commits' publications before it
+/// reads every key from SQLite instead.
+const MEMORY_PASSES: usize = 4;
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
@@ -364,6 +370,10 @@ impl Store {
     /// Reads many keys of one namespace; answers in order. Fails with `INVALID_ARGUMENT` on
     /// `keys` once the values found add up to more than `max_bytes`, so that one request
     /// cannot make the daemon build an unbounded response.
+    ///
+    /// The answer is one committed state: all from memory between two commits' publications,
+    /// or, when a key is not in memory, all from one SQLite read transaction. So a concurrent
+    /// SetMany is seen whole or not at all.
     pub async fn get_many(
         &self,
         namespace: &str,
@@ -379,83 +389,96 @@ impl Store {
                 ),
             )
         };
-        let mut total = 0usize;
         let now = self.inner.clock.now_ms();
         let counters = self.counters(namespace);
-        let mut answers: Vec<Option<Found>> = Vec::with_capacity(keys.len());
-        let mut misses = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            match self
-                .inner
-                .memory
-                .get(&(namespace.to_owned(), key.clone()), now)
-            {
-                Lookup::Hit(e) => {
-                    counters.read(true, true);
-                    total = total.saturating_add(e.value.len());
-                    if total > max_bytes {
-                        return Err(too_large());
-                    }
-                    answers.push(Some(found(e, now)));
-                }
-                Lookup::Expired => {
-                    counters.read(false, false);
-                    answers.push(None);
-                }
-                Lookup::Miss(ticket) => {
-                    answers.push(None);
-                    misses.push((i, key.clone(), ticket));
-                }
+        let memory = &self.inner.memory;
+        let several = keys.len() > 1;
+        let mut lookups = None;
+        for _ in 0..MEMORY_PASSES {
+            let before = memory.publication();
+            if several && before % 2 == 1 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let pass: Vec<Lookup<CachedEntry>> = keys
+                .iter()
+                .map(|key| memory.get(&(namespace.to_owned(), key.clone()), now))
+                .collect();
+            if !several || memory.publication() == before {
+                lookups = Some(pass);
+                break;
             }
         }
-        if misses.is_empty() {
-            return Ok(answers);
+        // Tickets of the keys to read from SQLite (`None`: read, but do not fill memory).
+        let mut tickets: Vec<Option<FillTicket>> = Vec::with_capacity(keys.len());
+        match lookups {
+            Some(pass) if pass.iter().all(|l| !matches!(l, Lookup::Miss(_))) => {
+                let mut total = 0usize;
+                let mut answers = Vec::with_capacity(keys.len());
+                for lookup in pass {
+                    match lookup {
+                        Lookup::Hit(e) => {
+                            counters.read(true, true);
+                            total = total.saturating_add(e.value.len());
+                            if total > max_bytes {
+                                return Err(too_large());
+                            }
+                            answers.push(Some(found(e, now)));
+                        }
+                        _ => {
+                            counters.read(false, false);
+                            answers.push(None);
+                        }
+                    }
+                }
+                return Ok(answers);
+            }
+            // A key is not in memory: every key is read from SQLite, in one snapshot.
+            Some(pass) => tickets.extend(pass.into_iter().map(|l| match l {
+                Lookup::Miss(ticket) => Some(ticket),
+                _ => None,
+            })),
+            // Commits kept being applied while the keys were looked up: SQLite answers.
+            None => tickets.resize(keys.len(), None),
         }
         let ns = namespace.to_owned();
-        let (misses, rows) = self
+        let wanted = keys.to_vec();
+        let rows = self
             .read(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT value, version, expires_at FROM cache_entries \
-                         WHERE namespace = ?1 AND key = ?2",
-                    )
-                    .map_err(Error::storage("preparing a read"))?;
-                let mut rows = Vec::with_capacity(misses.len());
-                for (_, key, _) in &misses {
-                    if total > max_bytes {
-                        return Err(too_large());
-                    }
-                    let row = stmt
-                        .query_row(params![ns, key], |r| {
-                            Ok(CachedEntry {
-                                value: Bytes::from(r.get::<_, Vec<u8>>(0)?),
-                                version: r.get::<_, i64>(1)? as u64,
-                                expires_at_ms: r.get::<_, i64>(2)? as u64,
-                            })
-                        })
-                        .optional()
-                        .map_err(Error::storage("reading a key"))?;
-                    if let Some(e) = &row {
-                        total = total.saturating_add(e.value.len());
-                    }
-                    rows.push(row);
+                // One read transaction, so that every key is read from the same commit.
+                if wanted.len() > 1 {
+                    conn.execute_batch("BEGIN DEFERRED")
+                        .map_err(Error::storage("starting a read"))?;
                 }
-                if total > max_bytes {
-                    return Err(too_large());
+                let rows = read_rows(conn, &ns, &wanted, max_bytes, too_large);
+                if wanted.len() > 1 {
+                    conn.execute_batch("COMMIT")
+                        .map_err(Error::storage("ending a read"))?;
                 }
-                Ok((misses, rows))
+                rows
             })
             .await?;
-        for ((i, key, ticket), row) in misses.into_iter().zip(rows) {
+        let published = memory.published_version();
+        let mut answers = Vec::with_capacity(keys.len());
+        for ((key, ticket), row) in keys.iter().zip(tickets).zip(rows) {
             match row.filter(|e| remaining_ms(e.expires_at_ms, now).is_some()) {
                 Some(entry) => {
                     counters.read(true, false);
-                    answers[i] = Some(found(entry.clone(), now));
-                    let key: CacheKey = (namespace.to_owned(), key);
-                    self.inner.memory.record_access(&key, now);
-                    self.inner.memory.fill(ticket, key, entry);
+                    answers.push(Some(found(entry.clone(), now)));
+                    let key: CacheKey = (namespace.to_owned(), key.clone());
+                    memory.record_access(&key, now);
+                    // A newer version than the writer has applied belongs to a commit that
+                    // memory must show all at once, when the writer applies it.
+                    if let Some(ticket) = ticket
+                        && entry.version <= published
+                    {
+                        memory.fill(ticket, key, entry);
+                    }
                 }
-                None => counters.read(false, false),
+                None => {
+                    counters.read(false, false);
+                    answers.push(None);
+                }
             }
         }
         Ok(answers)
@@ -652,6 +675,45 @@ where
     })
     .await
     .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+}
+
+/// Reads `keys` of `namespace` on `conn`; fails with `too_large()` once the values add up to
+/// more than `max_bytes`.
+fn read_rows(
+    conn: &rusqlite::Connection,
+    namespace: &str,
+    keys: &[String],
+    max_bytes: usize,
+    too_large: impl Fn() -> Error,
+) -> Result<Vec<Option<CachedEntry>>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT value, version, expires_at FROM cache_entries \
+             WHERE namespace = ?1 AND key = ?2",
+        )
+        .map_err(Error::storage("preparing a read"))?;
+    let mut total = 0usize;
+    let mut rows = Vec::with_capacity(keys.len());
+    for key in keys {
+        let row = stmt
+            .query_row(params![namespace, key], |r| {
+                Ok(CachedEntry {
+                    value: Bytes::from(r.get::<_, Vec<u8>>(0)?),
+                    version: r.get::<_, i64>(1)? as u64,
+                    expires_at_ms: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .optional()
+            .map_err(Error::storage("reading a key"))?;
+        if let Some(e) = &row {
+            total = total.saturating_add(e.value.len());
+            if total > max_bytes {
+                return Err(too_large());
+            }
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 fn found(e: CachedEntry, now: u64) -> Found {

@@ -327,6 +327,7 @@ impl Writer {
         })
         .inspect(|w| {
             w.memory.set_access_tracking(w.eviction_in_sight());
+            w.memory.mark_published(w.next_version);
             w.settings.metrics.set_cache_bytes(w.cache_bytes);
         })
     }
@@ -475,6 +476,8 @@ impl Writer {
             .metrics
             .committed(batch.len(), started.elapsed(), self.cache_bytes);
         self.memory.set_access_tracking(self.eviction_in_sight());
+        // Readers of several keys see all of this commit in memory or none of it.
+        self.memory.begin_publish();
         for effect in effects.memory {
             match effect {
                 MemEffect::Put(ns, key, entry) => self.memory.put((ns, key), entry),
@@ -486,6 +489,7 @@ impl Writer {
                 MemEffect::RemoveSession(hash) => self.sessions.remove(&hash),
             }
         }
+        self.memory.end_publish(self.next_version);
         for (ns, counts) in effects.counts {
             self.stats.counters(&ns).add(&counts);
         }
