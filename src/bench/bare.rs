@@ -1,6 +1,6 @@
 //! The bare baseline of `scripts/bench.sh` (`larder bench --bare-server ADDR`, hidden): a
-//! CacheService doing nothing but a `HashMap` behind a `Mutex` (Get and Set; every other RPC
-//! is UNIMPLEMENTED), served by bare tonic with the same worker thread count and TCP_NODELAY
+//! CacheService doing nothing but a `HashMap` behind a `Mutex` (Get and Set, and SetMany for
+//! the preload; every other RPC is UNIMPLEMENTED), served by bare tonic with the same worker thread count and TCP_NODELAY
 //! as larder, so that larder's cost over the gRPC stack itself can be read off side by side.
 
 use std::collections::HashMap;
@@ -59,63 +59,87 @@ impl CacheService for Bare {
         &self,
         _: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 
     async fn get_many(
         &self,
         _: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 
+    /// The preload of `larder bench` writes the key space with SetMany.
     async fn set_many(
         &self,
-        _: Request<pb::SetManyRequest>,
+        req: Request<pb::SetManyRequest>,
     ) -> Result<Response<pb::SetManyResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        let entries = req.into_inner().entries;
+        let versions = vec![1; entries.len()];
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| Status::internal("map lock poisoned"))?;
+        map.extend(entries.into_iter().map(|e| (e.key, e.value)));
+        Ok(Response::new(pb::SetManyResponse { versions }))
     }
 
     async fn delete_many(
         &self,
         _: Request<pb::DeleteManyRequest>,
     ) -> Result<Response<pb::DeleteManyResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 
     async fn delete_prefix(
         &self,
         _: Request<pb::DeletePrefixRequest>,
     ) -> Result<Response<pb::DeletePrefixResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 
     async fn touch(
         &self,
         _: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 
     async fn increment(
         &self,
         _: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 
     async fn clear(
         &self,
         _: Request<pb::ClearRequest>,
     ) -> Result<Response<pb::ClearResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        Err(Status::unimplemented("bare baseline: Get and Set only"))
+        Err(Status::unimplemented(
+            "bare baseline: Get, Set and SetMany only",
+        ))
     }
 }
 

@@ -123,7 +123,8 @@ pub struct BenchArgs {
     /// Rate-limit ops: the period, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub rl_period_ms: u64,
-    /// Worker threads of the client's own runtime [default: one per core].
+    /// Worker threads of the client's own runtime [default: half the cores, at least one, so
+    /// that a server on the same machine keeps the other half].
     #[arg(long)]
     pub client_threads: Option<usize>,
     /// Process id of the --target server: its CPU time over each measured window is
@@ -147,6 +148,13 @@ pub struct BenchArgs {
     /// Worker threads of the bare baseline.
     #[arg(long, default_value_t = 1, hide = true)]
     pub bare_worker_threads: usize,
+}
+
+/// Half the machine's cores, at least one: a client that takes every core starves the server
+/// it measures on the same machine (on 2 cores, a 2-thread client cut both Larder's and
+/// Redis's Get rate by a quarter or more and tripled their p99).
+fn default_client_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// The bearer token of `--token-file`, if given.
@@ -222,12 +230,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--redis is the second system next to a Larder --target; --target is Redis too");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.client_threads {
-        if threads == 0 {
-            bail!("--client-threads must be at least 1");
-        }
-        builder.worker_threads(threads);
-    }
+    let threads = match args.client_threads {
+        Some(0) => bail!("--client-threads must be at least 1"),
+        Some(threads) => threads,
+        None => default_client_threads(),
+    };
+    builder.worker_threads(threads);
     let runtime = builder.thread_name("bench-worker").enable_all().build()?;
     let plan = Plan {
         ops: args.ops.0.clone(),

@@ -1,9 +1,11 @@
 //! The database's files staying put under the running daemon. SQLite keeps writing to the
-//! files it opened even after they are deleted or replaced at their paths (`rm larder.db`, a
-//! restore copied over a live store): such writes would commit, be acknowledged, and be gone
-//! at the next start. The writer therefore checks, before each batch, that `larder.db` and its
-//! WAL at their paths are still the files it has open, and refuses writes with `UNAVAILABLE`
-//! while they are not. Reads go on from the files still open.
+//! files it opened even after they are deleted or replaced at their paths (`rm larder.db`, or
+//! a restore moved into place with `mv` over a live store): such writes would commit, be
+//! acknowledged, and be gone at the next start. The writer therefore checks, before each
+//! batch, that `larder.db` and its WAL at their paths are still the files it has open (device
+//! and inode), and refuses writes with `UNAVAILABLE` while they are not. Reads go on from the
+//! files still open. A file overwritten in place (`cp backup.db larder.db`) keeps its inode and
+//! is not caught here: the README's restore steps stop the daemon first.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

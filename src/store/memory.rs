@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
+use crossbeam_utils::CachePadded;
 use lru::LruCache;
 
 use crate::clock::remaining_ms;
@@ -120,6 +121,14 @@ pub struct MemoryCache<V: Cached> {
     /// Whether reads are remembered for eviction order; the writer turns it on only when the
     /// disk bound is in sight, so that far from it a hit costs no bookkeeping.
     track_access: AtomicBool,
+    /// The writer's marks, on a cache line of their own: the writer moves them at every
+    /// commit, and they must not make every reader's line of `shards` and `hasher` go stale.
+    marks: CachePadded<Marks>,
+}
+
+/// What the writer publishes of its progress through memory.
+#[derive(Debug, Default)]
+struct Marks {
     /// Odd while the writer applies one commit's changes, even between commits (a sequence
     /// lock without the lock): a reader of several keys that sees the same even value before
     /// and after its lookups saw no commit half applied.
@@ -153,39 +162,39 @@ impl<V: Cached> MemoryCache<V> {
             shard_budget: budget_bytes / SHARDS,
             hasher: Default::default(),
             track_access: AtomicBool::new(false),
-            publication: AtomicU64::new(0),
-            published_version: AtomicU64::new(0),
+            marks: CachePadded::new(Marks::default()),
         }
     }
 
     /// The writer's publication count (see [`MemoryCache::begin_publish`]); odd while a
     /// commit is being applied.
     pub fn publication(&self) -> u64 {
-        self.publication.load(Ordering::SeqCst)
+        self.marks.publication.load(Ordering::SeqCst)
     }
 
     /// Writer only: the changes of one commit are about to be applied.
     pub fn begin_publish(&self) {
-        self.publication.fetch_add(1, Ordering::SeqCst);
+        self.marks.publication.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Writer only: every change of the commit is applied; its versions are all below
     /// `next_version`.
     pub fn end_publish(&self, next_version: u64) {
         self.mark_published(next_version);
-        self.publication.fetch_add(1, Ordering::SeqCst);
+        self.marks.publication.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Writer only: every version below `next_version` is applied (or, at start-up, on disk
     /// before memory held anything).
     pub fn mark_published(&self, next_version: u64) {
-        self.published_version
+        self.marks
+            .published_version
             .store(next_version.saturating_sub(1), Ordering::SeqCst);
     }
 
     /// The newest version applied by the writer.
     pub fn published_version(&self) -> u64 {
-        self.published_version.load(Ordering::SeqCst)
+        self.marks.published_version.load(Ordering::SeqCst)
     }
 
     fn shard_of(&self, key: &V::Key) -> usize {

@@ -392,26 +392,28 @@ impl Store {
         let now = self.inner.clock.now_ms();
         let counters = self.counters(namespace);
         let memory = &self.inner.memory;
-        let several = keys.len() > 1;
-        let mut lookups = None;
-        for _ in 0..MEMORY_PASSES {
-            let before = memory.publication();
-            if several && before % 2 == 1 {
-                tokio::task::yield_now().await;
-                continue;
+        let lookup = |key: &String| memory.get(&(namespace.to_owned(), key.clone()), now);
+        let lookups = if keys.len() > 1 {
+            let mut lookups = None;
+            for _ in 0..MEMORY_PASSES {
+                let before = memory.publication();
+                if before % 2 == 1 {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let pass: Vec<Lookup<CachedEntry>> = keys.iter().map(lookup).collect();
+                if memory.publication() == before {
+                    lookups = Some(pass);
+                    break;
+                }
             }
-            let pass: Vec<Lookup<CachedEntry>> = keys
-                .iter()
-                .map(|key| memory.get(&(namespace.to_owned(), key.clone()), now))
-                .collect();
-            if !several || memory.publication() == before {
-                lookups = Some(pass);
-                break;
-            }
-        }
+            lookups
+        } else {
+            // One key is one commit's state by itself: no publication count to check.
+            Some(keys.iter().map(lookup).collect())
+        };
         // Tickets of the keys to read from SQLite (`None`: read, but do not fill memory).
-        let mut tickets: Vec<Option<FillTicket>> = Vec::with_capacity(keys.len());
-        match lookups {
+        let tickets: Vec<Option<FillTicket>> = match lookups {
             Some(pass) if pass.iter().all(|l| !matches!(l, Lookup::Miss(_))) => {
                 let mut total = 0usize;
                 let mut answers = Vec::with_capacity(keys.len());
@@ -434,28 +436,32 @@ impl Store {
                 return Ok(answers);
             }
             // A key is not in memory: every key is read from SQLite, in one snapshot.
-            Some(pass) => tickets.extend(pass.into_iter().map(|l| match l {
-                Lookup::Miss(ticket) => Some(ticket),
-                _ => None,
-            })),
+            Some(pass) => pass
+                .into_iter()
+                .map(|l| match l {
+                    Lookup::Miss(ticket) => Some(ticket),
+                    _ => None,
+                })
+                .collect(),
             // Commits kept being applied while the keys were looked up: SQLite answers.
-            None => tickets.resize(keys.len(), None),
-        }
+            None => (0..keys.len()).map(|_| None).collect(),
+        };
         let ns = namespace.to_owned();
         let wanted = keys.to_vec();
         let rows = self
             .read(move |conn| {
-                // One read transaction, so that every key is read from the same commit.
-                if wanted.len() > 1 {
-                    conn.execute_batch("BEGIN DEFERRED")
-                        .map_err(Error::storage("starting a read"))?;
+                if wanted.len() == 1 {
+                    return read_rows(conn, &ns, &wanted, max_bytes, too_large);
                 }
-                let rows = read_rows(conn, &ns, &wanted, max_bytes, too_large);
-                if wanted.len() > 1 {
-                    conn.execute_batch("COMMIT")
-                        .map_err(Error::storage("ending a read"))?;
-                }
-                rows
+                // One read transaction, so that every key is read from the same commit. It
+                // rolls back when dropped, so that a failed read never returns the pooled
+                // connection still holding an old snapshot.
+                let snapshot = conn
+                    .unchecked_transaction()
+                    .map_err(Error::storage("starting a read"))?;
+                let rows = read_rows(&snapshot, &ns, &wanted, max_bytes, too_large)?;
+                snapshot.commit().map_err(Error::storage("ending a read"))?;
+                Ok(rows)
             })
             .await?;
         let published = memory.published_version();

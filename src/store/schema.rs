@@ -286,14 +286,27 @@ fn no_space(path: &Path) -> Error {
 /// probe file.
 fn out_of_space(path: &Path) -> bool {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let probe = dir.join(format!(".larder-space-check.{}", std::process::id()));
-    let written = std::fs::File::create(&probe).and_then(|mut f| {
-        f.write_all(&[0u8; 64 << 10])?;
-        f.sync_all()
-    });
+    // A new file only (never one a symlink points to), readable by no one else.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .and_then(|mut f| {
+            f.write_all(&[0u8; 64 << 10])?;
+            f.sync_all()
+        });
     let _ = std::fs::remove_file(&probe);
-    matches!(written, Err(e) if e.kind() == std::io::ErrorKind::StorageFull)
+    matches!(
+        written,
+        Err(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    )
 }
 
 /// SQLite's own words for an error, without rusqlite's repetitions.

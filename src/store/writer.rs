@@ -1126,6 +1126,9 @@ fn needs_savepoint(op: &WriteOp) -> bool {
         WriteOp::TouchSessions(uses) => uses.len() > 1,
         WriteOp::PersistLimits(rows) => rows.len() > 1,
         WriteOp::Maintain => true,
+        // One DELETE … RETURNING: SQLite deletes every row on its first step, so a failure
+        // while the later rows are collected must undo the deletes with them.
+        WriteOp::DeletePrefix { .. } | WriteOp::Clear { .. } => true,
         _ => false,
     }
 }

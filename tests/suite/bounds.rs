@@ -203,9 +203,11 @@ fn changes() -> impl Strategy<Value = Vec<Change>> {
 fn saved_and_summed(dir: &std::path::Path) -> (i64, i64) {
     let conn = rusqlite::Connection::open(dir.join("larder.db")).unwrap();
     let saved = conn
-        .query_row("SELECT value FROM meta WHERE name = 'cache_bytes'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'cache_bytes'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let summed = conn
         .query_row(
@@ -281,7 +283,13 @@ async fn check_byte_total(changes: Vec<Change>) -> Result<(), TestCaseError> {
     // A reopened store starts from the saved total and keeps it right.
     let store = open();
     store
-        .set("ns", "after", Bytes::from_static(b"v"), 0, SetCondition::Always)
+        .set(
+            "ns",
+            "after",
+            Bytes::from_static(b"v"),
+            0,
+            SetCondition::Always,
+        )
         .await
         .unwrap();
     store.close().await.unwrap();
