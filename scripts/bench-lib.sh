@@ -119,7 +119,9 @@ machine_facts() {
   echo "cpu: $(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)," \
     "memory $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(
-    [ -n "$(git status --porcelain 2>/dev/null)" ] && echo ' (work tree has changes)'
+    # The benchmark's own output (docs/bench/) is no change to what is measured.
+    [ -n "$(git status --porcelain -- . ':(exclude)docs/bench' 2>/dev/null)" ] &&
+      echo ' (work tree has changes)'
   )"
   echo "kernel: $(uname -r)"
 }

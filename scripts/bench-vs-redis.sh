@@ -16,7 +16,8 @@
 # Environment: BENCH_OPS (comma list, default every op), BENCH_DURATION (seconds measured per
 # run, 5), BENCH_WARMUP (seconds, 1), BENCH_KEYS (10000), BENCH_VALUE_SIZE (100),
 # BENCH_CONNECTIONS (HTTP/2 connections to Larder, at most one per caller, 4), BENCH_WORKERS
-# (Larder's gRPC worker threads, 1), LARDER_BIN (a larder binary to use instead of building
+# (Larder's gRPC worker threads, 1), BENCH_OPEN_RATE (calls a second of the open-loop runs
+# of every single-key op at 16 callers, after the matrix; 5000; 0 leaves them out), LARDER_BIN (a larder binary to use instead of building
 # the release one: CI's smoke run passes the debug build; its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +32,14 @@ keys="${BENCH_KEYS:-10000}"
 value_size="${BENCH_VALUE_SIZE:-100}"
 connections="${BENCH_CONNECTIONS:-4}"
 workers="${BENCH_WORKERS:-1}"
+open_rate="${BENCH_OPEN_RATE:-5000}"
 case "$warmup" in '' | *[!0-9]*)
   echo "bench-vs-redis: BENCH_WARMUP must be a whole number of seconds, got '$warmup'" >&2
+  exit 2
+  ;;
+esac
+case "$open_rate" in '' | *[!0-9]*)
+  echo "bench-vs-redis: BENCH_OPEN_RATE must be a whole number of calls a second (0: no open-loop runs), got '$open_rate'" >&2
   exit 2
   ;;
 esac
@@ -123,34 +130,53 @@ stop_both() {
 # The longest one cell may take: every op twice, each with its warmup, duration, preload
 # and slack.
 cell_limit=$(((warmup + duration + 60) * 14 + 120))
+
+# One cell: fresh servers, `larder bench --redis` over transport $2 with the flags after it,
+# its JSON lines (with the transport added) appended to the results, the servers stopped.
+run_cell() {
+  local cell="$1" transport="$2" larder_target redis_target
+  shift 2
+  start_both "$cell"
+  if [ "$transport" = unix ]; then
+    larder_target="$larder_unix" redis_target="$redis_unix"
+  else
+    larder_target="$larder_tcp" redis_target="$redis_tcp"
+  fi
+  if ! timeout "$cell_limit" "$larder_bin" bench --target "$larder_target" \
+    --redis "$redis_target" "$@" --duration "${duration}s" --warmup "${warmup}s" \
+    --keys "$keys" --value-size "$value_size" --server-pid "$larder_pid" \
+    --redis-pid "$redis_pid" --json >"$tmp/$cell.jsonl" 2>"$tmp/$cell.err"; then
+    cat "$tmp/$cell.err" >&2
+    echo "bench-vs-redis: the $cell run failed; the servers' logs:" >&2
+    cat "$tmp/$cell/larder.log" "$tmp/$cell/redis.log" >&2
+    exit 1
+  fi
+  # What the client said beside the figures (failed calls, cache counters).
+  grep -v '^bench: .* \.\.\.$' "$tmp/$cell.err" >&2 || true
+  sed "s/^{/{\"transport\":\"$transport\",/" "$tmp/$cell.jsonl" | tee -a "$results"
+  stop_both
+  rm -rf "${tmp:?}/$cell"
+}
+
 for transport in $transports; do
   for c in $concurrencies; do
-    cell="$transport-c$c"
     section "$transport, $c callers"
-    start_both "$cell"
-    if [ "$transport" = unix ]; then
-      larder_target="$larder_unix" redis_target="$redis_unix"
-    else
-      larder_target="$larder_tcp" redis_target="$redis_tcp"
-    fi
-    conns=$((c < connections ? c : connections))
-    if ! timeout "$cell_limit" "$larder_bin" bench --target "$larder_target" \
-      --redis "$redis_target" --ops "$ops" --concurrency "$c" --connections "$conns" \
-      --duration "${duration}s" --warmup "${warmup}s" --keys "$keys" \
-      --value-size "$value_size" --server-pid "$larder_pid" --redis-pid "$redis_pid" \
-      --json >"$tmp/$cell.jsonl" 2>"$tmp/$cell.err"; then
-      cat "$tmp/$cell.err" >&2
-      echo "bench-vs-redis: the $cell run failed; the servers' logs:" >&2
-      cat "$tmp/$cell/larder.log" "$tmp/$cell/redis.log" >&2
-      exit 1
-    fi
-    # What the client said beside the figures (failed calls, cache counters).
-    grep -v '^bench: .* \.\.\.$' "$tmp/$cell.err" >&2 || true
-    sed "s/^{/{\"transport\":\"$transport\",/" "$tmp/$cell.jsonl" | tee -a "$results"
-    stop_both
-    rm -rf "${tmp:?}/$cell"
+    run_cell "$transport-c$c" "$transport" --ops "$ops" --concurrency "$c" \
+      --connections "$((c < connections ? c : connections))"
   done
 done
+
+# Open loop: the single-key ops at a fixed rate a small app might send (BENCH_OPEN_RATE calls a
+# second in all, 16 callers), each call timed from when it was due, so that the latencies are
+# those of a server with room to spare rather than of a queue at saturation.
+single_key_ops="$(printf '%s' "$ops" | tr ',' '\n' | grep -vx 'getmany' | paste -sd, - || true)"
+if [ "$open_rate" != 0 ] && [ -n "$single_key_ops" ]; then
+  for transport in $transports; do
+    section "$transport, open loop: $open_rate calls/s over 16 callers"
+    run_cell "$transport-open" "$transport" --ops "$single_key_ops" --concurrency 16 \
+      --connections "$connections" --rate "$open_rate"
+  done
+fi
 
 section "report"
 python3 scripts/bench-report.py --results "$results" --machine "$out/machine.txt" \
