@@ -1,8 +1,8 @@
 # bench-lib.sh: helpers the benchmark scripts (bench.sh, bench-vs-redis.sh, bench-footprint.sh)
 # source; not run on its own. Expects `tmp` (a scratch directory) and the array `pids` to be
 # set by the caller, which also installs `bench_cleanup` as its EXIT trap.
-#   bench_cleanup             stops every process in `pids` (SIGTERM, SIGKILL after 10 s),
-#                             removes $tmp
+#   stop_pids PID...          stops each process (SIGTERM, SIGKILL after 10 s) and reaps it
+#   bench_cleanup             stops every process in `pids`, removes $tmp
 #   section TEXT              a heading in the log
 #   wait_for_port PORT PID LOG
 #                             fails unless 127.0.0.1:PORT accepts within 10 s while PID lives
@@ -18,12 +18,12 @@
 #   machine_ns                busy and stolen nanoseconds of all CPUs so far
 #   machine_facts             the machine, commit and kernel, a line each
 
-bench_cleanup() {
+stop_pids() {
   local pid
-  for pid in "${pids[@]}"; do
+  for pid in "$@"; do
     kill "$pid" 2>/dev/null || true
   done
-  for pid in "${pids[@]}"; do
+  for pid in "$@"; do
     # Bounded: a server that ignores SIGTERM for 10 s gets SIGKILL.
     for _ in $(seq 1 100); do
       kill -0 "$pid" 2>/dev/null || break
@@ -32,6 +32,10 @@ bench_cleanup() {
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+}
+
+bench_cleanup() {
+  stop_pids "${pids[@]}"
   rm -rf "$tmp"
 }
 

@@ -114,16 +114,7 @@ start_both() {
 
 # Stops the cell's two servers (Larder with SIGTERM, so it shuts down as in production).
 stop_both() {
-  local pid
-  for pid in "$larder_pid" "$redis_pid"; do
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_pids "$larder_pid" "$redis_pid"
   pids=()
 }
 
