@@ -9,8 +9,11 @@
 //! 24 bytes of the HTTP/2 connection preface within the handshake timeout
 //! ([`HANDSHAKE_TIMEOUT`] by default) of being accepted is closed (a client that connects and
 //! stays silent, or stops part-way through the preface, cannot fill the table; once the
-//! preface is in, HTTP/2 keepalive closes a peer that stops answering), and at shutdown [`ConnectionLimit::cut`] closes every connection
-//! still open after the drain deadline, so that no call outlives the store.
+//! preface is in, HTTP/2 keepalive closes a peer that stops answering). Over TLS the same
+//! deadline covers the TLS handshake and then the preface, counted on the decrypted bytes
+//! ([`Admission`] is the place taken at accept, before the handshake). At shutdown
+//! [`ConnectionLimit::cut`] closes every connection still open after the drain deadline, so
+//! that no call outlives the store.
 
 use std::io;
 use std::pin::Pin;
@@ -31,14 +34,15 @@ use tonic::transport::server::Connected;
 /// Path prefix of the health service, which is never refused.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
-/// How long an accepted connection may take to send [`PREFACE_BYTES`] (the HTTP/2 preface or
-/// the start of a TLS handshake, which a real client sends at once).
+/// How long an accepted connection may take to send [`PREFACE_BYTES`] (the HTTP/2 preface,
+/// which a real client sends at once; over TLS, to finish the TLS handshake and then send it).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes a connection must send within the handshake timeout: the length of the HTTP/2
 /// client connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`). hyper waits for the
 /// whole preface without a deadline of its own, so counting only the first byte would let a
-/// client hold its place forever by sending one. A TLS ClientHello is longer than this.
+/// client hold its place forever by sending one. Over TLS they are counted after decryption:
+/// the TLS handshake alone does not meet the deadline.
 pub const PREFACE_BYTES: usize = 24;
 
 /// At most one warning per this interval for each kind of refusal, so a flood does not
@@ -136,20 +140,57 @@ impl ConnectionLimit {
         let this = self.clone();
         incoming.filter_map(move |accepted| match accepted {
             Err(e) => Some(Err(e)),
-            Ok(io) => match this.permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(Ok(Limited {
-                    io,
-                    _permit: permit,
-                    cut: Box::pin(this.cut.clone().cancelled_owned()),
-                    silent: Some(Box::pin(tokio::time::sleep(this.handshake_timeout))),
-                    received: 0,
-                })),
-                Err(_) => {
-                    this.warn.refused(this.limit);
-                    None
-                }
-            },
+            Ok(io) => this.admit().map(|admission| Ok(admission.wrap(io))),
         })
+    }
+
+    /// A place for a connection just accepted, its handshake deadline starting now; `None`
+    /// (with a throttled warning) when every place is taken, and the connection is to be
+    /// closed. For a connection with a handshake of its own (TLS) before HTTP/2 starts.
+    pub fn admit(&self) -> Option<Admission> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(Admission {
+                permit,
+                cut: self.cut.clone(),
+                deadline: Box::pin(tokio::time::sleep(self.handshake_timeout)),
+            }),
+            Err(_) => {
+                self.warn.refused(self.limit);
+                None
+            }
+        }
+    }
+}
+
+/// A place taken by a connection that has not yet started HTTP/2, and the deadline it has to
+/// send the preface by; [`Admission::wrap`] makes it the [`Limited`] connection.
+#[derive(Debug)]
+pub struct Admission {
+    permit: OwnedSemaphorePermit,
+    cut: CancellationToken,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Admission {
+    /// Runs `step` (a TLS handshake) unless the deadline passes or the server cuts every
+    /// connection first; `None` then, and the step is dropped.
+    pub async fn before_deadline<F: Future>(&mut self, step: F) -> Option<F::Output> {
+        tokio::select! {
+            done = step => Some(done),
+            () = self.deadline.as_mut() => None,
+            () = self.cut.cancelled() => None,
+        }
+    }
+
+    /// `io` holding this place, with what is left of the deadline for the preface.
+    pub fn wrap<IO>(self, io: IO) -> Limited<IO> {
+        Limited {
+            io,
+            _permit: self.permit,
+            cut: Box::pin(self.cut.cancelled_owned()),
+            silent: Some(self.deadline),
+            received: 0,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod tls;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,7 +209,8 @@ pub struct ServerSettings {
     pub max_concurrent_requests: usize,
     /// Most open client connections over all listeners; more are closed on accept.
     pub max_connections: usize,
-    /// How long a new connection may take to send the HTTP/2 preface before it is closed.
+    /// How long a new connection may take to send the HTTP/2 preface before it is closed
+    /// (over TLS, to finish the TLS handshake and then send it).
     pub handshake_timeout: Duration,
     /// Bearer-token authentication, if on.
     pub auth: Option<AuthConfig>,
@@ -365,12 +367,11 @@ pub async fn serve_with_reload(
     // comes in. tonic takes the shorter of `request_timeout` and the client's grpc-timeout.
     // Metrics are the outer layer, so calls refused (no token, over the limit) are counted
     // too; a call without a valid token never takes a place among the calls in progress.
-    let builder = |tls: Option<&ServerTls>, transport: Transport| {
-        let base = match tls {
-            Some(tls) => tls.server(),
-            None => Server::builder(),
-        };
-        base.timeout(settings.request_timeout)
+    // TLS, when on, is Larder's own (see `tls::ServerTls::accept`), so the builder is always a
+    // plaintext one.
+    let builder = |transport: Transport| {
+        Server::builder()
+            .timeout(settings.request_timeout)
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -381,10 +382,19 @@ pub async fn serve_with_reload(
     let mut serving = Vec::new();
     if let Some(tcp) = listeners.tcp {
         let addr = tcp.local_addr().ok();
-        let incoming = connections.limit(TcpIncoming::from(tcp).with_nodelay(Some(true)));
-        let server = builder(tls.as_ref(), Transport::Tcp)
-            .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+        let accepted = TcpIncoming::from(tcp).with_nodelay(Some(true));
+        let stopped = stop_accepting.clone().cancelled_owned();
+        let server = builder(Transport::Tcp).add_routes(routes.clone());
+        // Over TLS the preface deadline counts the decrypted bytes: the TLS accept runs here,
+        // between the connection limit and the HTTP/2 server.
+        let server = match &tls {
+            Some(tls) => Box::pin(
+                server.serve_with_incoming_shutdown(tls.accept(&connections, accepted), stopped),
+            ) as Pin<Box<dyn Future<Output = _> + Send>>,
+            None => {
+                Box::pin(server.serve_with_incoming_shutdown(connections.limit(accepted), stopped))
+            }
+        };
         servers.spawn(async move { (format!("tcp {addr:?}"), server.await) });
         if let Some(addr) = addr {
             tracing::info!(%addr, "listening on tcp");
@@ -397,7 +407,7 @@ pub async fn serve_with_reload(
     }
     if let Some((unix, path)) = listeners.unix {
         let incoming = connections.limit(UnixListenerStream::new(unix));
-        let server = builder(None, Transport::Unix)
+        let server = builder(Transport::Unix)
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         tracing::info!(path = %path.display(), "listening on unix socket");

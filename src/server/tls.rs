@@ -1,20 +1,33 @@
-//! TLS for the TCP listener (rustls, through tonic): reading the PEM certificate chain and
-//! private key at start, with errors that name the file at fault, and the tonic server
-//! builder that serves them. HTTP/2 is offered by ALPN, as tonic does; the Unix socket stays
-//! plaintext (its file mode guards it, and nothing crosses a network).
+//! TLS for the TCP listener (rustls): reading the PEM certificate chain and private key at
+//! start, with errors that name the file at fault, and the TLS accept of each connection in
+//! Larder's own accept stream ([`ServerTls::accept`]), so that the connection limit's preface
+//! deadline counts the decrypted bytes. HTTP/2 is offered by ALPN, as tonic does; the Unix
+//! socket stays plaintext (its file mode guards it, and nothing crosses a network).
 
+use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::Stream;
 
+use super::limits::{Admission, ConnectionLimit, Limited};
 use crate::config::TlsConfig;
 
-/// Longest a client may take over its TLS handshake; a stalled handshake holds no
-/// connection slot past this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ALPN protocol offered: HTTP/2, the only one gRPC speaks.
+const ALPN_H2: &[u8] = b"h2";
+
+/// Most connections taken from the listener in one poll of [`TlsIncoming`] before finished
+/// handshakes are handed on, so that a flood of new connections cannot starve them.
+const ACCEPT_BATCH: usize = 64;
 
 /// Why the certificate or key cannot be served. Each message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +71,11 @@ pub enum TlsError {
     },
 }
 
-/// A certificate chain and key that rustls accepted: a tonic server builder that serves TLS.
+/// A certificate chain and key that rustls accepted, as the rustls server configuration that
+/// serves them.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
-    server: Server,
+    config: Arc<ServerConfig>,
     /// The certificate file.
     cert: PathBuf,
     /// Certificates in the chain (the server's own first).
@@ -90,7 +104,7 @@ impl ServerTls {
                 "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
             ));
         }
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
             path: config.key.clone(),
             reason: match e {
                 rustls_pki_types::pem::Error::NoItemsFound => {
@@ -99,26 +113,41 @@ impl ServerTls {
                 e => format!("not a valid PEM private key: {}", pem_problem(&e)),
             },
         })?;
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert_pem, key_pem))
-            .timeout(HANDSHAKE_TIMEOUT);
-        let server = Server::builder()
-            .tls_config(tls)
+        let chain_len = chain.len();
+        // As tonic builds it: rustls' default protocol versions and crypto provider (ring,
+        // from tonic's `tls-ring`), no client certificates, and HTTP/2 by ALPN.
+        let mut server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
             .map_err(|e| TlsError::Unusable {
                 cert: config.cert.clone(),
                 key: config.key.clone(),
                 reason: rustls_problem(&e),
             })?;
+        server.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Self {
-            server,
+            config: Arc::new(server),
             cert: config.cert.clone(),
-            chain_len: chain.len(),
+            chain_len,
         })
     }
 
-    /// A server builder with this certificate and key.
-    pub fn server(&self) -> Server {
-        self.server.clone()
+    /// The connections of `incoming` that fit `limit`, each once its TLS handshake is done.
+    /// Each takes its place at accept, and the handshake and then the HTTP/2 preface (read
+    /// through TLS) must arrive within the limit's handshake timeout. Handshakes run
+    /// concurrently; one that fails or runs out of time closes only its own connection
+    /// (logged at debug). Accept errors pass through.
+    pub fn accept<S, IO>(&self, limit: &ConnectionLimit, incoming: S) -> TlsIncoming<S, IO>
+    where
+        S: Stream<Item = io::Result<IO>>,
+    {
+        TlsIncoming {
+            incoming,
+            acceptor: TlsAcceptor::from(self.config.clone()),
+            limit: limit.clone(),
+            handshakes: JoinSet::new(),
+            ended: false,
+        }
     }
 
     /// The certificate file.
@@ -154,20 +183,99 @@ fn pem_problem(e: &rustls_pki_types::pem::Error) -> String {
     }
 }
 
-/// Why rustls would not take the certificate and key: tonic's own message only says
-/// "transport error", so the rustls error is looked for among its sources.
-fn rustls_problem(e: &tonic::transport::Error) -> String {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(error) = s.downcast_ref::<rustls::Error>() {
-            return match error {
-                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                    "the private key does not belong to the certificate".into()
-                }
-                error => error.to_string(),
-            };
+/// Why rustls would not take the certificate and key, in words.
+fn rustls_problem(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "the private key does not belong to the certificate".into()
         }
-        source = s.source();
+        e => e.to_string(),
     }
-    e.to_string()
+}
+
+pin_project_lite::pin_project! {
+    /// The stream [`ServerTls::accept`] makes: accepted connections in, TLS connections
+    /// counted against the connection limit out.
+    pub struct TlsIncoming<S, IO> {
+        #[pin]
+        incoming: S,
+        acceptor: TlsAcceptor,
+        limit: ConnectionLimit,
+        // Dropped with the stream when the server stops accepting: handshakes still running
+        // are aborted, and their places freed.
+        handshakes: JoinSet<Option<Limited<TlsStream<IO>>>>,
+        // The listener has ended.
+        ended: bool,
+    }
+}
+
+/// The TLS handshake of one connection, within its deadline; `None` (logged at debug) when it
+/// fails or runs out of time, and the connection is dropped, which closes it.
+async fn handshake<IO>(
+    acceptor: TlsAcceptor,
+    mut admission: Admission,
+    io: IO,
+) -> Option<Limited<TlsStream<IO>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match admission.before_deadline(acceptor.accept(io)).await {
+        Some(Ok(tls)) => Some(admission.wrap(tls)),
+        Some(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake failed; closing the connection");
+            None
+        }
+        None => {
+            tracing::debug!(
+                "TLS handshake not finished within the handshake timeout; closing the connection"
+            );
+            None
+        }
+    }
+}
+
+impl<S, IO> Stream for TlsIncoming<S, IO>
+where
+    S: Stream<Item = io::Result<IO>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Item = io::Result<Limited<TlsStream<IO>>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        let mut taken = 0;
+        while !*this.ended {
+            if taken == ACCEPT_BATCH {
+                // More may be waiting: come back for them after handing on what is done.
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match this.incoming.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(io))) => {
+                    taken += 1;
+                    // Past the limit the connection is dropped, which closes it.
+                    let Some(admission) = this.limit.admit() else {
+                        continue;
+                    };
+                    this.handshakes
+                        .spawn(handshake(this.acceptor.clone(), admission, io));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => *this.ended = true,
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(tls)))) => return Poll::Ready(Some(Ok(tls))),
+                Poll::Ready(Some(Ok(None))) => {}
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(%error, "a TLS handshake task failed");
+                }
+                Poll::Ready(None) if *this.ended => return Poll::Ready(None),
+                // Nothing in progress: the listener will wake this task.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }

@@ -524,7 +524,7 @@ async fn sighup_without_auth_leaves_the_daemon_serving() {
 }
 
 /// A self-signed certificate for `localhost` and its key, as PEM files in `dir`.
-fn self_signed(dir: &Path, name: &str) -> (TlsConfig, String) {
+pub(crate) fn self_signed(dir: &Path, name: &str) -> (TlsConfig, String) {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = generated.cert.pem();
     let cert = dir.join(format!("{name}.crt"));
@@ -535,7 +535,7 @@ fn self_signed(dir: &Path, name: &str) -> (TlsConfig, String) {
 }
 
 /// A channel over TLS to `server`'s TCP port, trusting `ca_pem` for the name `localhost`.
-async fn tls_channel(server: &TestServer, ca_pem: &str) -> Channel {
+pub(crate) async fn tls_channel(server: &TestServer, ca_pem: &str) -> Channel {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name("localhost");
