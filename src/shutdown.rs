@@ -1,5 +1,5 @@
 //! Turns SIGTERM and SIGINT into one future that completes on the first of them, and SIGHUP
-//! into a stream of requests to reload the auth token file.
+//! into a stream of requests to reload the auth token file and the TLS certificate and key.
 //!
 //! The handlers are installed when [`on_signal`] and [`on_reload`] are called, not when the
 //! future or stream is first polled: call them before binding any listener, so that a

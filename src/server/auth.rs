@@ -17,9 +17,7 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, Request, Response};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
-use tokio_stream::{Stream, StreamExt};
 use tokio_util::either::Either;
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -347,41 +345,24 @@ where
     }
 }
 
-/// Reads the token file again each time `reloads` yields (SIGHUP, in the daemon), until `stop`
-/// is cancelled or `reloads` ends. A failed reload keeps the tokens loaded before and logs why.
-pub async fn reload_on(
-    auth: Option<Authenticator>,
-    mut reloads: impl Stream<Item = ()> + Unpin,
-    stop: CancellationToken,
-) {
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return,
-            next = reloads.next() => next,
-        };
-        if next.is_none() {
-            return;
-        }
-        let Some(auth) = &auth else {
-            tracing::info!("reload requested, but there is no auth.token_file to read");
-            continue;
-        };
-        // Reading a file may block (a slow or network file system): not on a runtime thread.
-        let reloading = auth.clone();
-        let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
-        match reloaded {
-            Err(e) => tracing::error!(error = %e, "the token file reload task failed"),
-            Ok(Ok(count)) => tracing::info!(
-                path = %auth.token_file().display(),
-                tokens = count,
-                "reloaded the auth token file"
-            ),
-            Ok(Err(e)) => tracing::error!(
-                error = %e,
-                tokens = auth.token_count(),
-                "reloading the auth token file failed; keeping the tokens loaded before"
-            ),
-        }
+/// Reads `auth`'s token file again (on SIGHUP, in the daemon), on a blocking thread. A
+/// failed reload keeps the tokens loaded before and logs why.
+pub async fn reload(auth: &Authenticator) {
+    // Reading a file may block (a slow or network file system): not on a runtime thread.
+    let reloading = auth.clone();
+    let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
+    match reloaded {
+        Err(e) => tracing::error!(error = %e, "the token file reload task failed"),
+        Ok(Ok(count)) => tracing::info!(
+            path = %auth.token_file().display(),
+            tokens = count,
+            "reloaded the auth token file"
+        ),
+        Ok(Err(e)) => tracing::error!(
+            error = %e,
+            tokens = auth.token_count(),
+            "reloading the auth token file failed; keeping the tokens loaded before"
+        ),
     }
 }
 

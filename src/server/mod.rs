@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -246,6 +246,41 @@ fn load_files(settings: &ServerSettings) -> Result<(Option<Authenticator>, Optio
     Ok((auth, tls))
 }
 
+/// The one task that answers `reloads` (SIGHUP, in the daemon), until `stop` is cancelled or
+/// `reloads` ends: each time, the auth token file ([`auth::reload`]) and the TLS certificate
+/// and key ([`tls::reload`]) are read again, side by side. A file that cannot be used keeps
+/// what was loaded from it before, and says why in the log.
+async fn reload_on(
+    auth: Option<Authenticator>,
+    tls: Option<ServerTls>,
+    mut reloads: impl Stream<Item = ()> + Unpin,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = reloads.next() => next,
+        };
+        if next.is_none() {
+            return;
+        }
+        let tokens = async {
+            match &auth {
+                Some(auth) => auth::reload(auth).await,
+                None => {
+                    tracing::info!("reload requested, but there is no auth.token_file to read")
+                }
+            }
+        };
+        let certificate = async {
+            if let Some(tls) = &tls {
+                tls::reload(tls).await;
+            }
+        };
+        tokio::join!(tokens, certificate);
+    }
+}
+
 /// Serves every service on the listeners until `shutdown` completes (or a listener fails),
 /// then tears down in order and closes the store.
 pub async fn serve(
@@ -264,8 +299,10 @@ pub async fn serve(
     .await
 }
 
-/// [`serve`], reading the auth token file again each time `reload` yields (the daemon passes
-/// SIGHUP, from [`crate::shutdown::on_reload`]).
+/// [`serve`], reading the auth token file and the TLS certificate and key again each time
+/// `reload` yields (the daemon passes SIGHUP, from [`crate::shutdown::on_reload`]), in one
+/// task: new TLS connections get the new certificate, and a file that cannot be used keeps
+/// what was loaded from it before.
 ///
 /// The token file and the TLS files are read first; if one cannot be used, nothing is served,
 /// the store is closed and the error names the file.
@@ -424,7 +461,7 @@ pub async fn serve_with_reload(
     });
     notify::ready(&format!("serving on {}", serving.join(" and ")));
 
-    let reloader = tokio::spawn(auth::reload_on(auth, reload, stop_accepting.clone()));
+    let reloader = tokio::spawn(reload_on(auth, tls, reload, stop_accepting.clone()));
 
     let mut failure = None;
     tokio::select! {
@@ -482,7 +519,7 @@ pub async fn serve_with_reload(
         tracing::warn!("some connections did not close in time");
     }
     if let Err(e) = reloader.await {
-        tracing::warn!(error = %e, "the token reload task failed");
+        tracing::warn!(error = %e, "the reload task failed");
     }
     if let Some(server) = metrics_server {
         server.stop().await;

@@ -1,13 +1,15 @@
 //! TLS for the TCP listener (rustls): reading the PEM certificate chain and private key at
-//! start, with errors that name the file at fault, and the TLS accept of each connection in
-//! Larder's own accept stream ([`ServerTls::accept`]), so that the connection limit's preface
-//! deadline counts the decrypted bytes. HTTP/2 is offered by ALPN, as tonic does; the Unix
-//! socket stays plaintext (its file mode guards it, and nothing crosses a network).
+//! start and again on SIGHUP ([`reload`]: new connections get the new certificate, open ones
+//! keep theirs, a bad file keeps the old one), with errors that name the file at fault, and
+//! the TLS accept of each connection in Larder's own accept stream ([`ServerTls::accept`]), so
+//! that the connection limit's preface deadline counts the decrypted bytes. HTTP/2 is offered
+//! by ALPN, as tonic does; the Unix socket stays plaintext (its file mode guards it, and
+//! nothing crosses a network).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use rustls::ServerConfig;
@@ -72,12 +74,20 @@ pub enum TlsError {
 }
 
 /// A certificate chain and key that rustls accepted, as the rustls server configuration that
-/// serves them.
+/// serves them. Clones share it: a [`ServerTls::reload`] reaches every accept stream made from
+/// any of them.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
+    /// The files, read again on reload.
+    files: TlsConfig,
+    /// What the files held when last read successfully; read once per accepted connection.
+    current: Arc<RwLock<Loaded>>,
+}
+
+/// One successful read of the files.
+#[derive(Debug)]
+struct Loaded {
     config: Arc<ServerConfig>,
-    /// The certificate file.
-    cert: PathBuf,
     /// Certificates in the chain (the server's own first).
     chain_len: usize,
 }
@@ -85,80 +95,136 @@ pub struct ServerTls {
 impl ServerTls {
     /// Reads and checks the files of `config`.
     pub fn load(config: &TlsConfig) -> Result<Self, TlsError> {
-        let cert_pem = read("tls.cert", &config.cert)?;
-        let key_pem = read("tls.key", &config.key)?;
-        let bad_cert = |reason: String| TlsError::BadCertificate {
-            path: config.cert.clone(),
-            reason,
-        };
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                bad_cert(format!(
-                    "not a valid PEM certificate chain: {}",
-                    pem_problem(&e)
-                ))
-            })?;
-        if chain.is_empty() {
-            return Err(bad_cert(
-                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
-            path: config.key.clone(),
-            reason: match e {
-                rustls_pki_types::pem::Error::NoItemsFound => {
-                    "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".into()
-                }
-                e => format!("not a valid PEM private key: {}", pem_problem(&e)),
-            },
-        })?;
-        let chain_len = chain.len();
-        // As tonic builds it: rustls' default protocol versions and crypto provider (ring,
-        // from tonic's `tls-ring`), no client certificates, and HTTP/2 by ALPN.
-        let mut server = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Unusable {
-                cert: config.cert.clone(),
-                key: config.key.clone(),
-                reason: rustls_problem(&e),
-            })?;
-        server.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let loaded = build(config)?;
         Ok(Self {
-            config: Arc::new(server),
-            cert: config.cert.clone(),
-            chain_len,
+            files: config.clone(),
+            current: Arc::new(RwLock::new(loaded)),
         })
+    }
+
+    /// Reads the files again and, if rustls accepts them, serves them to connections accepted
+    /// from now on (open connections keep the certificate they were accepted with). Returns
+    /// how many certificates the new chain holds. On error nothing changes. Blocks on the
+    /// file reads: call it off the runtime's threads.
+    pub fn reload(&self) -> Result<usize, TlsError> {
+        let loaded = build(&self.files)?;
+        let chain_len = loaded.chain_len;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
+        Ok(chain_len)
     }
 
     /// The connections of `incoming` that fit `limit`, each once its TLS handshake is done.
     /// Each takes its place at accept, and the handshake and then the HTTP/2 preface (read
     /// through TLS) must arrive within the limit's handshake timeout. Handshakes run
     /// concurrently; one that fails or runs out of time closes only its own connection
-    /// (logged at debug). Accept errors pass through.
+    /// (logged at debug). Each connection is served the certificate loaded when it was
+    /// accepted. Accept errors pass through.
     pub fn accept<S, IO>(&self, limit: &ConnectionLimit, incoming: S) -> TlsIncoming<S, IO>
     where
         S: Stream<Item = io::Result<IO>>,
     {
         TlsIncoming {
             incoming,
-            acceptor: TlsAcceptor::from(self.config.clone()),
+            tls: self.clone(),
             limit: limit.clone(),
             handshakes: JoinSet::new(),
             ended: false,
         }
     }
 
-    /// The certificate file.
-    pub fn cert(&self) -> &Path {
-        &self.cert
+    /// The acceptor for a connection accepted now.
+    fn acceptor(&self) -> TlsAcceptor {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        TlsAcceptor::from(current.config.clone())
     }
 
-    /// How many certificates the chain holds.
-    pub fn chain_len(&self) -> usize {
-        self.chain_len
+    /// The certificate file.
+    pub fn cert(&self) -> &Path {
+        &self.files.cert
     }
+
+    /// The key file.
+    pub fn key(&self) -> &Path {
+        &self.files.key
+    }
+
+    /// How many certificates the chain being served holds.
+    pub fn chain_len(&self) -> usize {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .chain_len
+    }
+}
+
+/// Reads `tls`'s certificate and key again (on SIGHUP, in the daemon) with
+/// [`ServerTls::reload`], on a blocking thread: a success is logged at info with the files and
+/// the chain's length (never the key), a failure as one warning naming the file at fault, and
+/// the certificate served before stays.
+pub async fn reload(tls: &ServerTls) {
+    let reloading = tls.clone();
+    let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
+    match reloaded {
+        Err(e) => tracing::error!(error = %e, "the TLS certificate reload task failed"),
+        Ok(Ok(chain)) => tracing::info!(
+            cert = %tls.cert().display(),
+            key = %tls.key().display(),
+            chain,
+            "reloaded the TLS certificate; new connections are served it"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "reloading the TLS certificate failed; keeping the certificate loaded before"
+        ),
+    }
+}
+
+/// Reads and checks the files of `config`, as the rustls configuration that serves them.
+fn build(config: &TlsConfig) -> Result<Loaded, TlsError> {
+    let cert_pem = read("tls.cert", &config.cert)?;
+    let key_pem = read("tls.key", &config.key)?;
+    let bad_cert = |reason: String| TlsError::BadCertificate {
+        path: config.cert.clone(),
+        reason,
+    };
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            bad_cert(format!(
+                "not a valid PEM certificate chain: {}",
+                pem_problem(&e)
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(bad_cert(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+        path: config.key.clone(),
+        reason: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".into()
+            }
+            e => format!("not a valid PEM private key: {}", pem_problem(&e)),
+        },
+    })?;
+    let chain_len = chain.len();
+    // As tonic builds it: rustls' default protocol versions and crypto provider (ring, from
+    // tonic's `tls-ring`), no client certificates, and HTTP/2 by ALPN.
+    let mut server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Unusable {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            reason: rustls_problem(&e),
+        })?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Loaded {
+        config: Arc::new(server),
+        chain_len,
+    })
 }
 
 fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -199,7 +265,8 @@ pin_project_lite::pin_project! {
     pub struct TlsIncoming<S, IO> {
         #[pin]
         incoming: S,
-        acceptor: TlsAcceptor,
+        // The certificate in force, read as each connection is accepted.
+        tls: ServerTls,
         limit: ConnectionLimit,
         // Dropped with the stream when the server stops accepting: handshakes still running
         // are aborted, and their places freed.
@@ -258,7 +325,7 @@ where
                         continue;
                     };
                     this.handshakes
-                        .spawn(handshake(this.acceptor.clone(), admission, io));
+                        .spawn(handshake(this.tls.acceptor(), admission, io));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => *this.ended = true,
@@ -277,5 +344,59 @@ where
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `localhost` and its key, written to `dir` as `name`.crt
+    /// and `name`.key.
+    fn self_signed(dir: &Path, name: &str) -> TlsConfig {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        TlsConfig { cert, key }
+    }
+
+    fn served(tls: &ServerTls) -> Arc<ServerConfig> {
+        tls.current.read().unwrap().config.clone()
+    }
+
+    #[test]
+    fn a_reload_serves_new_files_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = self_signed(dir.path(), "server");
+        let tls = ServerTls::load(&files).unwrap();
+        let clone = tls.clone();
+        let first = served(&tls);
+
+        let next = self_signed(dir.path(), "next");
+        std::fs::copy(&next.cert, &files.cert).unwrap();
+        std::fs::copy(&next.key, &files.key).unwrap();
+        assert_eq!(tls.reload().unwrap(), 1);
+        let second = served(&tls);
+        assert!(!Arc::ptr_eq(&first, &second));
+        // Clones share what is served: every accept stream sees the reload.
+        assert!(Arc::ptr_eq(&served(&clone), &second));
+
+        // A key that is not the certificate's: an error naming both files, nothing changes.
+        let other = self_signed(dir.path(), "other");
+        std::fs::copy(&other.key, &files.key).unwrap();
+        assert!(matches!(tls.reload(), Err(TlsError::Unusable { .. })));
+        assert!(Arc::ptr_eq(&served(&tls), &second));
+        // A broken certificate file: the error names it.
+        std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\ncut short\n").unwrap();
+        let err = tls.reload().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("tls.cert {}", files.cert.display())),
+            "{err}"
+        );
+        std::fs::remove_file(&files.key).unwrap();
+        assert!(matches!(tls.reload(), Err(TlsError::Unreadable { .. })));
+        assert!(Arc::ptr_eq(&served(&tls), &second));
     }
 }

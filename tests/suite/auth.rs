@@ -5,7 +5,8 @@
 //! (and the line), in the library and in the binary, whose log and `check-config` output
 //! never show a token; SIGHUP swaps in a rewritten token file and keeps the old tokens when
 //! the new file is bad; TLS round trips with a client that trusts a self-signed certificate,
-//! and a plaintext client gets nothing from the TLS port.
+//! and a plaintext client gets nothing from the TLS port; SIGHUP swaps in a rewritten
+//! certificate and key for new connections and keeps the old ones when the new file is bad.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -523,9 +524,10 @@ async fn sighup_without_auth_leaves_the_daemon_serving() {
     daemon.terminate().await;
 }
 
-/// A self-signed certificate for `localhost` and its key, as PEM files in `dir`.
+/// A self-signed certificate for `localhost` and 127.0.0.1 and its key, as PEM files in `dir`.
 pub(crate) fn self_signed(dir: &Path, name: &str) -> (TlsConfig, String) {
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names).unwrap();
     let cert_pem = generated.cert.pem();
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
@@ -593,6 +595,117 @@ async fn tls_round_trips_on_tcp_and_the_unix_socket_stays_plaintext() {
         .connect()
         .await;
     assert!(untrusted.is_err(), "an untrusted certificate was accepted");
+}
+
+/// A Get over a new TLS connection to `addr`, trusting only `ca_pem` for `localhost`.
+async fn get_over_new_tls_connection(addr: &str, ca_pem: &str) -> Result<(), String> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    CacheServiceClient::new(channel)
+        .get(get_request("k"))
+        .await
+        .map(drop)
+        .map_err(|s| format!("get: {s:?}"))
+}
+
+/// Waits, a bounded number of times, until a new connection trusting only `ca_pem` is served.
+async fn until_served_over_tls(addr: &str, ca_pem: &str) {
+    let mut last = String::new();
+    for _ in 0..POLLS {
+        match get_over_new_tls_connection(addr, ca_pem).await {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    panic!("the reloaded certificate was never served: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_tls_certificate_for_new_connections_and_a_bad_one_keeps_the_old() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("l.sock");
+    let log = tmp.path().join("serve.log");
+    let (a, a_pem) = self_signed(tmp.path(), "a");
+    let (b, b_pem) = self_signed(tmp.path(), "b");
+    // The daemon serves these two paths; each step writes other contents into them.
+    let cert = tmp.path().join("server.crt");
+    let key = tmp.path().join("server.key");
+    let install = |from: &TlsConfig| {
+        std::fs::copy(&from.cert, &cert).unwrap();
+        std::fs::copy(&from.key, &key).unwrap();
+    };
+    install(&a);
+    let flags = [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ];
+    let mut daemon = Daemon::spawn_with(&tmp.path().join("data"), &socket, log.clone(), &flags);
+    drop(daemon.channel(&socket).await);
+    let addr = daemon.tcp_addr().await;
+    get_over_new_tls_connection(&addr, &a_pem).await.unwrap();
+    assert!(
+        get_over_new_tls_connection(&addr, &b_pem).await.is_err(),
+        "certificate B was served before any reload"
+    );
+    // A connection made before the reload keeps certificate A's session.
+    let tls_a = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&a_pem))
+        .domain_name("localhost");
+    let mut open = CacheServiceClient::new(
+        Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls_a)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    open.get(get_request("k")).await.unwrap();
+
+    // Renewed: new files in place, then SIGHUP.
+    install(&b);
+    daemon.send("-HUP");
+    until_served_over_tls(&addr, &b_pem).await;
+    let refused = get_over_new_tls_connection(&addr, &a_pem).await;
+    assert!(refused.is_err(), "a new connection still got certificate A");
+    open.get(get_request("k")).await.unwrap();
+    let logged = until_logged(&log, "reloaded the TLS certificate").await;
+    assert!(logged.contains(&cert.display().to_string()), "{logged}");
+
+    // A broken certificate file is reported, naming it, and changes nothing.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ncut short\n").unwrap();
+    daemon.send("-HUP");
+    let logged = until_logged(&log, "reloading the TLS certificate failed").await;
+    let warning = logged
+        .lines()
+        .find(|l| l.contains("reloading the TLS certificate failed"))
+        .unwrap();
+    assert!(
+        warning.contains("WARN") && warning.contains(&format!("tls.cert {}", cert.display())),
+        "{warning}"
+    );
+    get_over_new_tls_connection(&addr, &b_pem).await.unwrap();
+    assert!(get_over_new_tls_connection(&addr, &a_pem).await.is_err());
+    drop(open);
+    daemon.terminate().await;
+    let logged = read_log(&log);
+    for pem in [&a.key, &b.key] {
+        let pem = std::fs::read_to_string(pem).unwrap();
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!logged.contains(body), "{logged}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -128,6 +128,18 @@ impl Daemon {
     /// accepts connections on its socket: it is bound to TCP before that, but the socket
     /// accepts as soon as it is bound, which may be before the line is logged).
     async fn tcp_rate_limits(&self) -> RateLimits {
+        let addr = self.tcp_addr().await;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .expect("connecting over TCP");
+        RateLimitServiceClient::new(channel)
+    }
+
+    /// The TCP address the daemon logged, waiting a bounded time for the line (call once it
+    /// accepts connections on its socket; see [`Daemon::tcp_rate_limits`]).
+    pub(crate) async fn tcp_addr(&self) -> String {
         let logged_addr = |log: &str| {
             log.lines()
                 .filter(|l| l.contains("listening on tcp"))
@@ -142,14 +154,7 @@ impl Daemon {
             }
             tokio::time::sleep(POLL_PAUSE).await;
         }
-        let addr =
-            addr.unwrap_or_else(|| panic!("no TCP address in the log:\n{}", read_log(&self.log)));
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("a valid endpoint")
-            .connect()
-            .await
-            .expect("connecting over TCP");
-        RateLimitServiceClient::new(channel)
+        addr.unwrap_or_else(|| panic!("no TCP address in the log:\n{}", read_log(&self.log)))
     }
 
     /// Sends SIGTERM, waits for the process to end and asserts that it exited with status 0.
