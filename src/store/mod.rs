@@ -160,8 +160,11 @@ struct Inner {
     background: Mutex<Option<Background>>,
     /// Writer histograms, rate-limit check counts and the file paths, for metrics.
     monitor: observe::Monitor,
-    /// Held for as long as the store lives.
-    _lock: DataDirLock,
+    /// Held until [`Store::close`] has stopped the writer (or, without a close, for as long as
+    /// the store lives). Released by close itself, not by the last handle: a handle that
+    /// outlives the server by a moment (a request task finishing) must not keep the next
+    /// daemon on the directory out once nothing here can write any more.
+    lock: Mutex<Option<DataDirLock>>,
 }
 
 #[derive(Debug)]
@@ -278,7 +281,7 @@ impl Store {
                     stop_maintenance,
                 })),
                 monitor,
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -330,6 +333,14 @@ impl Store {
                 (Ok(()), Ok(())) => Ok(()),
                 _ => Err(Error::Internal("a storage thread panicked".into())),
             })?;
+        // The writer and the checkpointer are gone: nothing of this store writes any more.
+        drop(
+            self.inner
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         result
     }
 

@@ -201,3 +201,22 @@ async fn a_closed_store_refuses_writes_as_unavailable() {
         .expect_err("the writer is gone");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_store_frees_its_directory_even_while_a_handle_lingers() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::open(
+            StoreConfig::new(dir.path()),
+            Arc::new(ManualClock::new(START_MS)),
+        )
+    };
+    let store = open().unwrap();
+    // A handle still held elsewhere, as a request task finishing after the server stopped.
+    let lingering = store.clone();
+    assert!(open().is_err(), "a second store on a directory in use");
+    store.close().await.unwrap();
+    let again = open().expect("the directory is free once the store is closed");
+    again.close().await.unwrap();
+    drop(lingering);
+}
