@@ -4,6 +4,8 @@
 #   stop_pids PID...          stops each process (SIGTERM, SIGKILL after 10 s) and reaps it
 #   bench_cleanup             stops every process in `pids`, removes $tmp
 #   section TEXT              a heading in the log
+#   wait_until WHAT PID LOG TEST...
+#                             fails unless TEST succeeds within 10 s while PID lives
 #   wait_for_port PORT PID LOG
 #                             fails unless 127.0.0.1:PORT accepts within 10 s while PID lives
 #   wait_for_socket PATH PID LOG
@@ -41,37 +43,29 @@ bench_cleanup() {
 
 section() { printf '\n== %s\n' "$*"; }
 
-wait_for_port() {
-  local port="$1" pid="$2" log="$3"
+# Fails unless `$4...` (a test) succeeds within 10 s while process $2 lives; $1 names what is
+# awaited, $3 is the process's log, shown if it died.
+wait_until() {
+  local what="$1" pid="$2" log="$3"
+  shift 3
   for _ in $(seq 1 100); do
     if ! kill -0 "$pid" 2>/dev/null; then
-      echo "bench: the server for port $port exited; its log:" >&2
+      echo "bench: the server for $what exited; its log:" >&2
       cat "$log" >&2
       exit 1
     fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
+    "$@" 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "bench: nothing accepted connections on 127.0.0.1:$port within 10 s" >&2
+  echo "bench: $what was not ready within 10 s" >&2
   exit 1
 }
 
-wait_for_socket() {
-  local path="$1" pid="$2" log="$3"
-  for _ in $(seq 1 100); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "bench: the server for $path exited; its log:" >&2
-      cat "$log" >&2
-      exit 1
-    fi
-    [ -S "$path" ] && return 0
-    sleep 0.1
-  done
-  echo "bench: no socket at $path within 10 s" >&2
-  exit 1
-}
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1"); }
+
+wait_for_port() { wait_until "127.0.0.1:$1" "$2" "$3" accepts "$1"; }
+
+wait_for_socket() { wait_until "$1" "$2" "$3" test -S "$1"; }
 
 bench_binary() {
   if [ -n "${LARDER_BIN:-}" ]; then

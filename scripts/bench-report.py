@@ -104,11 +104,8 @@ def verdict(value: float | None, target: float) -> str:
     return f"**missed** by {(1 - value / target) * 100:.0f}%"
 
 
-def fmt_rate(v: float | None) -> str:
-    return "–" if v is None else f"{v:,.0f}"
-
-
-def fmt_us(v: float | None) -> str:
+def fmt_num(v: float | None) -> str:
+    """A rate or a latency, whole, with thousands separators; "–" when it did not run."""
     return "–" if v is None else f"{v:,.0f}"
 
 
@@ -184,9 +181,9 @@ def open_table(runs: list[dict], transport: str) -> list[str]:
             asked = (larder or redis)["target_rate"]
             errors = sum(run.get("errors", 0) for run in (larder, redis) if run is not None)
             lines.append(
-                f"| {op} | {c} | {fmt_rate(asked)} "
-                f"| {fmt_rate(larder and larder['ops_per_sec'])} "
-                f"| {fmt_rate(redis and redis['ops_per_sec'])} "
+                f"| {op} | {c} | {fmt_num(asked)} "
+                f"| {fmt_num(larder and larder['ops_per_sec'])} "
+                f"| {fmt_num(redis and redis['ops_per_sec'])} "
                 f"| {latencies(larder)} | {latencies(redis)} | {errors} |"
             )
     return lines
@@ -195,7 +192,7 @@ def open_table(runs: list[dict], transport: str) -> list[str]:
 def latencies(run: dict | None) -> str:
     if run is None:
         return "–"
-    return " / ".join(fmt_us(run.get(k)) for k in ("p50_us", "p99_us", "p999_us"))
+    return " / ".join(fmt_num(run.get(k)) for k in ("p50_us", "p99_us", "p999_us"))
 
 
 def table(runs: list[dict], transport: str) -> list[str]:
@@ -220,7 +217,7 @@ def table(runs: list[dict], transport: str) -> list[str]:
             errors = sum(run.get("errors", 0) for run in (larder, redis) if run is not None)
             name = "getmany (keys/s)" if op == "getmany" else op
             lines.append(
-                f"| {name} | {c} | {fmt_rate(rate(larder))} | {fmt_rate(rate(redis))} "
+                f"| {name} | {c} | {fmt_num(rate(larder))} | {fmt_num(rate(redis))} "
                 f"| {fmt_ratio(ratio(rate(larder), rate(redis)))} | {latencies(larder)} "
                 f"| {latencies(redis)} "
                 f"| {errors} |"
