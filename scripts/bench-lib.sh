@@ -82,7 +82,7 @@ bench_binary() {
 }
 
 port_free() {
-  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+  if accepts "$1" 2>/dev/null; then
     echo "bench: 127.0.0.1:$1 is already in use; set BENCH_PORT_BASE or stop it" >&2
     exit 1
   fi
