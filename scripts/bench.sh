@@ -17,7 +17,8 @@
 # BENCH_VALUE_SIZE (100), BENCH_WORKERS (gRPC threads of both servers, 1), BENCH_REDIS_REQUESTS (requests per redis-benchmark run, default
 # 20000 × BENCH_DURATION), BENCH_RL_LIMIT and BENCH_RL_PERIOD_MS (the rate limit of every
 # key of the rate-limit runs, both systems: default 100 per 60000 ms), BENCH_SKIP_REDIS=1 to
-# leave Redis out, BENCH_PORT_BASE (17000: bare on +1, larder on +2; Redis on 16379 and 16380).
+# leave Redis out, BENCH_PORT_BASE (17000: bare on +1, larder on +2; Redis on 16379 and 16380),
+# LARDER_BIN (a larder binary to use instead of building the release one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,9 +75,7 @@ echo "settings: duration ${duration}s, warmup ${warmup}s, concurrency $concurren
   "connections $connections, keys $keys, value ${value_size} B," \
   "rate limit $rl_limit per $rl_period_ms ms"
 
-section "build (release)"
-cargo build --release --bin larder
-larder_bin="$CARGO_TARGET_DIR/release/larder"
+larder_bin="$(bench_binary)"
 
 with_redis=1
 if [ "${BENCH_SKIP_REDIS:-0}" = 1 ]; then

@@ -14,8 +14,7 @@ pub mod grpc;
 pub mod http;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,6 @@ use prometheus_client::registry::{Registry, Unit};
 
 use self::grpc::{GrpcMetrics, GrpcMetricsLayer};
 use crate::error::{Error, Result};
-use crate::pb;
 use crate::store::Store;
 
 pub use self::http::{MetricsServer, bind};
@@ -101,12 +99,7 @@ impl Metrics {
     /// Metrics over `store`, with rate-limit checks exported for `policies` (and inline).
     pub fn new(store: Store, policies: impl IntoIterator<Item = String>) -> Result<Self> {
         launched_at();
-        let grpc = GrpcMetrics::new(&[
-            pb::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ])?;
+        let grpc = GrpcMetrics::new(&crate::server::DESCRIPTOR_SETS)?;
         Ok(Self {
             store,
             grpc: Arc::new(grpc),
@@ -360,10 +353,8 @@ impl Metrics {
 
 /// The sizes of the database file and of its WAL; `None` for a file that is not there.
 fn file_sizes(db: &Path) -> (Option<u64>, Option<u64>) {
-    let mut wal = OsString::from(db.as_os_str());
-    wal.push("-wal");
     let size = |p: &Path| std::fs::metadata(p).ok().map(|m| m.len());
-    (size(db), size(&PathBuf::from(wal)))
+    (size(db), size(&crate::store::wal_path(db)))
 }
 
 /// When the daemon set up its metrics (at start-up), in seconds since the Unix epoch.

@@ -235,6 +235,15 @@ impl Default for ServerSettings {
     }
 }
 
+/// Every service the daemon serves, as encoded descriptor sets: what reflection describes and
+/// what the metrics name methods from, so that the two cannot disagree.
+pub(crate) const DESCRIPTOR_SETS: [&[u8]; 4] = [
+    pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
 /// Reads the auth token file and the TLS files `settings` name.
 fn load_files(settings: &ServerSettings) -> Result<(Option<Authenticator>, Option<ServerTls>)> {
     let auth = settings
@@ -350,13 +359,10 @@ pub async fn serve_with_reload(
     // Both reflection versions describe every service, including each other, so that
     // `grpcurl list` shows the same set whichever version the client speaks.
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.include_reflection_service(false)
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
+        DESCRIPTOR_SETS.iter().fold(
+            b.include_reflection_service(false),
+            |b, set: &&'static [u8]| b.register_encoded_file_descriptor_set(set),
+        )
     };
     let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
         .build_v1()

@@ -38,8 +38,6 @@ impl OpenFiles {
     /// Records the identity of the database at `db_path` and of its WAL, right after the
     /// writer opened them.
     pub fn record(db_path: &Path) -> Self {
-        let mut wal = db_path.as_os_str().to_owned();
-        wal.push("-wal");
         let watched = [
             (
                 db_path.to_owned(),
@@ -47,7 +45,7 @@ impl OpenFiles {
                  data can still be copied from /proc/<pid>/fd/ (the link ending in \"(deleted)\")",
             ),
             (
-                PathBuf::from(wal),
+                crate::store::wal_path(db_path),
                 "restart larder: a clean stop copies what the old WAL holds into the database",
             ),
         ]

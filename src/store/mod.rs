@@ -56,6 +56,13 @@ pub use writer::{NewEntry, SetCondition};
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "larder.db";
 
+/// The WAL beside the database at `db`: SQLite names it `<db>-wal`.
+pub fn wal_path(db: &std::path::Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 /// Commands that may wait for the writer before senders feel back-pressure.
 const WRITE_QUEUE: usize = 4096;
 
@@ -403,7 +410,12 @@ impl Store {
         let now = self.inner.clock.now_ms();
         let counters = self.counters(namespace);
         let memory = &self.inner.memory;
-        let lookup = |key: &String| memory.get(&(namespace.to_owned(), key.clone()), now);
+        // Built once: every memory pass and the fill from SQLite use the same keys.
+        let cache_keys: Vec<CacheKey> = keys
+            .iter()
+            .map(|key| (namespace.to_owned(), key.clone()))
+            .collect();
+        let lookup = |key: &CacheKey| memory.get(key, now);
         let lookups = if keys.len() > 1 {
             let mut lookups = None;
             for _ in 0..MEMORY_PASSES {
@@ -412,7 +424,7 @@ impl Store {
                     tokio::task::yield_now().await;
                     continue;
                 }
-                let pass: Vec<Lookup<CachedEntry>> = keys.iter().map(lookup).collect();
+                let pass: Vec<Lookup<CachedEntry>> = cache_keys.iter().map(lookup).collect();
                 if memory.publication() == before {
                     lookups = Some(pass);
                     break;
@@ -421,7 +433,7 @@ impl Store {
             lookups
         } else {
             // One key is one commit's state by itself: no publication count to check.
-            Some(keys.iter().map(lookup).collect())
+            Some(cache_keys.iter().map(lookup).collect())
         };
         // Tickets of the keys to read from SQLite (`None`: read, but do not fill memory).
         let tickets: Vec<Option<FillTicket>> = match lookups {
@@ -477,12 +489,11 @@ impl Store {
             .await?;
         let published = memory.published_version();
         let mut answers = Vec::with_capacity(keys.len());
-        for ((key, ticket), row) in keys.iter().zip(tickets).zip(rows) {
+        for ((key, ticket), row) in cache_keys.into_iter().zip(tickets).zip(rows) {
             match row.filter(|e| remaining_ms(e.expires_at_ms, now).is_some()) {
                 Some(entry) => {
                     counters.read(true, false);
                     answers.push(Some(found(entry.clone(), now)));
-                    let key: CacheKey = (namespace.to_owned(), key.clone());
                     memory.record_access(&key, now);
                     // A newer version than the writer has applied belongs to a commit that
                     // memory must show all at once, when the writer applies it.

@@ -197,6 +197,7 @@ async fn a_mixed_load_with_expiry_and_eviction_stays_within_its_bounds() {
     }
     ticking.await.unwrap();
     let (memory, disk, session_memory, samples) = sampler.await.expect("a bound was exceeded");
+    assert!(samples > 0, "the bounds were never sampled");
 
     let unexpected = outcomes.unexpected.lock().unwrap().clone();
     assert!(
