@@ -7,9 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use larder::clock::SystemClock;
 use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
-use larder::server::auth::count_tokens;
-use larder::server::tls::ServerTls;
-use larder::server::{Listeners, serve_with_reload};
+use larder::server::{Listeners, load_files, serve_loaded};
 use larder::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -51,14 +49,15 @@ fn bound_malloc_arenas() {
 /// not), and so are the token and TLS files it names; print it as the daemon would run with
 /// it.
 fn check_config(config: ServeConfig) -> anyhow::Result<()> {
-    let files = check_files(&config)?;
+    let (auth, tls) = load_files(&config.server)?;
     let text = config.to_toml()?;
     println!("# effective configuration: defaults < config file < LARDER_* variables < flags");
-    if let (Some(n), Some(auth)) = (files.tokens, &config.server.auth) {
+    if let Some(auth) = &auth {
+        let n = auth.token_count();
         let tokens = if n == 1 { "token" } else { "tokens" };
-        println!("# auth: {n} {tokens} in {}", auth.token_file.display());
+        println!("# auth: {n} {tokens} in {}", auth.token_file().display());
     }
-    if let (Some(n), Some(tls)) = (files.chain_len, &config.server.tls) {
+    if let (Some(n), Some(tls)) = (tls.as_ref().map(|t| t.chain_len()), &config.server.tls) {
         let certificates = if n == 1 {
             "certificate"
         } else {
@@ -85,29 +84,6 @@ fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let report = larder::store::backup::backup(&data_dir, &args.dest, args.force)?;
     println!("{report}");
     Ok(())
-}
-
-/// What the files named by the configuration hold.
-struct Files {
-    /// Distinct tokens in the auth token file, if auth is on.
-    tokens: Option<usize>,
-    /// Certificates in the TLS chain, if TLS is on.
-    chain_len: Option<usize>,
-}
-
-/// Reads the auth token file and the TLS files the configuration names, so that a bad one
-/// stops `serve` before it touches the data directory, and fails `check-config` with the same
-/// message.
-fn check_files(config: &ServeConfig) -> anyhow::Result<Files> {
-    let tokens = match &config.server.auth {
-        Some(auth) => Some(count_tokens(&auth.token_file)?),
-        None => None,
-    };
-    let chain_len = match &config.server.tls {
-        Some(tls) => Some(ServerTls::load(tls)?.chain_len()),
-        None => None,
-    };
-    Ok(Files { tokens, chain_len })
 }
 
 /// Logs to standard error: human lines (ANSI colours only on a terminal) or JSON objects,
@@ -152,7 +128,8 @@ async fn bind_listeners(config: &ServeConfig) -> larder::error::Result<Listeners
 
 fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     init_logging(&config)?;
-    check_files(&config)?;
+    // Read once, before the data directory is touched: a bad file stops the start there.
+    let files = load_files(&config.server)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .thread_name("larder-worker")
@@ -171,7 +148,15 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         };
-        serve_with_reload(store, listeners, config.server.clone(), shutdown, reload).await?;
+        serve_loaded(
+            store,
+            listeners,
+            config.server.clone(),
+            files,
+            shutdown,
+            reload,
+        )
+        .await?;
         Ok(())
     });
     // Reads still on blocking threads (their callers are gone) get a moment to end; the

@@ -132,12 +132,6 @@ impl TokenSet {
     }
 }
 
-/// Reads the token file at `path` and returns how many distinct tokens it holds, or why it
-/// cannot be used: what `larder check-config` reports.
-pub fn count_tokens(path: &Path) -> Result<usize, TokenFileError> {
-    TokenSet::read(path).map(|set| set.digests.len())
-}
-
 /// The loaded tokens and where they come from; a cheap `Clone` handle shared by the layers of
 /// every listener, so a reload reaches all of them at once.
 #[derive(Clone)]
@@ -369,6 +363,11 @@ pub async fn reload(auth: &Authenticator) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many distinct tokens the file at `path` holds, or why it cannot be used.
+    fn count_tokens(path: &Path) -> Result<usize, TokenFileError> {
+        TokenSet::read(path).map(|set| set.digests.len())
+    }
 
     const GOOD: &str = "0123456789abcdef0123";
     const OTHER: &str = "ZYXWVUTSRQPONMLKJIHG";

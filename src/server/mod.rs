@@ -244,8 +244,12 @@ pub(crate) const DESCRIPTOR_SETS: [&[u8]; 4] = [
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
 
+/// The bearer tokens and the TLS certificate the settings name, once read and checked by
+/// [`load_files`].
+pub type LoadedFiles = (Option<Authenticator>, Option<ServerTls>);
+
 /// Reads the auth token file and the TLS files `settings` name.
-fn load_files(settings: &ServerSettings) -> Result<(Option<Authenticator>, Option<ServerTls>)> {
+pub fn load_files(settings: &ServerSettings) -> Result<LoadedFiles> {
     let auth = settings
         .auth
         .as_ref()
@@ -317,12 +321,12 @@ pub async fn serve(
 /// the store is closed and the error names the file.
 pub async fn serve_with_reload(
     store: Store,
-    mut listeners: Listeners,
+    listeners: Listeners,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
     reload: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<()> {
-    let (auth, tls) = match load_files(&settings) {
+    let files = match load_files(&settings) {
         Ok(loaded) => loaded,
         Err(e) => {
             // Nothing was served: let go of the store and the socket as a stop would.
@@ -337,6 +341,19 @@ pub async fn serve_with_reload(
             return Err(e);
         }
     };
+    serve_loaded(store, listeners, settings, files, shutdown, reload).await
+}
+
+/// [`serve_with_reload`] with the token and TLS files already read by [`load_files`] (the
+/// daemon reads them before it opens the store, so that a bad one touches nothing).
+pub async fn serve_loaded(
+    store: Store,
+    mut listeners: Listeners,
+    settings: ServerSettings,
+    (auth, tls): LoadedFiles,
+    shutdown: impl Future<Output = ()>,
+    reload: impl Stream<Item = ()> + Send + Unpin + 'static,
+) -> Result<()> {
     if let Some(auth) = &auth {
         tracing::info!(
             path = %auth.token_file().display(),
