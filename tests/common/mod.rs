@@ -456,3 +456,13 @@ pub fn assert_invalid<T: Debug>(result: Result<T, Status>, field: &str) {
         status.message()
     );
 }
+
+/// Says why a test checks nothing on this machine (no tmpfs, no `chattr`, no C compiler):
+/// printed, or, with `LARDER_REQUIRE_FAULTS` set (as `.ci/run` sets it), a failure, so that a
+/// skip never passes for a pass there.
+pub fn skipped(reason: impl std::fmt::Display) {
+    if std::env::var_os("LARDER_REQUIRE_FAULTS").is_some() {
+        panic!("this test cannot run here, and LARDER_REQUIRE_FAULTS is set: {reason}");
+    }
+    println!("skipped: {reason}");
+}

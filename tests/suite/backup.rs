@@ -613,11 +613,13 @@ async fn a_full_disk_at_dest_is_a_clear_error_and_writes_nothing() {
     let stderr = read_log(&err);
     match status {
         Ok(s) if s.code() == Some(111) || (s.code() == Some(1) && stderr.contains("unshare")) => {
-            println!("skipped: cannot mount a small tmpfs in a private mount namespace: {stderr}");
+            crate::common::skipped(format!(
+                "cannot mount a small tmpfs in a private mount namespace: {stderr}"
+            ));
             return;
         }
         Err(e) => {
-            println!("skipped: cannot run unshare: {e}");
+            crate::common::skipped(format!("cannot run unshare: {e}"));
             return;
         }
         Ok(s) => {

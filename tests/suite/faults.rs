@@ -75,7 +75,7 @@ fn tmpfs_or_skip(size: &str, options: &str) -> Option<Tmpfs> {
     match Tmpfs::mount(size, options) {
         Ok(fs) => Some(fs),
         Err(reason) => {
-            println!("skipped: cannot mount a tmpfs here ({reason})");
+            crate::common::skipped(format!("cannot mount a tmpfs here ({reason})"));
             None
         }
     }
@@ -319,7 +319,7 @@ impl Drop for Immutable {
 }
 
 fn wal_of(data_dir: &Path) -> PathBuf {
-    data_dir.join(format!("{DB_FILE}-wal"))
+    larder::store::wal_path(&data_dir.join(DB_FILE))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -331,7 +331,7 @@ async fn storage_turning_read_only_under_the_daemon_fails_writes_unavailable_unt
     let frozen = match Immutable::set(&files) {
         Ok(frozen) => frozen,
         Err(reason) => {
-            println!("skipped: cannot make files immutable here ({reason})");
+            crate::common::skipped(format!("cannot make files immutable here ({reason})"));
             return;
         }
     };
@@ -488,7 +488,7 @@ async fn a_database_file_that_cannot_be_written_is_refused_in_one_line() {
     let frozen = match Immutable::set(std::slice::from_ref(&db)) {
         Ok(frozen) => frozen,
         Err(reason) => {
-            println!("skipped: cannot make files immutable here ({reason})");
+            crate::common::skipped(format!("cannot make files immutable here ({reason})"));
             return;
         }
     };
@@ -563,7 +563,7 @@ fn failing_fsync(dir: &Path) -> Option<FailingFsync> {
     let library = match failing_fsync_library(dir) {
         Ok(library) => library,
         Err(reason) => {
-            println!("skipped: cannot build the failing-fsync library ({reason})");
+            crate::common::skipped(format!("cannot build the failing-fsync library ({reason})"));
             return None;
         }
     };

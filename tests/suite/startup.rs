@@ -319,7 +319,9 @@ async fn a_data_dir_without_write_permission_is_refused() {
             drop(how);
         }
         Err(reasons) => {
-            println!("skipped: no way to make a directory unwritable for root here ({reasons})");
+            crate::common::skipped(format!(
+                "no way to make a directory unwritable for root here ({reasons})"
+            ));
             return;
         }
     }
