@@ -8,7 +8,10 @@
 //! slow reader can never put back a value that a newer commit replaced, and only if the
 //! writer has applied the commit it read (so memory never shows part of a commit early). The
 //! writer applies each commit's changes between two steps of a publication count, so that a
-//! reader of several keys can tell that it saw no commit half applied.
+//! reader of several keys can tell that it saw no commit half applied. And it counts commits
+//! made visible in SQLite apart from commits shown in memory, so that a reader answered by
+//! SQLite can wait for memory to show what it read: else the next reader, answered by memory,
+//! could see an older state than a read that ended before it started.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -137,6 +140,13 @@ struct Marks {
     /// read a commit the writer has not applied yet, and is refused, so that memory never
     /// shows part of a commit before the writer applies all of it.
     published_version: AtomicU64,
+    /// Commits the writer has started to make visible in SQLite (counted before each COMMIT).
+    committing: AtomicU64,
+    /// Of those, the newest whose changes memory shows (or that failed, changing nothing): it
+    /// trails `committing` only while a commit is between SQLite and memory.
+    shown: AtomicU64,
+    /// Woken whenever `shown` moves.
+    shown_moved: tokio::sync::Notify,
 }
 
 /// Bytes an entry is charged against the budget.
@@ -195,6 +205,38 @@ impl<V: Cached> MemoryCache<V> {
     /// The newest version applied by the writer.
     pub fn published_version(&self) -> u64 {
         self.marks.published_version.load(Ordering::SeqCst)
+    }
+
+    /// Writer only: a commit is about to be made visible in SQLite; returns its number, to
+    /// pass to [`MemoryCache::commit_shown`] once memory shows it or it failed.
+    pub fn begin_commit(&self) -> u64 {
+        self.marks.committing.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Writer only: memory shows every commit up to `commit` (or the writer is gone, with
+    /// `u64::MAX`, and nothing will change memory any more).
+    pub fn commit_shown(&self, commit: u64) {
+        self.marks.shown.store(commit, Ordering::SeqCst);
+        self.marks.shown_moved.notify_waiters();
+    }
+
+    /// Returns once memory shows every commit that SQLite could show when it was called. A
+    /// read answered from SQLite calls it before answering, so that no later read answered
+    /// from memory sees less than it did. It waits only while the writer is between a COMMIT
+    /// and applying that commit to memory.
+    pub async fn catch_up(&self) {
+        let marks = &*self.marks;
+        let target = marks.committing.load(Ordering::SeqCst);
+        while marks.shown.load(Ordering::SeqCst) < target {
+            let moved = marks.shown_moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            // Registered before the check below, so a move between the two is not missed.
+            moved.as_mut().enable();
+            if marks.shown.load(Ordering::SeqCst) >= target {
+                break;
+            }
+            moved.await;
+        }
     }
 
     fn shard_of(&self, key: &V::Key) -> usize {
@@ -367,6 +409,8 @@ fn note_access<K: Hash + Eq + Clone>(accessed: &mut HashMap<K, u64>, key: &K, no
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use proptest::prelude::*;
 
@@ -403,6 +447,31 @@ mod tests {
         assert_eq!(m.published_version(), 9, "not yet published");
         m.end_publish(12);
         assert_eq!((m.publication(), m.published_version()), (2, 11));
+    }
+
+    #[tokio::test]
+    async fn catching_up_waits_for_a_commit_between_sqlite_and_memory() {
+        let m = Arc::new(EntryCache::new(1 << 20));
+        m.catch_up().await;
+        let first = m.begin_commit();
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move { m.catch_up().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "commit {first} is not shown yet");
+        // A commit started after the waiter began is not waited for.
+        let second = m.begin_commit();
+        m.commit_shown(first);
+        waiter.await.unwrap();
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move { m.catch_up().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "commit {second} is not shown yet");
+        m.commit_shown(u64::MAX);
+        waiter.await.unwrap();
     }
 
     #[test]

@@ -355,13 +355,16 @@ impl Store {
         self.inner.stats.counters(namespace)
     }
 
-    /// Runs `f` with a pooled read-only connection on a blocking thread.
+    /// Runs `f` with a pooled read-only connection on a blocking thread; answers once memory
+    /// shows every commit `f` could have seen (see [`EntryCache::catch_up`]).
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        run_on(self.inner.readers.clone(), f).await
+        let read = run_on(self.inner.readers.clone(), f).await?;
+        self.inner.memory.catch_up().await;
+        Ok(read)
     }
 
     /// Like [`Store::read`], on the connection kept for scans.
@@ -370,7 +373,9 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        run_on(self.inner.scanners.clone(), f).await
+        let read = run_on(self.inner.scanners.clone(), f).await?;
+        self.inner.memory.catch_up().await;
+        Ok(read)
     }
 
     pub(crate) async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {

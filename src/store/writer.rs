@@ -277,6 +277,14 @@ pub struct Writer {
     files: OpenFiles,
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // However the writer stops (even by a panic mid-commit), no reader may wait for it to
+        // show a commit in memory any more.
+        self.memory.commit_shown(u64::MAX);
+    }
+}
+
 impl Writer {
     /// Loads the writer's counters from the database opened at `db_path`.
     #[allow(clippy::too_many_arguments)]
@@ -451,10 +459,13 @@ impl Writer {
             tracing::warn!(error = %e, "evicting for the disk bound failed");
         }
         let cache_bytes = (self.cache_bytes as i64 + effects.bytes_delta).max(0) as u64;
+        let mut commit_number = None;
         let commit = self
             .save_cache_bytes(cache_bytes)
             .and_then(|()| self.extend_version_lease())
             .and_then(|new_lease| {
+                // From here readers of SQLite may see the commit before memory shows it.
+                commit_number = Some(self.memory.begin_commit());
                 self.conn
                     .execute_batch("COMMIT")
                     .map_err(Error::storage("committing a write batch"))
@@ -463,6 +474,9 @@ impl Writer {
         let new_lease = match commit {
             Ok(lease) => lease,
             Err(e) => {
+                if let Some(n) = commit_number {
+                    self.memory.commit_shown(n);
+                }
                 self.abandon_batch(batch, e);
                 return;
             }
@@ -490,6 +504,9 @@ impl Writer {
             }
         }
         self.memory.end_publish(self.next_version);
+        if let Some(n) = commit_number {
+            self.memory.commit_shown(n);
+        }
         for (ns, counts) in effects.counts {
             self.stats.counters(&ns).add(&counts);
         }
