@@ -418,6 +418,41 @@ async fn spend_five(c: &mut RateLimits, req: &pb::CheckRequest) {
     assert!(!r.allowed, "a sixth check of {req:?}: {r:?}");
 }
 
+/// Waits until the write-behind has put the state of a [`five_per_hour`] key spent by
+/// [`spend_five`] in the database of `data_dir`: a GCRA state whose theoretical arrival time
+/// is more than four and a half emission intervals (of 12 minutes) ahead, which only five
+/// admitted checks reach. A bounded wait for the background write, not a measurement.
+async fn wait_for_spent_gcra_on_disk(data_dir: &Path, key: &str) {
+    const AHEAD_MS: u128 = 9 * 720_000 / 2;
+    let db = data_dir.join(larder::store::DB_FILE);
+    for _ in 0..POLLS {
+        let stored: Option<String> =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|conn| {
+                    conn.query_row(
+                        "SELECT state FROM rate_limits WHERE policy = '' AND key = ?1",
+                        [key],
+                        |r| r.get(0),
+                    )
+                })
+                .ok();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let tat_ms = stored
+            .as_deref()
+            .and_then(|s| s.strip_prefix("gcra "))
+            .and_then(|ns| ns.parse::<u128>().ok())
+            .map(|ns| ns / 1_000_000);
+        if tat_ms.is_some_and(|tat| tat > now_ms + AHEAD_MS) {
+            return;
+        }
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    panic!("the write-behind never wrote the spent state of {key}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_serves_the_rate_limit_policies_of_its_config_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -495,8 +530,7 @@ async fn after_sigkill_rate_limits_lose_at_most_the_write_behind_window() {
     let mut daemon = Daemon::spawn_with(&data_dir, &socket, tmp.path().join("first.log"), &flags);
     let mut c = daemon.rate_limits(&socket).await;
     spend_five(&mut c, &req).await;
-    // Well past the write-behind window: a wait for the background write, not a measurement.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_for_spent_gcra_on_disk(&data_dir, "user:42").await;
     drop(c);
     let status = daemon.signal("-KILL").await;
     assert!(!status.success());
