@@ -41,8 +41,8 @@ const SHARDS: usize = 64;
 /// string headers. An estimate that errs on the side of more.
 pub const SLOT_OVERHEAD: usize = 160;
 
-/// Slots looked at from the cold end for one eviction before giving up until the next
-/// write-behind (when every looked-at key was dirty).
+/// Slots looked at from the cold end by one eviction scan. A Check that adds a key makes one
+/// scan; a write-behind scans again and again while scans keep evicting.
 const EVICTION_SCAN: usize = 32;
 
 /// Rows per command sent to the writer by one write-behind.
@@ -203,6 +203,7 @@ impl LimitTable {
                 let (tx, rx) = watch::channel(());
                 shard.lru.push(key.clone(), Slot::Loading(rx));
                 shard.bytes += charge(key);
+                // On the Check's path: one bounded scan; the write-behind evicts the rest.
                 self.evict(shard, None);
                 Access::Load(Load {
                     table: self.clone(),
@@ -214,11 +215,16 @@ impl LimitTable {
     }
 
     /// Evicts clean keys from the cold end while the shard is over budget, and (with `now_ms`)
-    /// clean keys at the cold end that count for nothing any more.
-    fn evict(&self, shard: &mut Shard, now_ms: Option<u64>) {
+    /// clean keys at the cold end that count for nothing any more; looks at no more than
+    /// [`EVICTION_SCAN`] slots. Returns whether it evicted something and stopped only at that
+    /// limit, so that another call may evict more.
+    fn evict(&self, shard: &mut Shard, now_ms: Option<u64>) -> bool {
         let mut gone = Vec::new();
         let mut over = shard.bytes.saturating_sub(self.shard_budget);
+        let mut scanned = 0;
+        let mut stopped = false;
         for (key, slot) in shard.lru.iter().rev().take(EVICTION_SCAN) {
+            scanned += 1;
             let Slot::Ready(entry) = slot else { continue };
             if !entry.clean() {
                 continue;
@@ -229,13 +235,16 @@ impl LimitTable {
             } else if now_ms.is_some_and(|now| entry.dead(now)) {
                 gone.push(key.clone());
             } else {
+                stopped = true;
                 break;
             }
         }
+        let more = !stopped && scanned == EVICTION_SCAN && !gone.is_empty();
         for key in gone {
             shard.lru.pop(&key);
             shard.bytes -= charge(&key);
         }
+        more
     }
 
     /// Takes every dirty key's state as of now, with its version.
@@ -262,9 +271,11 @@ impl LimitTable {
                 entry.persisted = entry.persisted.max(*version);
             }
         }
+        // One scan at a time, the shard's lock released between two, so that every key this
+        // write-behind made clean can go now (after a burst of new keys, far more than one
+        // scan's worth) without holding up the shard's Checks for the whole of it.
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            self.evict(&mut shard, Some(now_ms));
+            while self.evict(&mut lock(shard), Some(now_ms)) {}
         }
     }
 
@@ -516,4 +527,52 @@ fn load_state(
         tracing::warn!(policy, key, state = %text, expires_at, "ignoring unreadable rate-limit state");
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> LimitKey {
+        (String::new(), format!("k{i:06}"))
+    }
+
+    /// Brings `key` into memory (nothing on disk) and changes its state, so that it is dirty.
+    fn change(table: &Arc<LimitTable>, key: &LimitKey, tat_ns: u64) {
+        if let Access::Load(load) = table.with(key, |_| ((), None)) {
+            load.fill(None);
+        }
+        let next = Some(State::Gcra { tat_ns });
+        assert!(matches!(table.with(key, |_| ((), next)), Access::Done(())));
+    }
+
+    #[test]
+    fn a_write_behind_evicts_every_clean_key_over_the_budget_and_no_dirty_one() {
+        let one = charge(&key(0));
+        let budget = SHARDS * 2 * one;
+        let table = Arc::new(LimitTable::new(budget));
+        // Far more keys per shard than one eviction scan looks at.
+        let keys: Vec<LimitKey> = (0..SHARDS * 100).map(key).collect();
+        for k in &keys {
+            change(&table, k, u64::MAX);
+        }
+        assert_eq!(table.len(), keys.len(), "dirty keys are never evicted");
+        let taken: Vec<(LimitKey, u64)> = table
+            .take_dirty()
+            .into_iter()
+            .map(|(k, version, _)| (k, version))
+            .collect();
+        // Changed again while its write was on the way: dirty, whatever the budget.
+        change(&table, &keys[0], u64::MAX - 1);
+        table.persisted(&taken, 0);
+        assert!(
+            table.bytes() <= budget + one,
+            "{} bytes after the write-behind, for a budget of {budget}",
+            table.bytes()
+        );
+        assert!(
+            matches!(table.with(&keys[0], |s| (s.copied(), s.copied())), Access::Done(Some(State::Gcra { tat_ns })) if tat_ns == u64::MAX - 1),
+            "the dirty key was evicted"
+        );
+    }
 }

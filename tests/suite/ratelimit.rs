@@ -1384,8 +1384,6 @@ async fn memory_stays_near_its_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails: one write-behind evicts at most 32 keys per shard (EVICTION_SCAN), so after \
-            a burst of new keys memory stays far over the budget until several more flushes"]
 async fn memory_is_back_within_its_budget_after_the_flush_following_a_burst() {
     let budget = 64 * 1024;
     let server = TestServer::start_with(
