@@ -279,10 +279,19 @@ def test_stopped_daemon_fails_unavailable() -> None:
         assert stopped.stop() == 0
     finally:
         stopped.cleanup()
-    with Larder(addr, timeout=2.0) as larder:
-        with pytest.raises(grpc.RpcError) as err:
-            larder.cache.get("k")
-        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    host, port = addr.rsplit(":", 1)
+    # The port is held, bound but not listening, so that no other process on the machine can
+    # take it and answer meanwhile: a connection to it is refused.
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind((host, int(port)))
+        with Larder(addr, timeout=2.0) as larder:
+            with pytest.raises(grpc.RpcError) as err:
+                larder.cache.get("k")
+            assert err.value.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
 
 
 def test_deadline_applies_to_a_server_that_never_answers() -> None:
