@@ -222,16 +222,16 @@ impl<V: Cached> MemoryCache<V> {
 
     /// Returns once memory shows every commit that SQLite could show when it was called. A
     /// read answered from SQLite calls it before answering, so that no later read answered
-    /// from memory sees less than it did. It waits only while the writer is between a COMMIT
-    /// and applying that commit to memory.
+    /// from memory sees less than it did. It waits only while a commit is in progress: from
+    /// just before its COMMIT (writing the WAL, and its fsync with `synchronous = full`) until
+    /// the writer has applied it to memory.
     pub async fn catch_up(&self) {
         let marks = &*self.marks;
         let target = marks.committing.load(Ordering::SeqCst);
         while marks.shown.load(Ordering::SeqCst) < target {
+            // A `Notified` receives every `notify_waiters` from its creation on, so a move
+            // between creating it and the check below is not missed.
             let moved = marks.shown_moved.notified();
-            let mut moved = std::pin::pin!(moved);
-            // Registered before the check below, so a move between the two is not missed.
-            moved.as_mut().enable();
             if marks.shown.load(Ordering::SeqCst) >= target {
                 break;
             }
@@ -449,29 +449,46 @@ mod tests {
         assert_eq!((m.publication(), m.published_version()), (2, 11));
     }
 
+    /// Starts a task that catches up with `m`; returns once the task is waiting.
+    async fn catching_up(m: &Arc<EntryCache>) -> tokio::task::JoinHandle<()> {
+        let (waiting, waited) = tokio::sync::oneshot::channel();
+        let m = m.clone();
+        let task = tokio::spawn(async move {
+            let _ = waiting.send(());
+            m.catch_up().await
+        });
+        waited.await.unwrap();
+        // The task's only await left is the one in `catch_up`; let it reach it.
+        tokio::task::yield_now().await;
+        task
+    }
+
+    async fn finishes(task: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("catch_up never returned")
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn catching_up_waits_for_a_commit_between_sqlite_and_memory() {
         let m = Arc::new(EntryCache::new(1 << 20));
-        m.catch_up().await;
-        let first = m.begin_commit();
-        let waiter = tokio::spawn({
+        finishes(tokio::spawn({
             let m = m.clone();
             async move { m.catch_up().await }
-        });
-        tokio::task::yield_now().await;
+        }))
+        .await;
+        let first = m.begin_commit();
+        let waiter = catching_up(&m).await;
         assert!(!waiter.is_finished(), "commit {first} is not shown yet");
         // A commit started after the waiter began is not waited for.
         let second = m.begin_commit();
         m.commit_shown(first);
-        waiter.await.unwrap();
-        let waiter = tokio::spawn({
-            let m = m.clone();
-            async move { m.catch_up().await }
-        });
-        tokio::task::yield_now().await;
+        finishes(waiter).await;
+        let waiter = catching_up(&m).await;
         assert!(!waiter.is_finished(), "commit {second} is not shown yet");
         m.commit_shown(u64::MAX);
-        waiter.await.unwrap();
+        finishes(waiter).await;
     }
 
     #[test]

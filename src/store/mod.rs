@@ -13,8 +13,10 @@
 //! - [`files`]: writes refused once the database file or its WAL is deleted or replaced.
 //! - [`backup`]: `larder backup`, a consistent copy of a live store into a new file.
 //!
-//! Reads try memory, then a pool of read-only connections on blocking threads; they never wait
-//! for the writer (WAL readers see the last commit). A read of several keys answers from one
+//! Reads try memory, then a pool of read-only connections on blocking threads (WAL readers see
+//! the last commit and never take a lock the writer holds). A read answered from SQLite waits
+//! only for a commit in progress to reach memory, so that memory never shows less than a read
+//! already answered (see [`EntryCache::catch_up`]). A read of several keys answers from one
 //! commit: from memory when no commit was being applied to it meanwhile, else from one SQLite
 //! read transaction. Writes are queued to the writer and
 //! acknowledged after their transaction committed. A maintenance task asks the writer, once per

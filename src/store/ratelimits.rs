@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::writer::{Command, WriteOp, WriteOutcome};
-use super::{Store, unexpected};
+use super::{Store, run_on, unexpected};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ratelimit::{self, Decision, Rule, State};
@@ -492,9 +492,12 @@ impl Store {
                 Access::Load(load) => {
                     let (policy, key) = id.clone();
                     let now = self.inner.clock.now_ms();
-                    let state = self
-                        .read(move |conn| load_state(conn, &policy, &key, now))
-                        .await?;
+                    // Straight from the pool, without waiting for memory to show the commits
+                    // read (see `Store::read`): rate-limit state is never applied to memory
+                    // by the writer, memory is its truth, and callers of this key wait here.
+                    let readers = self.inner.readers.clone();
+                    let state =
+                        run_on(readers, move |conn| load_state(conn, &policy, &key, now)).await?;
                     load.fill(state);
                 }
             }

@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 /// Larder and is refused rather than misread.
 pub const SCHEMA_VERSION: i64 = 4;
 
-/// WAL pages after which the writer checkpoints inline (the background checkpointer normally
-/// keeps the WAL far below this).
-pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 8192;
+/// WAL pages after which the writer checkpoints itself, after a commit (the background
+/// checkpointer normally keeps the WAL far below this).
+pub const WRITER_CHECKPOINT_PAGES: i32 = 8192;
 
 /// How long a connection waits for a lock before answering busy.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,12 +144,14 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> 
             path.display()
         )));
     }
-    // Routine checkpoints run on their own connection (see checkpoint.rs); the writer's own
-    // automatic checkpoint stays as a backstop that lets the WAL wrap around under a
-    // continuous write load. The WAL file is truncated back to 64 MiB after it wraps.
+    // Routine checkpoints run on their own connection (see checkpoint.rs). SQLite's automatic
+    // checkpoint is off: it would run inside COMMIT, while readers of SQLite wait for memory
+    // to show the commit. The writer checkpoints as a backstop after the commit instead (see
+    // `WRITER_CHECKPOINT_PAGES`), which lets the WAL wrap around under a continuous write
+    // load. The WAL file is truncated back to 64 MiB after it wraps.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; \
+         PRAGMA wal_autocheckpoint = 0; \
          PRAGMA journal_size_limit = {}; PRAGMA cache_size = -32768;",
         synchronous.pragma(),
         64 << 20,

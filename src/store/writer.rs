@@ -9,12 +9,14 @@
 mod ratelimits;
 mod sessions;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use bytes::Bytes;
+use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,6 +26,7 @@ use crate::store::files::OpenFiles;
 use crate::store::memory::{CachedEntry, EntryCache};
 use crate::store::observe::WriterMetrics;
 use crate::store::ratelimits::LimitRow;
+use crate::store::schema::WRITER_CHECKPOINT_PAGES;
 use crate::store::sessions::{
     CachedSession, DataLimits, NewSession, SessionCache, SessionRecord, SessionTarget, TokenHash,
     data_bytes,
@@ -277,6 +280,18 @@ pub struct Writer {
     files: OpenFiles,
 }
 
+thread_local! {
+    /// Frames in the WAL after the last commit of this thread's writer connection, as SQLite's
+    /// WAL hook reports them (each store's writer has a thread of its own).
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The writer connection's WAL hook: called by SQLite at the end of every commit.
+fn record_wal_frames(_: &Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         // However the writer stops (even by a panic mid-commit), no reader may wait for it to
@@ -319,6 +334,7 @@ impl Writer {
                 |r| r.get(0),
             )
             .map_err(Error::storage("reading the cache table's size"))?;
+        conn.wal_hook(Some(record_wal_frames));
         Ok(Self {
             conn,
             memory,
@@ -465,6 +481,9 @@ impl Writer {
             .and_then(|()| self.extend_version_lease())
             .and_then(|new_lease| {
                 // From here readers of SQLite may see the commit before memory shows it.
+                // Counted before COMMIT, and SQLite publishes a commit to readers through the
+                // WAL index behind full memory barriers, so a reader that saw the commit then
+                // loads a count that includes it.
                 commit_number = Some(self.memory.begin_commit());
                 self.conn
                     .execute_batch("COMMIT")
@@ -513,6 +532,27 @@ impl Writer {
         for ((_, reply), result) in batch.drain(..).zip(results) {
             // The caller may have gone (cancelled request); the write stands regardless.
             let _ = reply.send(result);
+        }
+        if WAL_FRAMES.get() >= WRITER_CHECKPOINT_PAGES {
+            self.backstop_checkpoint();
+        }
+    }
+
+    /// Checkpoints on the writer's own connection, once the background checkpointer has let
+    /// the WAL grow past [`WRITER_CHECKPOINT_PAGES`] (readers held it back, or it fell
+    /// behind): after the commit is answered and shown in memory, so that neither its writes
+    /// nor the readers waiting for memory wait for it.
+    fn backstop_checkpoint(&mut self) {
+        WAL_FRAMES.set(0);
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            }) {
+            Ok((wal_frames, copied)) => {
+                tracing::debug!(wal_frames, copied, "writer checkpoint");
+            }
+            Err(e) => tracing::warn!(error = %e, "writer checkpoint failed"),
         }
     }
 
