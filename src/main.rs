@@ -45,6 +45,36 @@ fn bound_malloc_arenas() {
     }
 }
 
+/// Free heap past which the trimmer hands memory back to the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_FREE_BYTES: usize = 8 << 20;
+
+/// Every 10 s, once glibc's malloc holds more than [`TRIM_FREE_BYTES`] free, hands the free
+/// pages back to the kernel (`malloc_trim`). Free memory inside an arena is otherwise kept for
+/// the process: after a bulk load through the LRU (decode buffers, evicted values), 16 MiB of
+/// RSS held nothing in `scripts/bench-footprint.sh`.
+fn spawn_heap_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // Off the workers: both calls walk malloc's free lists under its arena locks.
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: mallinfo2 and malloc_trim only read and release the allocator's
+                // own free memory; they are safe to call from any thread at any time.
+                unsafe {
+                    if libc::mallinfo2().fordblks > TRIM_FREE_BYTES {
+                        libc::malloc_trim(0);
+                    }
+                }
+            })
+            .await;
+        }
+    });
+}
+
 /// `larder check-config`: the configuration is valid (or `into_config` already said why
 /// not), and so are the token and TLS files it names; print it as the daemon would run with
 /// it.
@@ -141,6 +171,7 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         let reload = larder::shutdown::on_reload()
             .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
+        spawn_heap_trimmer();
         let listeners = match bind_listeners(&config).await {
             Ok(l) => l,
             Err(e) => {
