@@ -8,6 +8,9 @@
 //! (every other write is too large for it, so reads alternate between memory and SQLite, and
 //! race the writer's updates of memory).
 //!
+//! A session is checked the same way, per writer of its data: UpdateSessions by several
+//! writers against GetSessions, the session alternately small enough for memory and not.
+//!
 //! The simpler races (IF_ABSENT winners, increments adding up, compare-and-set loops, session
 //! merges, rate-limit Checks never admitting more than the limit) are in `conditions.rs`,
 //! `sessions.rs` and `ratelimit.rs`.
@@ -201,6 +204,142 @@ async fn one_key_is_linearizable_when_reads_go_to_sqlite() {
     assert!(
         s.hits > s.memory_hits && s.memory_hits > 0,
         "reads did not both hit memory and go to SQLite, so their race was not tested: {s:?}"
+    );
+}
+
+/// One GetSession, as recorded: when it ran and, per writer, the last of its updates it saw
+/// (absent: none yet).
+#[derive(Debug)]
+struct SessionRead {
+    start: Instant,
+    end: Instant,
+    seen: HashMap<usize, usize>,
+}
+
+/// One writer's acknowledged UpdateSessions, in order: when each started and ended.
+type SessionWrites = Vec<(Instant, Instant)>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_session_is_read_linearizably_from_memory_and_from_sqlite() {
+    // 512 bytes per shard of session memory: the session fits while its padding is empty,
+    // not while it is 300 bytes, so reads alternate between memory and SQLite.
+    let server =
+        TestServer::start_with(|c| c.session_memory_bytes = 8192, ServerSettings::default()).await;
+    let mut c = server.session_client().await;
+    let token = crate::common::create_session(
+        &mut c,
+        pb::CreateSessionRequest {
+            user_id: "u".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .token;
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS + READERS));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut c = server.session_client().await;
+        let (start, token) = (start.clone(), token.clone());
+        writers.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut writes = SessionWrites::with_capacity(CALLS);
+            for i in 0..CALLS {
+                let pad = if i % 2 == 1 {
+                    ".".repeat(300)
+                } else {
+                    String::new()
+                };
+                let set = HashMap::from([(format!("w{w}"), i.to_string()), ("pad".into(), pad)]);
+                let t0 = Instant::now();
+                let r = c
+                    .update_session(pb::UpdateSessionRequest {
+                        token: token.clone(),
+                        set,
+                        remove: Vec::new(),
+                    })
+                    .await
+                    .expect("UpdateSession")
+                    .into_inner();
+                assert!(r.found, "the session went missing");
+                writes.push((t0, Instant::now()));
+            }
+            writes
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut c = server.session_client().await;
+        let (start, token) = (start.clone(), token.clone());
+        readers.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut reads = Vec::with_capacity(CALLS);
+            for _ in 0..CALLS {
+                let t0 = Instant::now();
+                let r = crate::common::get_session(&mut c, &token).await;
+                let end = Instant::now();
+                let data = r.session.expect("the session went missing").data;
+                let seen = (0..WRITERS)
+                    .filter_map(|w| Some((w, data.get(&format!("w{w}"))?.parse().unwrap())))
+                    .collect();
+                reads.push(SessionRead {
+                    start: t0,
+                    end,
+                    seen,
+                });
+            }
+            reads
+        }));
+    }
+    let (writes, mut reads) = tokio::time::timeout(BOUND, async {
+        let mut writes = Vec::new();
+        for t in writers {
+            writes.push(t.await.expect("a session writer panicked"));
+        }
+        let mut reads = Vec::new();
+        for t in readers {
+            reads.extend(t.await.expect("a session reader panicked"));
+        }
+        (writes, reads)
+    })
+    .await
+    .expect("the session history did not finish in time");
+
+    reads.sort_by_key(|r| r.end);
+    let mut saw_a_write = false;
+    for r in &reads {
+        for (w, writes) in writes.iter().enumerate() {
+            let seen = r.seen.get(&w).copied();
+            saw_a_write |= seen.is_some();
+            // Not older than the writer's last update acknowledged before the read started.
+            let floor = writes.iter().rposition(|(_, end)| *end < r.start);
+            assert!(
+                seen >= floor,
+                "a read saw update {seen:?} of writer {w} although {floor:?} was acknowledged \
+                 before it started"
+            );
+            // Not an update that had not started when the read ended.
+            if let Some(i) = seen {
+                assert!(
+                    writes[i].0 < r.end,
+                    "a read saw update {i} of writer {w} before it started"
+                );
+            }
+            // Not older than what a read that ended before it started saw.
+            let before = reads
+                .iter()
+                .take_while(|q| q.end < r.start)
+                .filter_map(|q| q.seen.get(&w).copied())
+                .max();
+            assert!(
+                seen >= before,
+                "a read saw update {seen:?} of writer {w} after an earlier read had seen \
+                 {before:?}"
+            );
+        }
+    }
+    assert!(
+        saw_a_write,
+        "no read saw an update: the history tests nothing"
     );
 }
 
