@@ -51,8 +51,8 @@ const TRIM_FREE_BYTES: usize = 8 << 20;
 
 /// Every 10 s, once glibc's malloc holds more than [`TRIM_FREE_BYTES`] free, hands the free
 /// pages back to the kernel (`malloc_trim`). Free memory inside an arena is otherwise kept for
-/// the process: after a bulk load through the LRU (decode buffers, evicted values), 16 MiB of
-/// RSS held nothing in `scripts/bench-footprint.sh`.
+/// the process: 12 s after a bulk load of 500k × 1 KiB through the LRU (decode buffers,
+/// evicted values), RSS was 151 MiB with this and 165 MiB without.
 fn spawn_heap_trimmer() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async {
