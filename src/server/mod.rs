@@ -364,14 +364,7 @@ pub async fn serve_loaded(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CacheServiceServer<CacheApi>>().await;
-    health
-        .set_serving::<SessionServiceServer<SessionApi>>()
-        .await;
-    health
-        .set_serving::<RateLimitServiceServer<RateLimitApi>>()
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
+    set_health(&health, ServingStatus::Serving).await;
 
     // Both reflection versions describe every service, including each other, so that
     // `grpcurl list` shows the same set whichever version the client speaks.
@@ -501,18 +494,7 @@ pub async fn serve_loaded(
     }
 
     notify::stopping("shutting down: draining calls in progress");
-    health
-        .set_not_serving::<CacheServiceServer<CacheApi>>()
-        .await;
-    health
-        .set_not_serving::<SessionServiceServer<SessionApi>>()
-        .await;
-    health
-        .set_not_serving::<RateLimitServiceServer<RateLimitApi>>()
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
     stop_accepting.cancel();
     let drained = tokio::time::timeout(settings.drain_timeout, async {
         while let Some(ended) = servers.join_next().await {
@@ -564,5 +546,18 @@ pub async fn serve_loaded(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Sets the health of every Larder service, and of the server as a whole (`""`).
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService;
+    for name in [
+        "",
+        <CacheServiceServer<CacheApi> as NamedService>::NAME,
+        <SessionServiceServer<SessionApi> as NamedService>::NAME,
+        <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
+    ] {
+        health.set_service_status(name, status).await;
     }
 }

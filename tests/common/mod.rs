@@ -39,6 +39,34 @@ pub type RateLimits = RateLimitServiceClient<Channel>;
 /// "never expires" (0) cannot be confused.
 pub const START_MS: u64 = 1_700_000_000_000;
 
+/// Tries of [`open_store`] while this process holds the directory lock, and the pause between
+/// two: a bounded wait, not a measurement.
+const LOCK_TRIES: usize = 500;
+const LOCK_PAUSE: Duration = Duration::from_millis(20);
+
+/// Opens a store on `config`, again and again (bounded) while its directory lock is held by
+/// this very process. After a store on the directory closed, a child that another test forked
+/// meanwhile (mount, cc, the larder binary) shares the lock file's open description from fork
+/// until exec, and flock counts it as a holder. Any other error is returned at once.
+pub async fn open_store(
+    config: &StoreConfig,
+    clock: Arc<dyn larder::clock::Clock>,
+) -> larder::error::Result<Store> {
+    let own = format!("(pid {})", std::process::id());
+    let mut tries = 1;
+    loop {
+        match Store::open(config.clone(), clock.clone()) {
+            Err(larder::error::Error::Unavailable(held))
+                if held.contains(&own) && tries < LOCK_TRIES =>
+            {
+                tries += 1;
+                tokio::time::sleep(LOCK_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The socket file's name inside the test's temporary directory.
 const SOCKET_FILE: &str = "larder.sock";
 
@@ -124,7 +152,8 @@ impl TestServer {
 
     async fn launch(&mut self) {
         assert!(self.running.is_none(), "the server is already running");
-        let store = Store::open(self.config.clone(), Arc::new(self.clock.clone()))
+        let store = open_store(&self.config, Arc::new(self.clock.clone()))
+            .await
             .expect("opening the store");
         let tcp = TcpListener::bind("127.0.0.1:0")
             .await

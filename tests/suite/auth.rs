@@ -298,20 +298,12 @@ async fn start_error(settings: ServerSettings) -> String {
     let result = larder::server::serve(store, listeners, settings, std::future::ready(())).await;
     let err = result.expect_err("the server started").to_string();
     assert!(!socket.exists(), "the socket file is left behind: {err}");
-    // The lock is released with the store. Other tests spawn processes meanwhile, and a child
-    // holds a copy of every descriptor (the lock file's too) from fork until exec: a lock
-    // still held is retried, a bounded number of times.
-    for _ in 0..POLLS {
-        match Store::open(config.clone(), clock.clone()) {
-            Ok(again) => {
-                again.close().await.unwrap();
-                return err;
-            }
-            Err(larder::error::Error::Unavailable(_)) => tokio::time::sleep(POLL_PAUSE).await,
-            Err(e) => panic!("reopening the store after a failed start: {e}"),
-        }
-    }
-    panic!("the failed start kept the data directory locked: {err}");
+    // The lock is released with the store.
+    let again = crate::common::open_store(&config, clock)
+        .await
+        .unwrap_or_else(|e| panic!("the failed start kept the data directory: {e} ({err})"));
+    again.close().await.unwrap();
+    err
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -240,13 +240,15 @@ proptest! {
 async fn check_byte_total(changes: Vec<Change>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
-    let open = || {
-        let mut config = StoreConfig::new(dir.path());
-        config.max_disk_bytes = DISK_BOUND;
-        config.sweep_interval = std::time::Duration::from_secs(24 * 3600);
-        Store::open(config, Arc::new(clock.clone())).unwrap()
+    let mut config = StoreConfig::new(dir.path());
+    config.max_disk_bytes = DISK_BOUND;
+    config.sweep_interval = std::time::Duration::from_secs(24 * 3600);
+    let open = async || {
+        crate::common::open_store(&config, Arc::new(clock.clone()))
+            .await
+            .unwrap()
     };
-    let store = open();
+    let store = open().await;
     for change in &changes {
         let key = |k: &u8| format!("key-{k}");
         match change {
@@ -281,7 +283,7 @@ async fn check_byte_total(changes: Vec<Change>) -> Result<(), TestCaseError> {
     prop_assert!(live as i64 <= summed, "live {} of {}", live, summed);
 
     // A reopened store starts from the saved total and keeps it right.
-    let store = open();
+    let store = open().await;
     store
         .set(
             "ns",

@@ -216,7 +216,12 @@ async fn a_closed_store_frees_its_directory_even_while_a_handle_lingers() {
     let lingering = store.clone();
     assert!(open().is_err(), "a second store on a directory in use");
     store.close().await.unwrap();
-    let again = open().expect("the directory is free once the store is closed");
+    let again = crate::common::open_store(
+        &StoreConfig::new(dir.path()),
+        Arc::new(ManualClock::new(START_MS)),
+    )
+    .await
+    .expect("the directory is free once the store is closed");
     again.close().await.unwrap();
     drop(lingering);
 }
