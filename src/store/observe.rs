@@ -81,7 +81,7 @@ struct CheckCounts {
 /// Rate-limit Checks (consuming decisions; Peek is not counted) per policy since start.
 #[derive(Debug, Default)]
 pub(crate) struct LimitChecks {
-    by_policy: RwLock<HashMap<String, Arc<CheckCounts>>>,
+    by_policy: RwLock<HashMap<String, CheckCounts>>,
 }
 
 /// The Check counts of one policy.
@@ -96,34 +96,31 @@ pub struct PolicyChecks {
 }
 
 impl LimitChecks {
-    /// Counts one Check under `policy`.
+    /// Counts one Check under `policy` (under the map's read lock once the policy is known).
     pub(crate) fn count(&self, policy: &str, allowed: bool) {
-        let Some(counts) = self.counts(policy) else {
-            return;
+        let bump = |counts: &CheckCounts| {
+            let slot = if allowed {
+                &counts.allowed
+            } else {
+                &counts.denied
+            };
+            slot.fetch_add(1, Ordering::Relaxed);
         };
-        let slot = if allowed {
-            &counts.allowed
-        } else {
-            &counts.denied
-        };
-        slot.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn counts(&self, policy: &str) -> Option<Arc<CheckCounts>> {
         // Poisoning cannot leave the map half-updated (one insert), so keep using it.
-        if let Some(c) = self
+        if let Some(counts) = self
             .by_policy
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(policy)
         {
-            return Some(c.clone());
+            bump(counts);
+            return;
         }
         let mut map = self.by_policy.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED_POLICIES && !map.contains_key(policy) {
-            return None;
+            return;
         }
-        Some(map.entry(policy.to_owned()).or_default().clone())
+        bump(map.entry(policy.to_owned()).or_default());
     }
 
     fn snapshot(&self) -> Vec<PolicyChecks> {
