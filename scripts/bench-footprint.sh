@@ -22,20 +22,12 @@ keys="${FOOTPRINT_KEYS:-2000000}"
 value_size="${FOOTPRINT_VALUE_SIZE:-1024}"
 lru="${FOOTPRINT_LRU:-64MiB}"
 reads="${FOOTPRINT_READS:-200000}"
-for n in "$keys" "$value_size" "$reads"; do
-  case "$n" in '' | *[!0-9]* | 0)
-    echo "bench-footprint: FOOTPRINT_* counts must be positive whole numbers, got '$n'" >&2
-    exit 2
-    ;;
-  esac
-done
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-footprint.XXXXXX")"
-pids=()
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
+require_positive "bench-footprint: FOOTPRINT_* counts must be positive whole numbers" \
+  "$keys" "$value_size" "$reads"
+bench_start footprint
 
 section "machine"
 machine_facts

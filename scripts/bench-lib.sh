@@ -1,6 +1,12 @@
 # bench-lib.sh: helpers the benchmark scripts (bench.sh, bench-vs-redis.sh, bench-footprint.sh)
-# source; not run on its own. Expects `tmp` (a scratch directory) and the array `pids` to be
-# set by the caller, which also installs `bench_cleanup` as its EXIT trap.
+# source; not run on its own. `bench_start` sets up `tmp` (a scratch directory) and the array
+# `pids`, and installs `bench_cleanup` as the EXIT trap.
+#   require_whole MSG VALUE...
+#                             exits 2 with "MSG, got 'VALUE'" unless every VALUE is a whole number
+#   require_positive MSG VALUE...
+#                             the same, and no VALUE may be 0
+#   bench_start NAME          $tmp (larder-NAME.XXXXXX), an empty `pids`, and the traps that
+#                             run bench_cleanup on exit and on an interrupt
 #   stop_pids PID...          stops each process (SIGTERM, SIGKILL after 10 s) and reaps it
 #   bench_cleanup             stops every process in `pids`, removes $tmp
 #   section TEXT              a heading in the log
@@ -19,6 +25,37 @@
 #   cpu_ns PID                on-CPU nanoseconds of every thread of PID so far
 #   machine_ns                busy and stolen nanoseconds of all CPUs so far
 #   machine_facts             the machine, commit and kernel, a line each
+
+require_whole() {
+  local msg="$1" n
+  shift
+  for n in "$@"; do
+    case "$n" in '' | *[!0-9]*)
+      echo "$msg, got '$n'" >&2
+      exit 2
+      ;;
+    esac
+  done
+}
+
+require_positive() {
+  local msg="$1" n
+  shift
+  require_whole "$msg" "$@"
+  for n in "$@"; do
+    if [ "$n" -eq 0 ]; then
+      echo "$msg, got '$n'" >&2
+      exit 2
+    fi
+  done
+}
+
+bench_start() {
+  tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-$1.XXXXXX")"
+  pids=()
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
 
 stop_pids() {
   local pid

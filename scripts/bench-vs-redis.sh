@@ -33,23 +33,14 @@ value_size="${BENCH_VALUE_SIZE:-100}"
 connections="${BENCH_CONNECTIONS:-4}"
 workers="${BENCH_WORKERS:-1}"
 open_rate="${BENCH_OPEN_RATE:-5000}"
-case "$warmup" in '' | *[!0-9]*)
-  echo "bench-vs-redis: BENCH_WARMUP must be a whole number of seconds, got '$warmup'" >&2
-  exit 2
-  ;;
-esac
-case "$open_rate" in '' | *[!0-9]*)
-  echo "bench-vs-redis: BENCH_OPEN_RATE must be a whole number of calls a second (0: no open-loop runs), got '$open_rate'" >&2
-  exit 2
-  ;;
-esac
-for n in $concurrencies "$duration" "$keys" "$value_size" "$connections" "$workers"; do
-  case "$n" in '' | *[!0-9]* | 0)
-    echo "bench-vs-redis: BENCH_* settings must be positive whole numbers, got '$n'" >&2
-    exit 2
-    ;;
-  esac
-done
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+require_whole "bench-vs-redis: BENCH_WARMUP must be a whole number of seconds" "$warmup"
+require_whole "bench-vs-redis: BENCH_OPEN_RATE must be a whole number of calls a second (0: no open-loop runs)" \
+  "$open_rate"
+# shellcheck disable=SC2086 # the lists split into their words
+require_positive "bench-vs-redis: BENCH_* settings must be positive whole numbers" \
+  $concurrencies "$duration" "$keys" "$value_size" "$connections" "$workers"
 for t in $transports; do
   case "$t" in tcp | unix) ;; *)
     echo "bench-vs-redis: BENCH_TRANSPORTS takes tcp and unix, got '$t'" >&2
@@ -58,12 +49,7 @@ for t in $transports; do
   esac
 done
 
-# shellcheck source=scripts/bench-lib.sh
-. scripts/bench-lib.sh
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-vs-redis.XXXXXX")"
-pids=()
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
+bench_start vs-redis
 out="${BENCH_OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/larder-vs-redis-report.XXXXXX")}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"

@@ -52,21 +52,12 @@ redis_aof_port=16380
 # and slack.
 run_limit=$((warmup + duration + 150))
 
-for n in "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" "$workers" \
-  "$redis_requests" "$rl_limit" "$rl_period_ms" "$port_base"; do
-  case "$n" in '' | *[!0-9]*)
-    echo "bench: BENCH_* settings must be whole numbers, got '$n'" >&2
-    exit 2
-    ;;
-  esac
-done
-
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/larder-bench.XXXXXX")"
-pids=()
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
+require_whole "bench: BENCH_* settings must be whole numbers" \
+  "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" "$workers" \
+  "$redis_requests" "$rl_limit" "$rl_period_ms" "$port_base"
+bench_start bench
 
 section "machine"
 machine_facts
