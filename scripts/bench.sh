@@ -40,10 +40,17 @@ keys="${BENCH_KEYS:-10000}"
 value_size="${BENCH_VALUE_SIZE:-100}"
 # gRPC worker threads of both servers (larder's default is 1).
 workers="${BENCH_WORKERS:-1}"
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+# Checked before anything is computed from them.
+require_whole "bench: BENCH_* settings must be whole numbers" \
+  "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" "$workers"
 redis_requests="${BENCH_REDIS_REQUESTS:-$((20000 * duration))}"
 rl_limit="${BENCH_RL_LIMIT:-100}"
 rl_period_ms="${BENCH_RL_PERIOD_MS:-60000}"
 port_base="${BENCH_PORT_BASE:-17000}"
+require_whole "bench: BENCH_* settings must be whole numbers" \
+  "$redis_requests" "$rl_limit" "$rl_period_ms" "$port_base"
 bare_port=$((port_base + 1))
 larder_port=$((port_base + 2))
 redis_port=16379
@@ -51,12 +58,6 @@ redis_aof_port=16380
 # The longest one load run may take before `timeout` ends it: warmup + duration + preload
 # and slack.
 run_limit=$((warmup + duration + 150))
-
-# shellcheck source=scripts/bench-lib.sh
-. scripts/bench-lib.sh
-require_whole "bench: BENCH_* settings must be whole numbers" \
-  "$duration" "$warmup" "$concurrency" "$connections" "$keys" "$value_size" "$workers" \
-  "$redis_requests" "$rl_limit" "$rl_period_ms" "$port_base"
 bench_start bench
 
 section "machine"
