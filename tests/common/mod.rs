@@ -435,6 +435,16 @@ pub async fn stats(c: &mut Client, namespace: &str) -> pb::StatsResponse {
     .into_inner()
 }
 
+/// The status a health Check answers for `service` ('' for the whole server).
+pub async fn health(channel: Channel, service: &str) -> Result<i32, Status> {
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
+
 /// A CreateSession that must succeed.
 pub async fn create_session(
     c: &mut Sessions,

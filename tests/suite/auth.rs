@@ -28,7 +28,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::{START_MS, TestServer, assert_code, get, set, unix_channel};
+use crate::common::{START_MS, TestServer, assert_code, get, health, set, unix_channel};
 use crate::suite::binary::{Daemon, POLL_PAUSE, POLLS, larder, read_log, refused, serve};
 
 const TOKEN_A: &str = "alpha-0123456789abcdefghijklmnop";
@@ -182,15 +182,6 @@ fn assert_all_served(results: Vec<(&str, Result<(), Status>)>) {
 }
 
 /// Health's overall status over `channel`, without a token.
-async fn health(channel: Channel) -> Result<i32, Status> {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().status)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn over_tcp_every_service_but_health_needs_a_token_of_the_file() {
     let (_dir, path) = token_file(&format!("# two clients\n{TOKEN_A}\n\n{TOKEN_B}\n"));
@@ -222,7 +213,7 @@ async fn over_tcp_every_service_but_health_needs_a_token_of_the_file() {
     assert!(!g.found, "{g:?}");
 
     assert_eq!(
-        health(channel.clone()).await.unwrap(),
+        health(channel.clone(), "").await.unwrap(),
         ServingStatus::Serving as i32
     );
     let watch = HealthClient::new(channel)
@@ -255,7 +246,7 @@ async fn the_unix_socket_needs_a_token_by_default() {
     );
     assert_all_served(call_every_service(&channel, Some(TOKEN_A)).await);
     assert_eq!(
-        health(channel).await.unwrap(),
+        health(channel, "").await.unwrap(),
         ServingStatus::Serving as i32
     );
 }
@@ -720,7 +711,7 @@ async fn tls_and_a_token_together() {
     );
     assert_all_served(call_every_service(&channel, Some(TOKEN_A)).await);
     assert_eq!(
-        health(channel).await.unwrap(),
+        health(channel, "").await.unwrap(),
         ServingStatus::Serving as i32
     );
 }

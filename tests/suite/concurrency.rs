@@ -190,6 +190,11 @@ async fn one_key_is_linearizable_when_reads_hit_memory() {
     let server = TestServer::start().await;
     let calls = history(&server, false).await;
     assert_linearizable(&calls);
+    let s = crate::common::stats(&mut server.client().await, "").await;
+    assert!(
+        s.memory_hits > 0,
+        "no read hit memory, so this history tests nothing of it: {s:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -17,8 +17,6 @@ use larder::pb;
 use larder::store::DB_FILE;
 use tempfile::TempDir;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::common::{Client, TestServer, assert_code, get, get_many, set, stats};
 use crate::suite::binary::{Daemon, read_log, serve};
@@ -99,14 +97,9 @@ fn fill(path: &Path, limit: usize) {
 }
 
 async fn health_status(server: &TestServer) -> i32 {
-    HealthClient::new(server.channel().await)
-        .check(HealthCheckRequest {
-            service: "larder.v1.CacheService".into(),
-        })
+    crate::common::health(server.channel().await, "larder.v1.CacheService")
         .await
         .expect("health answers")
-        .into_inner()
-        .status
 }
 
 const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
@@ -608,13 +601,7 @@ async fn an_fsync_error_fails_the_write_unavailable_and_it_is_not_kept() {
     );
     let g = get(&mut c, "", "before").await;
     assert_eq!((g.value, g.version), ("synced".into(), before.version));
-    let health = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(health.into_inner().status, SERVING);
+    assert_eq!(crate::common::health(channel, "").await.unwrap(), SERVING);
 
     std::fs::remove_file(&f.marker).unwrap();
     assert!(

@@ -94,8 +94,9 @@ impl Outcomes {
 
 /// Sizes of the database file and of its WAL.
 fn file_sizes(data_dir: &Path) -> (u64, u64) {
-    let size = |name: String| std::fs::metadata(data_dir.join(name)).map_or(0, |m| m.len());
-    (size(DB_FILE.to_owned()), size(format!("{DB_FILE}-wal")))
+    let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let db = data_dir.join(DB_FILE);
+    (size(&db), size(&larder::store::wal_path(&db)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
