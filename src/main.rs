@@ -87,7 +87,8 @@ fn check_config(config: ServeConfig) -> anyhow::Result<()> {
         let tokens = if n == 1 { "token" } else { "tokens" };
         println!("# auth: {n} {tokens} in {}", auth.token_file().display());
     }
-    if let (Some(n), Some(tls)) = (tls.as_ref().map(|t| t.chain_len()), &config.server.tls) {
+    if let Some(tls) = &tls {
+        let n = tls.chain_len();
         let certificates = if n == 1 {
             "certificate"
         } else {
@@ -95,8 +96,8 @@ fn check_config(config: ServeConfig) -> anyhow::Result<()> {
         };
         println!(
             "# tls: {n} {certificates} in {}, key in {}",
-            tls.cert.display(),
-            tls.key.display()
+            tls.cert().display(),
+            tls.key().display()
         );
     }
     print!("{text}");

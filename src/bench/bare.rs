@@ -59,18 +59,14 @@ impl CacheService for Bare {
         &self,
         _: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 
     async fn get_many(
         &self,
         _: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 
     /// The preload of `larder bench` writes the key space with SetMany.
@@ -92,54 +88,42 @@ impl CacheService for Bare {
         &self,
         _: Request<pb::DeleteManyRequest>,
     ) -> Result<Response<pb::DeleteManyResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 
     async fn delete_prefix(
         &self,
         _: Request<pb::DeletePrefixRequest>,
     ) -> Result<Response<pb::DeletePrefixResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 
     async fn touch(
         &self,
         _: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 
     async fn increment(
         &self,
         _: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 
     async fn clear(
         &self,
         _: Request<pb::ClearRequest>,
     ) -> Result<Response<pb::ClearResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        Err(Status::unimplemented(
-            "bare baseline: Get, Set and SetMany only",
-        ))
+        Err(not_served())
     }
 }
 
@@ -171,4 +155,9 @@ pub fn serve(listen: SocketAddr, worker_threads: usize) -> anyhow::Result<()> {
             .context("serving")?;
         Ok(())
     })
+}
+
+/// What the baseline answers to every RPC but Get, Set and SetMany.
+fn not_served() -> Status {
+    Status::unimplemented("bare baseline: Get, Set and SetMany only")
 }
