@@ -5,13 +5,13 @@
 //! Only the writer thread puts acknowledged values here (after its transaction committed), so a
 //! client always reads its own writes. Readers that missed may *fill* an entry they read from
 //! SQLite, but only if no write touched the shard since they looked (the shard's epoch), so a
-//! slow reader can never put back a value that a newer commit replaced, and only if the
-//! writer has applied the commit it read (so memory never shows part of a commit early). The
-//! writer applies each commit's changes between two steps of a publication count, so that a
-//! reader of several keys can tell that it saw no commit half applied. And it counts commits
-//! made visible in SQLite apart from commits shown in memory, so that a reader answered by
-//! SQLite can wait for memory to show what it read: else the next reader, answered by memory,
-//! could see an older state than a read that ended before it started.
+//! slow reader can never put back a value that a newer commit replaced. The writer applies each
+//! commit's changes between two steps of a publication count, so that a reader of several keys
+//! can tell that it saw no commit half applied. And it counts commits made visible in SQLite
+//! apart from commits shown in memory, so that a reader answered by SQLite waits for memory to
+//! show what it read ([`MemoryCache::catch_up`]) before it answers or fills: else the next
+//! reader, answered by memory, could see an older state than a read that ended before it
+//! started, and a fill could show part of a commit before the writer applied all of it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -136,10 +136,6 @@ struct Marks {
     /// lock without the lock): a reader of several keys that sees the same even value before
     /// and after its lookups saw no commit half applied.
     publication: AtomicU64,
-    /// The newest version the writer has applied here. A reader's fill carrying a newer one
-    /// read a commit the writer has not applied yet, and is refused, so that memory never
-    /// shows part of a commit before the writer applies all of it.
-    published_version: AtomicU64,
     /// Commits the writer has started to make visible in SQLite (counted before each COMMIT).
     committing: AtomicU64,
     /// Of those, the newest whose changes memory shows (or that failed, changing nothing): it
@@ -187,24 +183,9 @@ impl<V: Cached> MemoryCache<V> {
         self.marks.publication.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Writer only: every change of the commit is applied; its versions are all below
-    /// `next_version`.
-    pub fn end_publish(&self, next_version: u64) {
-        self.mark_published(next_version);
+    /// Writer only: every change of the commit is applied.
+    pub fn end_publish(&self) {
         self.marks.publication.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Writer only: every version below `next_version` is applied (or, at start-up, on disk
-    /// before memory held anything).
-    pub fn mark_published(&self, next_version: u64) {
-        self.marks
-            .published_version
-            .store(next_version.saturating_sub(1), Ordering::SeqCst);
-    }
-
-    /// The newest version applied by the writer.
-    pub fn published_version(&self) -> u64 {
-        self.marks.published_version.load(Ordering::SeqCst)
     }
 
     /// Writer only: a commit is about to be made visible in SQLite; returns its number, to
@@ -439,14 +420,12 @@ mod tests {
     #[test]
     fn the_publication_count_is_odd_only_while_a_commit_is_applied() {
         let m = EntryCache::new(1 << 20);
-        m.mark_published(10);
-        assert_eq!((m.publication(), m.published_version()), (0, 9));
+        assert_eq!(m.publication(), 0);
         m.begin_publish();
         assert_eq!(m.publication() % 2, 1, "a commit is being applied");
         m.put(ck("ns", "a"), entry(b"v", 0));
-        assert_eq!(m.published_version(), 9, "not yet published");
-        m.end_publish(12);
-        assert_eq!((m.publication(), m.published_version()), (2, 11));
+        m.end_publish();
+        assert_eq!(m.publication(), 2);
     }
 
     /// Starts a task that catches up with `m`; returns once the task is waiting.

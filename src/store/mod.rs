@@ -494,7 +494,6 @@ impl Store {
                 Ok(rows)
             })
             .await?;
-        let published = memory.published_version();
         let mut answers = Vec::with_capacity(keys.len());
         for ((key, ticket), row) in cache_keys.into_iter().zip(tickets).zip(rows) {
             match row.filter(|e| remaining_ms(e.expires_at_ms, now).is_some()) {
@@ -502,11 +501,9 @@ impl Store {
                     counters.read(true, false);
                     answers.push(Some(found(entry.clone(), now)));
                     memory.record_access(&key, now);
-                    // A newer version than the writer has applied belongs to a commit that
-                    // memory must show all at once, when the writer applies it.
-                    if let Some(ticket) = ticket
-                        && entry.version <= published
-                    {
+                    // `read` returned once memory showed every commit the snapshot held, so
+                    // the fill cannot show part of one early.
+                    if let Some(ticket) = ticket {
                         memory.fill(ticket, key, entry);
                     }
                 }

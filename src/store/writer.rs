@@ -351,7 +351,6 @@ impl Writer {
         })
         .inspect(|w| {
             w.memory.set_access_tracking(w.eviction_in_sight());
-            w.memory.mark_published(w.next_version);
             w.settings.metrics.set_cache_bytes(w.cache_bytes);
         })
     }
@@ -522,7 +521,7 @@ impl Writer {
                 MemEffect::RemoveSession(hash) => self.sessions.remove(&hash),
             }
         }
-        self.memory.end_publish(self.next_version);
+        self.memory.end_publish();
         if let Some(n) = commit_number {
             self.memory.commit_shown(n);
         }
