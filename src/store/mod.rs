@@ -476,12 +476,12 @@ impl Store {
             // Commits kept being applied while the keys were looked up: SQLite answers.
             None => (0..keys.len()).map(|_| None).collect(),
         };
-        let ns = namespace.to_owned();
-        let wanted = keys.to_vec();
-        let rows = self
+        // The keys go to the blocking thread and come back with their rows, copied nowhere.
+        let (cache_keys, rows) = self
             .read(move |conn| {
-                if wanted.len() == 1 {
-                    return read_rows(conn, &ns, &wanted, max_bytes, too_large);
+                if cache_keys.len() == 1 {
+                    let rows = read_rows(conn, &cache_keys, max_bytes, too_large)?;
+                    return Ok((cache_keys, rows));
                 }
                 // One read transaction, so that every key is read from the same commit. It
                 // rolls back when dropped, so that a failed read never returns the pooled
@@ -489,9 +489,9 @@ impl Store {
                 let snapshot = conn
                     .unchecked_transaction()
                     .map_err(Error::storage("starting a read"))?;
-                let rows = read_rows(&snapshot, &ns, &wanted, max_bytes, too_large)?;
+                let rows = read_rows(&snapshot, &cache_keys, max_bytes, too_large)?;
                 snapshot.commit().map_err(Error::storage("ending a read"))?;
-                Ok(rows)
+                Ok((cache_keys, rows))
             })
             .await?;
         let mut answers = Vec::with_capacity(keys.len());
@@ -713,8 +713,7 @@ where
 /// more than `max_bytes`.
 fn read_rows(
     conn: &rusqlite::Connection,
-    namespace: &str,
-    keys: &[String],
+    keys: &[CacheKey],
     max_bytes: usize,
     too_large: impl Fn() -> Error,
 ) -> Result<Vec<Option<CachedEntry>>> {
@@ -726,7 +725,7 @@ fn read_rows(
         .map_err(Error::storage("preparing a read"))?;
     let mut total = 0usize;
     let mut rows = Vec::with_capacity(keys.len());
-    for key in keys {
+    for (namespace, key) in keys {
         let row = stmt
             .query_row(params![namespace, key], |r| {
                 Ok(CachedEntry {
