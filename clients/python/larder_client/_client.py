@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
 import grpc
 from google.protobuf import wrappers_pb2
+from typing_extensions import Self
 
-from ._gen.larder.v1 import cache_pb2, cache_pb2_grpc
-from ._gen.larder.v1 import ratelimit_pb2, ratelimit_pb2_grpc
-from ._gen.larder.v1 import session_pb2, session_pb2_grpc
+from ._gen.larder.v1 import (
+    cache_pb2,
+    cache_pb2_grpc,
+    ratelimit_pb2,
+    ratelimit_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 from ._invoke import Invoker, channel_options
 from ._types import Entry, RateLimitResult, Session, SessionList
 
@@ -29,14 +35,14 @@ class Cache:
         self._stub = cache_pb2_grpc.CacheServiceStub(channel)
         self._call = call
 
-    def get(self, key: str, namespace: str = "", *, timeout: Optional[float] = None) -> Optional[bytes]:
+    def get(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bytes | None:
         """The value of ``key``, or None when it is absent or expired."""
         entry = self.get_entry(key, namespace, timeout=timeout)
         return None if entry is None else entry.value
 
     def get_entry(
-        self, key: str, namespace: str = "", *, timeout: Optional[float] = None
-    ) -> Optional[Entry]:
+        self, key: str, namespace: str = "", *, timeout: float | None = None
+    ) -> Entry | None:
         """Value, version and remaining TTL of ``key``, or None when it is absent."""
         r = self._call(
             self._stub.Get,
@@ -55,7 +61,7 @@ class Cache:
         namespace: str = "",
         *,
         if_present: bool = False,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> bool:
         """Stores ``value``; ``ttl_ms`` replaces any previous TTL (0 = never expires).
 
@@ -90,8 +96,8 @@ class Cache:
         ttl_ms: int = 0,
         namespace: str = "",
         *,
-        timeout: Optional[float] = None,
-    ) -> Optional[int]:
+        timeout: float | None = None,
+    ) -> int | None:
         """Stores ``value`` only if the entry's version is still ``version`` (from
         ``get_entry`` or an earlier write): compare-and-set.
 
@@ -122,8 +128,8 @@ class Cache:
         ttl_ms: int = 0,
         namespace: str = "",
         *,
-        timeout: Optional[float] = None,
-    ) -> Dict[str, int]:
+        timeout: float | None = None,
+    ) -> dict[str, int]:
         """Stores every key -> value of ``entries`` in one transaction (all or none), each with
         ``ttl_ms`` (0 = never expires); returns key -> new version.
 
@@ -141,7 +147,7 @@ class Cache:
         )
         return dict(zip(keys, (int(v) for v in r.versions)))
 
-    def delete(self, key: str, namespace: str = "", *, timeout: Optional[float] = None) -> bool:
+    def delete(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bool:
         """Removes ``key``; returns whether it held a live value."""
         r = self._call(
             self._stub.Delete,
@@ -152,7 +158,7 @@ class Cache:
         return bool(r.deleted)
 
     def delete_many(
-        self, keys: Iterable[str], namespace: str = "", *, timeout: Optional[float] = None
+        self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
     ) -> int:
         """Removes ``keys`` in one transaction; returns how many held a live value."""
         # Retried on UNAVAILABLE, like delete: deleting the same named keys again leaves the
@@ -173,7 +179,7 @@ class Cache:
         ttl_ms: int = 0,
         namespace: str = "",
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> int:
         """Adds ``delta`` to the counter at ``key`` (absent = 0) and returns the new value."""
         r = self._call(
@@ -185,8 +191,8 @@ class Cache:
         return int(r.value)
 
     def get_many(
-        self, keys: Iterable[str], namespace: str = "", *, timeout: Optional[float] = None
-    ) -> Dict[str, Optional[bytes]]:
+        self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
+    ) -> dict[str, bytes | None]:
         """The values of ``keys`` in one round trip: key -> value, or None when absent."""
         r = self._call(
             self._stub.GetMany,
@@ -197,7 +203,7 @@ class Cache:
         return {e.key: (e.value if e.found else None) for e in r.entries}
 
     def touch(
-        self, key: str, ttl_ms: int, namespace: str = "", *, timeout: Optional[float] = None
+        self, key: str, ttl_ms: int, namespace: str = "", *, timeout: float | None = None
     ) -> bool:
         """Sets a new TTL on ``key`` without changing its value; returns whether it exists."""
         r = self._call(
@@ -209,7 +215,7 @@ class Cache:
         return bool(r.found)
 
     def delete_prefix(
-        self, prefix: str, namespace: str = "", *, timeout: Optional[float] = None
+        self, prefix: str, namespace: str = "", *, timeout: float | None = None
     ) -> int:
         """Removes every key of ``namespace`` that starts with ``prefix``; returns how many."""
         r = self._call(
@@ -220,7 +226,7 @@ class Cache:
         )
         return int(r.deleted)
 
-    def clear(self, namespace: str = "", *, timeout: Optional[float] = None) -> int:
+    def clear(self, namespace: str = "", *, timeout: float | None = None) -> int:
         """Removes every entry of ``namespace`` ("" = "default"); returns how many."""
         # Never retried, like delete_prefix: it removes whatever the namespace holds when it
         # runs, so a second try after one that was applied would also remove entries other
@@ -233,7 +239,7 @@ class Cache:
         )
         return int(r.deleted)
 
-    def stats(self, namespace: str = "", *, timeout: Optional[float] = None) -> Dict[str, int]:
+    def stats(self, namespace: str = "", *, timeout: float | None = None) -> dict[str, int]:
         """The server's counters (entries, bytes, hits, misses, ...) as a dict."""
         r = self._call(
             self._stub.Stats,
@@ -254,14 +260,14 @@ class Sessions:
     def create(
         self,
         user_id: str,
-        data: Optional[Mapping[str, str]] = None,
+        data: Mapping[str, str] | None = None,
         idle_ttl_ms: int = 0,
         absolute_ttl_ms: int = 0,
         device_info: str = "",
         ip: str = "",
         *,
-        timeout: Optional[float] = None,
-    ) -> Tuple[str, Session]:
+        timeout: float | None = None,
+    ) -> tuple[str, Session]:
         """Starts a session for ``user_id``; returns (token, session). TTL 0 = server default."""
         r = self._call(
             self._stub.CreateSession,
@@ -278,7 +284,7 @@ class Sessions:
         )
         return r.token, Session._from_pb(r.session)
 
-    def get(self, token: str, *, timeout: Optional[float] = None) -> Optional[Session]:
+    def get(self, token: str, *, timeout: float | None = None) -> Session | None:
         """The session of ``token`` (and it counts as activity), or None when it is gone."""
         r = self._call(
             self._stub.GetSession,
@@ -291,11 +297,11 @@ class Sessions:
     def update(
         self,
         token: str,
-        set: Optional[Mapping[str, str]] = None,  # noqa: A002  (the proto's field name)
+        set: Mapping[str, str] | None = None,
         remove: Sequence[str] = (),
         *,
-        timeout: Optional[float] = None,
-    ) -> Optional[Session]:
+        timeout: float | None = None,
+    ) -> Session | None:
         """Sets and removes data keys; returns the updated session, or None when it is gone."""
         r = self._call(
             self._stub.UpdateSession,
@@ -305,9 +311,7 @@ class Sessions:
         )
         return Session._from_pb(r.session) if r.found else None
 
-    def rotate(
-        self, token: str, *, timeout: Optional[float] = None
-    ) -> Optional[Tuple[str, Session]]:
+    def rotate(self, token: str, *, timeout: float | None = None) -> tuple[str, Session] | None:
         """Replaces ``token`` by a new one (the old one stops working); None when it is gone."""
         r = self._call(
             self._stub.RotateSession,
@@ -319,10 +323,10 @@ class Sessions:
 
     def revoke(
         self,
-        token: Optional[str] = None,
+        token: str | None = None,
         *,
-        session_id: Optional[str] = None,
-        timeout: Optional[float] = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
     ) -> bool:
         """Ends one session, named by its token or its session_id; returns whether it existed."""
         if (token is None) == (session_id is None):
@@ -336,7 +340,7 @@ class Sessions:
         return bool(r.revoked)
 
     def revoke_user(
-        self, user_id: str, except_session_id: str = "", *, timeout: Optional[float] = None
+        self, user_id: str, except_session_id: str = "", *, timeout: float | None = None
     ) -> int:
         """Ends every session of ``user_id`` (but ``except_session_id``); returns how many."""
         r = self._call(
@@ -349,7 +353,7 @@ class Sessions:
         )
         return int(r.revoked)
 
-    def list(self, user_id: str, *, timeout: Optional[float] = None) -> SessionList:
+    def list(self, user_id: str, *, timeout: float | None = None) -> SessionList:
         """The live sessions of ``user_id``."""
         r = self._call(
             self._stub.ListSessions,
@@ -377,7 +381,7 @@ class RateLimit:
         burst: int = 0,
         algorithm: str = "",
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> RateLimitResult:
         """Consumes ``cost`` units of ``key`` if allowed. ``result.headers()`` gives the HTTP
         headers. Either name a ``policy`` or give ``limit`` and ``period_ms`` inline;
@@ -402,7 +406,7 @@ class RateLimit:
         burst: int = 0,
         algorithm: str = "",
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> RateLimitResult:
         """What ``check`` would answer, without consuming anything."""
         r = self._call(
@@ -415,7 +419,7 @@ class RateLimit:
         )
         return RateLimitResult._from_pb(r)
 
-    def reset(self, key: str, policy: str = "", *, timeout: Optional[float] = None) -> bool:
+    def reset(self, key: str, policy: str = "", *, timeout: float | None = None) -> bool:
         """Forgets what ``key`` consumed; returns whether it had any state."""
         r = self._call(
             self._stub.Reset,
@@ -458,11 +462,11 @@ class Larder:
     def __init__(
         self,
         target: str = "127.0.0.1:7379",
-        token: Optional[str] = None,
+        token: str | None = None,
         timeout: float = 1.0,
         *,
         retries: int = 2,
-        options: Sequence[Tuple[str, object]] = (),
+        options: Sequence[tuple[str, object]] = (),
     ) -> None:
         self.target = target
         self._channel = grpc.insecure_channel(target, options=channel_options(target, options))
@@ -479,7 +483,7 @@ class Larder:
             response_deserializer=wrappers_pb2.Int32Value.FromString,
         )
 
-    def health(self, service: str = "", *, timeout: Optional[float] = None) -> bool:
+    def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """Whether the daemon (or one ``larder.v1`` service) reports SERVING."""
         r = self._call(
             self._health,
@@ -493,16 +497,16 @@ class Larder:
         """Closes the channel; calls after this fail."""
         self._channel.close()
 
-    def __enter__(self) -> "Larder":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
 
-__all__: List[str] = ["Cache", "Larder", "RateLimit", "Sessions"]
+__all__: list[str] = ["Cache", "Larder", "RateLimit", "Sessions"]

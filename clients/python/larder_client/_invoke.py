@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence, Tuple, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Metadata = Tuple[Tuple[str, str], ...]
+Metadata = tuple[tuple[str, str], ...]
 
 
 class LarderError(ValueError):
@@ -37,7 +38,7 @@ class Invoker:
 
     def __init__(
         self,
-        token: Optional[str],
+        token: str | None,
         timeout: float,
         retries: int = 2,
         backoff: float = 0.05,
@@ -59,7 +60,7 @@ class Invoker:
         request: object,
         *,
         idempotent: bool,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> Resp:
         deadline = self.timeout if timeout is None else timeout
         attempts = 1 + (self.retries if idempotent else 0)
@@ -77,7 +78,7 @@ class Invoker:
         raise AssertionError("unreachable: the loop returns or raises on its last attempt")
 
 
-def _code(err: grpc.RpcError) -> Optional[grpc.StatusCode]:
+def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
     code = getattr(err, "code", None)
     return code() if callable(code) else None
 
@@ -88,7 +89,7 @@ def _details(err: grpc.RpcError) -> str:
     return text or "invalid argument"
 
 
-def channel_options(target: str, extra: Sequence[Tuple[str, object]]) -> list:
+def channel_options(target: str, extra: Sequence[tuple[str, object]]) -> list:
     """Channel options for ``target``; a ``unix:`` target gets ``localhost`` as authority.
 
     grpc-core sends a Unix socket's path as HTTP/2 ``:authority``, which is not a valid

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Session:
 
     session_id: str
     user_id: str
-    data: Dict[str, str]
+    data: dict[str, str]
     device_info: str
     ip: str
     created_at_ms: int
@@ -34,7 +34,7 @@ class Session:
     idle_ttl_ms: int
 
     @classmethod
-    def _from_pb(cls, pb: Any) -> "Session":
+    def _from_pb(cls, pb: Any) -> Session:
         return cls(
             session_id=pb.session_id,
             user_id=pb.user_id,
@@ -53,7 +53,7 @@ class Session:
 class SessionList:
     """A user's live sessions; ``truncated`` says the server returned only the first ones."""
 
-    sessions: List[Session] = field(default_factory=list)
+    sessions: list[Session] = field(default_factory=list)
     truncated: bool = False
 
 
@@ -67,7 +67,7 @@ class RateLimitResult:
     reset_after_ms: int
     retry_after_ms: int
 
-    def headers(self) -> Dict[str, str]:
+    def headers(self) -> dict[str, str]:
         """The HTTP response headers for this answer.
 
         ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (seconds
@@ -84,7 +84,7 @@ class RateLimitResult:
         return headers
 
     @classmethod
-    def _from_pb(cls, pb: Any) -> "RateLimitResult":
+    def _from_pb(cls, pb: Any) -> RateLimitResult:
         return cls(
             allowed=pb.allowed,
             limit=pb.limit,

@@ -14,8 +14,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 import pytest
 
@@ -33,7 +33,7 @@ def larder_bin() -> Path:
 class Daemon:
     """One running `larder serve`; ``addr`` is its TCP address, ``unix_target`` its socket."""
 
-    def __init__(self, extra_args: Optional[List[str]] = None) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
         binary = larder_bin()
         if not os.access(binary, os.X_OK):
             pytest.fail(f"no larder binary at {binary} (build it, or set LARDER_BIN)")
@@ -57,7 +57,7 @@ class Daemon:
             "5s",
             *(extra_args or []),
         ]
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed by stop or cleanup)
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.addr = self._wait_for_addr()
         self.unix_target = f"unix:{self.socket}"
@@ -98,7 +98,7 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _run(extra_args: Optional[List[str]] = None) -> Iterator[Daemon]:
+def _run(extra_args: list[str] | None = None) -> Iterator[Daemon]:
     daemon = Daemon(extra_args)
     try:
         yield daemon

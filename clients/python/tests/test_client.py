@@ -7,9 +7,9 @@ import uuid
 
 import grpc
 import pytest
+from conftest import Daemon
 
 from larder_client import Larder, LarderError, RateLimitResult
-from conftest import Daemon
 
 
 def fresh(prefix: str) -> str:
@@ -241,8 +241,7 @@ def test_ratelimit_until_denied_with_headers(client: Larder) -> None:
 
 
 def test_headers_round_up_to_seconds() -> None:
-    r = RateLimitResult(allowed=False, limit=10, remaining=0, reset_after_ms=1001,
-                        retry_after_ms=1)
+    r = RateLimitResult(allowed=False, limit=10, remaining=0, reset_after_ms=1001, retry_after_ms=1)
     assert r.headers() == {
         "X-RateLimit-Limit": "10",
         "X-RateLimit-Remaining": "0",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import List, Tuple
 
 import grpc
 import pytest
@@ -28,7 +27,7 @@ class Method:
 
     def __init__(self, *codes: grpc.StatusCode) -> None:
         self.codes = list(codes)
-        self.calls: List[dict] = []
+        self.calls: list[dict] = []
 
     def __call__(self, request, *, timeout, metadata):
         self.calls.append({"request": request, "timeout": timeout, "metadata": metadata})
@@ -38,7 +37,7 @@ class Method:
 
 
 def invoker(**kw) -> tuple:
-    slept: List[float] = []
+    slept: list[float] = []
     return Invoker(kw.pop("token", None), kw.pop("timeout", 1.0), sleep=slept.append, **kw), slept
 
 
@@ -105,7 +104,7 @@ class Recorder:
     """Stands in for the Invoker: records whether each stub method was called as idempotent."""
 
     def __init__(self) -> None:
-        self.calls: List[Tuple[object, bool]] = []
+        self.calls: list[tuple[object, bool]] = []
 
     def __call__(self, method, request, *, idempotent, timeout=None):
         self.calls.append((method, idempotent))
