@@ -13,9 +13,11 @@
         r.allowed, r.headers()                       # X-RateLimit-*, Retry-After when denied
 
 INVALID_ARGUMENT raises ``LarderError`` (a ValueError); any other failure raises
-``grpc.RpcError``. The gRPC stubs are in ``larder_client._gen`` (generated at build time).
+``grpc.RpcError``. ``larder_client.aio.Larder`` is the same client for asyncio. The gRPC stubs
+are in ``larder_client._gen`` (generated at build time).
 """
 
+from ._channel import InsecureTokenError
 from ._client import Cache, Larder, RateLimit, Sessions
 from ._invoke import LarderError
 from ._types import Entry, RateLimitResult, Session, SessionList
@@ -23,6 +25,7 @@ from ._types import Entry, RateLimitResult, Session, SessionList
 __all__ = [
     "Cache",
     "Entry",
+    "InsecureTokenError",
     "Larder",
     "LarderError",
     "RateLimit",

@@ -1,56 +1,56 @@
-"""The Larder client: one channel, and the cache, sessions and ratelimit sub-APIs over it."""
+"""The blocking Larder client: one channel, and the cache, sessions and ratelimit sub-APIs.
+
+Each method builds its call in ``_calls`` (shared with ``larder_client.aio``) and runs it
+through the ``Invoker``; nothing here validates or maps by itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import wrappers_pb2
-from typing_extensions import Self
 
-from ._gen.larder.v1 import (
-    cache_pb2,
-    cache_pb2_grpc,
-    ratelimit_pb2,
-    ratelimit_pb2_grpc,
-    session_pb2,
-    session_pb2_grpc,
-)
-from ._invoke import Invoker, channel_options
+from . import _calls
+from ._calls import Call
+from ._channel import Transport
+from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
+from ._invoke import Invoker
 from ._types import Entry, RateLimitResult, Session, SessionList
 
-_ALGORITHMS = {
-    "": ratelimit_pb2.ALGORITHM_UNSPECIFIED,
-    "gcra": ratelimit_pb2.ALGORITHM_GCRA,
-    "sliding_window": ratelimit_pb2.ALGORITHM_SLIDING_WINDOW,
-    "fixed_window": ratelimit_pb2.ALGORITHM_FIXED_WINDOW,
-}
+T = TypeVar("T")
 
 
-class Cache:
+class _Api:
+    """A sub-API: one service's stub and the invoker that runs its calls."""
+
+    def __init__(self, stub: Any, call: Invoker) -> None:
+        self._stub = stub
+        self._call = call
+
+    def _run(self, call: Call[T], timeout: float | None) -> T:
+        method = getattr(self._stub, call.method)
+        response = self._call(method, call.request, idempotent=call.idempotent, timeout=timeout)
+        return call.parse(response)
+
+
+class Cache(_Api):
     """CacheService: namespaced keys with byte values, versions and TTLs (milliseconds)."""
 
     def __init__(self, channel: grpc.Channel, call: Invoker) -> None:
-        self._stub = cache_pb2_grpc.CacheServiceStub(channel)
-        self._call = call
+        super().__init__(cache_pb2_grpc.CacheServiceStub(channel), call)
 
     def get(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bytes | None:
         """The value of ``key``, or None when it is absent or expired."""
-        entry = self.get_entry(key, namespace, timeout=timeout)
-        return None if entry is None else entry.value
+        return self._run(_calls.cache_get(key, namespace), timeout)
 
     def get_entry(
         self, key: str, namespace: str = "", *, timeout: float | None = None
     ) -> Entry | None:
         """Value, version and remaining TTL of ``key``, or None when it is absent."""
-        r = self._call(
-            self._stub.Get,
-            cache_pb2.GetRequest(namespace=namespace, key=key),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return Entry(r.value, r.version, r.ttl_ms) if r.found else None
+        return self._run(_calls.cache_get_entry(key, namespace), timeout)
 
     def set(
         self,
@@ -69,24 +69,23 @@ class Cache:
         expiry); with ``if_present`` only when it does (SET XX). Returns whether it was stored.
         For compare-and-set, see ``compare_and_set``.
         """
-        if if_absent and if_present:
-            raise ValueError("set takes at most one of if_absent and if_present")
-        condition = cache_pb2.CONDITION_ALWAYS
-        if if_absent:
-            condition = cache_pb2.CONDITION_IF_ABSENT
-        elif if_present:
-            condition = cache_pb2.CONDITION_IF_PRESENT
-        # Never retried: after an UNAVAILABLE the first try may have been applied, and a
-        # second one could overwrite what another worker wrote in between.
-        r = self._call(
-            self._stub.Set,
-            cache_pb2.SetRequest(
-                namespace=namespace, key=key, value=value, ttl_ms=ttl_ms, condition=condition
-            ),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return bool(r.stored)
+        call = _calls.cache_set(key, value, ttl_ms, if_absent, if_present, namespace)
+        return self._run(call, timeout)
+
+    def set_version(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int = 0,
+        if_absent: bool = False,
+        namespace: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> int | None:
+        """``set`` (always, or with ``if_absent`` only when absent) answering the entry's new
+        version, or None when it was not stored: what a lock keeps to release only its own."""
+        call = _calls.cache_set_versioned(key, value, ttl_ms, if_absent, namespace)
+        return self._run(call, timeout)
 
     def compare_and_set(
         self,
@@ -105,22 +104,8 @@ class Cache:
         changed, was deleted or expired since (read it again and retry). ``version`` 0 is
         invalid (LarderError naming ``expected_version``).
         """
-        # Never retried: a retry of a try that was applied would find the version changed
-        # (by itself) and report a failure.
-        r = self._call(
-            self._stub.Set,
-            cache_pb2.SetRequest(
-                namespace=namespace,
-                key=key,
-                value=value,
-                ttl_ms=ttl_ms,
-                condition=cache_pb2.CONDITION_IF_VERSION,
-                expected_version=version,
-            ),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return int(r.version) if r.stored else None
+        call = _calls.cache_compare_and_set(key, value, version, ttl_ms, namespace)
+        return self._run(call, timeout)
 
     def set_many(
         self,
@@ -136,41 +121,17 @@ class Cache:
         If one entry is invalid, nothing is written and LarderError names it
         (``entries[3].key: ...``, counted in the mapping's order).
         """
-        keys = list(entries)
-        items = [cache_pb2.SetEntry(key=k, value=entries[k], ttl_ms=ttl_ms) for k in keys]
-        # Never retried, like set: a second try could overwrite later writes of other workers.
-        r = self._call(
-            self._stub.SetMany,
-            cache_pb2.SetManyRequest(namespace=namespace, entries=items),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return dict(zip(keys, (int(v) for v in r.versions)))
+        return self._run(_calls.cache_set_many(entries, ttl_ms, namespace), timeout)
 
     def delete(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bool:
         """Removes ``key``; returns whether it held a live value."""
-        r = self._call(
-            self._stub.Delete,
-            cache_pb2.DeleteRequest(namespace=namespace, key=key),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return bool(r.deleted)
+        return self._run(_calls.cache_delete(key, namespace), timeout)
 
     def delete_many(
         self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
     ) -> int:
         """Removes ``keys`` in one transaction; returns how many held a live value."""
-        # Retried on UNAVAILABLE, like delete: deleting the same named keys again leaves the
-        # same state. Only the count can be low, when a first try that was applied is followed
-        # by a second that finds nothing left.
-        r = self._call(
-            self._stub.DeleteMany,
-            cache_pb2.DeleteManyRequest(namespace=namespace, keys=list(keys)),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return int(r.deleted)
+        return self._run(_calls.cache_delete_many(keys, namespace), timeout)
 
     def increment(
         self,
@@ -182,80 +143,40 @@ class Cache:
         timeout: float | None = None,
     ) -> int:
         """Adds ``delta`` to the counter at ``key`` (absent = 0) and returns the new value."""
-        r = self._call(
-            self._stub.Increment,
-            cache_pb2.IncrementRequest(namespace=namespace, key=key, delta=delta, ttl_ms=ttl_ms),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return int(r.value)
+        return self._run(_calls.cache_increment(key, delta, ttl_ms, namespace), timeout)
 
     def get_many(
         self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
     ) -> dict[str, bytes | None]:
         """The values of ``keys`` in one round trip: key -> value, or None when absent."""
-        r = self._call(
-            self._stub.GetMany,
-            cache_pb2.GetManyRequest(namespace=namespace, keys=list(keys)),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return {e.key: (e.value if e.found else None) for e in r.entries}
+        return self._run(_calls.cache_get_many(keys, namespace), timeout)
 
     def touch(
         self, key: str, ttl_ms: int, namespace: str = "", *, timeout: float | None = None
     ) -> bool:
         """Sets a new TTL on ``key`` without changing its value; returns whether it exists."""
-        r = self._call(
-            self._stub.Touch,
-            cache_pb2.TouchRequest(namespace=namespace, key=key, ttl_ms=ttl_ms),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return bool(r.found)
+        return self._run(_calls.cache_touch(key, ttl_ms, namespace), timeout)
 
     def delete_prefix(
         self, prefix: str, namespace: str = "", *, timeout: float | None = None
     ) -> int:
         """Removes every key of ``namespace`` that starts with ``prefix``; returns how many."""
-        r = self._call(
-            self._stub.DeletePrefix,
-            cache_pb2.DeletePrefixRequest(namespace=namespace, prefix=prefix),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return int(r.deleted)
+        return self._run(_calls.cache_delete_prefix(prefix, namespace), timeout)
 
     def clear(self, namespace: str = "", *, timeout: float | None = None) -> int:
         """Removes every entry of ``namespace`` ("" = "default"); returns how many."""
-        # Never retried, like delete_prefix: it removes whatever the namespace holds when it
-        # runs, so a second try after one that was applied would also remove entries other
-        # workers wrote in between, which this caller never named.
-        r = self._call(
-            self._stub.Clear,
-            cache_pb2.ClearRequest(namespace=namespace),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return int(r.deleted)
+        return self._run(_calls.cache_clear(namespace), timeout)
 
     def stats(self, namespace: str = "", *, timeout: float | None = None) -> dict[str, int]:
         """The server's counters (entries, bytes, hits, misses, ...) as a dict."""
-        r = self._call(
-            self._stub.Stats,
-            cache_pb2.StatsRequest(namespace=namespace),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return {f.name: int(getattr(r, f.name)) for f in r.DESCRIPTOR.fields}
+        return self._run(_calls.cache_stats(namespace), timeout)
 
 
-class Sessions:
+class Sessions(_Api):
     """SessionService: opaque login-session tokens and the data they carry."""
 
     def __init__(self, channel: grpc.Channel, call: Invoker) -> None:
-        self._stub = session_pb2_grpc.SessionServiceStub(channel)
-        self._call = call
+        super().__init__(session_pb2_grpc.SessionServiceStub(channel), call)
 
     def create(
         self,
@@ -269,57 +190,27 @@ class Sessions:
         timeout: float | None = None,
     ) -> tuple[str, Session]:
         """Starts a session for ``user_id``; returns (token, session). TTL 0 = server default."""
-        r = self._call(
-            self._stub.CreateSession,
-            session_pb2.CreateSessionRequest(
-                user_id=user_id,
-                data=dict(data or {}),
-                idle_ttl_ms=idle_ttl_ms,
-                absolute_ttl_ms=absolute_ttl_ms,
-                device_info=device_info,
-                ip=ip,
-            ),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return r.token, Session._from_pb(r.session)
+        call = _calls.session_create(user_id, data, idle_ttl_ms, absolute_ttl_ms, device_info, ip)
+        return self._run(call, timeout)
 
     def get(self, token: str, *, timeout: float | None = None) -> Session | None:
         """The session of ``token`` (and it counts as activity), or None when it is gone."""
-        r = self._call(
-            self._stub.GetSession,
-            session_pb2.GetSessionRequest(token=token),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return Session._from_pb(r.session) if r.found else None
+        return self._run(_calls.session_get(token), timeout)
 
     def update(
         self,
         token: str,
-        set: Mapping[str, str] | None = None,
+        set: Mapping[str, str] | None = None,  # the proto's field name
         remove: Sequence[str] = (),
         *,
         timeout: float | None = None,
     ) -> Session | None:
         """Sets and removes data keys; returns the updated session, or None when it is gone."""
-        r = self._call(
-            self._stub.UpdateSession,
-            session_pb2.UpdateSessionRequest(token=token, set=dict(set or {}), remove=list(remove)),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return Session._from_pb(r.session) if r.found else None
+        return self._run(_calls.session_update(token, set, remove), timeout)
 
     def rotate(self, token: str, *, timeout: float | None = None) -> tuple[str, Session] | None:
         """Replaces ``token`` by a new one (the old one stops working); None when it is gone."""
-        r = self._call(
-            self._stub.RotateSession,
-            session_pb2.RotateSessionRequest(token=token),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return (r.token, Session._from_pb(r.session)) if r.found else None
+        return self._run(_calls.session_rotate(token), timeout)
 
     def revoke(
         self,
@@ -329,47 +220,24 @@ class Sessions:
         timeout: float | None = None,
     ) -> bool:
         """Ends one session, named by its token or its session_id; returns whether it existed."""
-        if (token is None) == (session_id is None):
-            raise ValueError("revoke takes exactly one of token and session_id")
-        request = (
-            session_pb2.RevokeSessionRequest(token=token)
-            if token is not None
-            else session_pb2.RevokeSessionRequest(session_id=session_id)
-        )
-        r = self._call(self._stub.RevokeSession, request, idempotent=False, timeout=timeout)
-        return bool(r.revoked)
+        return self._run(_calls.session_revoke(token, session_id), timeout)
 
     def revoke_user(
         self, user_id: str, except_session_id: str = "", *, timeout: float | None = None
     ) -> int:
         """Ends every session of ``user_id`` (but ``except_session_id``); returns how many."""
-        r = self._call(
-            self._stub.RevokeUserSessions,
-            session_pb2.RevokeUserSessionsRequest(
-                user_id=user_id, except_session_id=except_session_id
-            ),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return int(r.revoked)
+        return self._run(_calls.session_revoke_user(user_id, except_session_id), timeout)
 
     def list(self, user_id: str, *, timeout: float | None = None) -> SessionList:
         """The live sessions of ``user_id``."""
-        r = self._call(
-            self._stub.ListSessions,
-            session_pb2.ListSessionsRequest(user_id=user_id),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return SessionList([Session._from_pb(s) for s in r.sessions], bool(r.truncated))
+        return self._run(_calls.session_list(user_id), timeout)
 
 
-class RateLimit:
+class RateLimit(_Api):
     """RateLimitService: named policies (config file) or inline limits per key."""
 
     def __init__(self, channel: grpc.Channel, call: Invoker) -> None:
-        self._stub = ratelimit_pb2_grpc.RateLimitServiceStub(channel)
-        self._call = call
+        super().__init__(ratelimit_pb2_grpc.RateLimitServiceStub(channel), call)
 
     def check(
         self,
@@ -386,15 +254,8 @@ class RateLimit:
         """Consumes ``cost`` units of ``key`` if allowed. ``result.headers()`` gives the HTTP
         headers. Either name a ``policy`` or give ``limit`` and ``period_ms`` inline;
         ``algorithm`` is "gcra" (default), "sliding_window" or "fixed_window"."""
-        r = self._call(
-            self._stub.Check,
-            ratelimit_pb2.CheckRequest(
-                **_limit_fields(key, policy, limit, period_ms, cost, burst, algorithm)
-            ),
-            idempotent=False,
-            timeout=timeout,
-        )
-        return RateLimitResult._from_pb(r)
+        call = _calls.ratelimit_check(key, policy, limit, period_ms, cost, burst, algorithm)
+        return self._run(call, timeout)
 
     def peek(
         self,
@@ -409,41 +270,33 @@ class RateLimit:
         timeout: float | None = None,
     ) -> RateLimitResult:
         """What ``check`` would answer, without consuming anything."""
-        r = self._call(
-            self._stub.Peek,
-            ratelimit_pb2.PeekRequest(
-                **_limit_fields(key, policy, limit, period_ms, cost, burst, algorithm)
-            ),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return RateLimitResult._from_pb(r)
+        call = _calls.ratelimit_peek(key, policy, limit, period_ms, cost, burst, algorithm)
+        return self._run(call, timeout)
 
     def reset(self, key: str, policy: str = "", *, timeout: float | None = None) -> bool:
         """Forgets what ``key`` consumed; returns whether it had any state."""
-        r = self._call(
-            self._stub.Reset,
-            ratelimit_pb2.ResetRequest(policy=policy, key=key),
-            idempotent=False,
-            timeout=timeout,
+        return self._run(_calls.ratelimit_reset(key, policy), timeout)
+
+
+class HealthStub:
+    """``grpc.health.v1.Health/Check`` on a channel (sync or asyncio), without health stubs.
+
+    HealthCheckRequest {string service = 1} and HealthCheckResponse {ServingStatus status = 1}
+    have the wire form of protobuf's StringValue and Int32Value, so the well-known wrappers
+    stand in for the generated health messages.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.Check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=wrappers_pb2.StringValue.SerializeToString,
+            response_deserializer=wrappers_pb2.Int32Value.FromString,
         )
-        return bool(r.existed)
 
 
-def _limit_fields(
-    key: str, policy: str, limit: int, period_ms: int, cost: int, burst: int, algorithm: str
-) -> dict:
-    if algorithm not in _ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; one of {sorted(_ALGORITHMS)[1:]}")
-    return {
-        "key": key,
-        "policy": policy,
-        "limit": limit,
-        "period_ms": period_ms,
-        "cost": cost,
-        "burst": burst,
-        "algorithm": _ALGORITHMS[algorithm],
-    }
+def health_call(service: str) -> Call[bool]:
+    """Whether the daemon (or one ``larder.v1`` service) reports SERVING (status 1)."""
+    return Call("Check", wrappers_pb2.StringValue(value=service), True, lambda r: r.value == 1)
 
 
 class Larder:
@@ -453,6 +306,12 @@ class Larder:
     ``authorization: Bearer <token>`` on every call. ``timeout`` (seconds) is the deadline of
     every call unless the call passes its own ``timeout=``. Idempotent calls are retried
     ``retries`` times on UNAVAILABLE; others never are (see ``Invoker``).
+
+    TLS: ``tls=True`` connects over TLS, checking the server's certificate against
+    ``root_certificates`` (PEM bytes; default: the system's roots); ``certificate_chain`` and
+    ``private_key`` (PEM bytes) present a client certificate. A token is never sent in
+    cleartext to a host that is not loopback or a Unix socket: that raises
+    ``InsecureTokenError`` here, unless ``allow_insecure_token=True``.
 
     Errors: INVALID_ARGUMENT raises ``LarderError`` (a ValueError); every other failure
     raises the ``grpc.RpcError`` (``.code()``, ``.details()``). Use it as a context manager,
@@ -467,37 +326,39 @@ class Larder:
         *,
         retries: int = 2,
         options: Sequence[tuple[str, object]] = (),
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        allow_insecure_token: bool = False,
     ) -> None:
+        transport = Transport.make(
+            target,
+            token,
+            options,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            allow_insecure_token=allow_insecure_token,
+        )
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=channel_options(target, options))
         self._call = Invoker(token, timeout, retries)
+        self._channel = transport.channel()
         self.cache = Cache(self._channel, self._call)
         self.sessions = Sessions(self._channel, self._call)
         self.ratelimit = RateLimit(self._channel, self._call)
-        # grpc.health.v1 HealthCheckRequest {string service = 1} and HealthCheckResponse
-        # {ServingStatus status = 1} have the wire form of protobuf's StringValue and
-        # Int32Value, so the well-known wrappers stand in for the health stubs.
-        self._health = self._channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=wrappers_pb2.StringValue.SerializeToString,
-            response_deserializer=wrappers_pb2.Int32Value.FromString,
-        )
+        self._health = _Api(HealthStub(self._channel), self._call)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """Whether the daemon (or one ``larder.v1`` service) reports SERVING."""
-        r = self._call(
-            self._health,
-            wrappers_pb2.StringValue(value=service),
-            idempotent=True,
-            timeout=timeout,
-        )
-        return r.value == 1  # ServingStatus.SERVING
+        return self._health._run(health_call(service), timeout)
 
     def close(self) -> None:
         """Closes the channel; calls after this fail."""
         self._channel.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Larder:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self
 
     def __exit__(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -26,7 +27,36 @@ class LarderError(ValueError):
         self.details = details
 
 
-class Invoker:
+class _Policy:
+    """What the sync and the asyncio invoker share: metadata, deadlines, retries, errors."""
+
+    def __init__(self, token: str | None, timeout: float, retries: int, backoff: float) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        self.metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def deadline(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    def attempts(self, idempotent: bool) -> int:
+        return 1 + (self.retries if idempotent else 0)
+
+    def failed(self, err: grpc.RpcError, attempt: int, attempts: int) -> float:
+        """The pause before trying again after ``err``; raises when the call is over."""
+        code = _code(err)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise LarderError(_details(err)) from err
+        if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+            return self.backoff * (2**attempt)
+        raise err
+
+
+class Invoker(_Policy):
     """Calls one stub method with the client's token, a deadline and the retry policy.
 
     An idempotent call that fails with UNAVAILABLE (the daemon is restarting, or the
@@ -44,14 +74,7 @@ class Invoker:
         backoff: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive (seconds)")
-        if retries < 0:
-            raise ValueError("retries must be 0 or more")
-        self.metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
+        super().__init__(token, timeout, retries, backoff)
         self._sleep = sleep
 
     def __call__(
@@ -62,19 +85,45 @@ class Invoker:
         idempotent: bool,
         timeout: float | None = None,
     ) -> Resp:
-        deadline = self.timeout if timeout is None else timeout
-        attempts = 1 + (self.retries if idempotent else 0)
+        deadline = self.deadline(timeout)
+        attempts = self.attempts(idempotent)
         for attempt in range(attempts):
             try:
                 return method(request, timeout=deadline, metadata=self.metadata)
             except grpc.RpcError as err:
-                code = _code(err)
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise LarderError(_details(err)) from err
-                if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
-                    self._sleep(self.backoff * (2**attempt))
-                    continue
-                raise
+                self._sleep(self.failed(err, attempt, attempts))
+        raise AssertionError("unreachable: the loop returns or raises on its last attempt")
+
+
+class AsyncInvoker(_Policy):
+    """``Invoker`` for ``grpc.aio`` stubs: the same policy, awaiting instead of blocking."""
+
+    def __init__(
+        self,
+        token: str | None,
+        timeout: float,
+        retries: int = 2,
+        backoff: float = 0.05,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(token, timeout, retries, backoff)
+        self._sleep = sleep
+
+    async def __call__(
+        self,
+        method: Callable[..., Awaitable[Resp]],
+        request: object,
+        *,
+        idempotent: bool,
+        timeout: float | None = None,
+    ) -> Resp:
+        deadline = self.deadline(timeout)
+        attempts = self.attempts(idempotent)
+        for attempt in range(attempts):
+            try:
+                return await method(request, timeout=deadline, metadata=self.metadata)
+            except grpc.RpcError as err:
+                await self._sleep(self.failed(err, attempt, attempts))
         raise AssertionError("unreachable: the loop returns or raises on its last attempt")
 
 

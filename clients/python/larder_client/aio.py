@@ -1,0 +1,335 @@
+"""The asyncio Larder client, on ``grpc.aio``: ``larder_client.aio.Larder``.
+
+    from larder_client.aio import Larder
+
+    async with Larder("unix:/run/larder/larder.sock") as larder:
+        await larder.cache.set("greeting", b"hello", ttl_ms=60_000)
+        await larder.cache.get("greeting")          # b"hello"
+
+The same constructor, sub-APIs (``cache``, ``sessions``, ``ratelimit``), method names,
+arguments, retries and errors as the blocking ``larder_client.Larder``: every call is built and
+its answer mapped by the same code (``larder_client._calls``), and each method's full
+description is on its blocking namesake. A channel belongs to the event loop it was made in:
+make the client inside the loop that uses it (one per loop, shared by its tasks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from . import _calls
+from ._calls import Call
+from ._channel import Transport
+from ._client import HealthStub, health_call
+from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
+from ._invoke import AsyncInvoker, LarderError
+from ._types import Entry, RateLimitResult, Session, SessionList
+
+T = TypeVar("T")
+
+
+class _Api:
+    """A sub-API: one service's stub and the invoker that runs its calls."""
+
+    def __init__(self, stub: Any, call: AsyncInvoker) -> None:
+        self._stub = stub
+        self._call = call
+
+    async def _run(self, call: Call[T], timeout: float | None) -> T:
+        method = getattr(self._stub, call.method)
+        response = await self._call(
+            method, call.request, idempotent=call.idempotent, timeout=timeout
+        )
+        return call.parse(response)
+
+
+class Cache(_Api):
+    """CacheService: namespaced keys with byte values, versions and TTLs (milliseconds)."""
+
+    def __init__(self, channel: grpc.aio.Channel, call: AsyncInvoker) -> None:
+        super().__init__(cache_pb2_grpc.CacheServiceStub(channel), call)
+
+    async def get(
+        self, key: str, namespace: str = "", *, timeout: float | None = None
+    ) -> bytes | None:
+        """The value of ``key``, or None when it is absent or expired."""
+        return await self._run(_calls.cache_get(key, namespace), timeout)
+
+    async def get_entry(
+        self, key: str, namespace: str = "", *, timeout: float | None = None
+    ) -> Entry | None:
+        """Value, version and remaining TTL of ``key``, or None when it is absent."""
+        return await self._run(_calls.cache_get_entry(key, namespace), timeout)
+
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int = 0,
+        if_absent: bool = False,
+        namespace: str = "",
+        *,
+        if_present: bool = False,
+        timeout: float | None = None,
+    ) -> bool:
+        """Stores ``value``; ``ttl_ms`` replaces any previous TTL (0 = never expires)."""
+        call = _calls.cache_set(key, value, ttl_ms, if_absent, if_present, namespace)
+        return await self._run(call, timeout)
+
+    async def set_version(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int = 0,
+        if_absent: bool = False,
+        namespace: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> int | None:
+        """``set`` (always, or with ``if_absent`` only when absent) answering the entry's new"""
+        call = _calls.cache_set_versioned(key, value, ttl_ms, if_absent, namespace)
+        return await self._run(call, timeout)
+
+    async def compare_and_set(
+        self,
+        key: str,
+        value: bytes,
+        version: int,
+        ttl_ms: int = 0,
+        namespace: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> int | None:
+        """Stores ``value`` only if the entry's version is still ``version`` (from"""
+        call = _calls.cache_compare_and_set(key, value, version, ttl_ms, namespace)
+        return await self._run(call, timeout)
+
+    async def set_many(
+        self,
+        entries: Mapping[str, bytes],
+        ttl_ms: int = 0,
+        namespace: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, int]:
+        """Stores every key -> value of ``entries`` in one transaction (all or none), each with"""
+        return await self._run(_calls.cache_set_many(entries, ttl_ms, namespace), timeout)
+
+    async def delete(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bool:
+        """Removes ``key``; returns whether it held a live value."""
+        return await self._run(_calls.cache_delete(key, namespace), timeout)
+
+    async def delete_many(
+        self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
+    ) -> int:
+        """Removes ``keys`` in one transaction; returns how many held a live value."""
+        return await self._run(_calls.cache_delete_many(keys, namespace), timeout)
+
+    async def increment(
+        self,
+        key: str,
+        delta: int = 1,
+        ttl_ms: int = 0,
+        namespace: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Adds ``delta`` to the counter at ``key`` (absent = 0) and returns the new value."""
+        return await self._run(_calls.cache_increment(key, delta, ttl_ms, namespace), timeout)
+
+    async def get_many(
+        self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
+    ) -> dict[str, bytes | None]:
+        """The values of ``keys`` in one round trip: key -> value, or None when absent."""
+        return await self._run(_calls.cache_get_many(keys, namespace), timeout)
+
+    async def touch(
+        self, key: str, ttl_ms: int, namespace: str = "", *, timeout: float | None = None
+    ) -> bool:
+        """Sets a new TTL on ``key`` without changing its value; returns whether it exists."""
+        return await self._run(_calls.cache_touch(key, ttl_ms, namespace), timeout)
+
+    async def delete_prefix(
+        self, prefix: str, namespace: str = "", *, timeout: float | None = None
+    ) -> int:
+        """Removes every key of ``namespace`` that starts with ``prefix``; returns how many."""
+        return await self._run(_calls.cache_delete_prefix(prefix, namespace), timeout)
+
+    async def clear(self, namespace: str = "", *, timeout: float | None = None) -> int:
+        """Removes every entry of ``namespace`` ("" = "default"); returns how many."""
+        return await self._run(_calls.cache_clear(namespace), timeout)
+
+    async def stats(self, namespace: str = "", *, timeout: float | None = None) -> dict[str, int]:
+        """The server's counters (entries, bytes, hits, misses, ...) as a dict."""
+        return await self._run(_calls.cache_stats(namespace), timeout)
+
+
+class Sessions(_Api):
+    """SessionService: opaque login-session tokens and the data they carry."""
+
+    def __init__(self, channel: grpc.aio.Channel, call: AsyncInvoker) -> None:
+        super().__init__(session_pb2_grpc.SessionServiceStub(channel), call)
+
+    async def create(
+        self,
+        user_id: str,
+        data: Mapping[str, str] | None = None,
+        idle_ttl_ms: int = 0,
+        absolute_ttl_ms: int = 0,
+        device_info: str = "",
+        ip: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> tuple[str, Session]:
+        """Starts a session for ``user_id``; returns (token, session). TTL 0 = server default."""
+        call = _calls.session_create(user_id, data, idle_ttl_ms, absolute_ttl_ms, device_info, ip)
+        return await self._run(call, timeout)
+
+    async def get(self, token: str, *, timeout: float | None = None) -> Session | None:
+        """The session of ``token`` (and it counts as activity), or None when it is gone."""
+        return await self._run(_calls.session_get(token), timeout)
+
+    async def update(
+        self,
+        token: str,
+        set: Mapping[str, str] | None = None,  # the proto's field name
+        remove: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> Session | None:
+        """Sets and removes data keys; returns the updated session, or None when it is gone."""
+        return await self._run(_calls.session_update(token, set, remove), timeout)
+
+    async def rotate(
+        self, token: str, *, timeout: float | None = None
+    ) -> tuple[str, Session] | None:
+        """Replaces ``token`` by a new one (the old one stops working); None when it is gone."""
+        return await self._run(_calls.session_rotate(token), timeout)
+
+    async def revoke(
+        self,
+        token: str | None = None,
+        *,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Ends one session, named by its token or its session_id; returns whether it existed."""
+        return await self._run(_calls.session_revoke(token, session_id), timeout)
+
+    async def revoke_user(
+        self, user_id: str, except_session_id: str = "", *, timeout: float | None = None
+    ) -> int:
+        """Ends every session of ``user_id`` (but ``except_session_id``); returns how many."""
+        return await self._run(_calls.session_revoke_user(user_id, except_session_id), timeout)
+
+    async def list(self, user_id: str, *, timeout: float | None = None) -> SessionList:
+        """The live sessions of ``user_id``."""
+        return await self._run(_calls.session_list(user_id), timeout)
+
+
+class RateLimit(_Api):
+    """RateLimitService: named policies (config file) or inline limits per key."""
+
+    def __init__(self, channel: grpc.aio.Channel, call: AsyncInvoker) -> None:
+        super().__init__(ratelimit_pb2_grpc.RateLimitServiceStub(channel), call)
+
+    async def check(
+        self,
+        key: str,
+        policy: str = "",
+        limit: int = 0,
+        period_ms: int = 0,
+        cost: int = 1,
+        burst: int = 0,
+        algorithm: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> RateLimitResult:
+        """Consumes ``cost`` units of ``key`` if allowed. ``result.headers()`` gives the HTTP"""
+        call = _calls.ratelimit_check(key, policy, limit, period_ms, cost, burst, algorithm)
+        return await self._run(call, timeout)
+
+    async def peek(
+        self,
+        key: str,
+        policy: str = "",
+        limit: int = 0,
+        period_ms: int = 0,
+        cost: int = 1,
+        burst: int = 0,
+        algorithm: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> RateLimitResult:
+        """What ``check`` would answer, without consuming anything."""
+        call = _calls.ratelimit_peek(key, policy, limit, period_ms, cost, burst, algorithm)
+        return await self._run(call, timeout)
+
+    async def reset(self, key: str, policy: str = "", *, timeout: float | None = None) -> bool:
+        """Forgets what ``key`` consumed; returns whether it had any state."""
+        return await self._run(_calls.ratelimit_reset(key, policy), timeout)
+
+
+class Larder:
+    """An asyncio connection to a Larder daemon; see ``larder_client.Larder`` for the
+    arguments (``target``, ``token``, ``timeout``, ``retries``, ``options`` and the TLS ones),
+    which mean the same here. Close it with ``await close()`` or ``async with``."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:7379",
+        token: str | None = None,
+        timeout: float = 1.0,
+        *,
+        retries: int = 2,
+        options: Sequence[tuple[str, object]] = (),
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        allow_insecure_token: bool = False,
+    ) -> None:
+        transport = Transport.make(
+            target,
+            token,
+            options,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            allow_insecure_token=allow_insecure_token,
+        )
+        self.target = target
+        self._call = AsyncInvoker(token, timeout, retries)
+        self._channel = transport.aio_channel()
+        self.cache = Cache(self._channel, self._call)
+        self.sessions = Sessions(self._channel, self._call)
+        self.ratelimit = RateLimit(self._channel, self._call)
+        self._health = _Api(HealthStub(self._channel), self._call)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
+        """Whether the daemon (or one ``larder.v1`` service) reports SERVING."""
+        return await self._health._run(health_call(service), timeout)
+
+    async def close(self) -> None:
+        """Closes the channel; calls after this fail."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Larder:  # noqa: PYI034  (typing.Self needs Python 3.11)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+__all__ = ["Cache", "Larder", "LarderError", "RateLimit", "Sessions"]
