@@ -3,10 +3,13 @@
 // ("127.0.0.1:7379") or a Unix socket ("unix:/run/larder/larder.sock"), and exposes the three
 // services with promise-returning methods named as the RPCs (cache.Get, sessions.CreateSession,
 // ratelimit.Check, ...). Every call carries a deadline and, when a token is given, the
-// `authorization: Bearer <token>` metadata. A failed call rejects with grpc-js's ServiceError
-// (`err.code` is a `grpc.status` value, `err.details` the server's message). Nothing is retried.
+// `authorization: Bearer <token>` metadata. The channel is plaintext unless `tls: true`; a token
+// is sent in cleartext only to this machine (loopback or a Unix socket) unless the caller says
+// otherwise. A failed call rejects with grpc-js's ServiceError (`err.code` is a `grpc.status`
+// value, `err.details` the server's message). Nothing is retried.
 "use strict";
 
+const net = require("node:net");
 const path = require("node:path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
@@ -53,6 +56,128 @@ function channelOptions(target, extra = {}) {
   return options;
 }
 
+// The addresses that never leave this machine: 127.0.0.0/8 and ::1 (BlockList also matches
+// their IPv4-mapped and unabbreviated IPv6 spellings, such as ::ffff:127.0.0.1).
+const LOOPBACK = new net.BlockList();
+LOOPBACK.addSubnet("127.0.0.0", 8, "ipv4");
+LOOPBACK.addAddress("::1", "ipv6");
+
+/** True when `host` (a name or an IP address, without brackets or port) is loopback. */
+function isLoopbackHost(host) {
+  if (host.toLowerCase() === "localhost") {
+    return true;
+  }
+  const family = net.isIP(host);
+  if (family === 0) {
+    return false; // any other name may resolve anywhere
+  }
+  try {
+    return LOOPBACK.check(host, family === 4 ? "ipv4" : "ipv6");
+  } catch {
+    return false; // an address BlockList cannot read: not trusted
+  }
+}
+
+/** The host of "host:port", "host", "[v6]:port", "[v6]" or a bare IPv6 address. */
+function hostOf(hostPort) {
+  if (hostPort.startsWith("[")) {
+    const end = hostPort.indexOf("]");
+    return end === -1 ? hostPort : hostPort.slice(1, end);
+  }
+  const parts = hostPort.split(":");
+  return parts.length === 2 ? parts[0] : hostPort; // more colons: a bare IPv6 address
+}
+
+/**
+ * True when every address `target` can reach is on this machine: a `unix:` socket, or hosts
+ * that are loopback (127.0.0.0/8, ::1, `localhost`). Reads targets as grpc-js does: "host:port",
+ * "dns:host:port", "dns:///host:port", "ipv4:a:port,b:port" and "ipv6:[a]:port,..."; anything
+ * else is not local.
+ */
+function isLocalTarget(target) {
+  if (target.startsWith("unix:")) {
+    return true;
+  }
+  const scheme = /^(dns|ipv4|ipv6):(?:\/\/[^/]*\/)?(.*)$/.exec(target);
+  const hosts = !scheme ? [target] : scheme[1] === "dns" ? [scheme[2]] : scheme[2].split(",");
+  return hosts.every((hostPort) => isLoopbackHost(hostOf(hostPort)));
+}
+
+/**
+ * `value` (PEM text, a string or a Buffer) as a Buffer; null when absent. `label` is what its
+ * PEM blocks hold ("CERTIFICATE", "PRIVATE KEY"): text without one (a file's path rather than its
+ * contents, say) throws, naming the option `name`.
+ */
+function pem(name, value, label) {
+  if (value === undefined || value === null) {
+    return null;
+  }
+  if (typeof value !== "string" && !(value instanceof Uint8Array)) {
+    throw new TypeError(`${name} must be PEM text, as a string or a Buffer`);
+  }
+  const buffer = Buffer.from(value);
+  if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(buffer.toString("latin1"))) {
+    throw new Error(
+      `${name} holds no PEM ${label.toLowerCase()} (-----BEGIN ${label}-----): pass the ` +
+        "file's contents (fs.readFileSync(path)), not its path",
+    );
+  }
+  return buffer;
+}
+
+/** The names of the options only TLS uses that `options` sets (to neither undefined nor null). */
+function tlsOptionsGiven(options) {
+  return ["rootCertificates", "certChain", "privateKey"]
+    .filter((name) => options[name] !== undefined && options[name] !== null);
+}
+
+/**
+ * The channel credentials `options` ask for: TLS when `options.tls` is true, else plaintext.
+ * Refuses (throws) TLS options without `tls: true`, a client certificate without its key or a
+ * key without its certificate, and a token sent in cleartext to a target off this machine
+ * unless `options.allowInsecureToken` is true.
+ */
+function channelCredentials(target, options) {
+  const { token, tls = false, allowInsecureToken = false } = options;
+  if (typeof tls !== "boolean") {
+    throw new TypeError("tls must be true or false");
+  }
+  if (typeof allowInsecureToken !== "boolean") {
+    throw new TypeError("allowInsecureToken must be true or false");
+  }
+  if (!tls) {
+    const [stray] = tlsOptionsGiven(options);
+    if (stray) {
+      throw new Error(`${stray} is a TLS option, but tls is not set: pass tls: true with it`);
+    }
+    if (token && !allowInsecureToken && !isLocalTarget(target)) {
+      throw new Error(
+        `refusing to send the bearer token in cleartext to ${target}, which is neither ` +
+          "loopback (127.0.0.0/8, ::1, localhost) nor a unix: socket: pass tls: true (with " +
+          "rootCertificates if a private CA signed the server's certificate), or " +
+          "allowInsecureToken: true if the network between them is trusted",
+      );
+    }
+    return grpc.credentials.createInsecure();
+  }
+  const rootCertificates = pem("rootCertificates", options.rootCertificates, "CERTIFICATE");
+  const certChain = pem("certChain", options.certChain, "CERTIFICATE");
+  const privateKey = pem("privateKey", options.privateKey, "PRIVATE KEY");
+  if (certChain && !privateKey) {
+    throw new Error("certChain is given without privateKey: a client certificate needs its key");
+  }
+  if (privateKey && !certChain) {
+    throw new Error("privateKey is given without certChain: pass the client certificate too");
+  }
+  try {
+    return grpc.credentials.createSsl(rootCertificates, privateKey, certChain);
+  } catch (err) {
+    // Node's message names the problem ("key values mismatch", "no start line") but not the option.
+    const given = tlsOptionsGiven(options).join(", ");
+    throw new Error(`cannot use the TLS ${given}: ${err.message}`, { cause: err });
+  }
+}
+
 /**
  * Wraps every unary method of a grpc-js client as `method(request, { timeoutMs }) -> Promise`.
  * The service's own method names are used (the keys of its definition), so this covers every
@@ -79,7 +204,26 @@ function promisify(client, Service, metadata, timeoutMs) {
  *
  * @param {string} target "host:port" or "unix:/path/to/socket" (also "unix:///path").
  * @param {object} [options]
- * @param {string} [options.token] sent as `authorization: Bearer <token>` on every call.
+ * @param {string} [options.token] sent as `authorization: Bearer <token>` on every call. Without
+ *   TLS, only to this machine: a `unix:` target or a loopback host (127.0.0.0/8, ::1,
+ *   `localhost`); a token with a plaintext target elsewhere throws, unless
+ *   `allowInsecureToken` is true.
+ * @param {boolean} [options.tls=false] connect over TLS. The server's certificate must be signed
+ *   by `rootCertificates` and name the target's host (a DNS or IP subjectAltName); to check it
+ *   against another name (connecting by IP address to a certificate for "larder.internal"),
+ *   pass `channelOptions: { "grpc.ssl_target_name_override": "larder.internal" }`. (By IP
+ *   address without it, grpc-js sends the address as TLS server name, and Node warns once,
+ *   DEP0123; the certificate is still checked against the address.)
+ * @param {string|Buffer} [options.rootCertificates] PEM certificates of the CAs to trust (a
+ *   self-signed server certificate is its own CA). Default: Node's default CAs (its bundled
+ *   Mozilla roots, with NODE_EXTRA_CA_CERTS; `node --use-openssl-ca` for the system's store), or
+ *   the file GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names. Needs `tls`.
+ * @param {string|Buffer} [options.certChain] PEM client certificate chain, for a server that
+ *   asks for client certificates (mutual TLS); needs `tls` and `privateKey`.
+ * @param {string|Buffer} [options.privateKey] PEM private key of `certChain`; needs `tls` and
+ *   `certChain`.
+ * @param {boolean} [options.allowInsecureToken=false] send the token over plaintext to a host
+ *   that is not loopback (a network you trust end to end).
  * @param {number} [options.timeoutMs=1000] deadline of every call, unless the call passes its
  *   own `{ timeoutMs }` as second argument.
  * @param {object} [options.channelOptions] extra grpc-js channel options.
@@ -91,14 +235,14 @@ function createClient(target, options = {}) {
   if (!(timeoutMs > 0)) {
     throw new RangeError("timeoutMs must be a positive number of milliseconds");
   }
+  const credentials = channelCredentials(target, options);
   const v1 = loadLarderV1(protoDir);
   const metadata = new grpc.Metadata();
   if (token) {
     metadata.set("authorization", `Bearer ${token}`);
   }
-  // One channel (one HTTP/2 connection) shared by the three service clients. Plaintext: the
-  // token goes as call metadata, since grpc-js sends call credentials only over TLS.
-  const credentials = grpc.credentials.createInsecure();
+  // One channel (one HTTP/2 connection) shared by the three service clients. The token goes as
+  // call metadata, plaintext or TLS alike (grpc-js sends call credentials only over TLS).
   const channel = new grpc.Channel(
     target,
     credentials,
@@ -117,4 +261,4 @@ function createClient(target, options = {}) {
   };
 }
 
-module.exports = { createClient, channelOptions, loadLarderV1, status: grpc.status };
+module.exports = { createClient, channelOptions, isLocalTarget, loadLarderV1, status: grpc.status };
