@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/ci-lib.sh
 . scripts/ci-lib.sh
 larder="$(larder_binary check-node-client "${1:-}")"
+ensure_openssl
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null

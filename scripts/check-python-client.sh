@@ -1,32 +1,56 @@
 #!/usr/bin/env bash
-# check-python-client.sh: installs clients/python (larder-client) the way a user would, with
-# `pip install ./clients/python`, which generates its gRPC stubs from proto/, then runs its
-# pytest suite against a built larder (the tests start and stop their own daemons).
-# Usage: scripts/check-python-client.sh [PATH_TO_LARDER]   (default: the debug build)
-# The venv lives under $HOME/.cache/larder-ci-tools/pyvenv; the package is reinstalled on
-# every run so the stubs always match the protos.
+# check-python-client.sh: the Python side, as a user installs it. Builds the larder-server wheel,
+# installs it and `./clients/python[test,django,zstd]` into a fresh venv, then runs, against the
+# `larder` that the wheel put on that venv's PATH:
+#   - ruff (check and format) over clients/python;
+#   - the client's pytest suite (blocking and asyncio clients, TLS, the Django adapters);
+#   - Django's own cache and session test suites, from the pinned Django sdist, with
+#     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py).
+# Usage: scripts/check-python-client.sh [PATH_TO_LARDER]
+#   With a path, that binary is used instead of the wheel's (quicker while developing).
+#   The wheel is built with LARDER_WHEEL_PROFILE (default here: dev, which reuses the debug
+#   build; see scripts/build-server-wheel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/ci-lib.sh
 . scripts/ci-lib.sh
-larder="$(larder_binary check-python-client "${1:-}")"
+ensure_openssl
 
-venv="$HOME/.cache/larder-ci-tools/pyvenv"
-python_venv "$venv"
-"$venv/bin/python" --version
-"$venv/bin/pip" install --quiet --disable-pip-version-check grpcio-tools pytest
+tools="$HOME/.cache/larder-ci-tools"
+venv="$tools/python-wheel-venv"
 # A stale build/ from an earlier run must not stand in for freshly generated stubs.
 rm -rf clients/python/build clients/python/*.egg-info
-# First its dependencies (grpcio, protobuf), then the package itself rebuilt even when the
-# same version is already installed.
-"$venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python
-"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python
+
+if [ -n "${1:-}" ]; then
+  larder="$(larder_binary check-python-client "$1")"
+  rm -rf "$venv"
+  python_venv "$venv"
+else
+  wheel="$(LARDER_WHEEL_PROFILE="${LARDER_WHEEL_PROFILE:-dev}" bash scripts/build-server-wheel.sh |
+    tail -n 1)"
+  echo "wheel: $(basename "$wheel")"
+  larder="$(bash scripts/server-wheel-venv.sh "$wheel" "$venv" | tail -n 1)"
+fi
+"$venv/bin/python" --version
+echo "larder: $larder"
+
+# The client with its test, Django and zstd extras, and the pinned Django of the suites.
+django="$(cat clients/python/tests/django_suite/DJANGO_VERSION)"
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+  "./clients/python[test,django,zstd]" "Django==$django" ruff
 rm -rf clients/python/build clients/python/*.egg-info
+
+echo "== ruff check and ruff format --check (clients/python)"
+(cd clients/python && "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check .)
 
 # The suite imports the installed package (pytest's entry point keeps the source tree off
 # sys.path), so a package whose stubs were not generated fails here.
 "$venv/bin/python" -c 'import larder_client._gen.larder.v1.cache_pb2_grpc'
-cd clients/python
-LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests
+
+echo "== pytest (clients/python/tests)"
+(cd clients/python && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+echo "== Django $django's own cache and session tests against Larder"
+"$venv/bin/python" clients/python/tests/django_suite/run.py --larder-bin "$larder"
 echo "check-python-client: ok"

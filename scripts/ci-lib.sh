@@ -3,6 +3,7 @@
 #                               exits 2, naming the script, when there is none
 #   python_venv DIR             a Python venv at DIR, made if missing (installs Debian's
 #                               python3-venv when python3 lacks it)
+#   ensure_openssl              installs Debian's openssl when the command is missing
 
 larder_binary() {
   local name="$1" target="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
@@ -25,5 +26,12 @@ python_venv() {
     rm -rf "$venv"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$venv"
+  fi
+}
+
+# ensure_openssl: the TLS tests make their certificates with the openssl command.
+ensure_openssl() {
+  if ! command -v openssl >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
   fi
 }
