@@ -1,0 +1,328 @@
+"""Runs Django's own test suites against Larder: its cache tests and its session tests.
+
+    python run.py --larder-bin PATH [--django-src DIR_OR_SDIST] [GLUE_APP ...]
+
+1. Django's source distribution of the pinned version (``DJANGO_VERSION`` beside this file)
+   is downloaded with pip and extracted into ``~/.cache/larder-ci-tools/django-X.Y.Z`` unless
+   ``--django-src`` names an extracted directory or an sdist. The installed Django (the one
+   this Python imports) must be the same version as the sdist: its tests are written for it.
+2. A larder daemon starts with a scratch data directory, on 127.0.0.1:0 and a Unix socket.
+3. Every ``larder_*`` directory beside this file (a glue app: a test module whose classes run
+   Django's generic test mixins against Larder) is copied into the sdist's ``tests/``
+   directory for the run and removed after it; Django's own files are never edited.
+4. Django's ``tests/runtests.py`` runs with the glue apps and the Django test apps they import
+   from as labels, and ``-k Larder``, which leaves only the glue apps' classes. The daemon's
+   addresses are in LARDER_DJANGO_TARGET (host:port) and LARDER_DJANGO_UNIX_TARGET (unix:).
+5. The daemon is stopped with SIGTERM and must exit with status 0.
+
+The exit status is runtests.py's, or 1 when the daemon failed. A glue app names the Django
+test apps it needs in ``DJANGO_TEST_APPS = [...]`` in its ``__init__.py`` (read without
+importing it), or in ``KNOWN_TEST_APPS`` here.
+
+``larder_client`` is imported from the installed package when there is one, else from this
+source tree (whose gRPC stubs are generated first if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCE_TREE = HERE.parents[1]  # clients/python
+PINNED = (HERE / "DJANGO_VERSION").read_text().strip()
+LISTENING = re.compile(r"listening on tcp addr=(\d+\.\d+\.\d+\.\d+:\d+)")
+# The Django test apps each glue app imports from, for glue apps that do not declare them.
+KNOWN_TEST_APPS = {"larder_cache": ["cache"], "larder_sessions": ["sessions_tests"]}
+
+
+class RunError(Exception):
+    """A step before the tests failed; the message says which and why."""
+
+
+def default_larder_bin() -> str:
+    explicit = os.environ.get("LARDER_BIN")
+    if explicit:
+        return explicit
+    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "larder-target"))
+    built = Path(target) / "debug" / "larder"
+    if built.exists():
+        return str(built)
+    return shutil.which("larder") or str(built)
+
+
+# --- Django's sources -----------------------------------------------------------------------
+
+
+def sdist_version(root: Path) -> str:
+    """The version in the sdist's PKG-INFO."""
+    pkg_info = root / "PKG-INFO"
+    if not pkg_info.exists():
+        raise RunError(f"{root} has no PKG-INFO: not an extracted Django source distribution")
+    for line in pkg_info.read_text(errors="replace").splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    raise RunError(f"{pkg_info} names no Version")
+
+
+def extract(archive: Path, into: Path) -> Path:
+    """Extracts an sdist (.tar.gz) into ``into``; returns its top directory."""
+    with tarfile.open(archive) as tar:
+        tops = {name.split("/", 1)[0] for name in tar.getnames()}
+        if len(tops) != 1:
+            raise RunError(f"{archive}: expected one top directory, found {sorted(tops)}")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, filter="data")
+        else:  # Python before 3.11.4: the archive comes from PyPI through pip
+            tar.extractall(into)
+    return into / tops.pop()
+
+
+def download(version: str, cache: Path) -> Path:
+    """The extracted sdist of Django ``version`` in ``cache``, downloaded with pip if absent."""
+    target = cache / f"django-{version}"
+    if (target / "tests" / "runtests.py").exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        print(f"run.py: downloading the Django {version} sdist with pip", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                "--dest",
+                scratch,
+                f"Django=={version}",
+            ],
+            check=True,
+        )
+        archives = list(Path(scratch).glob("[Dd]jango-*.tar.gz"))
+        if len(archives) != 1:
+            raise RunError(f"pip download left {archives}, not one Django sdist")
+        top = extract(archives[0], Path(scratch) / "x")
+        shutil.rmtree(target, ignore_errors=True)
+        top.rename(target)
+    return target
+
+
+def django_sources(src: str | None, cache: Path, scratch: Path) -> Path:
+    if src is None:
+        root = download(PINNED, cache)
+    elif Path(src).is_file():
+        root = extract(Path(src), scratch)
+    else:
+        root = Path(src)
+    if not (root / "tests" / "runtests.py").exists():
+        raise RunError(f"{root} has no tests/runtests.py: not Django's source distribution")
+    return root.resolve()
+
+
+def installed_django() -> str:
+    try:
+        import django
+    except ImportError as err:
+        raise RunError(
+            f"Django is not installed for {sys.executable}: pip install Django=={PINNED}"
+        ) from err
+    return django.__version__
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+class Daemon:
+    """One ``larder serve`` on 127.0.0.1:0 and a Unix socket, with a scratch data directory
+    (the same way as tests/conftest.py starts one, without pytest)."""
+
+    def __init__(self, binary: str) -> None:
+        if not os.access(binary, os.X_OK):
+            raise RunError(f"no larder binary at {binary} (build it, or pass --larder-bin)")
+        # A short directory under /tmp: a Unix socket path must fit in 108 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="larder-dj-"))
+        self.socket = self.dir / "larder.sock"
+        self.log_path = self.dir / "larder.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LARDER_")}
+        args = [
+            binary,
+            "serve",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--listen",
+            "127.0.0.1:0",
+            "--unix-socket",
+            str(self.socket),
+            "--log-format",
+            "text",
+            "--drain-timeout",
+            "5s",
+        ]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed by stop)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.addr = self._wait_for_addr()
+        self.unix_target = f"unix:{self.socket}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_for_addr(self) -> str:
+        for _ in range(400):  # bounded: 400 x 50 ms
+            match = LISTENING.search(self.log())
+            if match and self.socket.exists():
+                return match.group(1)
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RunError(f"larder exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        self.stop()
+        raise RunError(f"larder logged no 'listening on tcp' line within 20 s:\n{self.log()}")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (killed, and -9, after 20 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def glue_apps(names: list[str]) -> list[Path]:
+    found = sorted(p for p in HERE.glob("larder_*") if (p / "__init__.py").exists())
+    if names:
+        wanted = set(names)
+        missing = wanted - {p.name for p in found}
+        if missing:
+            raise RunError(f"no glue app {sorted(missing)} beside {__file__}")
+        found = [p for p in found if p.name in wanted]
+    if not found:
+        raise RunError(f"no larder_* glue app beside {__file__}")
+    return found
+
+
+def test_apps(app: Path) -> list[str]:
+    """The Django test apps ``app`` imports from: its DJANGO_TEST_APPS, else KNOWN_TEST_APPS."""
+    tree = ast.parse((app / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "DJANGO_TEST_APPS" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    if app.name in KNOWN_TEST_APPS:
+        return KNOWN_TEST_APPS[app.name]
+    raise RunError(f"{app.name}: name the Django test apps it needs in DJANGO_TEST_APPS")
+
+
+def python_path() -> str:
+    """PYTHONPATH for runtests.py: the installed larder_client, else this source tree."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if importlib.util.find_spec("larder_client") is None:
+        if not (SOURCE_TREE / "larder_client" / "_gen").exists():
+            subprocess.run([sys.executable, str(SOURCE_TREE / "generate.py")], check=True)
+        paths.insert(0, str(SOURCE_TREE))
+        print(f"run.py: larder_client from the source tree {SOURCE_TREE}", flush=True)
+    return os.pathsep.join(paths)
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="larder-dj-src-") as scratch:
+        root = django_sources(args.django_src, Path(args.cache_dir), Path(scratch))
+        version = sdist_version(root)
+        have = installed_django()
+        if have != version:
+            raise RunError(
+                f"the installed Django is {have}, the sdist's tests are Django {version}'s: "
+                f"install Django=={version} (or pass the sdist of {have})"
+            )
+        print(f"run.py: Django {version} from {root}", flush=True)
+        apps = glue_apps(args.apps)
+        labels: list[str] = []
+        for app in apps:
+            labels += [a for a in test_apps(app) if a not in labels] + [app.name]
+        env = dict(os.environ, PYTHONPATH=python_path())
+        tests = root / "tests"
+        daemon = Daemon(args.larder_bin)
+        copied: list[Path] = []
+        try:
+            env["LARDER_DJANGO_TARGET"] = daemon.addr
+            env["LARDER_DJANGO_UNIX_TARGET"] = daemon.unix_target
+            print(f"run.py: larder on {daemon.addr} and {daemon.unix_target}", flush=True)
+            for app in apps:
+                dest = tests / app.name
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.copytree(app, dest, ignore=shutil.ignore_patterns("__pycache__"))
+                copied.append(dest)
+            command = [
+                sys.executable,
+                "runtests.py",
+                "--settings=test_sqlite",
+                "--parallel=1",
+                f"--verbosity={args.verbosity}",
+                "-k",
+                "Larder",
+                *labels,
+            ]
+            print(f"run.py: (cd {tests} && {' '.join(command[1:])})", flush=True)
+            status = subprocess.run(command, cwd=tests, env=env, check=False).returncode
+        finally:
+            for dest in copied:
+                shutil.rmtree(dest, ignore_errors=True)
+            exit_status = daemon.stop()
+            log = daemon.log()
+            daemon.cleanup()
+        if exit_status != 0:
+            print(f"run.py: larder exited with {exit_status} after SIGTERM:\n{log}", flush=True)
+            return status or 1
+        print(f"run.py: larder stopped with status 0; runtests.py exited {status}", flush=True)
+        return status
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--larder-bin", default=default_larder_bin(), help="the larder binary")
+    parser.add_argument(
+        "--django-src",
+        help=f"an extracted Django sdist or a .tar.gz (default: Django {PINNED}'s, downloaded)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=str(Path.home() / ".cache" / "larder-ci-tools"),
+        help="where the downloaded sdist is kept",
+    )
+    parser.add_argument("--verbosity", type=int, default=2, help="runtests.py's (default 2)")
+    parser.add_argument("apps", nargs="*", help="glue apps to run (default: every larder_*)")
+    try:
+        return run(parser.parse_args())
+    except (RunError, subprocess.CalledProcessError) as err:
+        print(f"run.py: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
