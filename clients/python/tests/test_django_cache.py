@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -365,7 +366,8 @@ def test_lock_excludes_and_releases(make: Factory) -> None:
     assert second.acquire(blocking_timeout=0.3) is False
     assert 0.25 <= time.monotonic() - started < 2
     first.release()
-    assert second.acquire(blocking_timeout=1) is True  # waits out the 1 ms release marker
+    assert first.locked() is False  # the 1 ms release marker is not a holder
+    assert second.acquire(blocking=False) is True  # takes the marker over at once
     second.release()
     with cache.lock("job", timeout=10) as held:
         assert held.owned()
@@ -394,7 +396,32 @@ def test_lock_that_expired_and_was_taken_is_not_released_by_its_first_holder(
     second.reacquire()
     assert second.owned()
     second.release()
-    assert cache.lock("job").acquire(blocking_timeout=1) is True
+    assert cache.lock("job").acquire(blocking=False) is True
+
+
+def test_lock_excludes_between_threads(make: Factory) -> None:
+    cache = make()
+    inside: list[int] = []
+    overlaps: list[int] = []
+    done: list[int] = []
+
+    def worker(n: int) -> None:
+        for _ in range(15):
+            with cache.lock("shared", timeout=10, sleep=0.001, blocking_timeout=20):
+                inside.append(n)
+                if len(inside) > 1:
+                    overlaps.append(n)
+                time.sleep(0.001)
+                inside.remove(n)
+        done.append(n)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(done) == [0, 1, 2, 3]
+    assert overlaps == []
 
 
 def test_lock_context_manager_raises_when_not_acquired(make: Factory) -> None:

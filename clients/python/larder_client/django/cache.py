@@ -92,6 +92,10 @@ _OWN_OPTIONS = frozenset(
 _CULL_OPTIONS = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY"})
 
 
+# The value a released lock holds for its last millisecond (a lock's own value never is empty).
+_RELEASED = b""
+
+
 class LockError(Exception):
     """A lock was not acquired in time, or ``release`` was called on a lock not acquired."""
 
@@ -693,12 +697,12 @@ class LarderLock:
 
     Acquiring stores a fresh token with Set IF_ABSENT (and the lock's TTL), which answers the
     entry's new version; versions are unique across the daemon and never reused. Releasing is
-    a compare-and-set against that version (Set IF_VERSION) to an empty value living 1 ms:
-    Larder has no conditional delete, and this is the version-checked write that comes
-    closest. If the lock expired and another worker took it, the version differs, nothing is
-    written and ``LockNotOwnedError`` is raised: a stale holder never releases another's lock.
-    For that millisecond the key still exists, so an ``acquire`` then waits one more ``sleep``
-    (or, not blocking, answers False).
+    a compare-and-set against that version (Set IF_VERSION) to an empty "released" marker
+    that lives 1 ms: Larder has no conditional delete, and this is the version-checked write
+    that comes closest. If the lock expired and another worker took it, the version differs,
+    nothing is written and ``LockNotOwnedError`` is raised: a stale holder never releases
+    another's lock. An acquire that finds the marker takes it over with a compare-and-set
+    against the marker's version, so a released lock is free at once.
 
     Not for sharing between threads: each holder makes its own ``cache.lock(...)``. Locks
     ignore IGNORE_EXCEPTIONS: a daemon that cannot be reached raises ``grpc.RpcError``.
@@ -739,7 +743,7 @@ class LarderLock:
         token = f"{os.getpid()}:{uuid.uuid4().hex}"
         data = self._cache._codec.encode(token)
         while True:
-            version = self._call("set_version", self.key, data, self._ttl_ms, True)
+            version = self._try_acquire(data)
             if version is not None:
                 self._token, self.version = token, version
                 return True
@@ -747,12 +751,24 @@ class LarderLock:
                 return False
             time.sleep(self.sleep)
 
+    def _try_acquire(self, data: bytes) -> int | None:
+        """One attempt: the new version if this holder now has the lock, else None."""
+        version = self._call("set_version", self.key, data, self._ttl_ms, True)
+        if version is not None:
+            return version
+        entry = self._call("get_entry", self.key)
+        if entry is None:  # released and gone, or expired, since the Set: once more
+            return self._call("set_version", self.key, data, self._ttl_ms, True)
+        if entry.value == _RELEASED:  # only if it is still that same marker
+            return self._call("compare_and_set", self.key, data, entry.version, self._ttl_ms)
+        return None
+
     def release(self) -> None:
         """Releases the lock if it is still this holder's; else ``LockNotOwnedError``."""
         version, self.version = self.version, None
         if version is None:
             raise LockError(f"cannot release lock {self.key!r}: it is not acquired")
-        if self._call("compare_and_set", self.key, b"", version, 1) is None:
+        if self._call("compare_and_set", self.key, _RELEASED, version, 1) is None:
             raise LockNotOwnedError(
                 f"lock {self.key!r} is no longer held by this holder (it expired, and may "
                 "have been taken by another); it was left as it is"
@@ -777,7 +793,8 @@ class LarderLock:
 
     def locked(self) -> bool:
         """Whether the lock is held, by anyone."""
-        return self._call("get_entry", self.key) is not None
+        entry = self._call("get_entry", self.key)
+        return entry is not None and entry.value != _RELEASED
 
     def __enter__(self) -> LarderLock:  # noqa: PYI034  (typing.Self needs Python 3.11)
         if not self.acquire():
