@@ -24,7 +24,7 @@ UNIX_TARGET = os.environ["LARDER_DJANGO_UNIX_TARGET"]
 larder_excluded_caches = {"cull", "zero_cull"}
 
 
-def larder_params(location, **options):
+def larder_params(location: str, **options: object) -> dict[str, object]:
     return {
         "BACKEND": "larder_client.django.LarderCache",
         "LOCATION": location,
