@@ -139,12 +139,18 @@ def _details(err: grpc.RpcError) -> str:
 
 
 def channel_options(target: str, extra: Sequence[tuple[str, object]]) -> list:
-    """Channel options for ``target``; a ``unix:`` target gets ``localhost`` as authority.
+    """Channel options for ``target``, after the caller's own ``extra`` ones.
 
-    grpc-core sends a Unix socket's path as HTTP/2 ``:authority``, which is not a valid
-    authority, and the server rejects every call; naming ``localhost`` avoids that.
+    - A ``unix:`` target gets ``localhost`` as authority: grpc-core sends a Unix socket's path
+      as HTTP/2 ``:authority``, which is not a valid authority, and the server rejects every
+      call.
+    - Answers of any size are received (grpc-core stops at 4 MiB by default): the daemon bounds
+      its own answers (a value is at most ``--max-value``, 16 MiB by default).
     """
     options = list(extra)
-    if target.startswith("unix:") and not any(k == "grpc.default_authority" for k, _ in options):
+    named = {k for k, _ in options}
+    if target.startswith("unix:") and "grpc.default_authority" not in named:
         options.append(("grpc.default_authority", "localhost"))
+    if "grpc.max_receive_message_length" not in named:
+        options.append(("grpc.max_receive_message_length", -1))
     return options

@@ -306,3 +306,13 @@ def test_deadline_applies_to_a_server_that_never_answers() -> None:
             with pytest.raises(grpc.RpcError) as err:
                 larder.cache.set("k", b"v", timeout=0.2)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_values_past_grpcs_default_4_mib_come_back(client: Larder) -> None:
+    # grpc-core refuses answers over 4 MiB unless told otherwise; the daemon takes 16 MiB.
+    key = fresh("big")
+    value = bytes(range(256)) * (5 * 4096)  # 5 MiB
+    assert client.cache.set(key, value, timeout=30.0) is True
+    assert client.cache.get(key, timeout=30.0) == value
+    assert client.cache.get_many([key], timeout=30.0) == {key: value}
+    client.cache.delete(key)

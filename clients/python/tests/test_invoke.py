@@ -94,9 +94,13 @@ def test_token_and_deadlines_are_sent() -> None:
 
 
 def test_unix_targets_name_localhost() -> None:
-    assert channel_options("unix:/run/larder.sock", []) == [("grpc.default_authority", "localhost")]
-    assert channel_options("127.0.0.1:7379", []) == []
-    own = [("grpc.default_authority", "larder")]
+    unlimited = ("grpc.max_receive_message_length", -1)
+    assert channel_options("unix:/run/larder.sock", []) == [
+        ("grpc.default_authority", "localhost"),
+        unlimited,
+    ]
+    assert channel_options("127.0.0.1:7379", []) == [unlimited]
+    own = [("grpc.default_authority", "larder"), ("grpc.max_receive_message_length", 1 << 20)]
     assert channel_options("unix:/x", own) == own
 
 
