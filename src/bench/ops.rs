@@ -610,6 +610,7 @@ impl GrpcConn {
                     key: format!("counter:{i}"),
                     delta: 1,
                     ttl_ms: 0,
+                    ..Default::default()
                 })
                 .await
                 .map(|r| r.into_inner().value > 0),

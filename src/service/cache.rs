@@ -127,10 +127,11 @@ impl CacheService for CacheApi {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
         self.key("key", &req.key)?;
-        let deleted = self.store.delete(ns, vec![req.key]).await?;
-        Ok(Response::new(pb::DeleteResponse {
-            deleted: deleted > 0,
-        }))
+        let deleted = match req.expected_version {
+            0 => self.store.delete(ns, vec![req.key]).await? > 0,
+            version => self.store.delete_if_version(ns, &req.key, version).await?,
+        };
+        Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 
     async fn get_many(
@@ -229,11 +230,15 @@ impl CacheService for CacheApi {
         let ns = self.namespace(&req.namespace)?;
         self.key("key", &req.key)?;
         self.ttl("ttl_ms", req.ttl_ms)?;
-        let (value, version) = self
+        let counter = self
             .store
-            .increment(ns, &req.key, req.delta, req.ttl_ms)
+            .add_to_counter(ns, &req.key, req.delta, req.ttl_ms, req.if_present)
             .await?;
-        Ok(Response::new(pb::IncrementResponse { value, version }))
+        Ok(Response::new(pb::IncrementResponse {
+            value: counter.value,
+            version: counter.version,
+            found: counter.existed,
+        }))
     }
 
     async fn clear(

@@ -128,6 +128,17 @@ pub struct Found {
     pub ttl_ms: u64,
 }
 
+/// A counter after an Increment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// The counter's value after the call.
+    pub value: i64,
+    /// The entry's version after the call.
+    pub version: u64,
+    /// Whether a live counter was there before the call.
+    pub existed: bool,
+}
+
 /// Entry and byte counts plus counters, for Stats.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -563,6 +574,24 @@ impl Store {
         .await
     }
 
+    /// Deletes `key` only while its version is `version`; returns whether a live entry was
+    /// deleted. Any other version (or none) is left as it is.
+    pub async fn delete_if_version(
+        &self,
+        namespace: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<bool> {
+        let deleted = self
+            .count(WriteOp::DeleteIfVersion {
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
+                version,
+            })
+            .await?;
+        Ok(deleted > 0)
+    }
+
     /// Deletes every key starting with `prefix`.
     pub async fn delete_prefix(&self, namespace: &str, prefix: &str) -> Result<u64> {
         self.count(WriteOp::DeletePrefix {
@@ -610,16 +639,42 @@ impl Store {
         delta: i64,
         ttl_ms: u64,
     ) -> Result<(i64, u64)> {
+        let counter = self
+            .add_to_counter(namespace, key, delta, ttl_ms, false)
+            .await?;
+        Ok((counter.value, counter.version))
+    }
+
+    /// Adds `delta` to the counter at `key`: creates it at `delta` (with `ttl_ms`) when it is
+    /// absent, unless `if_present`, which leaves an absent counter absent (`existed` false,
+    /// value and version 0, nothing written).
+    pub async fn add_to_counter(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+        if_present: bool,
+    ) -> Result<Counter> {
         match self
             .write(WriteOp::Increment {
                 namespace: namespace.to_owned(),
                 key: key.to_owned(),
                 delta,
                 ttl_ms,
+                if_present,
             })
             .await?
         {
-            WriteOutcome::Incremented { value, version } => Ok((value, version)),
+            WriteOutcome::Incremented {
+                value,
+                version,
+                existed,
+            } => Ok(Counter {
+                value,
+                version,
+                existed,
+            }),
             other => Err(unexpected(other)),
         }
     }

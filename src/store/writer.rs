@@ -103,6 +103,12 @@ pub enum WriteOp {
         namespace: String,
         keys: Vec<String>,
     },
+    /// Delete one key only while its version is `version` (compare-and-delete).
+    DeleteIfVersion {
+        namespace: String,
+        key: String,
+        version: u64,
+    },
     /// Delete every key starting with a prefix.
     DeletePrefix { namespace: String, prefix: String },
     /// Delete every key of a namespace.
@@ -119,6 +125,8 @@ pub enum WriteOp {
         key: String,
         delta: i64,
         ttl_ms: u64,
+        /// Only a live counter: an absent one is left absent.
+        if_present: bool,
     },
     /// Create a session.
     CreateSession(Box<NewSession>),
@@ -179,8 +187,14 @@ pub enum WriteOutcome {
     Count(u64),
     /// Whether the key was found (Touch).
     Found(bool),
-    /// Counter value and version after an Increment.
-    Incremented { value: i64, version: u64 },
+    /// Counter value and version after an Increment, and whether the counter was live
+    /// before it (when not, and the Increment was `if_present`, nothing was written and both
+    /// numbers are 0).
+    Incremented {
+        value: i64,
+        version: u64,
+        existed: bool,
+    },
     /// A session after a write; `None` when it was not live (nothing was written).
     Session(Option<SessionRecord>),
     /// Upkeep done; `more` when a full batch of expired rows was deleted and more may wait.
@@ -706,6 +720,37 @@ impl Writer {
                 fx.count(namespace).deletes += deleted;
                 Ok(WriteOutcome::Count(deleted))
             }
+            WriteOp::DeleteIfVersion {
+                namespace,
+                key,
+                version,
+            } => {
+                let row: Option<(i64, i64)> = self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM cache_entries \
+                         WHERE namespace = ?1 AND key = ?2 AND version = ?3 \
+                         RETURNING expires_at, size",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![namespace, key, *version as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
+                    })
+                    .map_err(Error::storage("deleting a key by version"))?;
+                let Some((expires_at, size)) = row else {
+                    // Another version (or none) is there: it stays, and so does its copy in
+                    // memory.
+                    return Ok(WriteOutcome::Count(0));
+                };
+                fx.memory
+                    .push(MemEffect::Remove(namespace.clone(), key.clone()));
+                fx.bytes_delta -= size;
+                let deleted = u64::from(remaining_ms(expires_at as u64, now).is_some());
+                fx.count(namespace).deletes += deleted;
+                Ok(WriteOutcome::Count(deleted))
+            }
             WriteOp::DeletePrefix { namespace, prefix } => {
                 let deleted = match prefix_upper_bound(prefix) {
                     Some(upper) => self.delete_rows(
@@ -774,7 +819,8 @@ impl Writer {
                 key,
                 delta,
                 ttl_ms,
-            } => self.increment(namespace, key, *delta, *ttl_ms, now, fx),
+                if_present,
+            } => self.increment(namespace, key, *delta, *ttl_ms, *if_present, now, fx),
             WriteOp::CreateSession(new) => self.create_session(new, now, fx),
             WriteOp::UpdateSession {
                 token_hash,
@@ -907,12 +953,14 @@ impl Writer {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn increment(
         &mut self,
         namespace: &str,
         key: &str,
         delta: i64,
         ttl_ms: u64,
+        if_present: bool,
         now: u64,
         fx: &mut Effects,
     ) -> Result<WriteOutcome> {
@@ -931,6 +979,14 @@ impl Writer {
             .map_err(Error::storage("reading a counter"))?;
         let old_size = row.as_ref().map_or(0, |r| r.2);
         let live = row.filter(|r| remaining_ms(r.1 as u64, now).is_some());
+        let existed = live.is_some();
+        if if_present && !existed {
+            return Ok(WriteOutcome::Incremented {
+                value: 0,
+                version: 0,
+                existed,
+            });
+        }
         let (value, expires_at) = match live {
             Some((bytes, expires_at, _)) => {
                 let current = parse_counter(&bytes).ok_or_else(|| {
@@ -953,7 +1009,11 @@ impl Writer {
         self.upsert(
             namespace, key, &bytes, version, expires_at, now, old_size, fx,
         )?;
-        Ok(WriteOutcome::Incremented { value, version })
+        Ok(WriteOutcome::Incremented {
+            value,
+            version,
+            existed,
+        })
     }
 
     /// Runs a `DELETE … RETURNING key, expires_at, size` and records its effects; returns how

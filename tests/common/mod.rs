@@ -388,6 +388,7 @@ pub async fn delete(c: &mut Client, namespace: &str, key: &str) -> bool {
     c.delete(pb::DeleteRequest {
         namespace: namespace.into(),
         key: key.into(),
+        ..Default::default()
     })
     .await
     .unwrap_or_else(|s| panic!("Delete {namespace:?}/{key:?}: {s:?}"))
@@ -420,6 +421,7 @@ pub async fn increment(
         key: key.into(),
         delta,
         ttl_ms,
+        ..Default::default()
     })
     .await
     .map(tonic::Response::into_inner)

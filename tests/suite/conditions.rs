@@ -1,7 +1,8 @@
 //! Set conditions (ALWAYS, UNSPECIFIED, IF_ABSENT, IF_PRESENT, IF_VERSION) on absent, present
 //! and expired keys; versions that strictly increase on every write and are never reused; and
 //! races: concurrent IF_ABSENT sets, increments and compare-and-set loops from separate tasks
-//! and connections.
+//! and connections; Delete with an expected version (compare-and-delete), which a lock's
+//! holder uses to release only its own lock.
 
 use std::collections::BTreeSet;
 
@@ -308,4 +309,82 @@ async fn cas_add_one(mut c: Client, rounds: usize) {
             );
         }
     }
+}
+
+/// A Delete that names the version it expects.
+async fn delete_version(c: &mut Client, key: &str, expected_version: u64) -> bool {
+    c.delete(pb::DeleteRequest {
+        namespace: String::new(),
+        key: key.into(),
+        expected_version,
+    })
+    .await
+    .unwrap_or_else(|s| panic!("Delete {key:?} at {expected_version}: {s:?}"))
+    .into_inner()
+    .deleted
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_with_an_expected_version_is_compare_and_delete() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let v1 = set(&mut c, "", "k", "one", 0).await.version;
+    let v2 = set(&mut c, "", "k", "two", 0).await.version;
+    assert!(
+        !delete_version(&mut c, "k", v1).await,
+        "a stale version deletes nothing"
+    );
+    let g = get(&mut c, "", "k").await;
+    assert_eq!((g.found, g.value, g.version), (true, "two".into(), v2));
+    assert!(delete_version(&mut c, "k", v2).await);
+    assert!(!get(&mut c, "", "k").await.found);
+    assert!(
+        !delete_version(&mut c, "k", v2).await,
+        "gone: nothing to delete"
+    );
+    assert!(!delete_version(&mut c, "nobody", 1).await);
+
+    let ve = set(&mut c, "", "expiring", "v", 10).await.version;
+    server.clock().advance_ms(10);
+    assert!(
+        !delete_version(&mut c, "expiring", ve).await,
+        "an expired entry was not live, so it was not deleted"
+    );
+}
+
+/// A lock: Set IF_ABSENT with a TTL; returns the version when taken.
+async fn take_lock(c: &mut Client, holder: &str, ttl_ms: u64) -> Option<u64> {
+    let r = c
+        .set(pb::SetRequest {
+            key: "lock:report".into(),
+            value: holder.to_owned().into(),
+            ttl_ms,
+            condition: Condition::IfAbsent as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("lock for {holder}: {s:?}"))
+        .into_inner();
+    r.stored.then_some(r.version)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_holder_whose_lock_expired_cannot_release_the_next_holders_lock() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let first = take_lock(&mut c, "worker-1", 10_000).await.expect("free");
+    assert_eq!(take_lock(&mut c, "worker-2", 10_000).await, None, "held");
+    server.clock().advance_ms(10_000);
+    let second = take_lock(&mut c, "worker-2", 10_000)
+        .await
+        .expect("expired, so free");
+    assert!(
+        !delete_version(&mut c, "lock:report", first).await,
+        "the first holder's release must not remove the second holder's lock"
+    );
+    let g = get(&mut c, "", "lock:report").await;
+    assert_eq!((g.value, g.version), ("worker-2".into(), second));
+    assert!(delete_version(&mut c, "lock:report", second).await);
+    assert!(!get(&mut c, "", "lock:report").await.found);
+    assert!(take_lock(&mut c, "worker-3", 10_000).await.is_some());
 }

@@ -385,6 +385,7 @@ async fn write_until_killed(
                         key: key.clone(),
                         delta,
                         ttl_ms: 0,
+                        ..Default::default()
                     })
                     .await
                     .map(|r| {
@@ -407,6 +408,7 @@ async fn write_until_killed(
                         key: SHARED_COUNTER.into(),
                         delta: 1,
                         ttl_ms: 0,
+                        ..Default::default()
                     })
                     .await
                     .map(|r| {

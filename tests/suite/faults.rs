@@ -383,6 +383,7 @@ async fn a_database_file_deleted_under_the_daemon_refuses_writes_and_keeps_reads
         c.delete(pb::DeleteRequest {
             namespace: String::new(),
             key: "before".into(),
+            ..Default::default()
         })
         .await,
         Code::Unavailable,

@@ -295,8 +295,13 @@ fn call() -> impl Strategy<Value = Call> {
                 })
             }
         ),
-        (text(), text())
-            .prop_map(|(namespace, key)| Call::Delete(pb::DeleteRequest { namespace, key })),
+        (text(), text(), number()).prop_map(|(namespace, key, expected_version)| Call::Delete(
+            pb::DeleteRequest {
+                namespace,
+                key,
+                expected_version
+            }
+        )),
         (text(), list())
             .prop_map(|(namespace, keys)| Call::GetMany(pb::GetManyRequest { namespace, keys })),
         (
@@ -328,14 +333,17 @@ fn call() -> impl Strategy<Value = Call> {
                 ttl_ms
             }
         )),
-        (text(), text(), any::<i64>(), number()).prop_map(|(namespace, key, delta, ttl_ms)| {
-            Call::Increment(pb::IncrementRequest {
-                namespace,
-                key,
-                delta,
-                ttl_ms,
-            })
-        }),
+        (text(), text(), any::<i64>(), number(), any::<bool>()).prop_map(
+            |(namespace, key, delta, ttl_ms, if_present)| {
+                Call::Increment(pb::IncrementRequest {
+                    namespace,
+                    key,
+                    delta,
+                    ttl_ms,
+                    if_present,
+                })
+            }
+        ),
         text().prop_map(|namespace| Call::Clear(pb::ClearRequest { namespace })),
         text().prop_map(|namespace| Call::Stats(pb::StatsRequest { namespace })),
     ];

@@ -1,10 +1,13 @@
 //! Increment: creation at 0 + delta with the request's TTL, existing counters keeping their
 //! TTL, the ASCII decimal representation seen by Get, restarting an expired counter, and
-//! FAILED_PRECONDITION (with nothing changed) on overflow and on values that are not integers.
+//! FAILED_PRECONDITION (with nothing changed) on overflow and on values that are not integers;
+//! `if_present`, which changes only a live counter, and `found`.
 
 use tonic::Code;
 
-use crate::common::{TestServer, assert_code, get, increment, set, stats};
+use larder::pb;
+
+use crate::common::{Client, TestServer, assert_code, get, increment, set, stats};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn increment_creates_the_counter_at_delta_with_the_ttl() {
@@ -124,4 +127,68 @@ async fn a_value_that_is_not_an_integer_is_failed_precondition() {
 
     set(&mut c, "", "from-set", "17", 0).await;
     assert_eq!(increment(&mut c, "from-set", 1, 0).await.unwrap().value, 18);
+}
+
+/// An Increment with `if_present`.
+async fn increment_present(c: &mut Client, key: &str, delta: i64) -> pb::IncrementResponse {
+    c.increment(pb::IncrementRequest {
+        namespace: String::new(),
+        key: key.into(),
+        delta,
+        ttl_ms: 60_000,
+        if_present: true,
+    })
+    .await
+    .unwrap_or_else(|s| panic!("Increment if_present {key:?}: {s:?}"))
+    .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_present_changes_only_a_live_counter_and_found_says_whether_it_was_there() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    assert_eq!(
+        increment_present(&mut c, "absent", 5).await,
+        pb::IncrementResponse {
+            value: 0,
+            version: 0,
+            found: false
+        },
+        "nothing to change"
+    );
+    assert!(
+        !get(&mut c, "", "absent").await.found,
+        "and nothing created"
+    );
+
+    let created = increment(&mut c, "n", 10, 1_000).await.unwrap();
+    assert!(!created.found, "created by this call");
+    let added = increment_present(&mut c, "n", 5).await;
+    assert_eq!((added.value, added.found), (15, true));
+    assert!(added.version > created.version);
+    assert_eq!(
+        get(&mut c, "", "n").await.ttl_ms,
+        1_000,
+        "the counter keeps its TTL"
+    );
+    assert!(increment(&mut c, "n", 1, 0).await.unwrap().found);
+
+    server.clock().advance_ms(1_000);
+    assert!(
+        !increment_present(&mut c, "n", 1).await.found,
+        "expired counts as absent"
+    );
+    assert!(!get(&mut c, "", "n").await.found);
+
+    set(&mut c, "", "text", "abc", 0).await;
+    let err = c
+        .increment(pb::IncrementRequest {
+            key: "text".into(),
+            delta: 1,
+            if_present: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
 }

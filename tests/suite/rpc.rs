@@ -334,6 +334,7 @@ async fn stats_counts_every_kind_of_operation() {
         key: "n".into(),
         delta: 5,
         ttl_ms: 0,
+        ..Default::default()
     })
     .await
     .unwrap(); // sets 5

@@ -361,6 +361,7 @@ async fn client(
                         .delete(pb::DeleteRequest {
                             namespace: String::new(),
                             key,
+                            ..Default::default()
                         })
                         .await,
                 );
@@ -386,6 +387,7 @@ async fn client(
                             key: format!("n{}", rng.random_range(0..COUNTERS)),
                             delta: 1,
                             ttl_ms: rng.random_range(200..2000),
+                            ..Default::default()
                         })
                         .await,
                 );

@@ -132,10 +132,14 @@ def cache_set_many(
     )
 
 
-def cache_delete(key: str, namespace: str) -> Call[bool]:
+def cache_delete(key: str, namespace: str, version: int | None = None) -> Call[bool]:
+    if version is not None and version <= 0:
+        raise ValueError("delete's version must be a version a write answered (1 or more)")
+    # Retried on UNAVAILABLE, with or without a version: deleting again leaves the same state
+    # (a version is never reused), only the answer can come out False.
     return Call(
         "Delete",
-        cache_pb2.DeleteRequest(namespace=namespace, key=key),
+        cache_pb2.DeleteRequest(namespace=namespace, key=key, expected_version=version or 0),
         True,
         lambda r: bool(r.deleted),
     )
@@ -159,6 +163,15 @@ def cache_increment(key: str, delta: int, ttl_ms: int, namespace: str) -> Call[i
         cache_pb2.IncrementRequest(namespace=namespace, key=key, delta=delta, ttl_ms=ttl_ms),
         False,
         lambda r: int(r.value),
+    )
+
+
+def cache_increment_if_present(key: str, delta: int, namespace: str) -> Call[int | None]:
+    return Call(
+        "Increment",
+        cache_pb2.IncrementRequest(namespace=namespace, key=key, delta=delta, if_present=True),
+        False,
+        lambda r: int(r.value) if r.found else None,
     )
 
 

@@ -123,9 +123,18 @@ class Cache(_Api):
         """
         return self._run(_calls.cache_set_many(entries, ttl_ms, namespace), timeout)
 
-    def delete(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bool:
-        """Removes ``key``; returns whether it held a live value."""
-        return self._run(_calls.cache_delete(key, namespace), timeout)
+    def delete(
+        self,
+        key: str,
+        namespace: str = "",
+        *,
+        version: int | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Removes ``key``; returns whether it held a live value. With ``version`` (from
+        ``get_entry`` or a write's answer) only while the entry still has that version: a
+        compare-and-delete, so a lock's holder releases only its own lock."""
+        return self._run(_calls.cache_delete(key, namespace, version), timeout)
 
     def delete_many(
         self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
@@ -144,6 +153,13 @@ class Cache(_Api):
     ) -> int:
         """Adds ``delta`` to the counter at ``key`` (absent = 0) and returns the new value."""
         return self._run(_calls.cache_increment(key, delta, ttl_ms, namespace), timeout)
+
+    def increment_if_present(
+        self, key: str, delta: int = 1, namespace: str = "", *, timeout: float | None = None
+    ) -> int | None:
+        """Adds ``delta`` to the counter at ``key`` only if it exists (a live entry); returns
+        the new value, or None when there was no counter (nothing is created)."""
+        return self._run(_calls.cache_increment_if_present(key, delta, namespace), timeout)
 
     def get_many(
         self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None

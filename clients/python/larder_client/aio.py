@@ -120,9 +120,16 @@ class Cache(_Api):
         """Stores every key -> value of ``entries`` in one transaction (all or none), each with"""
         return await self._run(_calls.cache_set_many(entries, ttl_ms, namespace), timeout)
 
-    async def delete(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bool:
-        """Removes ``key``; returns whether it held a live value."""
-        return await self._run(_calls.cache_delete(key, namespace), timeout)
+    async def delete(
+        self,
+        key: str,
+        namespace: str = "",
+        *,
+        version: int | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Removes ``key`` (with ``version``, only while it has that version)."""
+        return await self._run(_calls.cache_delete(key, namespace, version), timeout)
 
     async def delete_many(
         self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None
@@ -141,6 +148,12 @@ class Cache(_Api):
     ) -> int:
         """Adds ``delta`` to the counter at ``key`` (absent = 0) and returns the new value."""
         return await self._run(_calls.cache_increment(key, delta, ttl_ms, namespace), timeout)
+
+    async def increment_if_present(
+        self, key: str, delta: int = 1, namespace: str = "", *, timeout: float | None = None
+    ) -> int | None:
+        """Adds ``delta`` to an existing counter; None when there is none (nothing created)."""
+        return await self._run(_calls.cache_increment_if_present(key, delta, namespace), timeout)
 
     async def get_many(
         self, keys: Iterable[str], namespace: str = "", *, timeout: float | None = None

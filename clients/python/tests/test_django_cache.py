@@ -118,9 +118,11 @@ def test_incr_keeps_the_ttl_and_refuses_overflow(make: Factory) -> None:
     cache.incr("forever")
     assert cache.ttl("forever") is None
     cache.set("max", 2**63 - 1)
-    with pytest.raises(OverflowError):
+    with pytest.raises(TypeError, match="overflow"):  # as Django's Redis backend: one error type
         cache.incr("max")
     assert cache.get("max") == 2**63 - 1
+    with pytest.raises(OverflowError):
+        cache.incr("max", -(2**64))
 
 
 def test_timeouts(make: Factory) -> None:
@@ -364,10 +366,10 @@ def test_lock_excludes_and_releases(make: Factory) -> None:
     assert second.acquire(blocking=False) is False
     started = time.monotonic()
     assert second.acquire(blocking_timeout=0.3) is False
-    assert 0.25 <= time.monotonic() - started < 2
+    assert time.monotonic() - started >= 0.3, "it waited out its blocking_timeout"
     first.release()
-    assert first.locked() is False  # the 1 ms release marker is not a holder
-    assert second.acquire(blocking=False) is True  # takes the marker over at once
+    assert first.locked() is False
+    assert second.acquire(blocking=False) is True  # free at once
     second.release()
     with cache.lock("job", timeout=10) as held:
         assert held.owned()

@@ -92,10 +92,6 @@ _OWN_OPTIONS = frozenset(
 _CULL_OPTIONS = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY"})
 
 
-# The value a released lock holds for its last millisecond (a lock's own value never is empty).
-_RELEASED = b""
-
-
 class LockError(Exception):
     """A lock was not acquired in time, or ``release`` was called on a lock not acquired."""
 
@@ -130,14 +126,6 @@ class _Codec:
             return int(data)
         plain = decompressed(data)
         return self.serializer.loads(data if plain is None else plain)
-
-
-def _counter(data: bytes) -> int | None:
-    """The integer Larder's Increment would read from ``data``, or None if it is not one."""
-    if not _DECIMAL.fullmatch(data):
-        return None
-    n = int(data)
-    return n if _I64_MIN <= n <= _I64_MAX else None
 
 
 def _code(err: BaseException) -> grpc.StatusCode | None:
@@ -417,31 +405,20 @@ class LarderCache(BaseCache):
 
     def _incr(self, key: str, delta: int, version: int | None) -> _Op[int]:
         k = self._key(key, version)
-        # Larder's Increment is atomic but creates an absent key (at 0 + delta), while Django
-        # requires ValueError for a missing key, and the daemon has no "only if present"
-        # increment. So: read the entry first (missing -> ValueError; not an integer ->
-        # TypeError, as None + 1 is), then Increment with ttl_ms=1, a TTL that applies only
-        # if the Increment itself creates the key: an existing counter keeps its own TTL.
-        # The one window: if the key is deleted or expires between the two calls, the
-        # Increment recreates it as `delta` for 1 ms, and this call returns `delta` instead
-        # of raising. A compare-and-set loop (Get, then Set IF_VERSION) would close it, but
-        # retries under contention on a hot counter and rewrites the TTL from the remaining
-        # milliseconds; an increment that fails on a missing key, in the daemon, is the fix.
-        entry = yield _rpc("get_entry", k)
-        if entry is None:
-            raise ValueError(f"Key '{key}' not found")
-        current = _counter(entry.value)
-        if current is None:
-            raise TypeError(f"the value of key '{key}' is not an integer: incr/decr need one")
-        if not (_I64_MIN <= delta <= _I64_MAX and _I64_MIN <= current + delta <= _I64_MAX):
-            raise OverflowError(f"incr of key '{key}' by {delta} leaves the signed 64-bit range")
+        if not _I64_MIN <= delta <= _I64_MAX:
+            raise OverflowError(f"incr of key '{key}' by {delta}: outside the signed 64-bit range")
+        # One atomic Increment that leaves a missing key missing (if_present), so Django's
+        # ValueError for a missing key needs no read first and has no race.
         try:
-            return (yield _rpc("increment", k, delta, 1))
+            value = yield _rpc("increment_if_present", k, delta)
         except grpc.RpcError as err:
             if _code(err) == grpc.StatusCode.FAILED_PRECONDITION:
-                # Replaced by a non-integer (or pushed near the limit) since it was read.
+                # Not an integer (as None + 1 is a TypeError), or past the signed 64-bit range.
                 raise TypeError(_details(err)) from err
             raise
+        if value is None:
+            raise ValueError(f"Key '{key}' not found")
+        return value
 
     def _set_many(self, data: Mapping[str, Any], timeout: Any, version: int | None) -> _Op[list]:
         entries = {self._key(key, version): self._codec.encode(v) for key, v in data.items()}
@@ -697,12 +674,9 @@ class LarderLock:
 
     Acquiring stores a fresh token with Set IF_ABSENT (and the lock's TTL), which answers the
     entry's new version; versions are unique across the daemon and never reused. Releasing is
-    a compare-and-set against that version (Set IF_VERSION) to an empty "released" marker
-    that lives 1 ms: Larder has no conditional delete, and this is the version-checked write
-    that comes closest. If the lock expired and another worker took it, the version differs,
-    nothing is written and ``LockNotOwnedError`` is raised: a stale holder never releases
-    another's lock. An acquire that finds the marker takes it over with a compare-and-set
-    against the marker's version, so a released lock is free at once.
+    a Delete that names that version (a compare-and-delete): if the lock expired and another
+    worker took it, the version differs, nothing is deleted and ``LockNotOwnedError`` is
+    raised, so a stale holder never releases another's lock.
 
     Not for sharing between threads: each holder makes its own ``cache.lock(...)``. Locks
     ignore IGNORE_EXCEPTIONS: a daemon that cannot be reached raises ``grpc.RpcError``.
@@ -729,9 +703,9 @@ class LarderLock:
         self._token = ""
         self.version: int | None = None
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         cache = self._cache._client().cache
-        return getattr(cache, method)(*args, namespace=self._cache._namespace)
+        return getattr(cache, method)(*args, namespace=self._cache._namespace, **kwargs)
 
     def acquire(self, blocking: bool | None = None, blocking_timeout: float | None = None) -> bool:
         """Takes the lock; waits (``sleep`` between tries) unless not ``blocking``, at most
@@ -753,22 +727,14 @@ class LarderLock:
 
     def _try_acquire(self, data: bytes) -> int | None:
         """One attempt: the new version if this holder now has the lock, else None."""
-        version = self._call("set_version", self.key, data, self._ttl_ms, True)
-        if version is not None:
-            return version
-        entry = self._call("get_entry", self.key)
-        if entry is None:  # released and gone, or expired, since the Set: once more
-            return self._call("set_version", self.key, data, self._ttl_ms, True)
-        if entry.value == _RELEASED:  # only if it is still that same marker
-            return self._call("compare_and_set", self.key, data, entry.version, self._ttl_ms)
-        return None
+        return self._call("set_version", self.key, data, self._ttl_ms, True)
 
     def release(self) -> None:
         """Releases the lock if it is still this holder's; else ``LockNotOwnedError``."""
         version, self.version = self.version, None
         if version is None:
             raise LockError(f"cannot release lock {self.key!r}: it is not acquired")
-        if self._call("compare_and_set", self.key, _RELEASED, version, 1) is None:
+        if not self._call("delete", self.key, version=version):
             raise LockNotOwnedError(
                 f"lock {self.key!r} is no longer held by this holder (it expired, and may "
                 "have been taken by another); it was left as it is"
@@ -794,7 +760,7 @@ class LarderLock:
     def locked(self) -> bool:
         """Whether the lock is held, by anyone."""
         entry = self._call("get_entry", self.key)
-        return entry is not None and entry.value != _RELEASED
+        return entry is not None
 
     def __enter__(self) -> LarderLock:  # noqa: PYI034  (typing.Self needs Python 3.11)
         if not self.acquire():
