@@ -5,7 +5,10 @@
 #   - ruff (check and format) over clients/python;
 #   - the client's pytest suite (blocking and asyncio clients, TLS, the Django adapters);
 #   - Django's own cache and session test suites, from the pinned Django sdist, with
-#     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py).
+#     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
+#   - then, for each other pinned Django (the LTS releases in
+#     clients/python/tests/django_suite/DJANGO_VERSION), the adapters' pytest tests and
+#     that version's own suites again.
 # Usage: scripts/check-python-client.sh [PATH_TO_LARDER]
 #   With a path, that binary is used instead of the wheel's (quicker while developing).
 #   The wheel is built with LARDER_WHEEL_PROFILE (default here: dev, which reuses the debug
@@ -35,8 +38,9 @@ fi
 "$venv/bin/python" --version
 echo "larder: $larder"
 
-# The client with its test, Django and zstd extras, and the pinned Django of the suites.
-django="$(cat clients/python/tests/django_suite/DJANGO_VERSION)"
+# The client with its test, Django and zstd extras, and the first pinned Django.
+read -r -a djangos <clients/python/tests/django_suite/DJANGO_VERSION
+django="${djangos[0]}"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   "./clients/python[test,django,zstd]" "Django==$django" ruff
 rm -rf clients/python/build clients/python/*.egg-info
@@ -52,5 +56,15 @@ echo "== pytest (clients/python/tests)"
 (cd clients/python && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
 echo "== Django $django's own cache and session tests against Larder"
-"$venv/bin/python" clients/python/tests/django_suite/run.py --larder-bin "$larder"
+"$venv/bin/python" clients/python/tests/django_suite/run.py --larder-bin "$larder" \
+  --django-version "$django"
+
+for django in "${djangos[@]:1}"; do
+  echo "== Django $django: the adapters' tests, and its own cache and session tests"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "Django==$django"
+  (cd clients/python && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider \
+    tests/test_django_cache.py tests/test_django_sessions.py)
+  "$venv/bin/python" clients/python/tests/django_suite/run.py --larder-bin "$larder" \
+    --django-version "$django" --verbosity 1
+done
 echo "check-python-client: ok"

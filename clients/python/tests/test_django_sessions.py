@@ -13,6 +13,7 @@ from datetime import timedelta
 from io import StringIO
 from typing import Any
 
+import django
 import django_settings
 import grpc
 import pytest
@@ -326,6 +327,9 @@ def test_revoke_user_sessions(larder: Larder) -> None:
         sessions.revoke_user_sessions(user(1).__class__())  # no pk
 
 
+@pytest.mark.skipif(
+    django.VERSION < (5, 0), reason="SessionBase's async API (aset, aget, ...) is Django 5.0's"
+)
 def test_async_methods_use_the_asyncio_client(
     larder: Larder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,9 +1,11 @@
 """Runs Django's own test suites against Larder: its cache tests and its session tests.
 
-    python run.py --larder-bin PATH [--django-src DIR_OR_SDIST] [GLUE_APP ...]
+    python run.py --larder-bin PATH [--django-version X.Y.Z | --django-src DIR_OR_SDIST]
+                  [GLUE_APP ...]
 
-1. Django's source distribution of the pinned version (``DJANGO_VERSION`` beside this file)
-   is downloaded with pip and extracted into ``~/.cache/larder-ci-tools/django-X.Y.Z`` unless
+1. Django's source distribution of a pinned version (``DJANGO_VERSION`` beside this file, one
+   a line: the LTS releases the adapters support; the first is the default, or
+   ``--django-version``) is downloaded with pip and extracted into ``~/.cache/larder-ci-tools/django-X.Y.Z`` unless
    ``--django-src`` names an extracted directory or an sdist. The installed Django (the one
    this Python imports) must be the same version as the sdist: its tests are written for it.
 2. A larder daemon starts with a scratch data directory, on 127.0.0.1:0 and a Unix socket.
@@ -41,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE_TREE = HERE.parents[1]  # clients/python
-PINNED = (HERE / "DJANGO_VERSION").read_text().strip()
+PINNED = (HERE / "DJANGO_VERSION").read_text().split()
 LISTENING = re.compile(r"listening on tcp addr=(\d+\.\d+\.\d+\.\d+:\d+)")
 # The Django test apps each glue app imports from, for glue apps that do not declare them.
 KNOWN_TEST_APPS = {"larder_cache": ["cache"], "larder_sessions": ["sessions_tests"]}
@@ -123,9 +125,9 @@ def download(version: str, cache: Path) -> Path:
     return target
 
 
-def django_sources(src: str | None, cache: Path, scratch: Path) -> Path:
+def django_sources(src: str | None, version: str, cache: Path, scratch: Path) -> Path:
     if src is None:
-        root = download(PINNED, cache)
+        root = download(version, cache)
     elif Path(src).is_file():
         root = extract(Path(src), scratch)
     else:
@@ -140,7 +142,7 @@ def installed_django() -> str:
         import django
     except ImportError as err:
         raise RunError(
-            f"Django is not installed for {sys.executable}: pip install Django=={PINNED}"
+            f"Django is not installed for {sys.executable}: pip install Django=={PINNED[0]}"
         ) from err
     return django.__version__
 
@@ -252,7 +254,9 @@ def python_path() -> str:
 
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="larder-dj-src-") as scratch:
-        root = django_sources(args.django_src, Path(args.cache_dir), Path(scratch))
+        root = django_sources(
+            args.django_src, args.django_version, Path(args.cache_dir), Path(scratch)
+        )
         version = sdist_version(root)
         have = installed_django()
         if have != version:
@@ -308,7 +312,13 @@ def main() -> int:
     parser.add_argument("--larder-bin", default=default_larder_bin(), help="the larder binary")
     parser.add_argument(
         "--django-src",
-        help=f"an extracted Django sdist or a .tar.gz (default: Django {PINNED}'s, downloaded)",
+        help="an extracted Django sdist or a .tar.gz (default: --django-version's, downloaded)",
+    )
+    parser.add_argument(
+        "--django-version",
+        default=PINNED[0],
+        choices=PINNED,
+        help=f"the pinned Django whose sdist to download (default {PINNED[0]})",
     )
     parser.add_argument(
         "--cache-dir",
