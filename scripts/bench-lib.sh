@@ -1,6 +1,6 @@
-# bench-lib.sh: helpers the benchmark scripts (bench.sh, bench-vs-redis.sh, bench-footprint.sh)
-# source; not run on its own. `bench_start` sets up `tmp` (a scratch directory) and the array
-# `pids`, and installs `bench_cleanup` as the EXIT trap.
+# bench-lib.sh: helpers the benchmark scripts (bench.sh, bench-vs-redis.sh, bench-footprint.sh,
+# bench-django-cache.sh) source; not run on its own. `bench_start` sets up `tmp` (a scratch
+# directory) and the array `pids`, and installs `bench_cleanup` as the EXIT trap.
 #   require_whole MSG VALUE...
 #                             exits 2 with "MSG, got 'VALUE'" unless every VALUE is a whole number
 #   require_positive MSG VALUE...
