@@ -315,24 +315,9 @@ def health_call(service: str) -> Call[bool]:
     return Call("Check", wrappers_pb2.StringValue(value=service), True, lambda r: r.value == 1)
 
 
-class Larder:
-    """A connection to a Larder daemon.
-
-    ``target`` is ``host:port`` or ``unix:/path/to/socket``. ``token`` is sent as
-    ``authorization: Bearer <token>`` on every call. ``timeout`` (seconds) is the deadline of
-    every call unless the call passes its own ``timeout=``. Idempotent calls are retried
-    ``retries`` times on UNAVAILABLE; others never are (see ``Invoker``).
-
-    TLS: ``tls=True`` connects over TLS, checking the server's certificate against
-    ``root_certificates`` (PEM bytes; default: the system's roots); ``certificate_chain`` and
-    ``private_key`` (PEM bytes) present a client certificate. A token is never sent in
-    cleartext to a host that is not loopback or a Unix socket: that raises
-    ``InsecureTokenError`` here, unless ``allow_insecure_token=True``.
-
-    Errors: INVALID_ARGUMENT raises ``LarderError`` (a ValueError); every other failure
-    raises the ``grpc.RpcError`` (``.code()``, ``.details()``). Use it as a context manager,
-    or call ``close()``, to close the channel. Create one per process and share it.
-    """
+class Connection:
+    """What both clients' ``Larder`` share: the constructor's arguments, checked once, and the
+    transport they describe; each client opens its own channel and sub-APIs in ``_open``."""
 
     def __init__(
         self,
@@ -359,6 +344,36 @@ class Larder:
             allow_insecure_token=allow_insecure_token,
         )
         self.target = target
+        self._open(transport, token, timeout, retries)
+
+    def _open(self, transport: Transport, token: str | None, timeout: float, retries: int) -> None:
+        raise NotImplementedError  # each client's Larder opens its own kind of channel
+
+
+class Larder(Connection):
+    """A connection to a Larder daemon.
+
+    ``target`` is ``host:port`` or ``unix:/path/to/socket``. ``token`` is sent as
+    ``authorization: Bearer <token>`` on every call. ``timeout`` (seconds) is the deadline of
+    every call unless the call passes its own ``timeout=``. Idempotent calls are retried
+    ``retries`` times on UNAVAILABLE; others never are (see ``Invoker``).
+
+    TLS: ``tls=True`` connects over TLS, checking the server's certificate against
+    ``root_certificates`` (PEM bytes; default: the system's roots); ``certificate_chain`` and
+    ``private_key`` (PEM bytes) present a client certificate. A token is never sent in
+    cleartext to a host that is not loopback or a Unix socket: that raises
+    ``InsecureTokenError`` here, unless ``allow_insecure_token=True``.
+
+    Errors: INVALID_ARGUMENT raises ``LarderError`` (a ValueError); every other failure
+    raises the ``grpc.RpcError`` (``.code()``, ``.details()``). Use it as a context manager,
+    or call ``close()``, to close the channel. Create one per process and share it.
+    """
+
+    cache: Cache
+    sessions: Sessions
+    ratelimit: RateLimit
+
+    def _open(self, transport: Transport, token: str | None, timeout: float, retries: int) -> None:
         self._call = Invoker(token, timeout, retries)
         self._channel = transport.channel()
         self.cache = Cache(self._channel, self._call)
@@ -386,4 +401,4 @@ class Larder:
         self.close()
 
 
-__all__: list[str] = ["Cache", "Larder", "RateLimit", "Sessions"]
+__all__: list[str] = ["Cache", "Connection", "Larder", "RateLimit", "Sessions"]

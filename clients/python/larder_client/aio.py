@@ -25,7 +25,7 @@ import grpc.aio
 from . import _calls
 from ._calls import Call
 from ._channel import Transport
-from ._client import HealthStub, health_call
+from ._client import Connection, HealthStub, health_call
 from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
 from ._invoke import AsyncInvoker, LarderError
 from ._types import Entry, RateLimitResult, Session, SessionList
@@ -288,36 +288,16 @@ class RateLimit(_Api):
         return await self._run(_calls.ratelimit_reset(key, policy), timeout)
 
 
-class Larder:
+class Larder(Connection):
     """An asyncio connection to a Larder daemon; see ``larder_client.Larder`` for the
     arguments (``target``, ``token``, ``timeout``, ``retries``, ``options`` and the TLS ones),
     which mean the same here. Close it with ``await close()`` or ``async with``."""
 
-    def __init__(
-        self,
-        target: str = "127.0.0.1:7379",
-        token: str | None = None,
-        timeout: float = 1.0,
-        *,
-        retries: int = 2,
-        options: Sequence[tuple[str, object]] = (),
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        allow_insecure_token: bool = False,
-    ) -> None:
-        transport = Transport.make(
-            target,
-            token,
-            options,
-            tls=tls,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            allow_insecure_token=allow_insecure_token,
-        )
-        self.target = target
+    cache: Cache
+    sessions: Sessions
+    ratelimit: RateLimit
+
+    def _open(self, transport: Transport, token: str | None, timeout: float, retries: int) -> None:
         self._call = AsyncInvoker(token, timeout, retries)
         self._channel = transport.aio_channel()
         self.cache = Cache(self._channel, self._call)

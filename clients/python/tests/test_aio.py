@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from conftest import Daemon
+from test_invoke import FakeError
 
 from larder_client import Entry, Larder, LarderError, aio
 from larder_client._invoke import AsyncInvoker
@@ -120,17 +121,6 @@ async def test_concurrent_calls_share_one_channel(client: aio.Larder) -> None:
     await asyncio.gather(*(client.cache.set(k, k.encode()) for k in keys))
     values = await asyncio.gather(*(client.cache.get(k) for k in keys))
     assert values == [k.encode() for k in keys]
-
-
-class FakeError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return f"fake {self._code.name}"
 
 
 async def test_async_retry_policy_matches_the_blocking_one() -> None:

@@ -31,20 +31,19 @@ import argparse
 import ast
 import importlib.util
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
+from larder_daemon import Daemon, DaemonError
+
 SOURCE_TREE = HERE.parents[1]  # clients/python
 PINNED = (HERE / "DJANGO_VERSION").read_text().split()
-LISTENING = re.compile(r"listening on tcp addr=(\d+\.\d+\.\d+\.\d+:\d+)")
 # The Django test apps each glue app imports from, for glue apps that do not declare them.
 KNOWN_TEST_APPS = {"larder_cache": ["cache"], "larder_sessions": ["sessions_tests"]}
 
@@ -150,68 +149,6 @@ def installed_django() -> str:
 # --- the daemon ------------------------------------------------------------------------------
 
 
-class Daemon:
-    """One ``larder serve`` on 127.0.0.1:0 and a Unix socket, with a scratch data directory
-    (the same way as tests/conftest.py starts one, without pytest)."""
-
-    def __init__(self, binary: str) -> None:
-        if not os.access(binary, os.X_OK):
-            raise RunError(f"no larder binary at {binary} (build it, or pass --larder-bin)")
-        # A short directory under /tmp: a Unix socket path must fit in 108 bytes.
-        self.dir = Path(tempfile.mkdtemp(prefix="larder-dj-"))
-        self.socket = self.dir / "larder.sock"
-        self.log_path = self.dir / "larder.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LARDER_")}
-        args = [
-            binary,
-            "serve",
-            "--data-dir",
-            str(self.dir / "data"),
-            "--listen",
-            "127.0.0.1:0",
-            "--unix-socket",
-            str(self.socket),
-            "--log-format",
-            "text",
-            "--drain-timeout",
-            "5s",
-        ]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed by stop)
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.addr = self._wait_for_addr()
-        self.unix_target = f"unix:{self.socket}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def _wait_for_addr(self) -> str:
-        for _ in range(400):  # bounded: 400 x 50 ms
-            match = LISTENING.search(self.log())
-            if match and self.socket.exists():
-                return match.group(1)
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RunError(f"larder exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        self.stop()
-        raise RunError(f"larder logged no 'listening on tcp' line within 20 s:\n{self.log()}")
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit status (killed, and -9, after 20 s)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -271,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             labels += [a for a in test_apps(app) if a not in labels] + [app.name]
         env = dict(os.environ, PYTHONPATH=python_path())
         tests = root / "tests"
-        daemon = Daemon(args.larder_bin)
+        daemon = Daemon(args.larder_bin, prefix="larder-dj-")
         copied: list[Path] = []
         try:
             env["LARDER_DJANGO_TARGET"] = daemon.addr
@@ -329,7 +266,7 @@ def main() -> int:
     parser.add_argument("apps", nargs="*", help="glue apps to run (default: every larder_*)")
     try:
         return run(parser.parse_args())
-    except (RunError, subprocess.CalledProcessError) as err:
+    except (RunError, DaemonError, subprocess.CalledProcessError) as err:
         print(f"run.py: {err}", file=sys.stderr)
         return 2
 
