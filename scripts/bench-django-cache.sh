@@ -18,6 +18,8 @@
 # calls per cell before each timed stretch, 200), BENCH_LAYERS (django,client), BENCH_OUT_DIR
 # (where results.jsonl, report.md and machine.txt go; default a new directory under /tmp),
 # BENCH_DJANGO_VENV (the venv, default $HOME/.cache/larder-ci-tools/bench-django-venv),
+# BENCH_PIN (none: the scheduler places every process, the default; same: the client and both
+# servers all on CPU 0; split: both servers on CPU 0, the client on CPU 1; with taskset),
 # LARDER_BIN (a larder binary to use instead of building the release one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,7 @@ keys="${BENCH_KEYS:-1000}"
 value_size="${BENCH_VALUE_SIZE:-100}"
 warmup="${BENCH_WARMUP:-200}"
 layers="${BENCH_LAYERS:-django,client}"
+pin="${BENCH_PIN:-none}"
 venv="${BENCH_DJANGO_VENV:-$HOME/.cache/larder-ci-tools/bench-django-venv}"
 django_pin="Django==5.2.20"
 django_redis_pin="django-redis==7.0.0"
@@ -60,6 +63,27 @@ if [ "${#rounds}" -gt 3 ] || [ "$rounds" -gt 100 ] || [ "$rounds" -gt "$calls" ]
   echo "bench-django-cache: BENCH_ROUNDS must be at most 100 and at most BENCH_CALLS, got '$rounds'" >&2
   exit 2
 fi
+server_pin=()
+client_pin=()
+case "$pin" in
+  none) ;;
+  same | split)
+    if ! command -v taskset >/dev/null; then
+      echo "bench-django-cache: BENCH_PIN=$pin needs taskset (util-linux)" >&2
+      exit 2
+    fi
+    if [ "$pin" = split ] && [ "$(nproc)" -lt 2 ]; then
+      echo "bench-django-cache: BENCH_PIN=split needs 2 CPUs, this machine has $(nproc)" >&2
+      exit 2
+    fi
+    server_pin=(taskset -c 0)
+    client_pin=(taskset -c "$([ "$pin" = same ] && echo 0 || echo 1)")
+    ;;
+  *)
+    echo "bench-django-cache: BENCH_PIN takes none, same or split, got '$pin'" >&2
+    exit 2
+    ;;
+esac
 for layer in ${layers//,/ }; do
   case "$layer" in django | client) ;; *)
     echo "bench-django-cache: BENCH_LAYERS takes django and client, got '$layer'" >&2
@@ -107,13 +131,15 @@ section "servers"
 redis_port="$(free_port)"
 larder_port="$(free_port)"
 mkdir -p "$tmp/redis" "$tmp/larder"
-redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly yes \
-  --appendfsync everysec --unixsocket "$tmp/redis.sock" --unixsocketperm 700 \
-  --dir "$tmp/redis" --daemonize no --protected-mode yes >"$tmp/redis.log" 2>&1 &
+${server_pin[@]+"${server_pin[@]}"} redis-server --bind 127.0.0.1 --port "$redis_port" \
+  --save '' --appendonly yes --appendfsync everysec --unixsocket "$tmp/redis.sock" \
+  --unixsocketperm 700 --dir "$tmp/redis" --daemonize no --protected-mode yes \
+  >"$tmp/redis.log" 2>&1 &
 redis_pid=$!
 pids+=("$redis_pid")
-"$larder_bin" serve --data-dir "$tmp/larder" --listen "127.0.0.1:$larder_port" \
-  --unix-socket "$tmp/larder.sock" --log-level warn >"$tmp/larder.log" 2>&1 &
+${server_pin[@]+"${server_pin[@]}"} "$larder_bin" serve --data-dir "$tmp/larder" \
+  --listen "127.0.0.1:$larder_port" --unix-socket "$tmp/larder.sock" --log-level warn \
+  >"$tmp/larder.log" 2>&1 &
 larder_pid=$!
 pids+=("$larder_pid")
 wait_for_port "$redis_port" "$redis_pid" "$tmp/redis.log"
@@ -122,12 +148,17 @@ wait_for_port "$larder_port" "$larder_pid" "$tmp/larder.log"
 wait_for_socket "$tmp/larder.sock" "$larder_pid" "$tmp/larder.log"
 {
   echo "larder: $("$larder_bin" --version) (release build, default settings, one gRPC worker thread)"
-  echo "redis: $(redis-server --version | awk '{print $3}' | sed 's/^v=//') (appendonly yes, appendfsync everysec)"
+  echo "redis: $(redis-server --version | awk '{print $3}' | sed 's/^v=//')" \
+    "(appendonly yes, appendfsync everysec)"
   echo "python: $("$venv/bin/python" -c 'import platform; print(platform.python_version())')," \
     "$("$venv/bin/pip" list --disable-pip-version-check 2>/dev/null |
-      awk 'tolower($1) ~ /^(django|django-redis|redis|grpcio|protobuf|hiredis|larder-client)$/ { printf "%s%s %s", sep, $1, $2; sep = ", " }')"
+      awk 'tolower($1) ~ /^(django|django-redis|redis|grpcio|protobuf|hiredis|larder-client)$/ {
+        printf "%s%s %s", sep, $1, $2; sep = ", "
+      }')"
 } | tee -a "$out/machine.txt"
 
+echo "pinning: $pin${server_pin[*]:+ (servers: ${server_pin[*]}; client: ${client_pin[*]})}" |
+  tee -a "$out/machine.txt"
 echo "load average before timing: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)" |
   tee -a "$out/machine.txt"
 
@@ -135,7 +166,8 @@ section "timing: $calls calls per cell in $rounds rounds"
 # Bounded: 16 cells at most, each call well under 5 ms even on a slow day, plus warmups and
 # the first writes of every key.
 limit=$((300 + (calls + warmup * rounds + keys) * 16 * 5 / 1000))
-if ! timeout "$limit" "$venv/bin/python" scripts/bench-django-cache.py \
+if ! timeout "$limit" ${client_pin[@]+"${client_pin[@]}"} \
+  "$venv/bin/python" scripts/bench-django-cache.py \
   --larder-tcp "127.0.0.1:$larder_port" --larder-unix "unix:$tmp/larder.sock" \
   --redis-tcp "redis://127.0.0.1:$redis_port/0" --redis-unix "unix://$tmp/redis.sock?db=0" \
   --calls "$calls" --rounds "$rounds" --keys "$keys" --value-size "$value_size" \
