@@ -39,7 +39,7 @@ fi
 echo "larder: $larder"
 
 # The client with its test, Django and zstd extras, and the first pinned Django.
-read -r -a djangos <clients/python/tests/django_suite/DJANGO_VERSION
+mapfile -t djangos <clients/python/tests/django_suite/DJANGO_VERSION
 django="${djangos[0]}"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   "./clients/python[test,django,zstd]" "Django==$django" ruff
