@@ -264,6 +264,8 @@ class LarderCache(BaseCache):
                 )
         self._location = server
         self._setting = setting
+        self._client_pid = -1  # the process _sync belongs to; -1: none yet
+        self._sync: Larder | None = None
         self._connection = {k: v for k, v in options.items() if k in CONNECTION_OPTIONS}
         client_kwargs(server, self._connection, setting)  # refuses bad settings now
 
@@ -293,8 +295,16 @@ class LarderCache(BaseCache):
     # --- running operations --------------------------------------------------------------
 
     def _client(self) -> Larder:
-        """The process's shared blocking client (made on first use, again after a fork)."""
-        return sync_client(self._location, self._connection, self._setting)
+        """The process's shared blocking client (made on first use, again after a fork).
+
+        Kept on the backend with the pid it belongs to, so that a call does not rebuild the
+        shared-client lookup's key (a few microseconds) every time."""
+        pid = os.getpid()
+        client = self._sync
+        if client is None or self._client_pid != pid:
+            client = self._sync = sync_client(self._location, self._connection, self._setting)
+            self._client_pid = pid
+        return client
 
     def _aclient(self) -> aio.Larder:
         """The running event loop's shared asyncio client."""
