@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import grpc
 from flask_caching.backends.base import BaseCache
 
+from .._channel import is_local
 from .._client import Larder
 from .._options import CONNECTION_OPTIONS, ConfigError, client_kwargs, sync_client
 
@@ -75,14 +76,36 @@ _OPTION_NAME = re.compile(r"\b(" + "|".join(sorted(CONNECTION_OPTIONS | {"LOCATI
 _OWN_CONFIG = {"TARGET", "NAMESPACE", "IGNORE_EXCEPTIONS"}
 
 
-def _config_names(message: str) -> str:
-    """An ``_options.ConfigError`` message with each option named by its Flask config key."""
+def _check_connection(
+    target: Any, options: Mapping[str, Any], where: str, name: Callable[[str], str]
+) -> None:
+    """Refuses bad connection settings now rather than at the first call: ConfigError from
+    ``client_kwargs``, with every option called ``name(option)`` (``name("LOCATION")`` for
+    the target), and a token that would go in cleartext to another machine."""
+    try:
+        kwargs = client_kwargs(target, options, where)
+    except ConfigError as err:
+        message = _OPTION_NAME.sub(lambda m: name(m.group(1)), str(err))
+        raise ConfigError(message) from None
+    if kwargs["tls"] and target.startswith("unix:"):
+        raise ConfigError(f"{where}: {name('TLS')} is not supported over a Unix socket")
+    insecure = kwargs["token"] and not kwargs["tls"] and not kwargs["allow_insecure_token"]
+    if insecure and not is_local(target):
+        raise ConfigError(
+            f"{where}: refusing to send the token in cleartext to {target!r}, which is not "
+            f"a loopback address or a Unix socket: set {name('TLS')} (the daemon's [tls] "
+            f"section), or {name('ALLOW_INSECURE_TOKEN')} if the network to it is trusted"
+        )
 
-    def key(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return CONFIG_PREFIX + ("TARGET" if name == "LOCATION" else name)
 
-    return _OPTION_NAME.sub(key, message)
+def _config_key(option: str) -> str:
+    """The Flask config key of a connection option (``LOCATION``: the target)."""
+    return CONFIG_PREFIX + ("TARGET" if option == "LOCATION" else option)
+
+
+def _argument(option: str) -> str:
+    """The constructor argument of a connection option (``LOCATION``: the target)."""
+    return "target" if option == "LOCATION" else f"options[{option!r}]"
 
 
 def _code(err: BaseException) -> grpc.StatusCode | None:
@@ -185,7 +208,7 @@ class LarderCache(BaseCache):
         )
         setting = f"LarderCache at {target!r}"
         self._connection = dict(options or {})
-        client_kwargs(target, self._connection, setting)  # refuses bad settings now
+        _check_connection(target, self._connection, setting, _argument)
         if not isinstance(namespace, str) or not namespace:
             raise ConfigError(f"{setting}: namespace must be a non-empty string")
         if not (key_prefix is None or isinstance(key_prefix, str) or callable(key_prefix)):
@@ -236,10 +259,7 @@ class LarderCache(BaseCache):
                 raise ConfigError(f"{where}: unknown config key {key!r}; LarderCache reads {keys}")
             (own if name in _OWN_CONFIG else options)[name] = value
         target = own.get("TARGET", DEFAULT_TARGET)
-        try:
-            client_kwargs(target, options, where)
-        except ConfigError as err:
-            raise ConfigError(_config_names(str(err))) from None
+        _check_connection(target, options, where, _config_key)
         made = dict(kwargs)
         if config.get("CACHE_KEY_PREFIX"):
             made["key_prefix"] = config["CACHE_KEY_PREFIX"]
