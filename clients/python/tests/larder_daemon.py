@@ -50,17 +50,31 @@ class Daemon:
             "5s",
             *(extra_args or []),
         ]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed by stop or cleanup)
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.addr = self._wait_for_addr()
+        self._args, self._env = args, env
+        self._start()
         self.unix_target = f"unix:{self.socket}"
+
+    def _start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by stop or cleanup)
+        self._logged = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            self._args, stdout=self._log, stderr=subprocess.STDOUT, env=self._env
+        )
+        self.addr = self._wait_for_addr()
+
+    def restart(self) -> int:
+        """Stops the daemon (SIGTERM) and starts it again on the same data directory and
+        socket; returns the stopped one's exit status. Its TCP port is a new one."""
+        status = self.stop()
+        self._start()
+        return status
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def _wait_for_addr(self) -> str:
         for _ in range(400):  # bounded: 400 x 50 ms
-            match = LISTENING.search(self.log())
+            match = LISTENING.search(self.log()[self._logged :])
             if match and self.socket.exists():
                 return match.group(1)
             if self.proc.poll() is not None:
