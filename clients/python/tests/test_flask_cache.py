@@ -21,8 +21,7 @@ from cachelib.serializers import JSONSerializer
 from conftest import Daemon
 
 from larder_client import Larder
-from larder_client._options import ConfigError
-from larder_client.flask import LarderCache
+from larder_client.flask import ConfigError, LarderCache
 
 MakeCache = Callable[..., LarderCache]
 

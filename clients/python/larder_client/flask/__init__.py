@@ -8,6 +8,7 @@ See ``larder_client.flask.cache`` for every setting.
 
 from __future__ import annotations
 
+from .._options import ConfigError
 from .cache import LarderCache
 
-__all__ = ["LarderCache"]
+__all__ = ["ConfigError", "LarderCache"]
