@@ -402,7 +402,7 @@ class SessionMiddleware:
     ``session_cookie``, ``path``, ``domain``, ``max_age`` and ``same_site`` mean what they mean
     for Starlette's ``SessionMiddleware``; ``secure`` (default True) and HttpOnly are set on
     the cookie. ``max_age`` (seconds, default 14 days) is also the session's idle TTL: it
-    slides with every request that has the session, and a response that writes to the
+    slides with every request that has the session, and a response to a request that used the
     session sends the cookie again; None makes the cookie last as long as the browser and
     leaves the idle TTL to the daemon (30 minutes by default). ``absolute_max_age`` (seconds;
     None: the daemon's default, 30 days) ends a session however much it is used.
@@ -555,8 +555,6 @@ class SessionMiddleware:
                     logger.info("session revoked during the request; its changes are dropped")
                     state.take(None, None)
                     state.ended = state.gone = True
-                elif self.max_age is not None:
-                    state.token_changed = True  # send the cookie again: its Max-Age slides
             elif state.token is None and current and not state.gone:
                 assert sessions is not None
                 token, session = await sessions.create(
@@ -569,7 +567,10 @@ class SessionMiddleware:
                 raise SessionUnavailable("the session store could not be reached") from err
             raise
         if state.token is not None:
-            return [self._cookie(state.token)] if state.token_changed else []
+            # A request that used the session sends the cookie again, so that its Max-Age
+            # slides as the idle expiry did on the daemon.
+            again = state.accessed and self.max_age is not None
+            return [self._cookie(state.token)] if state.token_changed or again else []
         if state.ended or state.cookie_sent:
             return [self._cookie(None)]
         return []
