@@ -151,6 +151,15 @@ def _unavailable(err: BaseException) -> bool:
     return isinstance(err, grpc.RpcError) and not isinstance(err, LarderError)
 
 
+def _describe(err: BaseException) -> str:
+    """A gRPC error in one line: its status and details."""
+    code, details = getattr(err, "code", None), getattr(err, "details", None)
+    if callable(code) and callable(details):
+        status = code()
+        return f"{getattr(status, 'name', status)}: {details()}"
+    return repr(err)
+
+
 def _bytes_prefix(text: str, limit: int) -> str:
     """The longest prefix of ``text`` of at most ``limit`` UTF-8 bytes."""
     return text.encode()[:limit].decode("utf-8", "ignore")
@@ -279,7 +288,9 @@ class SessionControl:
     ``user_id`` is None while nobody is logged in (the session is anonymous or there is none).
     """
 
-    def __init__(self, middleware: "SessionMiddleware", state: _State, request: Request):
+    def __init__(
+        self, middleware: "SessionMiddleware", state: _State, request: HTTPConnection
+    ) -> None:
         self._mw = middleware
         self._state = state
         self._request = request
@@ -463,7 +474,7 @@ class SessionMiddleware:
     def sessions(self) -> aio.Sessions:
         return self._connection.get().sessions
 
-    def creation(self, request: Request) -> dict[str, Any]:
+    def creation(self, request: HTTPConnection) -> dict[str, Any]:
         """CreateSession's TTLs, device_info and ip for a session made during ``request``."""
         host = request.client.host if request.client else ""
         return {
@@ -486,7 +497,7 @@ class SessionMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
+        request = HTTPConnection(scope)
         cookie = request.cookies.get(self.session_cookie)
         token = cookie if cookie is not None and _TOKEN.fullmatch(cookie) else None
         state = _State(token, cookie is not None)
@@ -496,7 +507,7 @@ class SessionMiddleware:
             except grpc.RpcError as err:
                 if not _unavailable(err):
                     raise
-                logger.error("session store unavailable: %s", err)
+                logger.warning("session lookup failed: %s", _describe(err))
                 state.error = err
             if state.server is None and state.error is None:
                 state.token = None  # unknown, expired or revoked: no session
@@ -526,7 +537,11 @@ class SessionMiddleware:
             unavailable = _find(exc, SessionUnavailable)
             if unavailable is None or started:
                 raise
-            logger.error("session store unavailable: %s", unavailable.__cause__ or unavailable)
+            cause = unavailable.__cause__
+            logger.error(
+                "session store unavailable, answered 503: %s",
+                _describe(cause) if cause is not None else unavailable,
+            )
             response = JSONResponse(
                 {
                     "error": "session_unavailable",
@@ -536,7 +551,7 @@ class SessionMiddleware:
             )
             await response(scope, receive, send)
 
-    async def _save(self, state: _State, request: Request) -> list[str]:
+    async def _save(self, state: _State, request: HTTPConnection) -> list[str]:
         """Writes what changed; returns the Set-Cookie values to send."""
         if state.error is not None:
             return []  # never touched (or the app got the error): the cookie stays as it was
@@ -892,10 +907,10 @@ class RateLimitMiddleware:
             if not _unavailable(err):
                 raise
             if self._fail_open:
-                logger.warning("rate limiter unavailable, request let through: %s", err)
+                logger.warning("rate limiter unavailable, request let through: %s", _describe(err))
                 await self.app(scope, receive, send)
                 return
-            logger.error("rate limiter unavailable, request refused: %s", err)
+            logger.error("rate limiter unavailable, request refused: %s", _describe(err))
             await JSONResponse(_UNAVAILABLE_BODY, status_code=503)(scope, receive, send)
             return
         headers = result.headers()
@@ -993,9 +1008,9 @@ class RateLimit:
             if not _unavailable(err):
                 raise
             if self._fail_open:
-                logger.warning("rate limiter unavailable, request let through: %s", err)
+                logger.warning("rate limiter unavailable, request let through: %s", _describe(err))
                 return None
-            logger.error("rate limiter unavailable, request refused: %s", err)
+            logger.error("rate limiter unavailable, request refused: %s", _describe(err))
             raise RateLimitError(503, dict(_UNAVAILABLE_BODY)) from err
         headers = result.headers()
         if not result.allowed:

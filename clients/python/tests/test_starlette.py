@@ -4,6 +4,7 @@ FastAPI apps, driven through httpx's ASGI transport."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import uuid
@@ -18,7 +19,8 @@ from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from larder_client import aio
 from larder_client._options import ConfigError
@@ -361,6 +363,72 @@ async def test_session_daemon_down(larder: aio.Larder, stopped_addr: str, down: 
         r = await web.get("/plain", headers=cookie(token))  # does not touch the session
         assert r.status_code == 200 and r.text == "ok"
     assert await larder.sessions.get(token) is not None
+
+    # The same from a FastAPI route, sync (run in a thread) or async.
+    app = FastAPI()
+
+    @app.get("/sync")
+    def sync_route(request: Request) -> dict[str, Any]:
+        return dict(request.session)
+
+    @app.get("/async")
+    async def async_route(request: Request) -> dict[str, Any]:
+        return {"user": request.state.session.user_id}
+
+    app.add_middleware(SessionMiddleware, client=down(stopped_addr))
+    async with http(app) as web:
+        for path in ("/sync", "/async"):
+            r = await web.get(path, headers=cookie(token))
+            assert r.status_code == 503 and r.json()["error"] == "session_unavailable"
+            assert "set-cookie" not in r.headers
+
+
+async def test_websocket_reads_the_session(larder: aio.Larder) -> None:
+    async def write(request: Request) -> JSONResponse:
+        request.session["name"] = "Ada"
+        return JSONResponse({})
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json(
+            {"name": websocket.session.get("name"), "sid": websocket.state.session.session_id}
+        )
+        await websocket.close()
+
+    app = Starlette(routes=[Route("/write", write, methods=["POST"]), WebSocketRoute("/ws", ws)])
+    app.add_middleware(SessionMiddleware, client=larder)
+    async with http(app) as web:
+        token = new_token(await web.post("/write"))
+    assert token
+    # httpx speaks no websocket: one connection driven by hand, as an ASGI server would.
+    sent: list[dict[str, Any]] = []
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "wss",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"cookie", f"session={token}".encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 443),
+        "subprotocols": [],
+    }
+    await app(scope, receive, send)
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    message = json.loads(sent[1]["text"])
+    session = await larder.sessions.get(token)
+    assert session is not None
+    assert message == {"name": "Ada", "sid": session.session_id}
 
 
 def test_session_configuration_errors() -> None:
