@@ -13,7 +13,7 @@ Every middleware and dependency talks to the daemon through a ``larder_client.ai
 the lifespan handler), or ``location=`` and ``options=`` (the connection options of
 ``larder_client._options``: ``TOKEN``, ``TOKEN_FILE``, ``TLS``, ...), which share one client
 per event loop. Neither: ``127.0.0.1:7379`` without a token. A bad setting raises
-``larder_client._options.ConfigError`` naming it when the middleware is made.
+``ConfigError`` (a ``ValueError``) naming it when the middleware is made.
 
 Sessions (``SessionMiddleware``)
 --------------------------------
@@ -838,7 +838,7 @@ class RateLimitMiddleware:
         algorithm: str | None = None,
         burst: int | None = None,
         cost: int = 1,
-        rules: Mapping[str, "str | Limit | None"] | None = None,
+        rules: Mapping[str, str | Limit | None] | None = None,
         key: KeyFunc | None = None,
         trusted_proxies: Iterable[str] = (),
         fail_open: bool = True,
@@ -1021,6 +1021,7 @@ class RateLimit:
 
 
 __all__ = [
+    "ConfigError",
     "LarderSession",
     "Limit",
     "RateLimit",

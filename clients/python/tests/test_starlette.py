@@ -23,8 +23,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from larder_client import aio
-from larder_client._options import ConfigError
 from larder_client.starlette import (
+    ConfigError,
     Limit,
     RateLimit,
     RateLimitMiddleware,
