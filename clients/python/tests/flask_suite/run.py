@@ -1,25 +1,28 @@
-"""Runs Flask-Caching's own backend tests against Larder's Flask-Caching backend.
+"""Runs Flask-Caching's and cachelib's own backend tests against larder_client.flask.
 
-    python run.py --larder-bin PATH [--src DIR_OR_SDIST] [-- PYTEST_ARGS ...]
+    python run.py --larder-bin PATH [-v] [SUITE ...]      SUITE: flask-caching, cachelib
 
-1. Flask-Caching's source distribution of the version pinned in ``FLASK_CACHING_VERSION``
-   beside this file is downloaded with pip and extracted into
-   ``~/.cache/larder-ci-tools/flask_caching-X.Y.Z`` unless ``--src`` names an extracted
-   directory or an sdist. The installed Flask-Caching (the one this Python imports) must be
-   the same version: its tests are written for it.
+1. The source distribution of each suite's package (Flask-Caching, cachelib), of the version
+   pinned in ``requirements.txt`` beside this file, is downloaded with pip and extracted into
+   ``~/.cache/larder-ci-tools/NAME-X.Y.Z`` (``--cache-dir``) unless it is there already.
+   The installed package (the one this Python imports) must be the same version: its tests
+   are written for it. ``pip install -r requirements.txt`` installs the pinned versions.
 2. A larder daemon starts with a scratch data directory, on 127.0.0.1:0 and a Unix socket;
    its addresses are in LARDER_FLASK_TARGET (host:port) and LARDER_FLASK_UNIX_TARGET (unix:).
-3. ``larder_backend_glue.py`` beside this file (a test class that runs the sdist's
-   ``GenericCacheTests`` on ``larder_client.flask.LarderCache``) is copied into the sdist's
-   ``tests/`` as ``test_larder_backend.py`` for the run and removed after it; Flask-Caching's
-   own files are never edited. pytest runs that module from the sdist's root, so the sdist's
-   ``conftest.py`` and its pytest configuration (warnings are errors) apply; pytest-asyncio
-   is left out (``-p no:asyncio``), since that file has no async test.
+3. Each suite's glue module beside this file (a test class that combines the sdist's
+   backend-generic test classes, as the sdist does for its Redis backend, on
+   ``larder_client.flask.LarderCache``) is copied into the sdist's ``tests/`` directory as a
+   ``test_larder_*.py`` for the run and removed after it; the packages' own files are never
+   edited. pytest runs that module from the sdist's root, so the sdist's ``conftest.py`` and
+   its pytest configuration (warnings are errors) apply; pytest-asyncio is left out
+   (``-p no:asyncio``): these suites have no async test, and it would warn that their
+   configuration does not set its loop scope.
 4. The daemon is stopped with SIGTERM and must exit with status 0.
 
-The exit status is pytest's, or 1 when the daemon failed (2 when a step before the tests
-failed). ``larder_client`` is imported from the installed package when there is one, else
-from this source tree (whose gRPC stubs are generated first if missing).
+The exit status is 0 when every suite's pytest passed, else the first failing one's (1 when
+the daemon failed, 2 when a step before the tests failed). ``larder_client`` is imported from
+the installed package when there is one, else from this source tree (whose gRPC stubs are
+generated first if missing).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,13 +44,49 @@ sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
 from larder_daemon import Daemon, DaemonError
 
 SOURCE_TREE = HERE.parents[1]  # clients/python
-PINNED = (HERE / "FLASK_CACHING_VERSION").read_text().strip()
-GLUE = HERE / "larder_backend_glue.py"
-GLUE_AS = "test_larder_backend.py"
+REQUIREMENTS = HERE / "requirements.txt"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One package's test suite: its distribution, a file its sdist's tests/ must have, and
+    the glue module copied in as ``glue_as``."""
+
+    name: str
+    dist: str
+    marker: str
+    glue: str
+    glue_as: str
+
+
+SUITES = {
+    s.name: s
+    for s in (
+        Suite(
+            "flask-caching",
+            "Flask-Caching",
+            "test_backend_cache.py",
+            "larder_backend_glue.py",
+            "test_larder_backend.py",
+        ),
+        Suite("cachelib", "cachelib", "common.py", "cachelib_glue.py", "test_larder_cachelib.py"),
+    )
+}
 
 
 class RunError(Exception):
     """A step before the tests failed; the message says which and why."""
+
+
+def pinned() -> dict[str, str]:
+    """Distribution name (lower case) -> pinned version, from requirements.txt."""
+    pins = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
 
 
 def default_larder_bin() -> str:
@@ -84,62 +124,56 @@ def extract(archive: Path, into: Path) -> Path:
     return into / tops.pop()
 
 
-def download(version: str, cache: Path) -> Path:
-    """The extracted Flask-Caching sdist of ``version`` in ``cache``, downloaded if absent."""
-    target = cache / f"flask_caching-{version}"
-    if (target / "tests" / "test_backend_cache.py").exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        print(f"run.py: downloading the Flask-Caching {version} sdist with pip", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-binary",
-                ":all:",
-                "--no-deps",
-                "--dest",
-                scratch,
-                f"Flask-Caching=={version}",
-            ],
-            check=True,
-        )
-        archives = list(Path(scratch).glob("[Ff]lask[_-][Cc]aching-*.tar.gz"))
-        if len(archives) != 1:
-            raise RunError(f"pip download left {archives}, not one Flask-Caching sdist")
-        top = extract(archives[0], Path(scratch) / "x")
-        shutil.rmtree(target, ignore_errors=True)
-        top.rename(target)
-    return target
+def sources(suite: Suite, version: str, cache: Path) -> Path:
+    """The extracted sdist of ``suite``'s package at ``version`` in ``cache``, downloaded
+    with pip if absent."""
+    target = cache / f"{suite.dist.lower().replace('-', '_')}-{version}"
+    if not (target / "tests" / suite.marker).exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as scratch:
+            print(f"run.py: downloading the {suite.dist} {version} sdist with pip", flush=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-binary",
+                    ":all:",
+                    "--no-deps",
+                    "--dest",
+                    scratch,
+                    f"{suite.dist}=={version}",
+                ],
+                check=True,
+            )
+            archives = list(Path(scratch).glob("*.tar.gz"))
+            if len(archives) != 1:
+                raise RunError(f"pip download left {archives}, not one {suite.dist} sdist")
+            top = extract(archives[0], Path(scratch) / "x")
+            shutil.rmtree(target, ignore_errors=True)
+            top.rename(target)
+    if not (target / "tests" / suite.marker).exists():
+        raise RunError(f"{target} has no tests/{suite.marker}: not {suite.dist}'s sdist")
+    if sdist_version(target) != version:
+        raise RunError(f"{target} is {suite.dist} {sdist_version(target)}, not {version}")
+    return target.resolve()
 
 
-def sources(src: str | None, cache: Path, scratch: Path) -> Path:
-    if src is None:
-        root = download(PINNED, cache)
-    elif Path(src).is_file():
-        root = extract(Path(src), scratch)
-    else:
-        root = Path(src)
-    if not (root / "tests" / "test_backend_cache.py").exists():
-        raise RunError(
-            f"{root} has no tests/test_backend_cache.py: not Flask-Caching's source distribution"
-        )
-    return root.resolve()
-
-
-def installed_version() -> str:
+def check_installed(suite: Suite, version: str) -> None:
     try:
-        return importlib.metadata.version("Flask-Caching")
+        have = importlib.metadata.version(suite.dist)
     except importlib.metadata.PackageNotFoundError as err:
         raise RunError(
-            f"Flask-Caching is not installed for {sys.executable}: "
-            f"pip install Flask-Caching=={PINNED} pytest-xprocess"
+            f"{suite.dist} is not installed for {sys.executable}: pip install -r {REQUIREMENTS}"
         ) from err
+    if have != version:
+        raise RunError(
+            f"the installed {suite.dist} is {have}, the pinned sdist's tests are {version}'s: "
+            f"pip install -r {REQUIREMENTS}"
+        )
 
 
 def python_path() -> str:
@@ -153,70 +187,78 @@ def python_path() -> str:
     return os.pathsep.join(paths)
 
 
+def run_suite(suite: Suite, root: Path, env: dict[str, str], verbose: bool) -> int:
+    glue = root / "tests" / suite.glue_as
+    shutil.copyfile(HERE / suite.glue, glue)
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:asyncio",
+            "-rs",
+            "-v" if verbose else "-q",
+            f"tests/{suite.glue_as}",
+        ]
+        print(f"run.py: (cd {root} && {' '.join(command[1:])})", flush=True)
+        return subprocess.run(command, cwd=root, env=env, check=False).returncode
+    finally:
+        glue.unlink(missing_ok=True)
+        shutil.rmtree(root / "tests" / "__pycache__", ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="larder-fc-src-") as scratch:
-        root = sources(args.src, Path(args.cache_dir), Path(scratch))
-        version = sdist_version(root)
-        have = installed_version()
-        if have != version:
-            raise RunError(
-                f"the installed Flask-Caching is {have}, the sdist's tests are {version}'s: "
-                f"install Flask-Caching=={version} (or pass the sdist of {have})"
-            )
-        print(f"run.py: Flask-Caching {version} from {root}", flush=True)
-        env = dict(os.environ, PYTHONPATH=python_path())
-        glue = root / "tests" / GLUE_AS
-        daemon = Daemon(args.larder_bin, prefix="larder-fc-")
-        try:
-            env["LARDER_FLASK_TARGET"] = daemon.addr
-            env["LARDER_FLASK_UNIX_TARGET"] = daemon.unix_target
-            print(f"run.py: larder on {daemon.addr} and {daemon.unix_target}", flush=True)
-            shutil.copyfile(GLUE, glue)
-            command = [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-p",
-                "no:cacheprovider",
-                # test_backend_cache.py has no async test; pytest-asyncio (installed for
-                # larder_client's own tests) would warn that the sdist's configuration does
-                # not set its loop scope, and that configuration makes warnings errors.
-                "-p",
-                "no:asyncio",
-                "-rs",
-                "-v" if args.verbose else "-q",
-                f"tests/{GLUE_AS}",
-                *args.pytest_args,
-            ]
-            print(f"run.py: (cd {root} && {' '.join(command[1:])})", flush=True)
-            status = subprocess.run(command, cwd=root, env=env, check=False).returncode
-        finally:
-            glue.unlink(missing_ok=True)
-            shutil.rmtree(root / "tests" / "__pycache__", ignore_errors=True)
-            exit_status = daemon.stop()
-            log = daemon.log()
-            daemon.cleanup()
-        if exit_status != 0:
-            print(f"run.py: larder exited with {exit_status} after SIGTERM:\n{log}", flush=True)
-            return status or 1
-        print(f"run.py: larder stopped with status 0; pytest exited {status}", flush=True)
-        return status
+    pins = pinned()
+    unknown = sorted(set(args.suites) - set(SUITES))
+    if unknown:
+        raise RunError(f"no suite {unknown}; the suites are {list(SUITES)}")
+    suites = [SUITES[name] for name in (args.suites or list(SUITES))]
+    roots = {}
+    for suite in suites:
+        version = pins.get(suite.dist.lower())
+        if version is None:
+            raise RunError(f"{REQUIREMENTS} pins no {suite.dist} version")
+        check_installed(suite, version)
+        roots[suite.name] = sources(suite, version, Path(args.cache_dir))
+        print(f"run.py: {suite.dist} {version} from {roots[suite.name]}", flush=True)
+    env = dict(os.environ, PYTHONPATH=python_path())
+    daemon = Daemon(args.larder_bin, prefix="larder-fc-")
+    statuses: list[int] = []
+    try:
+        env["LARDER_FLASK_TARGET"] = daemon.addr
+        env["LARDER_FLASK_UNIX_TARGET"] = daemon.unix_target
+        print(f"run.py: larder on {daemon.addr} and {daemon.unix_target}", flush=True)
+        for suite in suites:
+            status = run_suite(suite, roots[suite.name], env, args.verbose)
+            print(f"run.py: {suite.dist}'s suite: pytest exited {status}", flush=True)
+            statuses.append(status)
+    finally:
+        exit_status = daemon.stop()
+        log = daemon.log()
+        daemon.cleanup()
+    status = next((s for s in statuses if s != 0), 0)
+    if exit_status != 0:
+        print(f"run.py: larder exited with {exit_status} after SIGTERM:\n{log}", flush=True)
+        return status or 1
+    print(f"run.py: larder stopped with status 0; exit status {status}", flush=True)
+    return status
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--larder-bin", default=default_larder_bin(), help="the larder binary")
     parser.add_argument(
-        "--src",
-        help=f"an extracted Flask-Caching sdist or a .tar.gz (default: {PINNED}'s, downloaded)",
-    )
-    parser.add_argument(
         "--cache-dir",
         default=str(Path.home() / ".cache" / "larder-ci-tools"),
-        help="where the downloaded sdist is kept",
+        help="where the downloaded sdists are kept",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="pytest -v (default -q)")
-    parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
+    parser.add_argument(
+        "suites", nargs="*", help=f"suites to run: {', '.join(SUITES)} (default: all)"
+    )
     try:
         return run(parser.parse_args())
     except (RunError, DaemonError, subprocess.CalledProcessError) as err:
