@@ -343,22 +343,35 @@ def test_callable_key_prefix(target: str, namespace: str, raw: Larder) -> None:
     assert raw.cache.get_many(["a:k", "b:k"], namespace=namespace) == {"a:k": b"1", "b:k": b"2"}
 
 
+def test_a_function_as_the_key(make: MakeCache) -> None:
+    # cachelib's Redis tests use one: the key is made as RedisCache makes it, f"{prefix}{key}"
+    def bacon() -> str:
+        return "bacon"
+
+    c = make()
+    assert c.set(bacon, "sausages")
+    assert c.get(bacon) == "sausages"
+    assert c.get("bacon") is None
+
+
 # --- when the daemon is down -------------------------------------------------------------
 
 
 def test_a_stopped_daemon_raises_or_fails_open(caplog: pytest.LogCaptureFixture) -> None:
     d = Daemon()
     try:
-        config = {"CACHE_LARDER_TARGET": d.addr, "CACHE_LARDER_RETRIES": 0}
+        # its socket, which goes with it (a TCP port could be reused by another daemon)
+        config = {"CACHE_LARDER_TARGET": d.unix_target, "CACHE_LARDER_RETRIES": 0}
         strict = app_cache(**config)
         lenient = app_cache(**config, CACHE_LARDER_IGNORE_EXCEPTIONS=True)
         assert lenient.set("there", 1)
         assert d.stop() == 0
     finally:
         d.cleanup()
+    down = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     with pytest.raises(grpc.RpcError) as raised:
         strict.get("there")
-    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert raised.value.code() in down  # refused, or (on a loaded machine) not in time
     with pytest.raises(grpc.RpcError):
         strict.inc("n")
     with caplog.at_level(logging.WARNING, logger="larder_client.flask"):
@@ -376,7 +389,8 @@ def test_a_stopped_daemon_raises_or_fails_open(caplog: pytest.LogCaptureFixture)
         assert lenient.dec("n") is None
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 12
-    assert all("UNAVAILABLE" in m and "ignore_exceptions" in m for m in messages)
+    names = [code.name for code in down]
+    assert all(any(n in m for n in names) and "ignore_exceptions" in m for m in messages)
     # the caller's own errors still raise
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         lenient.set("lock", threading.Lock())
