@@ -98,7 +98,8 @@ def parse_uri(uri: str, schemes: tuple[str, str], **kwargs: Any) -> Config:
     """
     parsed = urllib.parse.urlsplit(uri)
     tcp, unix = schemes
-    setting = f"{parsed.scheme}://{parsed.netloc}{parsed.path}"  # no query: it may hold a token
+    # Neither the query nor a user:password@ part: either may hold a token.
+    setting = f"{parsed.scheme}://{parsed.netloc.rpartition('@')[2]}{parsed.path}"
 
     def bad(what: str) -> ConfigurationError:
         return ConfigurationError(f"larder storage {setting}: {what}")
