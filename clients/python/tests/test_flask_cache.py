@@ -125,6 +125,7 @@ def test_memoize_through_flask_caching(target: str, namespace: str) -> None:
         ({"CACHE_LARDER_NAMESPACE": ""}, ["CACHE_LARDER_NAMESPACE"]),
         ({"CACHE_LARDER_IGNORE_EXCEPTIONS": "yes"}, ["CACHE_LARDER_IGNORE_EXCEPTIONS"]),
         ({"CACHE_OPTIONS": {"socket_timeout": 1}}, ["CACHE_OPTIONS", "'socket_timeout'"]),
+        ({"CACHE_OPTIONS": {"target": "127.0.0.1:1"}}, ["CACHE_OPTIONS", "'target'"]),
         ({"CACHE_ARGS": ["127.0.0.1:7379"]}, ["CACHE_ARGS", "CACHE_LARDER_TARGET"]),
     ],
 )

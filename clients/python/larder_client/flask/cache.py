@@ -240,7 +240,12 @@ class LarderCache(BaseCache):
                 f"{where}: CACHE_ARGS must be empty; give the address in "
                 f"{CONFIG_PREFIX}TARGET ('host:port' or 'unix:/path')"
             )
-        parameters = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        # target and options come from the CACHE_LARDER_* keys
+        parameters = set(inspect.signature(cls.__init__).parameters) - {
+            "self",
+            "target",
+            "options",
+        }
         unknown = sorted(set(kwargs) - parameters)
         if unknown:
             raise ConfigError(
