@@ -25,7 +25,8 @@ Writing (as cachelib's ``RedisSerializer``, less its ``!`` marker):
 Reading decides from the bytes:
 
 1. an optional ``-`` followed by ASCII digits, and nothing else: an ``int``;
-2. with a ``serializer``: whatever its ``loads`` makes of the bytes;
+2. with a ``serializer``: whatever its ``loads`` makes of the bytes (so a serializer must
+   never write bare ASCII digits for a value that is not an int: JSON and pickle do not);
 3. else bytes starting with 0x80 (every pickle of protocol 2 or later does) are unpickled,
    and any other bytes (a value another client stored, such as ``b'{"name": "Ada"}'``) are
    returned as they are, as cachelib's ``RedisCache`` returns a value it did not write.
