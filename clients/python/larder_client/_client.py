@@ -332,6 +332,8 @@ class Connection:
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
         allow_insecure_token: bool = False,
+        reconnect_wait: float = 0.5,
+        wait_for_ready: bool = False,
     ) -> None:
         transport = Transport.make(
             target,
@@ -344,9 +346,11 @@ class Connection:
             allow_insecure_token=allow_insecure_token,
         )
         self.target = target
-        self._open(transport, token, timeout, retries)
+        self._open(transport, {"token": token, "timeout": timeout, "retries": retries,
+                               "reconnect_wait": reconnect_wait,
+                               "wait_for_ready": wait_for_ready})  # fmt: skip
 
-    def _open(self, transport: Transport, token: str | None, timeout: float, retries: int) -> None:
+    def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
         raise NotImplementedError  # each client's Larder opens its own kind of channel
 
 
@@ -364,6 +368,13 @@ class Larder(Connection):
     cleartext to a host that is not loopback or a Unix socket: that raises
     ``InsecureTokenError`` here, unless ``allow_insecure_token=True``.
 
+    Restarts: a call that fails with UNAVAILABLE and may be tried again (an idempotent one,
+    or any call that never reached the daemon) waits up to ``reconnect_wait`` seconds
+    (default 0.5; 0 fails at once) for the channel to connect again, so a restart of the
+    daemon costs no errors; a daemon that stays down fails it with UNAVAILABLE after that
+    wait. ``wait_for_ready=True`` is grpc's own alternative: every call waits for the
+    connection within its deadline (DEADLINE_EXCEEDED, naming no cause, if it never comes).
+
     Errors: INVALID_ARGUMENT raises ``LarderError`` (a ValueError); every other failure
     raises the ``grpc.RpcError`` (``.code()``, ``.details()``). Use it as a context manager,
     or call ``close()``, to close the channel. Create one per process and share it.
@@ -373,13 +384,21 @@ class Larder(Connection):
     sessions: Sessions
     ratelimit: RateLimit
 
-    def _open(self, transport: Transport, token: str | None, timeout: float, retries: int) -> None:
-        self._call = Invoker(token, timeout, retries)
+    def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
         self._channel = transport.channel()
+        self._call = Invoker(**invoker, ready=self._ready)
         self.cache = Cache(self._channel, self._call)
         self.sessions = Sessions(self._channel, self._call)
         self.ratelimit = RateLimit(self._channel, self._call)
         self._health = _Api(HealthStub(self._channel), self._call)
+
+    def _ready(self, seconds: float) -> bool:
+        """Whether the channel is connected, or connects within ``seconds``."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=seconds)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
 
     def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """Whether the daemon (or one ``larder.v1`` service) reports SERVING."""

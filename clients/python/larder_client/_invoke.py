@@ -30,28 +30,45 @@ class LarderError(ValueError):
 class _Policy:
     """What the sync and the asyncio invoker share: metadata, deadlines, retries, errors."""
 
-    def __init__(self, token: str | None, timeout: float, retries: int, backoff: float) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        wait_for_ready: bool,
+        reconnect_wait: float,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive (seconds)")
         if retries < 0:
             raise ValueError("retries must be 0 or more")
+        if reconnect_wait < 0:
+            raise ValueError("reconnect_wait must be 0 or more (seconds)")
         self.metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.wait_for_ready = wait_for_ready
+        self.reconnect_wait = reconnect_wait
 
     def deadline(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
-    def attempts(self, idempotent: bool) -> int:
-        return 1 + (self.retries if idempotent else 0)
+    def failed(self, err: grpc.RpcError, attempt: int, idempotent: bool) -> float:
+        """The pause before trying again after ``err``; raises when the call is over.
 
-    def failed(self, err: grpc.RpcError, attempt: int, attempts: int) -> float:
-        """The pause before trying again after ``err``; raises when the call is over."""
+        Tried again: UNAVAILABLE, while retries are left, for an idempotent call, or for any
+        call that never reached the daemon (no connection could be made, so nothing was sent).
+        """
         code = _code(err)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             raise LarderError(_details(err)) from err
-        if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+        if (
+            code == grpc.StatusCode.UNAVAILABLE
+            and attempt < self.retries
+            and (idempotent or _never_sent(err))
+        ):
             return self.backoff * (2**attempt)
         raise err
 
@@ -60,10 +77,18 @@ class Invoker(_Policy):
     """Calls one stub method with the client's token, a deadline and the retry policy.
 
     An idempotent call that fails with UNAVAILABLE (the daemon is restarting, or the
-    connection dropped) is tried again up to ``retries`` more times, sleeping ``backoff``,
+    connection dropped) is tried again up to ``retries`` more times, pausing ``backoff``,
     then twice that, between tries. A call that changes state in a way that must not happen
-    twice (set, increment, create_session, check, ...) is tried exactly once: after an
+    twice (set, increment, create_session, check, ...) is tried again only when it never
+    reached the daemon (grpc-core could not connect, so nothing was sent): after any other
     UNAVAILABLE the client cannot know whether the server applied it.
+
+    With ``ready`` (the client passes one that watches its channel), a retry also waits, up
+    to ``reconnect_wait`` seconds, for the channel to connect again: a restart of the daemon
+    is ridden through, while a daemon that stays down fails the call with its UNAVAILABLE
+    error after that wait. ``wait_for_ready`` (off by default) makes every call wait for the
+    connection within its deadline instead (grpc's own option; a daemon that stays down then
+    ends calls with DEADLINE_EXCEEDED, which names no cause).
     """
 
     def __init__(
@@ -72,10 +97,14 @@ class Invoker(_Policy):
         timeout: float,
         retries: int = 2,
         backoff: float = 0.05,
+        wait_for_ready: bool = False,
+        reconnect_wait: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        ready: Callable[[float], bool] | None = None,
     ) -> None:
-        super().__init__(token, timeout, retries, backoff)
+        super().__init__(token, timeout, retries, backoff, wait_for_ready, reconnect_wait)
         self._sleep = sleep
+        self._ready = ready
 
     def __call__(
         self,
@@ -86,13 +115,20 @@ class Invoker(_Policy):
         timeout: float | None = None,
     ) -> Resp:
         deadline = self.deadline(timeout)
-        attempts = self.attempts(idempotent)
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
             try:
-                return method(request, timeout=deadline, metadata=self.metadata)
+                return method(
+                    request,
+                    timeout=deadline,
+                    metadata=self.metadata,
+                    wait_for_ready=self.wait_for_ready,
+                )
             except grpc.RpcError as err:
-                self._sleep(self.failed(err, attempt, attempts))
-        raise AssertionError("unreachable: the loop returns or raises on its last attempt")
+                self._sleep(self.failed(err, attempt, idempotent))
+                if self._ready is not None and not self._ready(self.reconnect_wait):
+                    raise
+            attempt += 1
 
 
 class AsyncInvoker(_Policy):
@@ -104,10 +140,14 @@ class AsyncInvoker(_Policy):
         timeout: float,
         retries: int = 2,
         backoff: float = 0.05,
+        wait_for_ready: bool = False,
+        reconnect_wait: float = 0.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        ready: Callable[[float], Awaitable[bool]] | None = None,
     ) -> None:
-        super().__init__(token, timeout, retries, backoff)
+        super().__init__(token, timeout, retries, backoff, wait_for_ready, reconnect_wait)
         self._sleep = sleep
+        self._ready = ready
 
     async def __call__(
         self,
@@ -118,13 +158,28 @@ class AsyncInvoker(_Policy):
         timeout: float | None = None,
     ) -> Resp:
         deadline = self.deadline(timeout)
-        attempts = self.attempts(idempotent)
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
             try:
-                return await method(request, timeout=deadline, metadata=self.metadata)
+                return await method(
+                    request,
+                    timeout=deadline,
+                    metadata=self.metadata,
+                    wait_for_ready=self.wait_for_ready,
+                )
             except grpc.RpcError as err:
-                await self._sleep(self.failed(err, attempt, attempts))
-        raise AssertionError("unreachable: the loop returns or raises on its last attempt")
+                await self._sleep(self.failed(err, attempt, idempotent))
+                if self._ready is not None and not await self._ready(self.reconnect_wait):
+                    raise
+            attempt += 1
+
+
+def _never_sent(err: grpc.RpcError) -> bool:
+    """Whether grpc-core failed ``err``'s call before sending it: it could not connect.
+
+    grpc-core's words for that have been the same for years; if they change, such calls are
+    only not retried, which is the safe side."""
+    return "failed to connect to all addresses" in _details(err).lower()
 
 
 def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
@@ -146,6 +201,7 @@ def channel_options(target: str, extra: Sequence[tuple[str, object]]) -> list:
       call.
     - Answers of any size are received (grpc-core stops at 4 MiB by default): the daemon bounds
       its own answers (a value is at most ``--max-value``, 16 MiB by default).
+    - Reconnects are tried every 100 to 500 ms after a lost connection (``_RECONNECT``).
     """
     options = list(extra)
     named = {k for k, _ in options}
@@ -153,4 +209,16 @@ def channel_options(target: str, extra: Sequence[tuple[str, object]]) -> list:
         options.append(("grpc.default_authority", "localhost"))
     if "grpc.max_receive_message_length" not in named:
         options.append(("grpc.max_receive_message_length", -1))
+    for name, value in _RECONNECT:
+        if name not in named:
+            options.append((name, value))
     return options
+
+
+# Reconnect soon after a lost connection (grpc-core waits 1 s at first and up to 120 s): the
+# daemon is on this machine or near it, and a restart takes it away for a second or less.
+# (grpc.min_reconnect_backoff_ms is left alone: grpc-core uses it as the connect timeout.)
+_RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)

@@ -15,6 +15,7 @@ make the client inside the loop that uses it (one per loop, shared by its tasks)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -297,13 +298,21 @@ class Larder(Connection):
     sessions: Sessions
     ratelimit: RateLimit
 
-    def _open(self, transport: Transport, token: str | None, timeout: float, retries: int) -> None:
-        self._call = AsyncInvoker(token, timeout, retries)
+    def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
         self._channel = transport.aio_channel()
+        self._call = AsyncInvoker(**invoker, ready=self._ready)
         self.cache = Cache(self._channel, self._call)
         self.sessions = Sessions(self._channel, self._call)
         self.ratelimit = RateLimit(self._channel, self._call)
         self._health = _Api(HealthStub(self._channel), self._call)
+
+    async def _ready(self, seconds: float) -> bool:
+        """Whether the channel is connected, or connects within ``seconds``."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """Whether the daemon (or one ``larder.v1`` service) reports SERVING."""

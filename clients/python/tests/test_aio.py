@@ -132,7 +132,9 @@ async def test_async_retry_policy_matches_the_blocking_one() -> None:
     failures = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
     calls: list[object] = []
 
-    async def method(request: object, *, timeout: float, metadata: object) -> str:
+    async def method(
+        request: object, *, timeout: float, metadata: object, wait_for_ready: bool
+    ) -> str:
         calls.append(metadata)
         if failures:
             raise FakeError(failures.pop(0))
