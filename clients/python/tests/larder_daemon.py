@@ -62,10 +62,12 @@ class Daemon:
         )
         self.addr = self._wait_for_addr()
 
-    def restart(self) -> int:
-        """Stops the daemon (SIGTERM) and starts it again on the same data directory and
-        socket; returns the stopped one's exit status. Its TCP port is a new one."""
+    def restart(self, down_for: float = 0.0) -> int:
+        """Stops the daemon (SIGTERM) and, ``down_for`` seconds later, starts it again on the
+        same data directory and socket; returns the stopped one's exit status. Its TCP port
+        is a new one."""
         status = self.stop()
+        time.sleep(down_for)
         self._start()
         return status
 
