@@ -49,6 +49,7 @@ from limits.errors import ConfigurationError
 from limits.storage import base
 
 from . import aio
+from ._channel import Transport
 from ._client import Larder
 from ._invoke import LarderError
 from ._options import ConfigError, async_client, client_kwargs, sync_client
@@ -149,9 +150,22 @@ def parse_uri(uri: str, schemes: tuple[str, str], **kwargs: Any) -> Config:
             value = _from_text(name, option, value, bad)
         options[option] = value
     try:
-        client_kwargs(location, options, setting)  # reads the token and PEM files now
+        kwargs = client_kwargs(location, options, setting)  # reads the token and PEM files
     except ConfigError as err:
         raise bad(_names(str(err).split(": ", 1)[-1])) from err
+    try:  # what the client's constructor checks: a token in cleartext off this machine, ...
+        Transport.make(
+            kwargs["target"],
+            kwargs["token"],
+            (),
+            tls=kwargs["tls"],
+            root_certificates=kwargs.get("root_certificates"),
+            private_key=kwargs.get("private_key"),
+            certificate_chain=kwargs.get("certificate_chain"),
+            allow_insecure_token=kwargs["allow_insecure_token"],
+        )
+    except ValueError as err:
+        raise bad(str(err)) from err
     return Config(location, options, namespace, setting)
 
 
@@ -278,6 +292,11 @@ def _get_sliding_window(key: str, expiry: int) -> _Op[tuple[int, float, int, flo
     now = time.time()
     previous_key, current_key = base.TimestampedSlidingWindow.sliding_window_keys(key, expiry, now)
     found = yield _rpc("get_many", [previous_key, current_key])
+    # The TTLs as of the answer (the caller adds them to its clock next), unless the window
+    # turned over during the call.
+    answered = time.time()
+    if int(answered / expiry) == int(now / expiry):
+        now = answered
     return _window(_count(found[previous_key]), _count(found[current_key]), expiry, now)
 
 

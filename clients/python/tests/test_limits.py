@@ -262,8 +262,10 @@ def test_uri_forms() -> None:
     assert storage_from_string("larder://[::1]:7000").config.location == "[::1]:7000"
     unix = storage_from_string("larder+unix:///run/larder/larder.sock")
     assert unix.config.location == "unix:/run/larder/larder.sock"
-    tls = storage_from_string("larder://h:1?tls=true&allow_insecure_token=yes")
-    assert tls.config.options == {"TLS": True, "ALLOW_INSECURE_TOKEN": True}
+    tls = storage_from_string("larder://h:1?tls=true&allow_insecure_token=no")
+    assert tls.config.options == {"TLS": True, "ALLOW_INSECURE_TOKEN": False}
+    trusted = storage_from_string("larder://10.1.2.3:7379?token=t&allow_insecure_token=true")
+    assert trusted.config.options == {"TOKEN": "t", "ALLOW_INSECURE_TOKEN": True}
 
 
 @pytest.mark.parametrize(
@@ -284,6 +286,8 @@ def test_uri_forms() -> None:
         ("larder://h:99999", "invalid port"),
         ("larder://user:secret@h:1", "give the token as ?token="),
         ("larder+unix://run/larder.sock", "(three slashes)"),
+        ("larder://10.1.2.3:7379?token=t", "refusing to send the token in cleartext"),
+        ("larder+unix:///run/l.sock?tls=1", "tls=True over a Unix socket is not supported"),
     ],
 )
 def test_bad_configuration_names_the_parameter(uri: str, message: str) -> None:
