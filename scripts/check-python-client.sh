@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # check-python-client.sh: the Python side, as a user installs it. Builds the larder-server wheel,
-# installs it and `./clients/python[test,django,zstd]` into a fresh venv, then runs, against the
+# installs it and `./clients/python` with its extras into a fresh venv, then runs, against the
 # `larder` that the wheel put on that venv's PATH:
-#   - ruff (check and format) over clients/python;
-#   - the client's pytest suite (blocking and asyncio clients, TLS, the Django adapters);
+#   - ruff (check and format) over clients/python and examples;
+#   - the client's pytest suite (both clients, TLS, the Django, Flask, Starlette adapters);
 #   - Django's own cache and session test suites, from the pinned Django sdist, with
 #     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
+#   - Flask-Caching's and cachelib's own backend tests (clients/python/tests/flask_suite/run.py);
+#   - the example apps' tests (examples/*/tests), each app under its production server;
 #   - then, for each other pinned Django (the LTS releases in
 #     clients/python/tests/django_suite/DJANGO_VERSION), the adapters' pytest tests and
 #     that version's own suites again.
@@ -42,11 +44,13 @@ echo "larder: $larder"
 mapfile -t djangos <clients/python/tests/django_suite/DJANGO_VERSION
 django="${djangos[0]}"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  "./clients/python[test,django,zstd]" "Django==$django" ruff
+  "./clients/python[test,django,zstd,flask,starlette]" "Django==$django" ruff \
+  -r clients/python/tests/requirements.txt
 rm -rf clients/python/build clients/python/*.egg-info
 
-echo "== ruff check and ruff format --check (clients/python)"
+echo "== ruff check and ruff format --check (clients/python, examples)"
 (cd clients/python && "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check .)
+(cd examples && "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check .)
 
 # The suite imports the installed package (pytest's entry point keeps the source tree off
 # sys.path), so a package whose stubs were not generated fails here.
@@ -58,6 +62,12 @@ echo "== pytest (clients/python/tests)"
 echo "== Django $django's own cache and session tests against Larder"
 "$venv/bin/python" clients/python/tests/django_suite/run.py --larder-bin "$larder" \
   --django-version "$django"
+
+echo "== Flask-Caching's and cachelib's own backend tests against Larder"
+"$venv/bin/python" clients/python/tests/flask_suite/run.py --larder-bin "$larder"
+
+echo "== examples/django under gunicorn with 4 workers, against the daemon"
+(cd examples/django && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
 for django in "${djangos[@]:1}"; do
   echo "== Django $django: the adapters' tests, and its own cache and session tests"
