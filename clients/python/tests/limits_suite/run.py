@@ -16,6 +16,10 @@
    need no storage service at all.
 4. The daemon is stopped with SIGTERM and must exit with status 0.
 
+What the suite needs is in ``suite-requirements.txt`` beside this file, pinned as the sdist's
+lock file pins it: install it into a virtual environment of its own (the suite does not start
+under the newest pytest and pytest-asyncio) and run this script with that environment's Python.
+
 The exit status is pytest's, or 1 when the daemon failed. ``larder_client`` is imported from
 the installed package when there is one, else from this source tree (whose gRPC stubs are
 generated first if missing). Extra arguments go to pytest (e.g. ``-k larder``).
