@@ -22,9 +22,10 @@ in Python from counters and logs the storage keeps, which RateLimitService does 
   EXPIRE on a new key), ``get`` is Get, ``get_expiry`` is Get's remaining TTL, ``clear`` is
   Delete;
 - moving window: each key holds the exact log of the last ``limit`` timestamps (newest first,
-  little-endian doubles) in the namespace ``NAMESPACE:moving-window``; ``acquire_entry`` reads it with its version and writes the new log by
-  compare-and-set (SET IF_ABSENT for a new key), retrying when another caller wrote first, so
-  callers in any number of processes never admit more than ``limit`` in ``expiry`` seconds;
+  little-endian doubles) in the namespace ``NAMESPACE:moving-window``; ``acquire_entry``
+  reads it with its version and writes the new log by compare-and-set (SET IF_ABSENT for a
+  new key), retrying when another caller wrote first, so callers in any number of processes
+  never admit more than ``limit`` in ``expiry`` seconds;
 - sliding window counter: a counter per window aligned to the period (``key/N``, created with
   twice the period as TTL), read two at a time with GetMany; an acquisition Increments the
   current one and, when that took the weighted count over the limit, takes it back with
@@ -150,19 +151,19 @@ def parse_uri(uri: str, schemes: tuple[str, str], **kwargs: Any) -> Config:
             value = _from_text(name, option, value, bad)
         options[option] = value
     try:
-        kwargs = client_kwargs(location, options, setting)  # reads the token and PEM files
+        client = client_kwargs(location, options, setting)  # reads the token and PEM files
     except ConfigError as err:
         raise bad(_names(str(err).split(": ", 1)[-1])) from err
     try:  # what the client's constructor checks: a token in cleartext off this machine, ...
         Transport.make(
-            kwargs["target"],
-            kwargs["token"],
+            client["target"],
+            client["token"],
             (),
-            tls=kwargs["tls"],
-            root_certificates=kwargs.get("root_certificates"),
-            private_key=kwargs.get("private_key"),
-            certificate_chain=kwargs.get("certificate_chain"),
-            allow_insecure_token=kwargs["allow_insecure_token"],
+            tls=client["tls"],
+            root_certificates=client.get("root_certificates"),
+            private_key=client.get("private_key"),
+            certificate_chain=client.get("certificate_chain"),
+            allow_insecure_token=client["allow_insecure_token"],
         )
     except ValueError as err:
         raise bad(str(err)) from err
