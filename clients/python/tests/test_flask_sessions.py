@@ -141,6 +141,17 @@ def test_flasks_tagged_json_round_trips(app: flask.Flask, raw: Larder) -> None:
         assert session["id"] == uuid.UUID(int=7)
 
 
+def test_data_other_programs_wrote_is_left_out_and_left_alone(
+    app: flask.Flask, raw: Larder
+) -> None:
+    data = {"plain": "not json", "odd": '{" t": 5}'}
+    token, _ = raw.sessions.create("anonymous", data, idle_ttl_ms=31 * 24 * 3600 * 1000)
+    client = app.test_client()
+    client.set_cookie("session", token)
+    assert client.post("/set/mine", json=1).json == {"values": {"mine": 1}}
+    assert raw.sessions.get(token).data == {**data, "mine": "1"}
+
+
 def test_only_the_diff_is_saved_so_concurrent_changes_to_other_keys_both_stay(
     daemon: Daemon, raw: Larder
 ) -> None:

@@ -123,8 +123,8 @@ def create_app() -> Flask:
         name = request.form.get("username", "")
         if not users.authenticate(app.config["SHOP_DB"], name, request.form.get("password", "")):
             return answer({"error": "invalid_login"}, status=403)
+        session.permanent = True  # the cookie lasts PERMANENT_SESSION_LIFETIME, not the browser
         login_session(name)  # a new session (and token) under the user's id
-        session.permanent = True
         return answer({"user": name})
 
     @app.post("/logout-everywhere/")

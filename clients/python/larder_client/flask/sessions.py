@@ -205,7 +205,7 @@ class LarderSession(SessionMixin):
         for key, text in server.data.items():
             try:
                 self.values[key] = _serializer.loads(text)
-            except ValueError:
+            except (ValueError, TypeError, KeyError):
                 continue  # another program's format: left out, and left alone
             self.stored[key] = text
 
