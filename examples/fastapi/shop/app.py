@@ -65,21 +65,26 @@ def larder() -> aio.Larder:
 async def get_or_build(key: str, build: Callable[[], Awaitable[bytes]], ttl_ms: int) -> bytes:
     """The cached value of ``key``, or what ``build()`` makes, stored for ``ttl_ms``.
 
-    A daemon that cannot answer is a miss: the value is built (and not stored) and a warning
-    logged, so pages stay up, uncached, while Larder restarts. A mistake of the caller's own
-    (a key over the daemon's limits: ``LarderError``) still raises.
+    Stored only if absent (as Django's ``get_or_set`` adds): when workers build the value at
+    once, the first one stored is what they all answer. A daemon that cannot answer is a miss:
+    the value is built (and not stored) and a warning logged, so pages stay up, uncached,
+    while Larder restarts. A mistake of the caller's own (a key over the daemon's limits:
+    ``LarderError``) still raises.
     """
+    cache = larder().cache
     try:
-        value = await larder().cache.get(key, namespace=CACHE_NAMESPACE)
+        value = await cache.get(key, namespace=CACHE_NAMESPACE)
     except grpc.RpcError as err:
         logger.warning("cache unavailable, %s built uncached: %s", key, err.code().name)
         return await build()
-    if value is None:
-        value = await build()
-        try:
-            await larder().cache.set(key, value, ttl_ms=ttl_ms, namespace=CACHE_NAMESPACE)
-        except grpc.RpcError as err:
-            logger.warning("cache unavailable, %s not stored: %s", key, err.code().name)
+    if value is not None:
+        return value
+    value = await build()
+    try:
+        if not await cache.set(key, value, ttl_ms, if_absent=True, namespace=CACHE_NAMESPACE):
+            value = await cache.get(key, namespace=CACHE_NAMESPACE) or value  # stored first
+    except grpc.RpcError as err:
+        logger.warning("cache unavailable, %s not stored: %s", key, err.code().name)
     return value
 
 
@@ -123,6 +128,7 @@ async def catalogue() -> HTMLResponse:
     """A page that is expensive to build, cached for five minutes for every worker."""
 
     async def build() -> bytes:
+        await asyncio.sleep(0.05)  # stands in for the queries that make it expensive
         page = f"<h1>Catalogue</h1><p>built at {time.time():.6f} by worker {os.getpid()}</p>"
         return page.encode()
 

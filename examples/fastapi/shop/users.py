@@ -3,9 +3,9 @@
     SHOP_DB=shop.sqlite3 python -m shop.users add alice   # asks for the password
     SHOP_PASSWORD=... python -m shop.users add alice      # or takes it from the environment
 
-Hashes are ``pbkdf2_sha256$iterations$salt$hash`` (base64), Django's format, with the
-standard library's ``hashlib.pbkdf2_hmac``; checking one costs a few hundred milliseconds
-of CPU, so the app runs it in a thread, off the event loop.
+Hashes are ``pbkdf2_sha256$iterations$salt$hash`` (salt and hash in base64, in the shape of
+Django's), made by the standard library's ``hashlib.pbkdf2_hmac``; checking one costs 100 ms
+or more of CPU, so the app runs it in a thread, off the event loop.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ socket, which survives its restarts.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from larder_client import aio
 
 HERE = Path(__file__).resolve().parent
 APP = HERE.parent
@@ -178,6 +180,21 @@ def test_a_cached_page_survives_a_daemon_restart(shop: Shop) -> None:
     assert shop.daemon.restart() == 0
     for _ in range(WORKERS * 2):
         assert client.get("/catalogue").text == page
+
+
+def test_workers_building_the_page_at_once_all_answer_the_one_stored_first(shop: Shop) -> None:
+    async def forget() -> None:
+        async with aio.Larder(shop.daemon.unix_target) as larder:
+            await larder.cache.delete("catalogue-page", namespace="shop")
+
+    asyncio.run(forget())
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: shop.client().get("/catalogue"), range(8)))
+    assert [r.status_code for r in answers] == [200] * 8
+    assert len({r.headers["X-Worker"] for r in answers}) >= 2
+    pages = {r.text for r in answers}
+    assert len(pages) == 1, f"{len(pages)} different pages answered"
+    assert shop.client().get("/catalogue").text in pages
 
 
 def test_a_daemon_restart_during_traffic_costs_no_500s(shop: Shop) -> None:
