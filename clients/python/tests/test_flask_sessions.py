@@ -361,3 +361,31 @@ def test_settings_are_checked_at_init_app(daemon: Daemon) -> None:
         app.session_interface.save_session(app, s, flask.Response())
         server = s.server
     assert server.absolute_expires_at_ms - server.created_at_ms == 3600 * 1000
+
+
+def test_a_new_lifetime_moves_the_session_at_its_next_write(daemon: Daemon, raw: Larder) -> None:
+    app = make_app(daemon.unix_target, PERMANENT_SESSION_LIFETIME=600)
+    client = app.test_client()
+    client.post("/set/a", json=1)
+    first = token_of(client)
+    assert raw.sessions.get(first).idle_ttl_ms == 600_000
+    client.get("/")  # a read changes nothing
+    assert token_of(client) == first
+    app.config["PERMANENT_SESSION_LIFETIME"] = dt.timedelta(minutes=20)
+    client.post("/set/b", json=2)
+    second = token_of(client)
+    assert second != first and raw.sessions.get(first) is None
+    moved = raw.sessions.get(second)
+    assert moved.idle_ttl_ms == 1_200_000
+    assert moved.data == {"a": "1", "b": "2"}
+
+
+def test_revoke_user_sessions_outside_a_request(app: flask.Flask, raw: Larder) -> None:
+    user = f"u{uuid.uuid4().hex[:8]}"
+    clients = [app.test_client() for _ in range(2)]
+    for c in clients:
+        c.post(f"/login/{user}")
+    with app.app_context():
+        assert revoke_user_sessions(user, app=app) == 2
+    assert [c.get("/").json["user"] for c in clients] == [None, None]
+    assert raw.sessions.list(user).sessions == []
