@@ -46,7 +46,8 @@ logger = logging.getLogger("shop")
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     users.connect().close()  # creates the table on a first start
-    async with aio.Larder(**client_kwargs(LARDER_LOCATION, LARDER_OPTIONS, "LARDER")) as larder:
+    connection = client_kwargs(LARDER_LOCATION, LARDER_OPTIONS, "LARDER_LOCATION")
+    async with aio.Larder(**connection) as larder:
         app.state.larder = larder
         yield
 
