@@ -7,6 +7,7 @@
 #   - Django's own cache and session test suites, from the pinned Django sdist, with
 #     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
 #   - Flask-Caching's and cachelib's own backend tests (clients/python/tests/flask_suite/run.py);
+#   - the limits package's own storage and strategy tests (tests/limits_suite/run.py);
 #   - the example apps' tests (examples/*/tests), each app under its production server;
 #   - then, for each other pinned Django (the LTS releases in
 #     clients/python/tests/django_suite/DJANGO_VERSION), the adapters' pytest tests and
@@ -66,8 +67,20 @@ echo "== Django $django's own cache and session tests against Larder"
 echo "== Flask-Caching's and cachelib's own backend tests against Larder"
 "$venv/bin/python" clients/python/tests/flask_suite/run.py --larder-bin "$larder"
 
+echo "== the limits package's own storage and strategy tests against Larder"
+# In a venv of its own: the suite needs the pytest and pytest-asyncio its lock file names.
+suite_venv="$tools/python-limits-suite-venv"
+python_venv "$suite_venv"
+"$suite_venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python \
+  -r clients/python/tests/limits_suite/suite-requirements.txt
+rm -rf clients/python/build clients/python/*.egg-info
+"$suite_venv/bin/python" clients/python/tests/limits_suite/run.py --larder-bin "$larder"
+
 echo "== examples/django under gunicorn with 4 workers, against the daemon"
 (cd examples/django && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+echo "== examples/flask under gunicorn with 4 workers, against the daemon"
+(cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
 for django in "${djangos[@]:1}"; do
   echo "== Django $django: the adapters' tests, and its own cache and session tests"
