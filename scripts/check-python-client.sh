@@ -79,6 +79,9 @@ rm -rf clients/python/build clients/python/*.egg-info
 echo "== examples/django under gunicorn with 4 workers, against the daemon"
 (cd examples/django && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
+echo "== examples/fastapi under gunicorn with 4 uvicorn workers, against the daemon"
+(cd examples/fastapi && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
 echo "== examples/flask under gunicorn with 4 workers, against the daemon"
 (cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 

@@ -51,10 +51,11 @@ class Daemon:
             *(extra_args or []),
         ]
         self._args, self._env = args, env
-        self._start()
+        self.start()
         self.unix_target = f"unix:{self.socket}"
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Starts the daemon (again, after ``stop``) on this data directory and socket."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by stop or cleanup)
         self._logged = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
@@ -68,7 +69,7 @@ class Daemon:
         is a new one."""
         status = self.stop()
         time.sleep(down_for)
-        self._start()
+        self.start()
         return status
 
     def log(self) -> str:

@@ -234,7 +234,7 @@ def test_with_the_daemon_down_the_page_is_built_uncached_and_a_warning_logged(
     try:
         pages = [client.get("/catalogue") for _ in range(2)]
     finally:
-        shop.daemon._start()  # the same data directory and socket, as restart() does
+        shop.daemon.start()  # the same data directory and socket, as restart() does
     assert [r.status_code for r in pages] == [200, 200]
     texts = [r.text for r in pages]
     assert cached not in texts and texts[0] != texts[1], "built anew while the daemon was down"
