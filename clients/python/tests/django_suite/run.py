@@ -29,124 +29,40 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
 from larder_daemon import Daemon, DaemonError
+from peer_suites import (
+    RunError,
+    checked,
+    default_larder_bin,
+    download,
+    extract,
+    installed_version,
+    python_path,
+    sdist_version,
+)
 
-SOURCE_TREE = HERE.parents[1]  # clients/python
 PINNED = (HERE / "DJANGO_VERSION").read_text().split()
 # The Django test apps each glue app imports from, for glue apps that do not declare them.
 KNOWN_TEST_APPS = {"larder_cache": ["cache"], "larder_sessions": ["sessions_tests"]}
 
 
-class RunError(Exception):
-    """A step before the tests failed; the message says which and why."""
-
-
-def default_larder_bin() -> str:
-    explicit = os.environ.get("LARDER_BIN")
-    if explicit:
-        return explicit
-    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "larder-target"))
-    built = Path(target) / "debug" / "larder"
-    if built.exists():
-        return str(built)
-    return shutil.which("larder") or str(built)
-
-
 # --- Django's sources -----------------------------------------------------------------------
-
-
-def sdist_version(root: Path) -> str:
-    """The version in the sdist's PKG-INFO."""
-    pkg_info = root / "PKG-INFO"
-    if not pkg_info.exists():
-        raise RunError(f"{root} has no PKG-INFO: not an extracted Django source distribution")
-    for line in pkg_info.read_text(errors="replace").splitlines():
-        if line.startswith("Version:"):
-            return line.split(":", 1)[1].strip()
-    raise RunError(f"{pkg_info} names no Version")
-
-
-def extract(archive: Path, into: Path) -> Path:
-    """Extracts an sdist (.tar.gz) into ``into``; returns its top directory."""
-    with tarfile.open(archive) as tar:
-        tops = {name.split("/", 1)[0] for name in tar.getnames()}
-        if len(tops) != 1:
-            raise RunError(f"{archive}: expected one top directory, found {sorted(tops)}")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(into, filter="data")
-        else:  # Python before 3.11.4: the archive comes from PyPI through pip
-            tar.extractall(into)
-    return into / tops.pop()
-
-
-def download(version: str, cache: Path) -> Path:
-    """The extracted sdist of Django ``version`` in ``cache``, downloaded with pip if absent."""
-    target = cache / f"django-{version}"
-    if (target / "tests" / "runtests.py").exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        print(f"run.py: downloading the Django {version} sdist with pip", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-binary",
-                ":all:",
-                "--no-deps",
-                "--dest",
-                scratch,
-                f"Django=={version}",
-            ],
-            check=True,
-        )
-        archives = list(Path(scratch).glob("[Dd]jango-*.tar.gz"))
-        if len(archives) != 1:
-            raise RunError(f"pip download left {archives}, not one Django sdist")
-        top = extract(archives[0], Path(scratch) / "x")
-        shutil.rmtree(target, ignore_errors=True)
-        top.rename(target)
-    return target
 
 
 def django_sources(src: str | None, version: str, cache: Path, scratch: Path) -> Path:
     if src is None:
-        root = download(version, cache)
-    elif Path(src).is_file():
-        root = extract(Path(src), scratch)
-    else:
-        root = Path(src)
-    if not (root / "tests" / "runtests.py").exists():
-        raise RunError(f"{root} has no tests/runtests.py: not Django's source distribution")
-    return root.resolve()
-
-
-def installed_django() -> str:
-    try:
-        import django
-    except ImportError as err:
-        raise RunError(
-            f"Django is not installed for {sys.executable}: pip install Django=={PINNED[0]}"
-        ) from err
-    return django.__version__
-
-
-# --- the daemon ------------------------------------------------------------------------------
+        return download("Django", version, cache, "runtests.py")
+    root = extract(Path(src), scratch) if Path(src).is_file() else Path(src)
+    return checked(root, "Django", "runtests.py")
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -178,24 +94,13 @@ def test_apps(app: Path) -> list[str]:
     raise RunError(f"{app.name}: name the Django test apps it needs in DJANGO_TEST_APPS")
 
 
-def python_path() -> str:
-    """PYTHONPATH for runtests.py: the installed larder_client, else this source tree."""
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if importlib.util.find_spec("larder_client") is None:
-        if not (SOURCE_TREE / "larder_client" / "_gen").exists():
-            subprocess.run([sys.executable, str(SOURCE_TREE / "generate.py")], check=True)
-        paths.insert(0, str(SOURCE_TREE))
-        print(f"run.py: larder_client from the source tree {SOURCE_TREE}", flush=True)
-    return os.pathsep.join(paths)
-
-
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="larder-dj-src-") as scratch:
         root = django_sources(
             args.django_src, args.django_version, Path(args.cache_dir), Path(scratch)
         )
         version = sdist_version(root)
-        have = installed_django()
+        have = installed_version("Django", f"Django=={PINNED[0]}")
         if have != version:
             raise RunError(
                 f"the installed Django is {have}, the sdist's tests are Django {version}'s: "

@@ -28,22 +28,18 @@ generated first if missing).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
 from larder_daemon import Daemon, DaemonError
+from peer_suites import RunError, default_larder_bin, download, installed_version, python_path
 
-SOURCE_TREE = HERE.parents[1]  # clients/python
 REQUIREMENTS = HERE / "requirements.txt"
 
 
@@ -74,10 +70,6 @@ SUITES = {
 }
 
 
-class RunError(Exception):
-    """A step before the tests failed; the message says which and why."""
-
-
 def pinned() -> dict[str, str]:
     """Distribution name (lower case) -> pinned version, from requirements.txt."""
     pins = {}
@@ -89,102 +81,13 @@ def pinned() -> dict[str, str]:
     return pins
 
 
-def default_larder_bin() -> str:
-    explicit = os.environ.get("LARDER_BIN")
-    if explicit:
-        return explicit
-    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "larder-target"))
-    built = Path(target) / "debug" / "larder"
-    if built.exists():
-        return str(built)
-    return shutil.which("larder") or str(built)
-
-
-def sdist_version(root: Path) -> str:
-    """The version in the sdist's PKG-INFO."""
-    pkg_info = root / "PKG-INFO"
-    if not pkg_info.exists():
-        raise RunError(f"{root} has no PKG-INFO: not an extracted source distribution")
-    for line in pkg_info.read_text(errors="replace").splitlines():
-        if line.startswith("Version:"):
-            return line.split(":", 1)[1].strip()
-    raise RunError(f"{pkg_info} names no Version")
-
-
-def extract(archive: Path, into: Path) -> Path:
-    """Extracts an sdist (.tar.gz) into ``into``; returns its top directory."""
-    with tarfile.open(archive) as tar:
-        tops = {name.split("/", 1)[0] for name in tar.getnames()}
-        if len(tops) != 1:
-            raise RunError(f"{archive}: expected one top directory, found {sorted(tops)}")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(into, filter="data")
-        else:  # Python before 3.11.4: the archive comes from PyPI through pip
-            tar.extractall(into)
-    return into / tops.pop()
-
-
-def sources(suite: Suite, version: str, cache: Path) -> Path:
-    """The extracted sdist of ``suite``'s package at ``version`` in ``cache``, downloaded
-    with pip if absent."""
-    target = cache / f"{suite.dist.lower().replace('-', '_')}-{version}"
-    if not (target / "tests" / suite.marker).exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as scratch:
-            print(f"run.py: downloading the {suite.dist} {version} sdist with pip", flush=True)
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--no-binary",
-                    ":all:",
-                    "--no-deps",
-                    "--dest",
-                    scratch,
-                    f"{suite.dist}=={version}",
-                ],
-                check=True,
-            )
-            archives = list(Path(scratch).glob("*.tar.gz"))
-            if len(archives) != 1:
-                raise RunError(f"pip download left {archives}, not one {suite.dist} sdist")
-            top = extract(archives[0], Path(scratch) / "x")
-            shutil.rmtree(target, ignore_errors=True)
-            top.rename(target)
-    if not (target / "tests" / suite.marker).exists():
-        raise RunError(f"{target} has no tests/{suite.marker}: not {suite.dist}'s sdist")
-    if sdist_version(target) != version:
-        raise RunError(f"{target} is {suite.dist} {sdist_version(target)}, not {version}")
-    return target.resolve()
-
-
 def check_installed(suite: Suite, version: str) -> None:
-    try:
-        have = importlib.metadata.version(suite.dist)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise RunError(
-            f"{suite.dist} is not installed for {sys.executable}: pip install -r {REQUIREMENTS}"
-        ) from err
+    have = installed_version(suite.dist, f"-r {REQUIREMENTS}")
     if have != version:
         raise RunError(
             f"the installed {suite.dist} is {have}, the pinned sdist's tests are {version}'s: "
             f"pip install -r {REQUIREMENTS}"
         )
-
-
-def python_path() -> str:
-    """PYTHONPATH for pytest: the installed larder_client, else this source tree."""
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if importlib.util.find_spec("larder_client") is None:
-        if not (SOURCE_TREE / "larder_client" / "_gen").exists():
-            subprocess.run([sys.executable, str(SOURCE_TREE / "generate.py")], check=True)
-        paths.insert(0, str(SOURCE_TREE))
-        print(f"run.py: larder_client from the source tree {SOURCE_TREE}", flush=True)
-    return os.pathsep.join(paths)
 
 
 def run_suite(suite: Suite, root: Path, env: dict[str, str], verbose: bool) -> int:
@@ -222,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if version is None:
             raise RunError(f"{REQUIREMENTS} pins no {suite.dist} version")
         check_installed(suite, version)
-        roots[suite.name] = sources(suite, version, Path(args.cache_dir))
+        roots[suite.name] = download(suite.dist, version, Path(args.cache_dir), suite.marker)
         print(f"run.py: {suite.dist} {version} from {roots[suite.name]}", flush=True)
     env = dict(os.environ, PYTHONPATH=python_path())
     daemon = Daemon(args.larder_bin, prefix="larder-fc-")

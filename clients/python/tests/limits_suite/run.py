@@ -28,20 +28,26 @@ generated first if missing). Extra arguments go to pytest (e.g. ``-k larder``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
 from larder_daemon import Daemon, DaemonError
+from peer_suites import (
+    RunError,
+    checked,
+    default_larder_bin,
+    download,
+    extract,
+    installed_version,
+    python_path,
+    sdist_version,
+)
 
-SOURCE_TREE = HERE.parents[1]  # clients/python
 PINNED = (HERE / "LIMITS_VERSION").read_text().split()[0]
 FILES = [
     "tests/test_storage.py",
@@ -55,124 +61,26 @@ NOT_RUN = "redis or redis_sentinel or redis_cluster or memcached or mongodb or v
 MARKS = f"not ({NOT_RUN} or valkey_cluster)"
 
 
-class RunError(Exception):
-    """A step before the tests failed; the message says which and why."""
-
-
-def default_larder_bin() -> str:
-    explicit = os.environ.get("LARDER_BIN")
-    if explicit:
-        return explicit
-    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "larder-target"))
-    built = Path(target) / "debug" / "larder"
-    if built.exists():
-        return str(built)
-    return shutil.which("larder") or str(built)
-
-
-def sdist_version(root: Path) -> str:
-    pkg_info = root / "PKG-INFO"
-    if not pkg_info.exists():
-        raise RunError(f"{root} has no PKG-INFO: not an extracted limits source distribution")
-    for line in pkg_info.read_text(errors="replace").splitlines():
-        if line.startswith("Version:"):
-            return line.split(":", 1)[1].strip()
-    raise RunError(f"{pkg_info} names no Version")
-
-
-def extract(archive: Path, into: Path) -> Path:
-    """Extracts an sdist (.tar.gz) into ``into``; returns its top directory."""
-    with tarfile.open(archive) as tar:
-        tops = {name.split("/", 1)[0] for name in tar.getnames()}
-        if len(tops) != 1:
-            raise RunError(f"{archive}: expected one top directory, found {sorted(tops)}")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(into, filter="data")
-        else:  # Python before 3.11.4: the archive comes from PyPI through pip
-            tar.extractall(into)
-    return into / tops.pop()
-
-
-def download(version: str, cache: Path) -> Path:
-    """The extracted sdist of limits ``version`` in ``cache``, downloaded with pip if absent."""
-    target = cache / f"limits-{version}"
-    if (target / "tests" / "test_storage.py").exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        print(f"run.py: downloading the limits {version} sdist with pip", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-binary",
-                ":all:",
-                "--no-deps",
-                "--dest",
-                scratch,
-                f"limits=={version}",
-            ],
-            check=True,
-        )
-        archives = list(Path(scratch).glob("limits-*.tar.gz"))
-        if len(archives) != 1:
-            raise RunError(f"pip download left {archives}, not one limits sdist")
-        top = extract(archives[0], Path(scratch) / "x")
-        shutil.rmtree(target, ignore_errors=True)
-        top.rename(target)
-    return target
-
-
 def limits_sources(src: str | None, cache: Path, scratch: Path) -> Path:
     if src is None:
-        root = download(PINNED, cache)
-    elif Path(src).is_file():
-        root = extract(Path(src), scratch)
-    else:
-        root = Path(src)
-    if not (root / "tests" / "test_storage.py").exists():
-        raise RunError(f"{root} has no tests/test_storage.py: not the limits sdist")
-    return root.resolve()
-
-
-def installed_limits() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("limits")
-    except PackageNotFoundError as err:
-        raise RunError(
-            f"limits is not installed for {sys.executable}: pip install limits=={PINNED}"
-        ) from err
-
-
-def python_path() -> str:
-    """PYTHONPATH for pytest: the glue plugin, and the installed larder_client or this tree."""
-    paths = [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if importlib.util.find_spec("larder_client") is None:
-        if not (SOURCE_TREE / "larder_client" / "_gen").exists():
-            subprocess.run([sys.executable, str(SOURCE_TREE / "generate.py")], check=True)
-        paths.insert(1, str(SOURCE_TREE))
-        print(f"run.py: larder_client from the source tree {SOURCE_TREE}", flush=True)
-    return os.pathsep.join(paths)
+        return download("limits", PINNED, cache, "test_storage.py")
+    root = extract(Path(src), scratch) if Path(src).is_file() else Path(src)
+    return checked(root, "limits", "test_storage.py")
 
 
 def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="larder-limits-src-") as scratch:
         root = limits_sources(args.limits_src, Path(args.cache_dir), Path(scratch))
         version = sdist_version(root)
-        have = installed_limits()
+        have = installed_version("limits", f"limits=={PINNED}")
         if have != version:
             raise RunError(
                 f"the installed limits is {have}, the sdist's tests are limits {version}'s: "
                 f"install limits=={version} (or pass the sdist of {have})"
             )
         print(f"run.py: limits {version} from {root}", flush=True)
-        env = dict(os.environ, PYTHONPATH=python_path())
+        # The glue plugin beside this file comes first.
+        env = dict(os.environ, PYTHONPATH=python_path((str(HERE),)))
         env.pop("CI", None)  # the suite's fixtures sleep 10 s per service when CI=True
         daemon = Daemon(args.larder_bin, prefix="larder-limits-")
         try:
