@@ -9,6 +9,7 @@ suite imports ``larder_client``.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
 import os
@@ -18,6 +19,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from larder_daemon import Daemon
 
 SOURCE_TREE = Path(__file__).resolve().parents[1]  # clients/python
 
@@ -116,3 +119,26 @@ def python_path(first: tuple[str, ...] = ()) -> str:
         print(f"run.py: larder_client from the source tree {SOURCE_TREE}", flush=True)
     paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return os.pathsep.join(paths)
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every runner takes: the daemon binary and where sdists are kept."""
+    parser.add_argument("--larder-bin", default=default_larder_bin(), help="the larder binary")
+    parser.add_argument(
+        "--cache-dir",
+        default=str(Path.home() / ".cache" / "larder-ci-tools"),
+        help="where the downloaded sdists are kept",
+    )
+
+
+def stop_and_judge(daemon: Daemon, status: int, what: str) -> int:
+    """Stops ``daemon`` (SIGTERM) and removes its directory; the run's exit status:
+    ``status`` (what ``what`` exited with), or 1 at least when the daemon did not exit 0."""
+    exit_status = daemon.stop()
+    log = daemon.log()
+    daemon.cleanup()
+    if exit_status != 0:
+        print(f"run.py: larder exited with {exit_status} after SIGTERM:\n{log}", flush=True)
+        return status or 1
+    print(f"run.py: larder stopped with status 0; {what} exited {status}", flush=True)
+    return status

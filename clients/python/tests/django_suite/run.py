@@ -42,12 +42,13 @@ from larder_daemon import Daemon, DaemonError
 from peer_suites import (
     RunError,
     checked,
-    default_larder_bin,
+    common_arguments,
     download,
     extract,
     installed_version,
     python_path,
     sdist_version,
+    stop_and_judge,
 )
 
 PINNED = (HERE / "DJANGO_VERSION").read_text().split()
@@ -136,22 +137,18 @@ def run(args: argparse.Namespace) -> int:
             ]
             print(f"run.py: (cd {tests} && {' '.join(command[1:])})", flush=True)
             status = subprocess.run(command, cwd=tests, env=env, check=False).returncode
+        except BaseException:
+            stop_and_judge(daemon, 1, "the run")
+            raise
         finally:
             for dest in copied:
                 shutil.rmtree(dest, ignore_errors=True)
-            exit_status = daemon.stop()
-            log = daemon.log()
-            daemon.cleanup()
-        if exit_status != 0:
-            print(f"run.py: larder exited with {exit_status} after SIGTERM:\n{log}", flush=True)
-            return status or 1
-        print(f"run.py: larder stopped with status 0; runtests.py exited {status}", flush=True)
-        return status
+        return stop_and_judge(daemon, status, "runtests.py")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--larder-bin", default=default_larder_bin(), help="the larder binary")
+    common_arguments(parser)
     parser.add_argument(
         "--django-src",
         help="an extracted Django sdist or a .tar.gz (default: --django-version's, downloaded)",
@@ -161,11 +158,6 @@ def main() -> int:
         default=PINNED[0],
         choices=PINNED,
         help=f"the pinned Django whose sdist to download (default {PINNED[0]})",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=str(Path.home() / ".cache" / "larder-ci-tools"),
-        help="where the downloaded sdist is kept",
     )
     parser.add_argument("--verbosity", type=int, default=2, help="runtests.py's (default 2)")
     parser.add_argument("apps", nargs="*", help="glue apps to run (default: every larder_*)")

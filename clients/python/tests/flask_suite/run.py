@@ -38,7 +38,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
 from larder_daemon import Daemon, DaemonError
-from peer_suites import RunError, default_larder_bin, download, installed_version, python_path
+from peer_suites import (
+    RunError,
+    common_arguments,
+    download,
+    installed_version,
+    python_path,
+    stop_and_judge,
+)
 
 REQUIREMENTS = HERE / "requirements.txt"
 
@@ -138,26 +145,15 @@ def run(args: argparse.Namespace) -> int:
             status = run_suite(suite, roots[suite.name], env, args.verbose)
             print(f"run.py: {suite.dist}'s suite: pytest exited {status}", flush=True)
             statuses.append(status)
-    finally:
-        exit_status = daemon.stop()
-        log = daemon.log()
-        daemon.cleanup()
-    status = next((s for s in statuses if s != 0), 0)
-    if exit_status != 0:
-        print(f"run.py: larder exited with {exit_status} after SIGTERM:\n{log}", flush=True)
-        return status or 1
-    print(f"run.py: larder stopped with status 0; exit status {status}", flush=True)
-    return status
+    except BaseException:
+        stop_and_judge(daemon, 1, "the run")
+        raise
+    return stop_and_judge(daemon, next((s for s in statuses if s != 0), 0), "the suites")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--larder-bin", default=default_larder_bin(), help="the larder binary")
-    parser.add_argument(
-        "--cache-dir",
-        default=str(Path.home() / ".cache" / "larder-ci-tools"),
-        help="where the downloaded sdists are kept",
-    )
+    common_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="pytest -v (default -q)")
     parser.add_argument(
         "suites", nargs="*", help=f"suites to run: {', '.join(SUITES)} (default: all)"

@@ -40,12 +40,13 @@ from larder_daemon import Daemon, DaemonError
 from peer_suites import (
     RunError,
     checked,
-    default_larder_bin,
+    common_arguments,
     download,
     extract,
     installed_version,
     python_path,
     sdist_version,
+    stop_and_judge,
 )
 
 PINNED = (HERE / "LIMITS_VERSION").read_text().split()[0]
@@ -102,28 +103,18 @@ def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
             ]
             print(f"run.py: (cd {root} && {' '.join(command[1:])})", flush=True)
             status = subprocess.run(command, cwd=root, env=env, check=False).returncode
-        finally:
-            exit_status = daemon.stop()
-            log = daemon.log()
-            daemon.cleanup()
-        if exit_status != 0:
-            print(f"run.py: larder exited with {exit_status} after SIGTERM:\n{log}", flush=True)
-            return status or 1
-        print(f"run.py: larder stopped with status 0; pytest exited {status}", flush=True)
-        return status
+        except BaseException:
+            stop_and_judge(daemon, 1, "the run")
+            raise
+        return stop_and_judge(daemon, status, "pytest")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--larder-bin", default=default_larder_bin(), help="the larder binary")
+    common_arguments(parser)
     parser.add_argument(
         "--limits-src",
         help=f"an extracted limits sdist or a .tar.gz (default: {PINNED}'s, downloaded)",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=str(Path.home() / ".cache" / "larder-ci-tools"),
-        help="where the downloaded sdist is kept",
     )
     args, pytest_args = parser.parse_known_args()
     try:
