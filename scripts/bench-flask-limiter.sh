@@ -27,7 +27,7 @@
 # (temporary data dir, Unix socket only) and a fresh Redis (appendonly yes, appendfsync
 # everysec, as scripts/bench-vs-redis.sh runs it; a free loopback port and a Unix socket);
 # both are stopped at the end. Installs Debian's redis-server and wrk if missing. Nothing
-# listens beyond 127.0.0.1. Not run by CI: it takes about 10 minutes.
+# listens beyond 127.0.0.1. Not run by CI: it takes about 8 minutes.
 #
 # Environment: BENCH_SECONDS (timed seconds per admitted cell, 10, at most 600), BENCH_ROUNDS
 # (3, at most 20), BENCH_DENIED_SECONDS (timed seconds per denied cell, 5; 0 skips them),
@@ -323,8 +323,9 @@ for kind in ("admitted", "denied"):
     if not strategies:
         continue
     if kind == "admitted":
+        n = rows[0]["clients"]
         print("Every request admitted (the limit far above the load), requests spread over "
-              f"{rows[0]['clients']:,} client addresses per cell.\n")
+              f"{n:,} client address{'' if n == 1 else 'es'} per cell.\n")
     else:
         print("The real limit, 60 a minute, one client address: all but the first 60 "
               "requests answered 429.\n")
