@@ -21,8 +21,9 @@ in Python from counters and logs the storage keeps, which RateLimitService does 
 - fixed window: ``incr`` is Increment with the window's TTL given at creation (Redis INCR with
   EXPIRE on a new key), ``get`` is Get, ``get_expiry`` is Get's remaining TTL, ``clear`` is
   Delete;
-- moving window: each key holds the exact log of the last ``limit`` timestamps (newest first,
-  little-endian doubles) in the namespace ``NAMESPACE:moving-window``; ``acquire_entry``
+- moving window: each key holds the exact log of the timestamps inside the window (at most
+  ``limit``, newest first, little-endian doubles; older ones are dropped at each write) in
+  the namespace ``NAMESPACE:moving-window``; ``acquire_entry``
   reads it with its version and writes the new log by compare-and-set (SET IF_ABSENT for a
   new key), retrying when another caller wrote first, so callers in any number of processes
   never admit more than ``limit`` in ``expiry`` seconds;
@@ -261,12 +262,14 @@ def _acquire_entry(key: str, limit: int, expiry: float, amount: int, logs: str) 
         return False
     while True:
         entry = yield _rpc("get_entry", key, namespace=logs)
-        log = _decode_log(entry.value) if entry is not None else []
         now = time.time()
-        # The entry that would fall out of the last ``limit`` is still inside the window.
-        if len(log) > limit - amount and log[limit - amount] >= now - expiry:
+        # Only the entries still inside the window are kept (newest first): with a limit far
+        # above the traffic, older ones would make the log grow with every hit.
+        log = [t for t in _decode_log(entry.value) if t >= now - expiry] if entry else []
+        # The window holds ``limit`` entries already, counting this one's ``amount``.
+        if len(log) > limit - amount:
             return False
-        value = _encode_log(([now] * amount + log)[:limit])
+        value = _encode_log([now] * amount + log)
         if entry is None:
             if (yield _rpc("set", key, value, _ms(expiry), if_absent=True, namespace=logs)):
                 return True

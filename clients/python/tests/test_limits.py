@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from limits.aio import strategies as aio_strategies
 from limits.errors import ConfigurationError, StorageError
 from limits.storage import storage_from_string
 
+import larder_client.limits
 from larder_client import Larder
 from larder_client.limits import LarderAsyncStorage, LarderStorage
 
@@ -145,6 +147,23 @@ def test_moving_window_is_exact(uri: str) -> None:
     assert limiter.get_window_stats(item, "k").remaining == 1
     assert limiter.hit(item, "k")
     assert not limiter.hit(item, "k")
+
+
+def test_the_moving_window_log_keeps_only_the_entries_inside_the_window(
+    daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1_000_000.0]
+    monkeypatch.setattr(larder_client.limits, "time", SimpleNamespace(time=lambda: clock[0]))
+    namespace = _namespace()
+    storage = storage_from_string(f"larder://{daemon.addr}?namespace={namespace}")
+    for _ in range(5):
+        assert storage.acquire_entry("k", 1000, 60)
+        clock[0] += 20.0  # 5 hits, 20 s apart: a 60 s window holds at most 4 of them
+    with Larder(daemon.addr) as client:
+        raw = client.cache.get("k", f"{namespace}:moving-window")
+    # The last hit kept the 4 entries inside its window (its own and 20, 40, 60 s before).
+    assert raw is not None and len(raw) == 8 * 4, "entries older than the window were kept"
+    assert storage.get_moving_window("k", 1000, 60)[1] == 3  # 20, 40 and 60 s ago
 
 
 def test_sliding_window_primitives(uri: str) -> None:
