@@ -66,6 +66,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -189,6 +190,17 @@ class SessionUnavailable(Exception):
 
     The ``grpc.RpcError`` is ``__cause__``.
     """
+
+
+@contextmanager
+def _reaching_store() -> Iterator[None]:
+    """Turns the daemon being out of reach into ``SessionUnavailable``; other errors pass."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        if _unavailable(err):
+            raise SessionUnavailable("the session store could not be reached") from err
+        raise
 
 
 def _encode(key: Any, value: Any) -> str:
@@ -326,7 +338,7 @@ class SessionControl:
         changed, removed, current = state.changes()
         old_token = state.token
         data = current
-        try:
+        with _reaching_store():
             if old_token is not None:
                 merged = await sessions.update(old_token, changed, removed)
                 if merged is not None:
@@ -336,10 +348,6 @@ class SessionControl:
             )
             if old_token is not None:
                 await sessions.revoke(old_token)
-        except grpc.RpcError as err:
-            if _unavailable(err):
-                raise SessionUnavailable("the session store could not be reached") from err
-            raise
         state.take(token, session)
         state.token_changed, state.ended, state.gone = True, False, False
 
@@ -350,12 +358,8 @@ class SessionControl:
         state.touch()
         if state.token is None:
             return
-        try:
+        with _reaching_store():
             rotated = await self._mw.sessions().rotate(state.token)
-        except grpc.RpcError as err:
-            if _unavailable(err):
-                raise SessionUnavailable("the session store could not be reached") from err
-            raise
         if rotated is None:  # revoked meanwhile
             state.take(None, None)
             state.ended = state.gone = True
@@ -371,12 +375,8 @@ class SessionControl:
         state = self._state
         state.touch()
         if state.token is not None:
-            try:
+            with _reaching_store():
                 await self._mw.sessions().revoke(state.token)
-            except grpc.RpcError as err:
-                if _unavailable(err):
-                    raise SessionUnavailable("the session store could not be reached") from err
-                raise
         state.take(None, None)
         state.ended = True
         state.token_changed = False
@@ -394,12 +394,8 @@ class SessionControl:
             return 1
         assert state.server is not None
         keep = state.server.session_id if keep_current else ""
-        try:
+        with _reaching_store():
             count = await self._mw.sessions().revoke_user(user_id, keep)
-        except grpc.RpcError as err:
-            if _unavailable(err):
-                raise SessionUnavailable("the session store could not be reached") from err
-            raise
         if not keep_current:
             state.take(None, None)
             state.ended = True
@@ -557,7 +553,7 @@ class SessionMiddleware:
             return []  # never touched (or the app got the error): the cookie stays as it was
         changed, removed, current = state.changes() if state.accessed else ({}, [], {})
         sessions = self.sessions() if (changed or removed or current) else None
-        try:
+        with _reaching_store():
             if state.token is not None and (changed or removed):
                 assert sessions is not None and state.server is not None
                 anonymous = state.server.user_id == self.anonymous_user_id
@@ -577,10 +573,6 @@ class SessionMiddleware:
                 )
                 state.take(token, session)
                 state.token_changed = True
-        except grpc.RpcError as err:
-            if _unavailable(err):
-                raise SessionUnavailable("the session store could not be reached") from err
-            raise
         if state.token is not None:
             # A request that used the session sends the cookie again, so that its Max-Age
             # slides as the idle expiry did on the daemon.
