@@ -12,6 +12,7 @@ whether or how a value was compressed:
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any, Protocol
 
@@ -70,8 +71,11 @@ class _Zstandard:
         return self._module.ZstdDecompressor().decompress(data)
 
 
+@functools.cache
 def _zstd() -> Any:
-    """``compression.zstd`` (Python 3.14+), else a ``zstandard`` wrapper, else None."""
+    """``compression.zstd`` (Python 3.14+), else a ``zstandard`` wrapper, else None; looked up
+    once per process (a failed import is not cached by Python and costs a search of sys.path,
+    which every read of a zstd value would otherwise repeat)."""
     try:
         from compression import zstd  # type: ignore[import-not-found]
 
