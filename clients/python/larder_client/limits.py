@@ -41,7 +41,7 @@ from __future__ import annotations
 import struct
 import time
 import urllib.parse
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from math import floor
 from typing import Any, NamedTuple, TypeVar
 
@@ -54,6 +54,7 @@ from . import aio
 from ._channel import Transport
 from ._client import Larder
 from ._invoke import LarderError
+from ._ops import Op, arun, rpc, run
 from ._options import ConfigError, async_client, client_kwargs, sync_client
 
 T = TypeVar("T")
@@ -199,22 +200,7 @@ def _names(message: str) -> str:
     return message
 
 
-# --- the operations, written once ------------------------------------------------------------
-
-
-class _Rpc(NamedTuple):
-    method: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-
-def _rpc(method: str, *args: Any, **kwargs: Any) -> _Rpc:
-    return _Rpc(method, args, kwargs)
-
-
-# An operation yields the cache calls it needs and receives each answer; ``_run`` drives it on
-# the blocking client and ``_arun`` on the asyncio client.
-_Op = Generator[_Rpc, Any, T]
+# --- the operations, written once (larder_client._ops runs them on either client) ----------
 
 
 def _ms(seconds: float) -> int:
@@ -234,34 +220,34 @@ def _encode_log(log: list[float]) -> bytes:
     return struct.pack(f"<{len(log)}d", *log)
 
 
-def _incr(key: str, expiry: float, amount: int) -> _Op[int]:
-    return (yield _rpc("increment", key, amount, _ms(expiry)))
+def _incr(key: str, expiry: float, amount: int) -> Op[int]:
+    return (yield rpc("increment", key, amount, _ms(expiry)))
 
 
-def _get(key: str) -> _Op[int]:
-    return _count((yield _rpc("get", key)))
+def _get(key: str) -> Op[int]:
+    return _count((yield rpc("get", key)))
 
 
-def _get_expiry(key: str) -> _Op[float]:
-    entry = yield _rpc("get_entry", key)
+def _get_expiry(key: str) -> Op[float]:
+    entry = yield rpc("get_entry", key)
     now = time.time()
     return now + entry.ttl_ms / 1000 if entry is not None else now
 
 
-def _clear(key: str, logs: str) -> _Op[None]:
-    yield _rpc("delete", key)
-    yield _rpc("delete", key, namespace=logs)
+def _clear(key: str, logs: str) -> Op[None]:
+    yield rpc("delete", key)
+    yield rpc("delete", key, namespace=logs)
 
 
-def _reset(logs: str) -> _Op[int]:
-    return (yield _rpc("clear")) + (yield _rpc("clear", namespace=logs))
+def _reset(logs: str) -> Op[int]:
+    return (yield rpc("clear")) + (yield rpc("clear", namespace=logs))
 
 
-def _acquire_entry(key: str, limit: int, expiry: float, amount: int, logs: str) -> _Op[bool]:
+def _acquire_entry(key: str, limit: int, expiry: float, amount: int, logs: str) -> Op[bool]:
     if amount > limit:
         return False
     while True:
-        entry = yield _rpc("get_entry", key, namespace=logs)
+        entry = yield rpc("get_entry", key, namespace=logs)
         now = time.time()
         # Only the entries still inside the window are kept (newest first): with a limit far
         # above the traffic, older ones would make the log grow with every hit.
@@ -271,16 +257,16 @@ def _acquire_entry(key: str, limit: int, expiry: float, amount: int, logs: str) 
             return False
         value = _encode_log([now] * amount + log)
         if entry is None:
-            if (yield _rpc("set", key, value, _ms(expiry), if_absent=True, namespace=logs)):
+            if (yield rpc("set", key, value, _ms(expiry), if_absent=True, namespace=logs)):
                 return True
         elif (
-            yield _rpc("compare_and_set", key, value, entry.version, _ms(expiry), namespace=logs)
+            yield rpc("compare_and_set", key, value, entry.version, _ms(expiry), namespace=logs)
         ) is not None:
             return True
 
 
-def _get_moving_window(key: str, expiry: float, logs: str) -> _Op[tuple[float, int]]:
-    value = yield _rpc("get", key, namespace=logs)
+def _get_moving_window(key: str, expiry: float, logs: str) -> Op[tuple[float, int]]:
+    value = yield rpc("get", key, namespace=logs)
     now = time.time()
     inside = [t for t in _decode_log(value) if t >= now - expiry] if value else []
     return (inside[-1], len(inside)) if inside else (now, 0)
@@ -292,10 +278,10 @@ def _window(previous: int, current: int, expiry: int, now: float) -> tuple[int, 
     return previous, previous_ttl, current, current_ttl
 
 
-def _get_sliding_window(key: str, expiry: int) -> _Op[tuple[int, float, int, float]]:
+def _get_sliding_window(key: str, expiry: int) -> Op[tuple[int, float, int, float]]:
     now = time.time()
     previous_key, current_key = base.TimestampedSlidingWindow.sliding_window_keys(key, expiry, now)
-    found = yield _rpc("get_many", [previous_key, current_key])
+    found = yield rpc("get_many", [previous_key, current_key])
     # The TTLs as of the answer (the caller adds them to its clock next), unless the window
     # turned over during the call.
     answered = time.time()
@@ -304,29 +290,29 @@ def _get_sliding_window(key: str, expiry: int) -> _Op[tuple[int, float, int, flo
     return _window(_count(found[previous_key]), _count(found[current_key]), expiry, now)
 
 
-def _acquire_sliding_window_entry(key: str, limit: int, expiry: int, amount: int) -> _Op[bool]:
+def _acquire_sliding_window_entry(key: str, limit: int, expiry: int, amount: int) -> Op[bool]:
     if amount > limit:
         return False
     now = time.time()
     previous_key, current_key = base.TimestampedSlidingWindow.sliding_window_keys(key, expiry, now)
-    found = yield _rpc("get_many", [previous_key, current_key])
+    found = yield rpc("get_many", [previous_key, current_key])
     previous, previous_ttl, current, _ = _window(
         _count(found[previous_key]), _count(found[current_key]), expiry, now
     )
     weighted = previous * previous_ttl / expiry
     if floor(weighted + current) + amount > limit:
         return False
-    current = yield _rpc("increment", current_key, amount, _ms(2 * expiry))
+    current = yield rpc("increment", current_key, amount, _ms(2 * expiry))
     if floor(weighted + current) > limit:
         # Others acquired meanwhile: give this one back, unless the counter is already gone.
-        yield _rpc("increment_if_present", current_key, -amount)
+        yield rpc("increment_if_present", current_key, -amount)
         return False
     return True
 
 
-def _clear_sliding_window(key: str, expiry: int) -> _Op[None]:
+def _clear_sliding_window(key: str, expiry: int) -> Op[None]:
     keys = base.TimestampedSlidingWindow.sliding_window_keys(key, expiry, time.time())
-    yield _rpc("delete_many", list(keys))
+    yield rpc("delete_many", list(keys))
 
 
 # --- the storages ----------------------------------------------------------------------------
@@ -371,20 +357,8 @@ class LarderStorage(
         config = self.config
         return sync_client(config.location, config.options, config.setting)
 
-    def _run(self, op: _Op[T]) -> T:
-        cache = self.client().cache
-        try:
-            rpc = next(op)
-            while True:
-                method = getattr(cache, rpc.method)
-                try:
-                    answer = method(*rpc.args, **{"namespace": self.namespace, **rpc.kwargs})
-                except Exception as err:  # noqa: BLE001  (thrown into the operation)
-                    rpc = op.throw(err)
-                else:
-                    rpc = op.send(answer)
-        except StopIteration as stop:
-            return stop.value
+    def _run(self, op: Op[T]) -> T:
+        return run(op, self.client().cache, namespace=self.namespace)
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         return self._run(_incr(key, expiry, amount))
@@ -447,20 +421,8 @@ class LarderAsyncStorage(
         config = self.config
         return async_client(config.location, config.options, config.setting)
 
-    async def _run(self, op: _Op[T]) -> T:
-        cache = self.client().cache
-        try:
-            rpc = next(op)
-            while True:
-                method = getattr(cache, rpc.method)
-                try:
-                    answer = await method(*rpc.args, **{"namespace": self.namespace, **rpc.kwargs})
-                except Exception as err:  # noqa: BLE001  (thrown into the operation)
-                    rpc = op.throw(err)
-                else:
-                    rpc = op.send(answer)
-        except StopIteration as stop:
-            return stop.value
+    async def _run(self, op: Op[T]) -> T:
+        return await arun(op, self.client().cache, namespace=self.namespace)
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         return await self._run(_incr(key, expiry, amount))

@@ -47,8 +47,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -58,6 +57,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .. import aio
 from .._client import Larder
+from .._ops import Op, arun, rpc, run
 from ._connect import CONNECTION_OPTIONS, async_client, client_kwargs, sync_client
 from .compressors import Compressor, decompressed, load_compressor
 from .serializers import Serializer, load_serializer
@@ -137,26 +137,6 @@ def _details(err: BaseException) -> str:
     details = getattr(err, "details", None)
     text = details() if callable(details) else None
     return text or str(err)
-
-
-@dataclass(frozen=True)
-class _Rpc:
-    """One call of the client's cache sub-API, by method name (the same on ``Larder`` and
-    ``aio.Larder``); the backend's namespace is added when it is made."""
-
-    method: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def _rpc(method: str, *args: Any, **kwargs: Any) -> _Rpc:
-    return _Rpc(method, args, kwargs)
-
-
-# An operation: a generator that yields the calls it needs, receives each answer (or has the
-# call's exception thrown in) and returns the result. Every operation is written once, and run
-# by ``_run`` on the blocking client or by ``_arun`` on the asyncio client.
-_Op = Generator[_Rpc, Any, T]
 
 
 def _fails_open(fallback: Callable[[Mapping[str, Any]], Any]) -> Callable[[F], F]:
@@ -310,35 +290,11 @@ class LarderCache(BaseCache):
         """The running event loop's shared asyncio client."""
         return async_client(self._location, self._connection, self._setting)
 
-    def _run(self, op: _Op[T]) -> T:
-        cache = self._client().cache
-        try:
-            rpc = next(op)
-            while True:
-                method = getattr(cache, rpc.method)
-                try:
-                    answer = method(*rpc.args, namespace=self._namespace, **rpc.kwargs)
-                except Exception as err:  # noqa: BLE001  (thrown into the operation)
-                    rpc = op.throw(err)
-                else:
-                    rpc = op.send(answer)
-        except StopIteration as stop:
-            return stop.value
+    def _run(self, op: Op[T]) -> T:
+        return run(op, self._client().cache, namespace=self._namespace)
 
-    async def _arun(self, op: _Op[T]) -> T:
-        cache = self._aclient().cache
-        try:
-            rpc = next(op)
-            while True:
-                method = getattr(cache, rpc.method)
-                try:
-                    answer = await method(*rpc.args, namespace=self._namespace, **rpc.kwargs)
-                except Exception as err:  # noqa: BLE001  (thrown into the operation)
-                    rpc = op.throw(err)
-                else:
-                    rpc = op.send(answer)
-        except StopIteration as stop:
-            return stop.value
+    async def _arun(self, op: Op[T]) -> T:
+        return await arun(op, self._aclient().cache, namespace=self._namespace)
 
     def _ttl_ms(self, timeout: Any) -> int | None:
         """The Larder TTL of a Django timeout: 0 never expires (``None``); None means do not
@@ -356,47 +312,47 @@ class LarderCache(BaseCache):
 
     # --- the operations ------------------------------------------------------------------
 
-    def _add(self, key: str, value: Any, timeout: Any, version: int | None) -> _Op[bool]:
+    def _add(self, key: str, value: Any, timeout: Any, version: int | None) -> Op[bool]:
         k = self._key(key, version)
         data = self._codec.encode(value)  # first: an unpicklable value raises, as Django's
         ttl_ms = self._ttl_ms(timeout)
         if ttl_ms is None:
             # Stored and expired at once: it would have been stored if the key was absent.
             # Nothing is written, so no other reader can see the value meanwhile.
-            return (yield _rpc("get", k)) is None
-        return (yield _rpc("set", k, data, ttl_ms, if_absent=True))
+            return (yield rpc("get", k)) is None
+        return (yield rpc("set", k, data, ttl_ms, if_absent=True))
 
-    def _get(self, key: str, default: Any, version: int | None) -> _Op[Any]:
-        data = yield _rpc("get", self._key(key, version))
+    def _get(self, key: str, default: Any, version: int | None) -> Op[Any]:
+        data = yield rpc("get", self._key(key, version))
         return default if data is None else self._codec.decode(data)
 
-    def _set(self, key: str, value: Any, timeout: Any, version: int | None) -> _Op[None]:
+    def _set(self, key: str, value: Any, timeout: Any, version: int | None) -> Op[None]:
         k = self._key(key, version)
         data = self._codec.encode(value)
         ttl_ms = self._ttl_ms(timeout)
         if ttl_ms is None:
-            yield _rpc("delete", k)
+            yield rpc("delete", k)
         else:
-            yield _rpc("set", k, data, ttl_ms)
+            yield rpc("set", k, data, ttl_ms)
 
-    def _touch(self, key: str, timeout: Any, version: int | None) -> _Op[bool]:
+    def _touch(self, key: str, timeout: Any, version: int | None) -> Op[bool]:
         k = self._key(key, version)
         ttl_ms = self._ttl_ms(timeout)
         if ttl_ms is None:  # expires now: whether it existed, as Django's backends answer
-            return (yield _rpc("delete", k))
-        return (yield _rpc("touch", k, ttl_ms))
+            return (yield rpc("delete", k))
+        return (yield rpc("touch", k, ttl_ms))
 
-    def _delete(self, key: str, version: int | None) -> _Op[bool]:
-        return (yield _rpc("delete", self._key(key, version)))
+    def _delete(self, key: str, version: int | None) -> Op[bool]:
+        return (yield rpc("delete", self._key(key, version)))
 
-    def _get_many(self, keys: Iterable[str], version: int | None) -> _Op[dict[str, Any]]:
+    def _get_many(self, keys: Iterable[str], version: int | None) -> Op[dict[str, Any]]:
         made = {self._key(key, version): key for key in keys}
         found: dict[str, Any] = {}
         pending = [list(made)[i : i + BATCH_KEYS] for i in range(0, len(made), BATCH_KEYS)]
         while pending:
             batch = pending.pop()
             try:
-                answers = yield _rpc("get_many", batch)
+                answers = yield rpc("get_many", batch)
             except ValueError:
                 # INVALID_ARGUMENT: the values found add up to more than one response may
                 # carry (one maximal value), or one key is invalid. Halves until it fits; a
@@ -410,17 +366,17 @@ class LarderCache(BaseCache):
                     found[made[k]] = self._codec.decode(data)
         return found
 
-    def _has_key(self, key: str, version: int | None) -> _Op[bool]:
-        return (yield _rpc("get", self._key(key, version))) is not None
+    def _has_key(self, key: str, version: int | None) -> Op[bool]:
+        return (yield rpc("get", self._key(key, version))) is not None
 
-    def _incr(self, key: str, delta: int, version: int | None) -> _Op[int]:
+    def _incr(self, key: str, delta: int, version: int | None) -> Op[int]:
         k = self._key(key, version)
         if not _I64_MIN <= delta <= _I64_MAX:
             raise OverflowError(f"incr of key '{key}' by {delta}: outside the signed 64-bit range")
         # One atomic Increment that leaves a missing key missing (if_present), so Django's
         # ValueError for a missing key needs no read first and has no race.
         try:
-            value = yield _rpc("increment_if_present", k, delta)
+            value = yield rpc("increment_if_present", k, delta)
         except grpc.RpcError as err:
             if _code(err) == grpc.StatusCode.FAILED_PRECONDITION:
                 # Not an integer (as None + 1 is a TypeError), or past the signed 64-bit range.
@@ -430,50 +386,50 @@ class LarderCache(BaseCache):
             raise ValueError(f"Key '{key}' not found")
         return value
 
-    def _set_many(self, data: Mapping[str, Any], timeout: Any, version: int | None) -> _Op[list]:
+    def _set_many(self, data: Mapping[str, Any], timeout: Any, version: int | None) -> Op[list]:
         entries = {self._key(key, version): self._codec.encode(v) for key, v in data.items()}
         ttl_ms = self._ttl_ms(timeout)
         keys = list(entries)
         if ttl_ms is None:
             for i in range(0, len(keys), BATCH_KEYS):
-                yield _rpc("delete_many", keys[i : i + BATCH_KEYS])
+                yield rpc("delete_many", keys[i : i + BATCH_KEYS])
             return []
         batch: dict[str, bytes] = {}
         size = 0
         for k in keys:
             if batch and (len(batch) == BATCH_KEYS or size + len(entries[k]) > BATCH_BYTES):
-                yield _rpc("set_many", batch, ttl_ms)
+                yield rpc("set_many", batch, ttl_ms)
                 batch, size = {}, 0
             batch[k] = entries[k]
             size += len(entries[k])
         if batch:
-            yield _rpc("set_many", batch, ttl_ms)
+            yield rpc("set_many", batch, ttl_ms)
         return []
 
-    def _delete_many(self, keys: Iterable[str], version: int | None) -> _Op[None]:
+    def _delete_many(self, keys: Iterable[str], version: int | None) -> Op[None]:
         made = [self._key(key, version) for key in keys]
         for i in range(0, len(made), BATCH_KEYS):
-            yield _rpc("delete_many", made[i : i + BATCH_KEYS])
+            yield rpc("delete_many", made[i : i + BATCH_KEYS])
 
-    def _clear(self) -> _Op[None]:
-        yield _rpc("clear")
+    def _clear(self) -> Op[None]:
+        yield rpc("clear")
 
-    def _ttl(self, key: str, version: int | None) -> _Op[int | None]:
-        entry = yield _rpc("get_entry", self._key(key, version))
+    def _ttl(self, key: str, version: int | None) -> Op[int | None]:
+        entry = yield rpc("get_entry", self._key(key, version))
         if entry is None:
             return 0
         if entry.ttl_ms == 0:
             return None
         return -(-entry.ttl_ms // 1000)
 
-    def _persist(self, key: str, version: int | None) -> _Op[bool]:
-        return (yield _rpc("touch", self._key(key, version), 0))
+    def _persist(self, key: str, version: int | None) -> Op[bool]:
+        return (yield rpc("touch", self._key(key, version), 0))
 
-    def _delete_pattern(self, pattern: str, version: int | None) -> _Op[int]:
+    def _delete_pattern(self, pattern: str, version: int | None) -> Op[int]:
         prefix = self._pattern_prefix(pattern)
         if prefix is None:  # no wildcard: the one key it names, as a glob would match
-            return int((yield _rpc("delete", self._key(pattern, version))))
-        return (yield _rpc("delete_prefix", self.make_key(prefix, version=version)))
+            return int((yield rpc("delete", self._key(pattern, version))))
+        return (yield rpc("delete_prefix", self.make_key(prefix, version=version)))
 
     def _pattern_prefix(self, pattern: str) -> str | None:
         """The key prefix a ``prefix*`` pattern stands for (None: no ``*``, an exact key)."""
