@@ -243,6 +243,13 @@ class _State:
                 continue  # written by another program: left out, and left alone
             self.stored[key] = text
 
+    def end(self, gone: bool = False) -> None:
+        """The session is over (logged out, emptied or revoked): no data, the cookie deleted.
+        ``gone``: revoked by someone else, so this request never recreates it."""
+        self.take(None, None)
+        self.ended, self.token_changed = True, False
+        self.gone = self.gone or gone
+
     def changes(self) -> tuple[dict[str, str], list[str], dict[str, str]]:
         """(keys to set, keys to remove, every current key's JSON)."""
         current = {key: _encode(key, value) for key, value in self.values.items()}
@@ -361,8 +368,7 @@ class SessionControl:
         with _reaching_store():
             rotated = await self._mw.sessions().rotate(state.token)
         if rotated is None:  # revoked meanwhile
-            state.take(None, None)
-            state.ended = state.gone = True
+            state.end(gone=True)
             return
         state.token, state.server = rotated
         state.token_changed = True
@@ -377,9 +383,7 @@ class SessionControl:
         if state.token is not None:
             with _reaching_store():
                 await self._mw.sessions().revoke(state.token)
-        state.take(None, None)
-        state.ended = True
-        state.token_changed = False
+        state.end()
 
     async def logout_everywhere(self, *, keep_current: bool = False) -> int:
         """Ends every session of the logged-in user (RevokeUserSessions), this one too unless
@@ -397,9 +401,7 @@ class SessionControl:
         with _reaching_store():
             count = await self._mw.sessions().revoke_user(user_id, keep)
         if not keep_current:
-            state.take(None, None)
-            state.ended = True
-            state.token_changed = False
+            state.end()
         return count
 
 
@@ -559,13 +561,11 @@ class SessionMiddleware:
                 anonymous = state.server.user_id == self.anonymous_user_id
                 if not current and anonymous:  # an anonymous session emptied: it ends
                     await sessions.revoke(state.token)
-                    state.take(None, None)
-                    state.ended = True
+                    state.end()
                 elif await sessions.update(state.token, changed, removed) is None:
                     # revoked meanwhile (logout elsewhere): never brought back
                     logger.info("session revoked during the request; its changes are dropped")
-                    state.take(None, None)
-                    state.ended = state.gone = True
+                    state.end(gone=True)
             elif state.token is None and current and not state.gone:
                 assert sessions is not None
                 token, session = await sessions.create(
