@@ -11,7 +11,6 @@ session engine's settings (``LARDER_SESSIONS``); needs ``larder_client.django`` 
 
 from __future__ import annotations
 
-import argparse
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,7 +59,6 @@ class Command(BaseCommand):
         revoke = actions.add_parser(
             "revoke",
             help="end every session of USER_ID (but --except), or one session (--session)",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         revoke.add_argument("user_id", metavar="USER_ID", nargs="?")
         revoke.add_argument(
