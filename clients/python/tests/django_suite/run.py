@@ -19,7 +19,7 @@
 
 The exit status is runtests.py's, or 1 when the daemon failed. A glue app names the Django
 test apps it needs in ``DJANGO_TEST_APPS = [...]`` in its ``__init__.py`` (read without
-importing it), or in ``KNOWN_TEST_APPS`` here.
+importing it).
 
 ``larder_client`` is imported from the installed package when there is one, else from this
 source tree (whose gRPC stubs are generated first if missing).
@@ -52,8 +52,6 @@ from peer_suites import (
 )
 
 PINNED = (HERE / "DJANGO_VERSION").read_text().split()
-# The Django test apps each glue app imports from, for glue apps that do not declare them.
-KNOWN_TEST_APPS = {"larder_cache": ["cache"], "larder_sessions": ["sessions_tests"]}
 
 
 # --- Django's sources -----------------------------------------------------------------------
@@ -83,15 +81,13 @@ def glue_apps(names: list[str]) -> list[Path]:
 
 
 def test_apps(app: Path) -> list[str]:
-    """The Django test apps ``app`` imports from: its DJANGO_TEST_APPS, else KNOWN_TEST_APPS."""
+    """The Django test apps ``app`` imports from: its DJANGO_TEST_APPS."""
     tree = ast.parse((app / "__init__.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "DJANGO_TEST_APPS" for t in node.targets
         ):
             return list(ast.literal_eval(node.value))
-    if app.name in KNOWN_TEST_APPS:
-        return KNOWN_TEST_APPS[app.name]
     raise RunError(f"{app.name}: name the Django test apps it needs in DJANGO_TEST_APPS")
 
 
