@@ -394,9 +394,13 @@ class Larder(Connection):
 
     def _ready(self, seconds: float) -> bool:
         """Whether the channel is connected, or connects within ``seconds``."""
+        ready = grpc.channel_ready_future(self._channel)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=seconds)
+            ready.result(timeout=seconds)
         except grpc.FutureTimeoutError:
+            # Unsubscribes it from the channel's connectivity: a future left waiting would stay
+            # subscribed until the channel connects, one more for every call while it is down.
+            ready.cancel()
             return False
         return True
 
