@@ -725,29 +725,17 @@ impl Writer {
                 key,
                 version,
             } => {
-                let row: Option<(i64, i64)> = self
-                    .conn
-                    .prepare_cached(
-                        "DELETE FROM cache_entries \
-                         WHERE namespace = ?1 AND key = ?2 AND version = ?3 \
-                         RETURNING expires_at, size",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row(params![namespace, key, *version as i64], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })
-                        .optional()
-                    })
-                    .map_err(Error::storage("deleting a key by version"))?;
-                let Some((expires_at, size)) = row else {
-                    // Another version (or none) is there: it stays, and so does its copy in
-                    // memory.
-                    return Ok(WriteOutcome::Count(0));
-                };
-                fx.memory
-                    .push(MemEffect::Remove(namespace.clone(), key.clone()));
-                fx.bytes_delta -= size;
-                let deleted = u64::from(remaining_ms(expires_at as u64, now).is_some());
+                // Another version (or none) stays, and so does its copy in memory: only a row
+                // deleted here is removed from memory.
+                let deleted = self.delete_rows(
+                    "DELETE FROM cache_entries \
+                     WHERE namespace = ?1 AND key = ?2 AND version = ?3 \
+                     RETURNING key, expires_at, size",
+                    params![namespace, key, *version as i64],
+                    namespace,
+                    now,
+                    fx,
+                )?;
                 fx.count(namespace).deletes += deleted;
                 Ok(WriteOutcome::Count(deleted))
             }
