@@ -1,10 +1,11 @@
 """Every call of the client, once: its request, whether it may be retried, and its answer.
 
 A ``Call`` names the stub method, carries the built request, says whether the call is
-idempotent (see ``_invoke``: only those are retried on UNAVAILABLE) and maps the response to
-what the client returns. The sync client (``larder_client.Larder``) and the asyncio client
-(``larder_client.aio.Larder``) both run these, so validation and mapping exist only here; the
-two clients differ only in how they wait for the answer.
+idempotent (see ``_invoke``: only those are retried after an UNAVAILABLE that may have reached
+the daemon) and maps the response to what the client returns. The sync client
+(``larder_client.Larder``) and the asyncio client (``larder_client.aio.Larder``) both run these,
+so validation and mapping exist only here; the two clients differ only in how they wait for
+the answer.
 """
 
 from __future__ import annotations

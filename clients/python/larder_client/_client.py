@@ -360,7 +360,8 @@ class Larder(Connection):
     ``target`` is ``host:port`` or ``unix:/path/to/socket``. ``token`` is sent as
     ``authorization: Bearer <token>`` on every call. ``timeout`` (seconds) is the deadline of
     every call unless the call passes its own ``timeout=``. Idempotent calls are retried
-    ``retries`` times on UNAVAILABLE; others never are (see ``Invoker``).
+    ``retries`` times on UNAVAILABLE; others only when they never reached the daemon (see
+    ``Invoker``).
 
     TLS: ``tls=True`` connects over TLS, checking the server's certificate against
     ``root_certificates`` (PEM bytes; default: the system's roots); ``certificate_chain`` and
