@@ -7,20 +7,12 @@ which must end it with status 0.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import larder_daemon
 import pytest
-
-
-def larder_bin() -> Path:
-    explicit = os.environ.get("LARDER_BIN")
-    if explicit:
-        return Path(explicit)
-    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "larder-target"))
-    return Path(target) / "debug" / "larder"
+from larder_daemon import larder_bin
 
 
 class Daemon(larder_daemon.Daemon):

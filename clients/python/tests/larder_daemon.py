@@ -19,6 +19,16 @@ from pathlib import Path
 LISTENING = re.compile(r"listening on tcp addr=(\d+\.\d+\.\d+\.\d+:\d+)")
 
 
+def larder_bin() -> Path:
+    """$LARDER_BIN, else the debug build: $CARGO_TARGET_DIR/debug/larder (default target dir
+    ~/.cache/larder-target)."""
+    explicit = os.environ.get("LARDER_BIN")
+    if explicit:
+        return Path(explicit)
+    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "larder-target"))
+    return Path(target) / "debug" / "larder"
+
+
 class DaemonError(Exception):
     """The daemon did not start: no binary, it exited, or it never said where it listens."""
 

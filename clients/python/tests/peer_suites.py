@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from larder_daemon import Daemon
+from larder_daemon import Daemon, larder_bin
 
 SOURCE_TREE = Path(__file__).resolve().parents[1]  # clients/python
 
@@ -31,14 +31,10 @@ class RunError(Exception):
 
 def default_larder_bin() -> str:
     """$LARDER_BIN, else the debug build, else a ``larder`` on PATH."""
-    explicit = os.environ.get("LARDER_BIN")
-    if explicit:
-        return explicit
-    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "larder-target"))
-    built = Path(target) / "debug" / "larder"
-    if built.exists():
-        return str(built)
-    return shutil.which("larder") or str(built)
+    binary = larder_bin()
+    if os.environ.get("LARDER_BIN") or binary.exists():
+        return str(binary)
+    return shutil.which("larder") or str(binary)
 
 
 def sdist_version(root: Path) -> str:
