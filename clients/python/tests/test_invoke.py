@@ -165,7 +165,7 @@ class Recorder:
 
     def __call__(self, method, request, *, idempotent, timeout=None):
         self.calls.append((method, idempotent))
-        return SimpleNamespace(stored=True, version=1, versions=[1], deleted=0)
+        return SimpleNamespace(stored=True, version=1, versions=[1], deleted=0, found=True, value=1)
 
 
 def test_which_cache_writes_may_be_retried() -> None:
@@ -177,14 +177,18 @@ def test_which_cache_writes_may_be_retried() -> None:
         cache.set("k", b"v", if_present=True)
         cache.compare_and_set("k", b"v", 7)
         cache.set_many({"k": b"v"})
+        cache.delete("k", version=7)
         cache.delete_many(["k"])
+        cache.increment_if_present("k")
         cache.clear()
         stub = cache._stub
         assert recorder.calls == [
             (stub.Set, False),
             (stub.Set, False),
             (stub.SetMany, False),
+            (stub.Delete, True),
             (stub.DeleteMany, True),
+            (stub.Increment, False),
             (stub.Clear, False),
         ]
     finally:
