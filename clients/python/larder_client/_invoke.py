@@ -61,9 +61,9 @@ class _Policy:
         Tried again: UNAVAILABLE, while retries are left, for an idempotent call, or for any
         call that never reached the daemon (no connection could be made, so nothing was sent).
         """
-        code = _code(err)
+        code = status_code(err)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise LarderError(_details(err)) from err
+            raise LarderError(status_details(err, "invalid argument")) from err
         if (
             code == grpc.StatusCode.UNAVAILABLE
             and attempt < self.retries
@@ -179,18 +179,34 @@ def _never_sent(err: grpc.RpcError) -> bool:
 
     grpc-core's words for that have been the same for years; if they change, such calls are
     only not retried, which is the safe side."""
-    return "failed to connect to all addresses" in _details(err).lower()
+    return "failed to connect to all addresses" in status_details(err, "").lower()
 
 
-def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
+def status_code(err: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status of ``err``, or None when it is not a gRPC error."""
     code = getattr(err, "code", None)
     return code() if callable(code) else None
 
 
-def _details(err: grpc.RpcError) -> str:
+def status_details(err: BaseException, default: str | None = None) -> str:
+    """The server's message of ``err``; ``default`` (else ``str(err)``) when it has none."""
     details = getattr(err, "details", None)
     text = details() if callable(details) else None
-    return text or "invalid argument"
+    return text or (str(err) if default is None else default)
+
+
+def describe(err: BaseException) -> str:
+    """A gRPC error in one line, ``STATUS: details`` (any other error: its repr)."""
+    code = status_code(err)
+    if code is None:
+        return repr(err)
+    return f"{getattr(code, 'name', code)}: {status_details(err, '')}"
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` means the daemon could not answer, not a mistake in the request
+    (which is a ``LarderError``)."""
+    return isinstance(err, grpc.RpcError) and not isinstance(err, LarderError)
 
 
 def channel_options(target: str, extra: Sequence[tuple[str, object]]) -> list:

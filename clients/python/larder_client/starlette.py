@@ -78,7 +78,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import aio
-from ._invoke import LarderError
+from ._invoke import describe, unreachable
 from ._options import ConfigError, async_client, client_kwargs
 from ._types import RateLimitResult, Session
 
@@ -147,20 +147,6 @@ class _Connection:
         return made
 
 
-def _unavailable(err: BaseException) -> bool:
-    """Whether ``err`` means the daemon could not answer (not a mistake in the request)."""
-    return isinstance(err, grpc.RpcError) and not isinstance(err, LarderError)
-
-
-def _describe(err: BaseException) -> str:
-    """A gRPC error in one line: its status and details."""
-    code, details = getattr(err, "code", None), getattr(err, "details", None)
-    if callable(code) and callable(details):
-        status = code()
-        return f"{getattr(status, 'name', status)}: {details()}"
-    return repr(err)
-
-
 def _bytes_prefix(text: str, limit: int) -> str:
     """The longest prefix of ``text`` of at most ``limit`` UTF-8 bytes."""
     return text.encode()[:limit].decode("utf-8", "ignore")
@@ -198,7 +184,7 @@ def _reaching_store() -> Iterator[None]:
     try:
         yield
     except grpc.RpcError as err:
-        if _unavailable(err):
+        if unreachable(err):
             raise SessionUnavailable("the session store could not be reached") from err
         raise
 
@@ -503,9 +489,9 @@ class SessionMiddleware:
             try:
                 state.take(token, await self.sessions().get(token))
             except grpc.RpcError as err:
-                if not _unavailable(err):
+                if not unreachable(err):
                     raise
-                logger.warning("session lookup failed: %s", _describe(err))
+                logger.warning("session lookup failed: %s", describe(err))
                 state.error = err
             if state.server is None and state.error is None:
                 state.token = None  # unknown, expired or revoked: no session
@@ -538,7 +524,7 @@ class SessionMiddleware:
             cause = unavailable.__cause__
             logger.error(
                 "session store unavailable, answered 503: %s",
-                _describe(cause) if cause is not None else unavailable,
+                describe(cause) if cause is not None else unavailable,
             )
             response = JSONResponse(
                 {
@@ -896,13 +882,13 @@ class RateLimitMiddleware:
         try:
             result = await limit.check(self._connection.get(), who)
         except grpc.RpcError as err:
-            if not _unavailable(err):
+            if not unreachable(err):
                 raise
             if self._fail_open:
-                logger.warning("rate limiter unavailable, request let through: %s", _describe(err))
+                logger.warning("rate limiter unavailable, request let through: %s", describe(err))
                 await self.app(scope, receive, send)
                 return
-            logger.error("rate limiter unavailable, request refused: %s", _describe(err))
+            logger.error("rate limiter unavailable, request refused: %s", describe(err))
             await JSONResponse(_UNAVAILABLE_BODY, status_code=503)(scope, receive, send)
             return
         headers = result.headers()
@@ -997,12 +983,12 @@ class RateLimit:
         try:
             result = await self.limit.check(self._connection.get(), who)
         except grpc.RpcError as err:
-            if not _unavailable(err):
+            if not unreachable(err):
                 raise
             if self._fail_open:
-                logger.warning("rate limiter unavailable, request let through: %s", _describe(err))
+                logger.warning("rate limiter unavailable, request let through: %s", describe(err))
                 return None
-            logger.error("rate limiter unavailable, request refused: %s", _describe(err))
+            logger.error("rate limiter unavailable, request refused: %s", describe(err))
             raise RateLimitError(503, dict(_UNAVAILABLE_BODY)) from err
         headers = result.headers()
         if not result.allowed:

@@ -57,6 +57,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .. import aio
 from .._client import Larder
+from .._invoke import status_code, status_details
 from .._ops import Op, arun, rpc, run
 from ._connect import CONNECTION_OPTIONS, async_client, client_kwargs, sync_client
 from .compressors import Compressor, decompressed, load_compressor
@@ -128,17 +129,6 @@ class _Codec:
         return self.serializer.loads(data if plain is None else plain)
 
 
-def _code(err: BaseException) -> grpc.StatusCode | None:
-    code = getattr(err, "code", None)
-    return code() if callable(code) else None
-
-
-def _details(err: BaseException) -> str:
-    details = getattr(err, "details", None)
-    text = details() if callable(details) else None
-    return text or str(err)
-
-
 def _fails_open(fallback: Callable[[Mapping[str, Any]], Any]) -> Callable[[F], F]:
     """With ``IGNORE_EXCEPTIONS``, a method whose call to the daemon fails (any gRPC error:
     unreachable, deadline exceeded, refused token, ...) logs a warning and returns
@@ -151,12 +141,12 @@ def _fails_open(fallback: Callable[[Mapping[str, Any]], Any]) -> Callable[[F], F
         name = method.__name__
 
         def recover(cache: LarderCache, err: grpc.RpcError, args: Any, kwargs: Any) -> Any:
-            code = _code(err)
+            code = status_code(err)
             logger.warning(
                 "LarderCache.%s failed (%s: %s); IGNORE_EXCEPTIONS is set, so it acts as a miss",
                 name,
                 code.name if code is not None else type(err).__name__,
-                _details(err),
+                status_details(err),
             )
             bound = signature.bind(cache, *args, **kwargs)
             bound.apply_defaults()
@@ -378,9 +368,9 @@ class LarderCache(BaseCache):
         try:
             value = yield rpc("increment_if_present", k, delta)
         except grpc.RpcError as err:
-            if _code(err) == grpc.StatusCode.FAILED_PRECONDITION:
+            if status_code(err) == grpc.StatusCode.FAILED_PRECONDITION:
                 # Not an integer (as None + 1 is a TypeError), or past the signed 64-bit range.
-                raise TypeError(_details(err)) from err
+                raise TypeError(status_details(err)) from err
             raise
         if value is None:
             raise ValueError(f"Key '{key}' not found")

@@ -52,6 +52,7 @@ from flask_caching.backends.base import BaseCache
 
 from .._channel import is_local
 from .._client import Larder
+from .._invoke import status_code, status_details
 from .._options import CONNECTION_OPTIONS, ConfigError, client_kwargs, sync_client
 
 logger = logging.getLogger("larder_client.flask")
@@ -109,17 +110,6 @@ def _argument(option: str) -> str:
     return "target" if option == "LOCATION" else f"options[{option!r}]"
 
 
-def _code(err: BaseException) -> grpc.StatusCode | None:
-    code = getattr(err, "code", None)
-    return code() if callable(code) else None
-
-
-def _details(err: BaseException) -> str:
-    details = getattr(err, "details", None)
-    text = details() if callable(details) else None
-    return text or str(err)
-
-
 def _fails_open(fallback: Callable[[Mapping[str, Any]], Any]) -> Callable[[F], F]:
     """With ``ignore_exceptions``, a method whose call to the daemon fails (any gRPC error:
     unreachable, deadline exceeded, refused token, ...) logs a warning and returns
@@ -138,13 +128,13 @@ def _fails_open(fallback: Callable[[Mapping[str, Any]], Any]) -> Callable[[F], F
             except grpc.RpcError as err:
                 if not self.ignore_exceptions:
                     raise
-                code = _code(err)
+                code = status_code(err)
                 logger.warning(
                     "LarderCache.%s failed (%s: %s); ignore_exceptions is set, so it acts as "
                     "a miss",
                     name,
                     code.name if code is not None else type(err).__name__,
-                    _details(err),
+                    status_details(err),
                 )
                 bound = signature.bind(self, *args, **kwargs)
                 bound.apply_defaults()
@@ -465,9 +455,9 @@ class LarderCache(BaseCache):
         try:
             return self._call("increment", k, delta, ttl_ms or 0)
         except grpc.RpcError as err:
-            if _code(err) == grpc.StatusCode.FAILED_PRECONDITION:
+            if status_code(err) == grpc.StatusCode.FAILED_PRECONDITION:
                 # Not an integer, or past the signed 64-bit range (Redis: a ResponseError).
-                raise TypeError(f"inc/dec of key {key!r}: {_details(err)}") from err
+                raise TypeError(f"inc/dec of key {key!r}: {status_details(err)}") from err
             raise
 
     def dec(self, key: str, delta: int = 1) -> int | None:

@@ -72,7 +72,7 @@ from flask.wrappers import Request, Response
 from werkzeug.exceptions import ServiceUnavailable
 
 from .._client import Sessions
-from .._invoke import LarderError
+from .._invoke import describe, unreachable
 from .._options import CONNECTION_OPTIONS, ConfigError, sync_client
 from .._types import Session
 from .cache import _check_connection
@@ -104,10 +104,6 @@ class SessionUnavailable(ServiceUnavailable):
 def looks_like_token(value: object) -> bool:
     """Whether ``value`` has the form of a Larder session token."""
     return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
-
-
-def _unavailable(err: BaseException) -> bool:
-    return isinstance(err, grpc.RpcError) and not isinstance(err, LarderError)
 
 
 def _bytes_prefix(text: str, limit: int) -> str:
@@ -185,9 +181,9 @@ class LarderSession(SessionMixin):
                 try:
                     server = interface.sessions(current_app).get(self.token)
                 except grpc.RpcError as err:
-                    if not _unavailable(err):
+                    if not unreachable(err):
                         raise
-                    logger.warning("session lookup failed: %s", _describe(err))
+                    logger.warning("session lookup failed: %s", describe(err))
                     self.error = err
                     raise SessionUnavailable() from err
             self.take(self.token if server is not None else None, server)
@@ -264,14 +260,6 @@ class LarderSession(SessionMixin):
         if self.server is None or self.server.user_id == self._anonymous:
             return None
         return self.server.user_id
-
-
-def _describe(err: BaseException) -> str:
-    code, details = getattr(err, "code", None), getattr(err, "details", None)
-    if callable(code) and callable(details):
-        status = code()
-        return f"{getattr(status, 'name', status)}: {details()}"
-    return repr(err)
 
 
 class LarderSessionInterface(SessionInterface):
@@ -410,7 +398,7 @@ class LarderSessionInterface(SessionInterface):
             except grpc.RpcError as err:
                 # Flask saves again after answering the error: this session is done.
                 session.error = err
-                if _unavailable(err):
+                if unreachable(err):
                     raise SessionUnavailable() from err
                 raise
         self._set_cookie(app, session, response)
@@ -492,7 +480,7 @@ def _call(action: Any) -> Any:
     try:
         return action()
     except grpc.RpcError as err:
-        if _unavailable(err):
+        if unreachable(err):
             raise SessionUnavailable() from err
         raise
 
