@@ -247,6 +247,25 @@ def session_create(
     )
 
 
+# The daemon's default bounds on what a session records about its client, in bytes.
+MAX_DEVICE_INFO_BYTES = 512
+MAX_IP_BYTES = 64
+
+
+def client_fields(device_info: str, ip: str) -> dict[str, str]:
+    """``device_info`` and ``ip`` for CreateSession, each cut to the daemon's default bound
+    (at a UTF-8 character boundary): what a framework adapter records from a request (its
+    User-Agent, its peer's address) must never make a session fail."""
+
+    def prefix(text: str, limit: int) -> str:
+        return text.encode()[:limit].decode("utf-8", "ignore")
+
+    return {
+        "device_info": prefix(device_info, MAX_DEVICE_INFO_BYTES),
+        "ip": prefix(ip, MAX_IP_BYTES),
+    }
+
+
 def session_get(token: str) -> Call[Session | None]:
     return Call("GetSession", session_pb2.GetSessionRequest(token=token), True, _session)
 

@@ -78,6 +78,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import aio
+from ._calls import client_fields
 from ._invoke import describe, unreachable
 from ._options import ConfigError, async_client, client_kwargs
 from ._types import RateLimitResult, Session
@@ -91,9 +92,6 @@ _TOKEN = re.compile(r"lds_[A-Za-z0-9_-]{1,256}")
 # RFC 6265 cookie-name characters (an RFC 7230 token).
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SAME_SITE = ("lax", "strict", "none")
-# The daemon's bounds on what a session records about its client (bytes).
-_MAX_DEVICE_INFO = 512
-_MAX_IP = 64
 _MAX_TTL_S = 365 * 24 * 3600
 
 ClientSource = aio.Larder | Callable[[], aio.Larder]
@@ -145,11 +143,6 @@ class _Connection:
                 "not a larder_client.aio.Larder"
             )
         return made
-
-
-def _bytes_prefix(text: str, limit: int) -> str:
-    """The longest prefix of ``text`` of at most ``limit`` UTF-8 bytes."""
-    return text.encode()[:limit].decode("utf-8", "ignore")
 
 
 def _seconds(value: Any, name: str, setting: str) -> int | None:
@@ -464,8 +457,7 @@ class SessionMiddleware:
         return {
             "idle_ttl_ms": (self.max_age or 0) * 1000,
             "absolute_ttl_ms": (self.absolute_max_age or 0) * 1000,
-            "device_info": _bytes_prefix(request.headers.get("user-agent", ""), _MAX_DEVICE_INFO),
-            "ip": _bytes_prefix(host, _MAX_IP),
+            **client_fields(request.headers.get("user-agent", ""), host),
         }
 
     def _cookie(self, token: str | None) -> str:

@@ -101,6 +101,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils import timezone
 
+from .._calls import client_fields
 from .._types import Session
 from ._connect import async_client, sync_client
 
@@ -117,9 +118,6 @@ EXPIRY_KEY = "_session_expiry"
 # What a token looks like, loosely (``lds_`` + 43 characters today): enough to skip the round
 # trip for keys of another engine, without tying the client to the token's exact length.
 _TOKEN = re.compile(r"lds_[A-Za-z0-9_-]{1,256}")
-# The daemon's bounds on what a session records about its client (bytes).
-_MAX_DEVICE_INFO = 512
-_MAX_IP = 64
 
 logger = logging.getLogger(__name__)
 
@@ -282,11 +280,6 @@ class _Lifetime:
     fixed: bool  # ends at a set date (set_expiry with a datetime): use does not extend it
 
 
-def _bytes_prefix(text: str, limit: int) -> str:
-    """The longest prefix of ``text`` of at most ``limit`` UTF-8 bytes."""
-    return text.encode()[:limit].decode("utf-8", "ignore")
-
-
 class SessionStore(SessionBase):
     """Django's session interface over a Larder session (see the module's description).
 
@@ -417,8 +410,7 @@ class SessionStore(SessionBase):
             {
                 "idle_ttl_ms": lifetime.idle_ttl_ms,
                 "absolute_ttl_ms": lifetime.absolute_ttl_ms,
-                "device_info": _bytes_prefix(self.device_info, _MAX_DEVICE_INFO),
-                "ip": _bytes_prefix(self.ip, _MAX_IP),
+                **client_fields(self.device_info, self.ip),
             },
         )
         self._session_key = token
@@ -471,10 +463,7 @@ class SessionStore(SessionBase):
                 {
                     "idle_ttl_ms": lifetime.idle_ttl_ms,
                     "absolute_ttl_ms": lifetime.absolute_ttl_ms,
-                    "device_info": _bytes_prefix(
-                        self.device_info or session.device_info, _MAX_DEVICE_INFO
-                    ),
-                    "ip": _bytes_prefix(self.ip or session.ip, _MAX_IP),
+                    **client_fields(self.device_info or session.device_info, self.ip or session.ip),
                 },
             )
             yield _Rpc("revoke", (token,))

@@ -71,6 +71,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from flask.wrappers import Request, Response
 from werkzeug.exceptions import ServiceUnavailable
 
+from .._calls import client_fields
 from .._client import Sessions
 from .._invoke import describe, unreachable
 from .._options import CONNECTION_OPTIONS, ConfigError, sync_client
@@ -87,9 +88,7 @@ _OWN_CONFIG = {"TARGET", "ABSOLUTE_LIFETIME", "ANONYMOUS_USER_ID", "USER_KEY"}
 _EXTENSION = "larder_client.flask.sessions"
 # What a token looks like, loosely (``lds_`` + 43 characters today).
 _TOKEN = re.compile(r"lds_[A-Za-z0-9_-]{1,256}")
-_MAX_TTL_S = 365 * 24 * 3600  # the daemon's bound on a TTL
-_MAX_DEVICE_INFO = 512
-_MAX_IP = 64
+_MAX_TTL_S = 365 * 24 * 3600  # the daemon's default bound on a session's TTLs (--session-max-ttl)
 
 _serializer = TaggedJSONSerializer()
 
@@ -104,10 +103,6 @@ class SessionUnavailable(ServiceUnavailable):
 def looks_like_token(value: object) -> bool:
     """Whether ``value`` has the form of a Larder session token."""
     return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
-
-
-def _bytes_prefix(text: str, limit: int) -> str:
-    return text.encode()[:limit].decode("utf-8", "ignore")
 
 
 def _encode(key: Any, value: Any) -> str:
@@ -359,8 +354,7 @@ class LarderSessionInterface(SessionInterface):
             data,
             idle_ttl_ms=self.idle_ttl_ms(app),
             absolute_ttl_ms=self.settings(app).absolute_ttl_ms,
-            device_info=_bytes_prefix(session.device_info, _MAX_DEVICE_INFO),
-            ip=_bytes_prefix(session.ip, _MAX_IP),
+            **client_fields(session.device_info, session.ip),
         )
 
     def user_id_of(self, app: Flask, values: Mapping[str, Any]) -> str:
