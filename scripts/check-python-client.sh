@@ -41,13 +41,20 @@ fi
 "$venv/bin/python" --version
 echo "larder: $larder"
 
-# The client with its test, Django and zstd extras, and the first pinned Django.
+# The client is built once (its stubs generated from proto/), as a wheel both venvs install.
+client_dir="$(mktemp -d)"
+trap 'rm -rf "$client_dir"' EXIT
+"$venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$client_dir" \
+  ./clients/python
+rm -rf clients/python/build clients/python/*.egg-info
+client_wheel="$(echo "$client_dir"/larder_client-*.whl)"
+
+# The client with every extra, the adapters' test pins, and the first pinned Django.
 mapfile -t djangos <clients/python/tests/django_suite/DJANGO_VERSION
 django="${djangos[0]}"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  "./clients/python[test,django,zstd,flask,starlette]" "Django==$django" ruff \
+  "$client_wheel[test,django,zstd,flask,starlette,limits]" "Django==$django" ruff \
   -r clients/python/tests/requirements.txt
-rm -rf clients/python/build clients/python/*.egg-info
 
 echo "== ruff check and ruff format --check (clients/python, examples)"
 (cd clients/python && "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check .)
@@ -71,9 +78,12 @@ echo "== the limits package's own storage and strategy tests against Larder"
 # In a venv of its own: the suite needs the pytest and pytest-asyncio its lock file names.
 suite_venv="$tools/python-limits-suite-venv"
 python_venv "$suite_venv"
-"$suite_venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python \
+"$suite_venv/bin/pip" install --quiet --disable-pip-version-check "$client_wheel" \
   -r clients/python/tests/limits_suite/suite-requirements.txt
-rm -rf clients/python/build clients/python/*.egg-info
+# This venv is kept between runs: the client of this checkout replaces the one of the last run
+# even when both carry the same version number.
+"$suite_venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+  "$client_wheel"
 "$suite_venv/bin/python" clients/python/tests/limits_suite/run.py --larder-bin "$larder"
 
 echo "== examples/django under gunicorn with 4 workers, against the daemon"
