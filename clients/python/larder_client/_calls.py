@@ -27,13 +27,21 @@ _ALGORITHMS = {
 }
 
 
+# Every counter of StatsResponse, by name (what ``stats`` answers).
+_STATS_FIELDS = tuple(f.name for f in cache_pb2.StatsResponse.DESCRIPTOR.fields)
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One RPC to make: ``method`` of the sub-API's stub with ``request``; ``parse`` maps the
-    response to the client's return value."""
+    """One RPC to make: ``method`` of the sub-API's service, with a ``request`` message
+    (its protobuf class) of these ``fields`` (name -> value, as the class takes them as
+    keyword arguments); ``parse`` maps the answer, read by attribute, to the client's
+    return value. grpcio's path builds ``request(**fields)``; the native core encodes
+    ``fields`` itself (see ``_channel``)."""
 
     method: str
-    request: Any
+    request: type
+    fields: dict[str, Any]
     idempotent: bool
     parse: Callable[[Any], T]
 
@@ -50,13 +58,14 @@ def _session(r: Any) -> Session | None:
 
 
 def cache_get_entry(key: str, namespace: str) -> Call[Entry | None]:
-    return Call("Get", cache_pb2.GetRequest(namespace=namespace, key=key), True, _entry)
+    return Call("Get", cache_pb2.GetRequest, {"namespace": namespace, "key": key}, True, _entry)
 
 
 def cache_get(key: str, namespace: str) -> Call[bytes | None]:
     return Call(
         "Get",
-        cache_pb2.GetRequest(namespace=namespace, key=key),
+        cache_pb2.GetRequest,
+        {"namespace": namespace, "key": key},
         True,
         lambda r: r.value if r.found else None,
     )
@@ -76,9 +85,14 @@ def cache_set(
     # one could overwrite what another worker wrote in between.
     return Call(
         "Set",
-        cache_pb2.SetRequest(
-            namespace=namespace, key=key, value=value, ttl_ms=ttl_ms, condition=condition
-        ),
+        cache_pb2.SetRequest,
+        {
+            "namespace": namespace,
+            "key": key,
+            "value": value,
+            "ttl_ms": ttl_ms,
+            "condition": condition,
+        },
         False,
         lambda r: bool(r.stored),
     )
@@ -91,9 +105,14 @@ def cache_set_versioned(
     condition = cache_pb2.CONDITION_IF_ABSENT if if_absent else cache_pb2.CONDITION_ALWAYS
     return Call(
         "Set",
-        cache_pb2.SetRequest(
-            namespace=namespace, key=key, value=value, ttl_ms=ttl_ms, condition=condition
-        ),
+        cache_pb2.SetRequest,
+        {
+            "namespace": namespace,
+            "key": key,
+            "value": value,
+            "ttl_ms": ttl_ms,
+            "condition": condition,
+        },
         False,
         lambda r: int(r.version) if r.stored else None,
     )
@@ -106,14 +125,15 @@ def cache_compare_and_set(
     # itself) and report a failure.
     return Call(
         "Set",
-        cache_pb2.SetRequest(
-            namespace=namespace,
-            key=key,
-            value=value,
-            ttl_ms=ttl_ms,
-            condition=cache_pb2.CONDITION_IF_VERSION,
-            expected_version=version,
-        ),
+        cache_pb2.SetRequest,
+        {
+            "namespace": namespace,
+            "key": key,
+            "value": value,
+            "ttl_ms": ttl_ms,
+            "condition": cache_pb2.CONDITION_IF_VERSION,
+            "expected_version": version,
+        },
         False,
         lambda r: int(r.version) if r.stored else None,
     )
@@ -123,11 +143,12 @@ def cache_set_many(
     entries: Mapping[str, bytes], ttl_ms: int, namespace: str
 ) -> Call[dict[str, int]]:
     keys = list(entries)
-    items = [cache_pb2.SetEntry(key=k, value=entries[k], ttl_ms=ttl_ms) for k in keys]
+    items = [{"key": k, "value": entries[k], "ttl_ms": ttl_ms} for k in keys]
     # Never retried, like set: a second try could overwrite later writes of other workers.
     return Call(
         "SetMany",
-        cache_pb2.SetManyRequest(namespace=namespace, entries=items),
+        cache_pb2.SetManyRequest,
+        {"namespace": namespace, "entries": items},
         False,
         lambda r: dict(zip(keys, (int(v) for v in r.versions))),
     )
@@ -140,7 +161,8 @@ def cache_delete(key: str, namespace: str, version: int | None = None) -> Call[b
     # (a version is never reused), only the answer can come out False.
     return Call(
         "Delete",
-        cache_pb2.DeleteRequest(namespace=namespace, key=key, expected_version=version or 0),
+        cache_pb2.DeleteRequest,
+        {"namespace": namespace, "key": key, "expected_version": version or 0},
         True,
         lambda r: bool(r.deleted),
     )
@@ -152,7 +174,8 @@ def cache_delete_many(keys: Iterable[str], namespace: str) -> Call[int]:
     # second that finds nothing left.
     return Call(
         "DeleteMany",
-        cache_pb2.DeleteManyRequest(namespace=namespace, keys=list(keys)),
+        cache_pb2.DeleteManyRequest,
+        {"namespace": namespace, "keys": list(keys)},
         True,
         lambda r: int(r.deleted),
     )
@@ -161,7 +184,8 @@ def cache_delete_many(keys: Iterable[str], namespace: str) -> Call[int]:
 def cache_increment(key: str, delta: int, ttl_ms: int, namespace: str) -> Call[int]:
     return Call(
         "Increment",
-        cache_pb2.IncrementRequest(namespace=namespace, key=key, delta=delta, ttl_ms=ttl_ms),
+        cache_pb2.IncrementRequest,
+        {"namespace": namespace, "key": key, "delta": delta, "ttl_ms": ttl_ms},
         False,
         lambda r: int(r.value),
     )
@@ -170,7 +194,8 @@ def cache_increment(key: str, delta: int, ttl_ms: int, namespace: str) -> Call[i
 def cache_increment_if_present(key: str, delta: int, namespace: str) -> Call[int | None]:
     return Call(
         "Increment",
-        cache_pb2.IncrementRequest(namespace=namespace, key=key, delta=delta, if_present=True),
+        cache_pb2.IncrementRequest,
+        {"namespace": namespace, "key": key, "delta": delta, "if_present": True},
         False,
         lambda r: int(r.value) if r.found else None,
     )
@@ -179,7 +204,8 @@ def cache_increment_if_present(key: str, delta: int, namespace: str) -> Call[int
 def cache_get_many(keys: Iterable[str], namespace: str) -> Call[dict[str, bytes | None]]:
     return Call(
         "GetMany",
-        cache_pb2.GetManyRequest(namespace=namespace, keys=list(keys)),
+        cache_pb2.GetManyRequest,
+        {"namespace": namespace, "keys": list(keys)},
         True,
         lambda r: {e.key: (e.value if e.found else None) for e in r.entries},
     )
@@ -188,7 +214,8 @@ def cache_get_many(keys: Iterable[str], namespace: str) -> Call[dict[str, bytes 
 def cache_touch(key: str, ttl_ms: int, namespace: str) -> Call[bool]:
     return Call(
         "Touch",
-        cache_pb2.TouchRequest(namespace=namespace, key=key, ttl_ms=ttl_ms),
+        cache_pb2.TouchRequest,
+        {"namespace": namespace, "key": key, "ttl_ms": ttl_ms},
         True,
         lambda r: bool(r.found),
     )
@@ -197,7 +224,8 @@ def cache_touch(key: str, ttl_ms: int, namespace: str) -> Call[bool]:
 def cache_delete_prefix(prefix: str, namespace: str) -> Call[int]:
     return Call(
         "DeletePrefix",
-        cache_pb2.DeletePrefixRequest(namespace=namespace, prefix=prefix),
+        cache_pb2.DeletePrefixRequest,
+        {"namespace": namespace, "prefix": prefix},
         False,
         lambda r: int(r.deleted),
     )
@@ -208,16 +236,17 @@ def cache_clear(namespace: str) -> Call[int]:
     # so a second try after one that was applied would also remove entries other workers wrote
     # in between, which this caller never named.
     return Call(
-        "Clear", cache_pb2.ClearRequest(namespace=namespace), False, lambda r: int(r.deleted)
+        "Clear", cache_pb2.ClearRequest, {"namespace": namespace}, False, lambda r: int(r.deleted)
     )
 
 
 def cache_stats(namespace: str) -> Call[dict[str, int]]:
     return Call(
         "Stats",
-        cache_pb2.StatsRequest(namespace=namespace),
+        cache_pb2.StatsRequest,
+        {"namespace": namespace},
         True,
-        lambda r: {f.name: int(getattr(r, f.name)) for f in r.DESCRIPTOR.fields},
+        lambda r: {name: int(getattr(r, name)) for name in _STATS_FIELDS},
     )
 
 
@@ -234,14 +263,15 @@ def session_create(
 ) -> Call[tuple[str, Session]]:
     return Call(
         "CreateSession",
-        session_pb2.CreateSessionRequest(
-            user_id=user_id,
-            data=dict(data or {}),
-            idle_ttl_ms=idle_ttl_ms,
-            absolute_ttl_ms=absolute_ttl_ms,
-            device_info=device_info,
-            ip=ip,
-        ),
+        session_pb2.CreateSessionRequest,
+        {
+            "user_id": user_id,
+            "data": dict(data or {}),
+            "idle_ttl_ms": idle_ttl_ms,
+            "absolute_ttl_ms": absolute_ttl_ms,
+            "device_info": device_info,
+            "ip": ip,
+        },
         False,
         lambda r: (r.token, Session._from_pb(r.session)),
     )
@@ -267,7 +297,7 @@ def client_fields(device_info: str, ip: str) -> dict[str, str]:
 
 
 def session_get(token: str) -> Call[Session | None]:
-    return Call("GetSession", session_pb2.GetSessionRequest(token=token), True, _session)
+    return Call("GetSession", session_pb2.GetSessionRequest, {"token": token}, True, _session)
 
 
 def session_update(
@@ -275,7 +305,8 @@ def session_update(
 ) -> Call[Session | None]:
     return Call(
         "UpdateSession",
-        session_pb2.UpdateSessionRequest(token=token, set=dict(set_ or {}), remove=list(remove)),
+        session_pb2.UpdateSessionRequest,
+        {"token": token, "set": dict(set_ or {}), "remove": list(remove)},
         False,
         _session,
     )
@@ -284,7 +315,8 @@ def session_update(
 def session_rotate(token: str) -> Call[tuple[str, Session] | None]:
     return Call(
         "RotateSession",
-        session_pb2.RotateSessionRequest(token=token),
+        session_pb2.RotateSessionRequest,
+        {"token": token},
         False,
         lambda r: (r.token, Session._from_pb(r.session)) if r.found else None,
     )
@@ -293,18 +325,21 @@ def session_rotate(token: str) -> Call[tuple[str, Session] | None]:
 def session_revoke(token: str | None, session_id: str | None) -> Call[bool]:
     if (token is None) == (session_id is None):
         raise ValueError("revoke takes exactly one of token and session_id")
-    request = (
-        session_pb2.RevokeSessionRequest(token=token)
-        if token is not None
-        else session_pb2.RevokeSessionRequest(session_id=session_id)
+    fields = {"token": token} if token is not None else {"session_id": session_id}
+    return Call(
+        "RevokeSession",
+        session_pb2.RevokeSessionRequest,
+        fields,
+        False,
+        lambda r: bool(r.revoked),
     )
-    return Call("RevokeSession", request, False, lambda r: bool(r.revoked))
 
 
 def session_revoke_user(user_id: str, except_session_id: str) -> Call[int]:
     return Call(
         "RevokeUserSessions",
-        session_pb2.RevokeUserSessionsRequest(user_id=user_id, except_session_id=except_session_id),
+        session_pb2.RevokeUserSessionsRequest,
+        {"user_id": user_id, "except_session_id": except_session_id},
         False,
         lambda r: int(r.revoked),
     )
@@ -313,7 +348,8 @@ def session_revoke_user(user_id: str, except_session_id: str) -> Call[int]:
 def session_list(user_id: str) -> Call[SessionList]:
     return Call(
         "ListSessions",
-        session_pb2.ListSessionsRequest(user_id=user_id),
+        session_pb2.ListSessionsRequest,
+        {"user_id": user_id},
         True,
         lambda r: SessionList([Session._from_pb(s) for s in r.sessions], bool(r.truncated)),
     )
@@ -342,20 +378,21 @@ def ratelimit_check(
     key: str, policy: str, limit: int, period_ms: int, cost: int, burst: int, algorithm: str
 ) -> Call[RateLimitResult]:
     fields = _limit_fields(key, policy, limit, period_ms, cost, burst, algorithm)
-    return Call("Check", ratelimit_pb2.CheckRequest(**fields), False, RateLimitResult._from_pb)
+    return Call("Check", ratelimit_pb2.CheckRequest, fields, False, RateLimitResult._from_pb)
 
 
 def ratelimit_peek(
     key: str, policy: str, limit: int, period_ms: int, cost: int, burst: int, algorithm: str
 ) -> Call[RateLimitResult]:
     fields = _limit_fields(key, policy, limit, period_ms, cost, burst, algorithm)
-    return Call("Peek", ratelimit_pb2.PeekRequest(**fields), True, RateLimitResult._from_pb)
+    return Call("Peek", ratelimit_pb2.PeekRequest, fields, True, RateLimitResult._from_pb)
 
 
 def ratelimit_reset(key: str, policy: str) -> Call[bool]:
     return Call(
         "Reset",
-        ratelimit_pb2.ResetRequest(policy=policy, key=key),
+        ratelimit_pb2.ResetRequest,
+        {"policy": policy, "key": key},
         False,
         lambda r: bool(r.existed),
     )

@@ -1,46 +1,67 @@
 """The blocking Larder client: one channel, and the cache, sessions and ratelimit sub-APIs.
 
 Each method builds its call in ``_calls`` (shared with ``larder_client.aio``) and runs it
-through the ``Invoker``; nothing here validates or maps by itself.
+through the ``Invoker`` on the core's binding (``_channel``: native or grpcio); nothing here
+validates or maps by itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-import grpc
 from google.protobuf import wrappers_pb2
 
 from . import _calls
 from ._calls import Call
-from ._channel import Transport
+from ._channel import GrpcBinding, Transport
 from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
 from ._invoke import Invoker
+from ._nativecore import NativeBinding
 from ._types import Entry, RateLimitResult, Session, SessionList
 
 T = TypeVar("T")
 
 
-class _Api:
-    """A sub-API: one service's stub and the invoker that runs its calls."""
+Binding = GrpcBinding | NativeBinding
 
-    def __init__(self, stub: Any, call: Invoker) -> None:
-        self._stub = stub
+
+class _Api:
+    """A sub-API: one service's methods on the binding, and the invoker that runs its calls.
+
+    ``_service`` is the service's full name, ``_stub`` grpcio's stub class for it."""
+
+    _service: ClassVar[str]
+    _stub: ClassVar[type]
+
+    def __init__(self, binding: Binding, call: Invoker) -> None:
+        self._binding = binding
+        self._request = binding.request
         self._call = call
+        self._methods: dict[str, Any] = {}
+
+    def _method(self, name: str) -> Any:
+        method = self._methods.get(name)
+        if method is None:
+            method = self._methods[name] = self._binding.method(self._service, self._stub, name)
+        return method
 
     def _run(self, call: Call[T], timeout: float | None) -> T:
-        method = getattr(self._stub, call.method)
-        response = self._call(method, call.request, idempotent=call.idempotent, timeout=timeout)
+        response = self._call(
+            self._method(call.method),
+            self._request(call),
+            idempotent=call.idempotent,
+            timeout=timeout,
+        )
         return call.parse(response)
 
 
 class Cache(_Api):
     """CacheService: namespaced keys with byte values, versions and TTLs (milliseconds)."""
 
-    def __init__(self, channel: grpc.Channel, call: Invoker) -> None:
-        super().__init__(cache_pb2_grpc.CacheServiceStub(channel), call)
+    _service = "larder.v1.CacheService"
+    _stub = cache_pb2_grpc.CacheServiceStub
 
     def get(self, key: str, namespace: str = "", *, timeout: float | None = None) -> bytes | None:
         """The value of ``key``, or None when it is absent or expired."""
@@ -191,8 +212,8 @@ class Cache(_Api):
 class Sessions(_Api):
     """SessionService: opaque login-session tokens and the data they carry."""
 
-    def __init__(self, channel: grpc.Channel, call: Invoker) -> None:
-        super().__init__(session_pb2_grpc.SessionServiceStub(channel), call)
+    _service = "larder.v1.SessionService"
+    _stub = session_pb2_grpc.SessionServiceStub
 
     def create(
         self,
@@ -252,8 +273,8 @@ class Sessions(_Api):
 class RateLimit(_Api):
     """RateLimitService: named policies (config file) or inline limits per key."""
 
-    def __init__(self, channel: grpc.Channel, call: Invoker) -> None:
-        super().__init__(ratelimit_pb2_grpc.RateLimitServiceStub(channel), call)
+    _service = "larder.v1.RateLimitService"
+    _stub = ratelimit_pb2_grpc.RateLimitServiceStub
 
     def check(
         self,
@@ -310,9 +331,16 @@ class HealthStub:
         )
 
 
+class Health(_Api):
+    """``grpc.health.v1.Health``: whether the daemon serves."""
+
+    _service = "grpc.health.v1.Health"
+    _stub = HealthStub
+
+
 def health_call(service: str) -> Call[bool]:
     """Whether the daemon (or one ``larder.v1`` service) reports SERVING (status 1)."""
-    return Call("Check", wrappers_pb2.StringValue(value=service), True, lambda r: r.value == 1)
+    return Call("Check", wrappers_pb2.StringValue, {"value": service}, True, lambda r: r.value == 1)
 
 
 class Connection:
@@ -334,6 +362,7 @@ class Connection:
         allow_insecure_token: bool = False,
         reconnect_wait: float = 0.5,
         wait_for_ready: bool = False,
+        core: str | None = None,
     ) -> None:
         transport = Transport.make(
             target,
@@ -344,8 +373,10 @@ class Connection:
             private_key=private_key,
             certificate_chain=certificate_chain,
             allow_insecure_token=allow_insecure_token,
+            core=core,
         )
         self.target = target
+        self.core = transport.core
         self._open(transport, {"token": token, "timeout": timeout, "retries": retries,
                                "reconnect_wait": reconnect_wait,
                                "wait_for_ready": wait_for_ready})  # fmt: skip
@@ -376,6 +407,13 @@ class Larder(Connection):
     wait. ``wait_for_ready=True`` is grpc's own alternative: every call waits for the
     connection within its deadline (DEADLINE_EXCEEDED, naming no cause, if it never comes).
 
+    Core: ``core="native"`` carries the calls on the Rust extension built with the package
+    (tonic, with the GIL released during a call), ``core="grpc"`` on grpcio; ``"auto"`` (the
+    default, or the ``LARDER_CLIENT_CORE`` environment variable) takes the native core where
+    it is installed and can carry the connection (not with channel ``options`` that only
+    grpcio knows), grpcio otherwise. ``larder.core`` says which one was taken. Both behave
+    the same: same answers, errors, retries and deadlines.
+
     Errors: INVALID_ARGUMENT raises ``LarderError`` (a ValueError); every other failure
     raises the ``grpc.RpcError`` (``.code()``, ``.details()``). Use it as a context manager,
     or call ``close()``, to close the channel. Create one per process and share it.
@@ -386,24 +424,12 @@ class Larder(Connection):
     ratelimit: RateLimit
 
     def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
-        self._channel = transport.channel()
-        self._call = Invoker(**invoker, ready=self._ready)
-        self.cache = Cache(self._channel, self._call)
-        self.sessions = Sessions(self._channel, self._call)
-        self.ratelimit = RateLimit(self._channel, self._call)
-        self._health = _Api(HealthStub(self._channel), self._call)
-
-    def _ready(self, seconds: float) -> bool:
-        """Whether the channel is connected, or connects within ``seconds``."""
-        ready = grpc.channel_ready_future(self._channel)
-        try:
-            ready.result(timeout=seconds)
-        except grpc.FutureTimeoutError:
-            # Unsubscribes it from the channel's connectivity: a future left waiting would stay
-            # subscribed until the channel connects, one more for every call while it is down.
-            ready.cancel()
-            return False
-        return True
+        self._binding = transport.binding()
+        self._call = Invoker(**invoker, ready=self._binding.ready)
+        self.cache = Cache(self._binding, self._call)
+        self.sessions = Sessions(self._binding, self._call)
+        self.ratelimit = RateLimit(self._binding, self._call)
+        self._health = Health(self._binding, self._call)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """Whether the daemon (or one ``larder.v1`` service) reports SERVING."""
@@ -411,7 +437,7 @@ class Larder(Connection):
 
     def close(self) -> None:
         """Closes the channel; calls after this fail."""
-        self._channel.close()
+        self._binding.close()
 
     def __enter__(self) -> Larder:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self

@@ -177,8 +177,11 @@ class AsyncInvoker(_Policy):
 def _never_sent(err: grpc.RpcError) -> bool:
     """Whether grpc-core failed ``err``'s call before sending it: it could not connect.
 
-    grpc-core's words for that have been the same for years; if they change, such calls are
-    only not retried, which is the safe side."""
+    The native core says so itself (``never_sent``). grpc-core's words for that have been the
+    same for years; if they change, such calls are only not retried, which is the safe side."""
+    never_sent = getattr(err, "never_sent", None)
+    if never_sent is not None:
+        return bool(never_sent)
     return "failed to connect to all addresses" in status_details(err, "").lower()
 
 

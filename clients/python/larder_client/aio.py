@@ -1,4 +1,4 @@
-"""The asyncio Larder client, on ``grpc.aio``: ``larder_client.aio.Larder``.
+"""The asyncio Larder client, on the native core or ``grpc.aio``: ``larder_client.aio.Larder``.
 
     from larder_client.aio import Larder
 
@@ -15,36 +15,49 @@ make the client inside the loop that uses it (one per loop, shared by its tasks)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
-
-import grpc
-import grpc.aio
+from typing import Any, ClassVar, TypeVar
 
 from . import _calls
 from ._calls import Call
-from ._channel import Transport
+from ._channel import AsyncGrpcBinding, Transport
 from ._client import Connection, HealthStub, health_call
 from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
 from ._invoke import AsyncInvoker, LarderError
+from ._nativecore import AsyncNativeBinding
 from ._types import Entry, RateLimitResult, Session, SessionList
 
 T = TypeVar("T")
 
 
-class _Api:
-    """A sub-API: one service's stub and the invoker that runs its calls."""
+Binding = AsyncGrpcBinding | AsyncNativeBinding
 
-    def __init__(self, stub: Any, call: AsyncInvoker) -> None:
-        self._stub = stub
+
+class _Api:
+    """A sub-API: one service's methods on the binding, and the invoker that runs its calls."""
+
+    _service: ClassVar[str]
+    _stub: ClassVar[type]
+
+    def __init__(self, binding: Binding, call: AsyncInvoker) -> None:
+        self._binding = binding
+        self._request = binding.request
         self._call = call
+        self._methods: dict[str, Any] = {}
+
+    def _method(self, name: str) -> Any:
+        method = self._methods.get(name)
+        if method is None:
+            method = self._methods[name] = self._binding.method(self._service, self._stub, name)
+        return method
 
     async def _run(self, call: Call[T], timeout: float | None) -> T:
-        method = getattr(self._stub, call.method)
         response = await self._call(
-            method, call.request, idempotent=call.idempotent, timeout=timeout
+            self._method(call.method),
+            self._request(call),
+            idempotent=call.idempotent,
+            timeout=timeout,
         )
         return call.parse(response)
 
@@ -52,8 +65,8 @@ class _Api:
 class Cache(_Api):
     """CacheService: namespaced keys with byte values, versions and TTLs (milliseconds)."""
 
-    def __init__(self, channel: grpc.aio.Channel, call: AsyncInvoker) -> None:
-        super().__init__(cache_pb2_grpc.CacheServiceStub(channel), call)
+    _service = "larder.v1.CacheService"
+    _stub = cache_pb2_grpc.CacheServiceStub
 
     async def get(
         self, key: str, namespace: str = "", *, timeout: float | None = None
@@ -186,8 +199,8 @@ class Cache(_Api):
 class Sessions(_Api):
     """SessionService: opaque login-session tokens and the data they carry."""
 
-    def __init__(self, channel: grpc.aio.Channel, call: AsyncInvoker) -> None:
-        super().__init__(session_pb2_grpc.SessionServiceStub(channel), call)
+    _service = "larder.v1.SessionService"
+    _stub = session_pb2_grpc.SessionServiceStub
 
     async def create(
         self,
@@ -249,8 +262,8 @@ class Sessions(_Api):
 class RateLimit(_Api):
     """RateLimitService: named policies (config file) or inline limits per key."""
 
-    def __init__(self, channel: grpc.aio.Channel, call: AsyncInvoker) -> None:
-        super().__init__(ratelimit_pb2_grpc.RateLimitServiceStub(channel), call)
+    _service = "larder.v1.RateLimitService"
+    _stub = ratelimit_pb2_grpc.RateLimitServiceStub
 
     async def check(
         self,
@@ -289,30 +302,28 @@ class RateLimit(_Api):
         return await self._run(_calls.ratelimit_reset(key, policy), timeout)
 
 
+class _Health(_Api):
+    _service = "grpc.health.v1.Health"
+    _stub = HealthStub
+
+
 class Larder(Connection):
     """An asyncio connection to a Larder daemon; see ``larder_client.Larder`` for the
-    arguments (``target``, ``token``, ``timeout``, ``retries``, ``options`` and the TLS ones),
-    which mean the same here. Close it with ``await close()`` or ``async with``."""
+    arguments (``target``, ``token``, ``timeout``, ``retries``, ``options``, ``core`` and the
+    TLS ones), which mean the same here. On the native core a call is an asyncio future that
+    the core settles from its own thread: the event loop never blocks. Close it with ``await close()`` or ``async with``."""
 
     cache: Cache
     sessions: Sessions
     ratelimit: RateLimit
 
     def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
-        self._channel = transport.aio_channel()
-        self._call = AsyncInvoker(**invoker, ready=self._ready)
-        self.cache = Cache(self._channel, self._call)
-        self.sessions = Sessions(self._channel, self._call)
-        self.ratelimit = RateLimit(self._channel, self._call)
-        self._health = _Api(HealthStub(self._channel), self._call)
-
-    async def _ready(self, seconds: float) -> bool:
-        """Whether the channel is connected, or connects within ``seconds``."""
-        try:
-            await asyncio.wait_for(self._channel.channel_ready(), seconds)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        self._binding = transport.aio_binding()
+        self._call = AsyncInvoker(**invoker, ready=self._binding.ready)
+        self.cache = Cache(self._binding, self._call)
+        self.sessions = Sessions(self._binding, self._call)
+        self.ratelimit = RateLimit(self._binding, self._call)
+        self._health = _Health(self._binding, self._call)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """Whether the daemon (or one ``larder.v1`` service) reports SERVING."""
@@ -320,7 +331,7 @@ class Larder(Connection):
 
     async def close(self) -> None:
         """Closes the channel; calls after this fail."""
-        await self._channel.close()
+        await self._binding.close()
 
     async def __aenter__(self) -> Larder:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self

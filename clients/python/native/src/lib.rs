@@ -1,0 +1,302 @@
+//! `larder_client._native`: the native core of Larder's Python client. A `Core` holds one
+//! tonic channel on a small runtime of its own and runs each call with the GIL released,
+//! encoding and decoding with prost by the descriptors of the repository's `proto/` (the
+//! daemon's own), so no Python protobuf object is made on the way. The Python package keeps
+//! the API, the retry policy and the call definitions; this module only carries calls.
+
+mod codec;
+mod conn;
+mod convert;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prost_reflect::{DescriptorPool, MessageDescriptor};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::metadata::AsciiMetadataValue;
+
+use conn::{Address, Failure, Live, Settings};
+use convert::{Message, message_from_py};
+
+/// The descriptors of `proto/larder/v1/*.proto` and `google/protobuf/wrappers.proto`.
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"))[..])
+        .expect("the embedded descriptors decode")
+});
+
+/// A method the core can call: its path and its input and output types.
+struct Method {
+    path: PathAndQuery,
+    input: MessageDescriptor,
+    output: MessageDescriptor,
+}
+
+/// Every method of every service in `POOL` by its gRPC path (`/larder.v1.CacheService/Get`),
+/// and the health check, whose request and answer have the wire form of `StringValue` and
+/// `Int32Value`.
+static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
+    let mut methods = HashMap::new();
+    for service in POOL.services() {
+        for method in service.methods() {
+            let path = format!("/{}/{}", service.full_name(), method.name());
+            let entry = Method {
+                path: PathAndQuery::try_from(path.clone())
+                    .expect("a method path is a valid URI path"),
+                input: method.input(),
+                output: method.output(),
+            };
+            methods.insert(path, entry);
+        }
+    }
+    let wrapper = |name: &str| {
+        POOL.get_message_by_name(name)
+            .expect("wrappers.proto is compiled in")
+    };
+    methods.insert(
+        "/grpc.health.v1.Health/Check".to_owned(),
+        Method {
+            path: PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
+            input: wrapper("google.protobuf.StringValue"),
+            output: wrapper("google.protobuf.Int32Value"),
+        },
+    );
+    methods
+});
+
+/// One connection to a daemon. Made once per `Larder` client; shared by its threads (sync)
+/// or its tasks (asyncio). The channel connects on the first call and again after a lost
+/// connection; a process forked from the one that made it opens its own on its first call.
+#[pyclass(frozen, module = "larder_client._native")]
+struct Core {
+    settings: Arc<Settings>,
+    live: ArcSwapOption<Live>,
+    closed: AtomicBool,
+    /// Called as `error(code, details, never_sent)` to make the exception of a failed call.
+    error: Py<PyAny>,
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (target, token, error, *, tls=false, root_certificates=None,
+        certificate_chain=None, private_key=None, authority=None, server_name=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        target: &str,
+        token: Option<&str>,
+        error: Py<PyAny>,
+        tls: bool,
+        root_certificates: Option<&[u8]>,
+        certificate_chain: Option<&[u8]>,
+        private_key: Option<&[u8]>,
+        authority: Option<String>,
+        server_name: Option<String>,
+    ) -> PyResult<Core> {
+        let address = Address::parse(target).map_err(PyValueError::new_err)?;
+        let authorization = token
+            .map(|t| {
+                AsciiMetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| PyValueError::new_err("token must be printable ASCII"))
+            })
+            .transpose()?;
+        let tls = tls.then(|| {
+            Settings::tls_config(
+                root_certificates,
+                certificate_chain,
+                private_key,
+                server_name,
+            )
+        });
+        let settings = Settings {
+            address,
+            tls,
+            authority,
+            authorization,
+        };
+        Ok(Core {
+            settings: Arc::new(settings),
+            live: ArcSwapOption::empty(),
+            closed: AtomicBool::new(false),
+            error,
+        })
+    }
+
+    /// Calls `path` with the request `fields` (a dict) and returns the answer as a
+    /// `Message`, or raises `error(...)`. Blocks this thread, not the others: the GIL is
+    /// released while the call is in flight.
+    fn call(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        fields: &Bound<'_, PyDict>,
+        timeout: f64,
+        wait_for_ready: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let (live, call) = self.prepare(path, fields, timeout, wait_for_ready)?;
+        let result = py.detach(|| live.runtime.block_on(call.run()));
+        self.answer(py, result)
+    }
+
+    /// Starts the call (as `call`) and returns at once; when it ends, `schedule(settle, ok,
+    /// value)` is called from the core's thread: `loop.call_soon_threadsafe` and a function
+    /// that settles the asyncio future awaiting it.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        path: &str,
+        fields: &Bound<'_, PyDict>,
+        timeout: f64,
+        wait_for_ready: bool,
+        schedule: Py<PyAny>,
+        settle: Py<PyAny>,
+    ) -> PyResult<()> {
+        let (live, call) = self.prepare(path, fields, timeout, wait_for_ready)?;
+        let error = Python::attach(|py| self.error.clone_ref(py));
+        live.runtime.spawn(async move {
+            let result = call.run().await;
+            Python::attach(|py| {
+                let (ok, value) = match result {
+                    Ok(message) => match Py::new(py, Message(message)) {
+                        Ok(m) => (true, m.into_any()),
+                        Err(e) => (false, e.into_value(py).into_any()),
+                    },
+                    Err(failure) => (false, failure_value(py, &error, failure)),
+                };
+                // Fails only when the loop is closed: then nobody awaits the answer.
+                let _ = schedule.call1(py, (settle, ok, value));
+            });
+        });
+        Ok(())
+    }
+
+    /// Whether the daemon accepts a connection within `seconds` (waiting with the GIL
+    /// released): what a retry waits for after an UNAVAILABLE.
+    fn ready(&self, py: Python<'_>, seconds: f64) -> PyResult<bool> {
+        let live = self.live()?;
+        let address = self.settings.address.clone();
+        let wait = duration(seconds.max(0.0))?;
+        Ok(py.detach(|| live.runtime.block_on(conn::reachable(&address, wait))))
+    }
+
+    /// Closes the channel; calls after this raise `ValueError`.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(old) = self.live.swap(None)
+            && old.pid != std::process::id()
+        {
+            std::mem::forget(old); // another process's runtime: nothing here to stop
+        }
+    }
+}
+
+impl Core {
+    /// The call of `path` with the request `fields`, on this process's channel.
+    fn prepare(
+        &self,
+        path: &str,
+        fields: &Bound<'_, PyDict>,
+        timeout: f64,
+        wait_for_ready: bool,
+    ) -> PyResult<(Arc<Live>, conn::UnaryCall)> {
+        let (method, request) = request(path, fields)?;
+        let live = self.live()?;
+        let call = conn::UnaryCall {
+            grpc: live.grpc.clone(),
+            address: self.settings.address.clone(),
+            authorization: self.settings.authorization.clone(),
+            path: method.path.clone(),
+            request,
+            output: method.output.clone(),
+            timeout: duration(timeout)?,
+            wait_for_ready,
+        };
+        Ok((live, call))
+    }
+
+    /// This process's runtime and channel, opened on first use (and again in a forked child,
+    /// where the parent's are left untouched: their threads do not exist here).
+    fn live(&self) -> PyResult<Arc<Live>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(PyValueError::new_err("the Larder client is closed"));
+        }
+        let pid = std::process::id();
+        let current = self.live.load_full();
+        if let Some(live) = &current
+            && live.pid == pid
+        {
+            return Ok(live.clone());
+        }
+        let fresh = Arc::new(Live::open(&self.settings).map_err(PyRuntimeError::new_err)?);
+        let previous = self.live.compare_and_swap(&current, Some(fresh.clone()));
+        let won = match (&*previous, &current) {
+            (Some(p), Some(c)) => Arc::ptr_eq(p, c),
+            (None, None) => true,
+            _ => false,
+        };
+        if !won {
+            // Another thread opened one first: use it (this one is dropped, unused).
+            return self.live();
+        }
+        if let Some(old) = current
+            && old.pid != pid
+        {
+            std::mem::forget(old);
+        }
+        Ok(fresh)
+    }
+
+    fn answer(
+        &self,
+        py: Python<'_>,
+        result: Result<prost_reflect::DynamicMessage, Failure>,
+    ) -> PyResult<Py<PyAny>> {
+        match result {
+            Ok(message) => Ok(Py::new(py, Message(message))?.into_any()),
+            Err(failure) => {
+                let value = failure_value(py, &self.error, failure);
+                Err(PyErr::from_value(value.into_bound(py)))
+            }
+        }
+    }
+}
+
+/// The method of `path` and its request built from `fields`.
+fn request(
+    path: &str,
+    fields: &Bound<'_, PyDict>,
+) -> PyResult<(&'static Method, prost_reflect::DynamicMessage)> {
+    let method = METHODS
+        .get(path)
+        .ok_or_else(|| PyValueError::new_err(format!("no method {path:?} in larder's protos")))?;
+    Ok((method, message_from_py(&method.input, fields)?))
+}
+
+fn duration(seconds: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        PyValueError::new_err(format!("timeout must be positive seconds, not {seconds}"))
+    })
+}
+
+/// The exception of a failed call, made by the client's `error` class; if that fails, the
+/// error it raised.
+fn failure_value(py: Python<'_>, error: &Py<PyAny>, failure: Failure) -> Py<PyAny> {
+    let code = failure.status.code() as i32;
+    let details = failure.status.message().to_owned();
+    match error.call1(py, (code, details, failure.never_sent)) {
+        Ok(value) => value,
+        Err(e) => e.into_value(py).into_any(),
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Core>()?;
+    m.add_class::<Message>()?;
+    Ok(())
+}
