@@ -4,7 +4,7 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::mem::ManuallyDrop;
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -141,57 +141,27 @@ impl Settings {
     }
 }
 
-/// A runtime and a channel, for the process that made them: after a fork the child makes its
-/// own (see `Core::live`), since the parent's runtime threads do not exist in it.
-pub struct Live {
-    pub pid: u32,
-    pub runtime: ManuallyDrop<Runtime>,
-    pub grpc: Grpc<Channel>,
-}
-
-impl Live {
-    pub fn open(settings: &Settings) -> Result<Live, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("larder-client")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("starting the client's runtime: {e}"))?;
-        let endpoint = settings.endpoint()?;
-        let channel = {
-            let _entered = runtime.enter(); // the channel spawns its worker on this runtime
-            match &settings.address {
-                Address::Tcp(_) => endpoint.connect_lazy(),
-                Address::Unix(path) => {
-                    let path = path.clone();
-                    endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, io::Error>(TokioIo::new(stream))
-                        }
-                    }))
+/// A channel on `runtime`: it connects on its first call, and again after a lost
+/// connection.
+pub fn open_channel(settings: &Settings, runtime: &Runtime) -> Result<Grpc<Channel>, String> {
+    let endpoint = settings.endpoint()?;
+    let _entered = runtime.enter(); // the channel spawns its worker on this runtime
+    let channel = match &settings.address {
+        Address::Tcp(_) => endpoint.connect_lazy(),
+        Address::Unix(path) => {
+            let path = path.clone();
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, io::Error>(TokioIo::new(stream))
                 }
-            }
-        };
-        let grpc = Grpc::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        Ok(Live {
-            pid: std::process::id(),
-            runtime: ManuallyDrop::new(runtime),
-            grpc,
-        })
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        // SAFETY: `runtime` is taken once, here, and never used after.
-        let runtime = unsafe { ManuallyDrop::take(&mut self.runtime) };
-        // Never waits for the worker: it may be waiting for the GIL this thread holds.
-        runtime.shutdown_background();
-    }
+            }))
+        }
+    };
+    Ok(Grpc::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
 }
 
 /// A failed call: its status, and whether the request certainly never reached the daemon
@@ -290,17 +260,35 @@ fn deadline_exceeded() -> Status {
     Status::deadline_exceeded("Deadline Exceeded")
 }
 
-/// Whether the daemon becomes reachable (accepts a connection) within `wait`.
-pub async fn reachable(address: &Address, wait: Duration) -> bool {
-    let deadline = Instant::now() + wait;
+/// Whether the daemon becomes reachable (accepts a connection) within `wait`; blocks this
+/// thread, trying every 50 ms.
+pub fn reachable(address: &Address, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
     loop {
-        if tokio::time::timeout_at(deadline, address.accepts()).await == Ok(true) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let accepted = match address {
+            Address::Tcp(hostport) => hostport
+                .to_socket_addrs()
+                .map(|mut addrs| {
+                    addrs.any(|addr| {
+                        std::net::TcpStream::connect_timeout(
+                            &addr,
+                            left.max(Duration::from_millis(10)),
+                        )
+                        .is_ok()
+                    })
+                })
+                .unwrap_or(false),
+            Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        };
+        if accepted {
             return true;
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
             return false;
         }
-        tokio::time::sleep_until((Instant::now() + Duration::from_millis(50)).min(deadline)).await;
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 
@@ -326,15 +314,13 @@ fn never_sent(status: &Status) -> bool {
 
 /// The status of a failed call as grpcio reports it: a failure of the connection itself
 /// (TLS refused, the peer is not HTTP/2, the connection dropped), which tonic reports as
-/// UNKNOWN with the transport's error as source, is UNAVAILABLE. A status the daemon sent
-/// has no source and is kept as it is.
+/// UNKNOWN or CANCELLED with the transport's error as source, is UNAVAILABLE. A status the
+/// daemon sent has no source and is kept as it is.
 fn as_grpcio(status: Status) -> Status {
-    if status.code() == Code::Unknown && status.source().is_some() {
-        let mut mapped = Status::unavailable(status.message().to_owned());
-        if let Some(source) = status.source() {
-            mapped = Status::unavailable(format!("{}: {source}", status.message()));
+    match status.source() {
+        Some(source) if matches!(status.code(), Code::Unknown | Code::Cancelled) => {
+            Status::unavailable(format!("{}: {source}", status.message()))
         }
-        return mapped;
+        _ => status,
     }
-    status
 }

@@ -1,6 +1,6 @@
 //! Python values to protobuf messages and back, by the messages' descriptors: a request is a
 //! dict of field name to value (as protobuf's own Python classes take keyword arguments), an
-//! answer a `Message` whose fields read as attributes (as on protobuf's Python messages), so
+//! answer a namespace whose fields read as attributes (as on protobuf's Python messages), so
 //! the client's call definitions work on this core and on grpcio alike.
 
 use std::collections::HashMap;
@@ -9,8 +9,9 @@ use bytes::Bytes;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
 };
-use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList};
 
 /// The message `desc` with the fields of `fields` (name -> value); a `None` value leaves its
@@ -147,26 +148,19 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
-/// An answer from the daemon: its fields read as attributes, with protobuf's defaults for
-/// fields the daemon did not send (an absent message reads as an empty one).
-#[pyclass(frozen, module = "larder_client._native", name = "Message")]
-pub struct Message(pub DynamicMessage);
-
-#[pymethods]
-impl Message {
-    fn __getattr__(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
-        let field = self.0.descriptor().get_field_by_name(name).ok_or_else(|| {
-            PyAttributeError::new_err(format!(
-                "{} has no field {name:?}",
-                self.0.descriptor().full_name()
-            ))
-        })?;
-        value_to_py(py, &self.0.get_field(&field))
+/// An answer from the daemon as a `types.SimpleNamespace` of every field of its type, with
+/// protobuf's defaults for the fields the daemon did not send (an absent message reads as an
+/// empty one): plain attributes, read as fast as any Python object's.
+pub fn message_to_py(py: Python<'_>, message: &DynamicMessage) -> PyResult<Py<PyAny>> {
+    static NAMESPACE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let namespace = NAMESPACE.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("types")?.getattr("SimpleNamespace")?.unbind())
+    })?;
+    let fields = PyDict::new(py);
+    for field in message.descriptor().fields() {
+        fields.set_item(field.name(), value_to_py(py, &message.get_field(&field))?)?;
     }
-
-    fn __repr__(&self) -> String {
-        format!("<{} {}>", self.0.descriptor().full_name(), self.0)
-    }
+    Ok(namespace.bind(py).call((), Some(&fields))?.unbind())
 }
 
 fn value_to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
@@ -181,7 +175,7 @@ fn value_to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
         Value::String(s) => s.into_pyobject(py)?.into_any().unbind(),
         Value::Bytes(b) => PyBytes::new(py, b).into_any().unbind(),
         Value::EnumNumber(n) => n.into_pyobject(py)?.into_any().unbind(),
-        Value::Message(m) => Py::new(py, Message(m.clone()))?.into_any(),
+        Value::Message(m) => message_to_py(py, m)?,
         Value::List(items) => {
             let list = PyList::empty(py);
             for item in items {

@@ -7,6 +7,7 @@
 mod codec;
 mod conn;
 mod convert;
+mod live;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +22,9 @@ use pyo3::types::PyDict;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::AsciiMetadataValue;
 
-use conn::{Address, Failure, Live, Settings};
-use convert::{Message, message_from_py};
+use conn::{Address, Failure, Settings};
+use convert::{message_from_py, message_to_py};
+use live::Live;
 
 /// The descriptors of `proto/larder/v1/*.proto` and `google/protobuf/wrappers.proto`.
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
@@ -128,7 +130,7 @@ impl Core {
     }
 
     /// Calls `path` with the request `fields` (a dict) and returns the answer as a
-    /// `Message`, or raises `error(...)`. Blocks this thread, not the others: the GIL is
+    /// namespace of its fields, or raises `error(...)`. Blocks this thread, not the others: the GIL is
     /// released while the call is in flight.
     fn call(
         &self,
@@ -138,8 +140,10 @@ impl Core {
         timeout: f64,
         wait_for_ready: bool,
     ) -> PyResult<Py<PyAny>> {
-        let (live, call) = self.prepare(path, fields, timeout, wait_for_ready)?;
-        let result = py.detach(|| live.runtime.block_on(call.run()));
+        let live = self.live()?;
+        let driven = live.blocking().map_err(PyRuntimeError::new_err)?;
+        let call = self.prepare(driven, path, fields, timeout, wait_for_ready)?;
+        let result = py.detach(|| driven.runtime.block_on(call.run()));
         self.answer(py, result)
     }
 
@@ -156,14 +160,16 @@ impl Core {
         schedule: Py<PyAny>,
         settle: Py<PyAny>,
     ) -> PyResult<()> {
-        let (live, call) = self.prepare(path, fields, timeout, wait_for_ready)?;
+        let live = self.live()?;
+        let driven = live.spawned().map_err(PyRuntimeError::new_err)?;
+        let call = self.prepare(driven, path, fields, timeout, wait_for_ready)?;
         let error = Python::attach(|py| self.error.clone_ref(py));
-        live.runtime.spawn(async move {
+        driven.runtime.spawn(async move {
             let result = call.run().await;
             Python::attach(|py| {
                 let (ok, value) = match result {
-                    Ok(message) => match Py::new(py, Message(message)) {
-                        Ok(m) => (true, m.into_any()),
+                    Ok(message) => match message_to_py(py, &message) {
+                        Ok(m) => (true, m),
                         Err(e) => (false, e.into_value(py).into_any()),
                     },
                     Err(failure) => (false, failure_value(py, &error, failure)),
@@ -178,17 +184,16 @@ impl Core {
     /// Whether the daemon accepts a connection within `seconds` (waiting with the GIL
     /// released): what a retry waits for after an UNAVAILABLE.
     fn ready(&self, py: Python<'_>, seconds: f64) -> PyResult<bool> {
-        let live = self.live()?;
-        let address = self.settings.address.clone();
+        let address = &self.settings.address;
         let wait = duration(seconds.max(0.0))?;
-        Ok(py.detach(|| live.runtime.block_on(conn::reachable(&address, wait))))
+        Ok(py.detach(|| conn::reachable(address, wait)))
     }
 
     /// Closes the channel; calls after this raise `ValueError`.
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         if let Some(old) = self.live.swap(None)
-            && old.pid != std::process::id()
+            && old.generation != live::generation()
         {
             std::mem::forget(old); // another process's runtime: nothing here to stop
         }
@@ -199,15 +204,15 @@ impl Core {
     /// The call of `path` with the request `fields`, on this process's channel.
     fn prepare(
         &self,
+        driven: &live::Driven,
         path: &str,
         fields: &Bound<'_, PyDict>,
         timeout: f64,
         wait_for_ready: bool,
-    ) -> PyResult<(Arc<Live>, conn::UnaryCall)> {
+    ) -> PyResult<conn::UnaryCall> {
         let (method, request) = request(path, fields)?;
-        let live = self.live()?;
         let call = conn::UnaryCall {
-            grpc: live.grpc.clone(),
+            grpc: driven.grpc.clone(),
             address: self.settings.address.clone(),
             authorization: self.settings.authorization.clone(),
             path: method.path.clone(),
@@ -216,7 +221,7 @@ impl Core {
             timeout: duration(timeout)?,
             wait_for_ready,
         };
-        Ok((live, call))
+        Ok(call)
     }
 
     /// This process's runtime and channel, opened on first use (and again in a forked child,
@@ -225,14 +230,14 @@ impl Core {
         if self.closed.load(Ordering::SeqCst) {
             return Err(PyValueError::new_err("the Larder client is closed"));
         }
-        let pid = std::process::id();
+        let generation = live::generation();
         let current = self.live.load_full();
         if let Some(live) = &current
-            && live.pid == pid
+            && live.generation == generation
         {
             return Ok(live.clone());
         }
-        let fresh = Arc::new(Live::open(&self.settings).map_err(PyRuntimeError::new_err)?);
+        let fresh = Arc::new(Live::new(self.settings.clone()));
         let previous = self.live.compare_and_swap(&current, Some(fresh.clone()));
         let won = match (&*previous, &current) {
             (Some(p), Some(c)) => Arc::ptr_eq(p, c),
@@ -244,7 +249,7 @@ impl Core {
             return self.live();
         }
         if let Some(old) = current
-            && old.pid != pid
+            && old.generation != generation
         {
             std::mem::forget(old);
         }
@@ -257,7 +262,7 @@ impl Core {
         result: Result<prost_reflect::DynamicMessage, Failure>,
     ) -> PyResult<Py<PyAny>> {
         match result {
-            Ok(message) => Ok(Py::new(py, Message(message))?.into_any()),
+            Ok(message) => message_to_py(py, &message),
             Err(failure) => {
                 let value = failure_value(py, &self.error, failure);
                 Err(PyErr::from_value(value.into_bound(py)))
@@ -296,7 +301,7 @@ fn failure_value(py: Python<'_>, error: &Py<PyAny>, failure: Failure) -> Py<PyAn
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    live::count_forks().map_err(PyRuntimeError::new_err)?;
     m.add_class::<Core>()?;
-    m.add_class::<Message>()?;
     Ok(())
 }
