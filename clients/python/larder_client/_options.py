@@ -14,6 +14,8 @@ or ``unix:/path``) and these options, under the names each framework's settings 
 ``ALLOW_INSECURE_TOKEN`` send the token without TLS to a host that is not loopback
 ``SOCKET_TIMEOUT``       deadline of each call, in seconds (default 1.0)
 ``RETRIES``              retries of idempotent calls on UNAVAILABLE (default 2)
+``CORE``                 which core carries the calls: ``"native"``, ``"grpc"`` or
+                         ``"auto"`` (default: ``LARDER_CLIENT_CORE``, else ``"auto"``)
 =======================  ===================================================================
 
 One client is shared per process and configuration (a fork, as gunicorn's preload does, gets
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import aio
+from ._channel import CORES
 from ._client import Larder
 
 CONNECTION_OPTIONS = frozenset(
@@ -43,6 +46,7 @@ CONNECTION_OPTIONS = frozenset(
         "ALLOW_INSECURE_TOKEN",
         "SOCKET_TIMEOUT",
         "RETRIES",
+        "CORE",
     }
 )
 
@@ -98,6 +102,11 @@ def client_kwargs(location: Any, options: Mapping[str, Any], setting: str) -> di
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise bad(f"RETRIES must be a whole number, 0 or more, not {retries!r}")
     kwargs["retries"] = retries
+    core = options.get("CORE")
+    if core is not None:
+        if core not in CORES:
+            raise bad(f"CORE must be one of {', '.join(CORES)}, not {core!r}")
+        kwargs["core"] = core
     return kwargs
 
 

@@ -245,6 +245,7 @@ def test_compressed_incr_values_stay_plain(make: Factory, raw: Larder) -> None:
         ({"IGNORE_EXCEPTIONS": "yes"}, "IGNORE_EXCEPTIONS"),
         ({"SOCKET_TIMEOUT": 0}, "SOCKET_TIMEOUT"),
         ({"NAMESPACE": ""}, "NAMESPACE"),
+        ({"CORE": "fast"}, "CORE"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:

@@ -1,0 +1,195 @@
+"""The two cores (native and grpcio): how one is chosen, and that they behave alike.
+
+The rest of the suite runs on whichever core ``LARDER_CLIENT_CORE`` names (CI runs it once per
+core); the tests here that name a core themselves compare the two in one run, and skip when
+the native core is not installed (a package built without a Rust toolchain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from larder_client import Larder, LarderError, aio
+from larder_client._nativecore import NativeRpcError, available
+
+needs_native = pytest.mark.skipif(
+    not available(), reason="larder_client._native is not installed (built without Rust)"
+)
+CORES = ["grpc", pytest.param("native", marks=needs_native)]
+
+
+def test_the_core_is_chosen_by_argument_then_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("LARDER_CLIENT_CORE", "grpc")
+    with Larder("127.0.0.1:1") as larder:
+        assert larder.core == "grpc"
+    if available():
+        with Larder("127.0.0.1:1", core="native") as larder:
+            assert larder.core == "native"
+        monkeypatch.setenv("LARDER_CLIENT_CORE", "auto")
+        with Larder("127.0.0.1:1") as larder:
+            assert larder.core == "native"
+    with pytest.raises(ValueError, match="core must be one of"):
+        Larder("127.0.0.1:1", core="fast")
+
+
+@needs_native
+def test_auto_leaves_grpcio_options_to_grpcio_and_native_refuses_them() -> None:
+    options = [("grpc.keepalive_time_ms", 10_000)]
+    with Larder("127.0.0.1:1", core="auto", options=options) as larder:
+        assert larder.core == "grpc"
+    with pytest.raises(ValueError, match="grpc.keepalive_time_ms"):
+        Larder("127.0.0.1:1", core="native", options=options)
+    # What the native core carries out itself, or has no need of, is accepted.
+    with Larder("127.0.0.1:1", core="native", options=[("grpc.default_authority", "x")]) as n:
+        assert n.core == "native"
+
+
+@needs_native
+def test_both_cores_answer_alike(daemon: Any) -> None:
+    def run(larder: Larder, prefix: str) -> list[Any]:
+        cache, sessions, ratelimit = larder.cache, larder.sessions, larder.ratelimit
+        out: list[Any] = [
+            cache.set(f"{prefix}a", b"\x00\xff" * 10, ttl_ms=60_000),
+            cache.get(f"{prefix}a"),
+            cache.get(f"{prefix}missing"),
+            cache.set_many({f"{prefix}b": b"1", f"{prefix}c": b""}) != {},
+            {
+                k.removeprefix(prefix): v
+                for k, v in cache.get_many([f"{prefix}b", f"{prefix}c", f"{prefix}nope"]).items()
+            },
+            cache.increment(f"{prefix}n", 5),
+            cache.increment_if_present(f"{prefix}none"),
+            cache.delete_many([f"{prefix}b", f"{prefix}c"]),
+            cache.touch(f"{prefix}a", 1000),
+            sorted(cache.stats()),
+        ]
+        entry = cache.get_entry(f"{prefix}a")
+        assert entry is not None
+        out.append((entry.value, entry.version > 0, 0 < entry.ttl_ms <= 1000))
+        token, session = sessions.create(f"{prefix}user", {"k": "v"}, device_info="ua", ip="::1")
+        got = sessions.get(token)
+        assert got is not None
+        out.append(
+            (
+                got.user_id.removeprefix(prefix),
+                got.data,
+                got.device_info,
+                got.ip,
+                got.session_id == session.session_id,
+            )
+        )
+        updated = sessions.update(token, {"x": "1"}, ["k"])
+        assert updated is not None
+        out.append(updated.data)
+        listed = sessions.list(f"{prefix}user")
+        out.append((len(listed.sessions), listed.truncated))
+        out.append(sessions.revoke(session_id=session.session_id))
+        out.append(sessions.get(token))
+        r = ratelimit.check(f"{prefix}ip", limit=2, period_ms=60_000)
+        out.append((r.allowed, r.limit, r.remaining))
+        out.append(larder.health())
+        return out
+
+    with Larder(daemon.addr, core="grpc") as g, Larder(daemon.addr, core="native") as n:
+        assert run(g, "g-") == run(n, "n-")
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_wrong_types_fail_before_sending_as_protobuf_fails_them(daemon: Any, core: str) -> None:
+    with Larder(daemon.addr, core=core) as larder:
+        with pytest.raises(TypeError):
+            larder.cache.set("k", "text, not bytes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            larder.cache.increment("k", 1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            larder.cache.increment("k", 1 << 64)
+        with pytest.raises(LarderError, match="key"):
+            larder.cache.set("", b"v")
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_closed_client_refuses_calls(daemon: Any, core: str) -> None:
+    larder = Larder(daemon.addr, core=core)
+    assert larder.cache.set("closed", b"v")
+    larder.close()
+    with pytest.raises(ValueError):
+        larder.cache.get("closed")
+
+
+@needs_native
+def test_native_errors_are_grpc_errors() -> None:
+    larder = Larder("127.0.0.1:1", core="native", retries=0, reconnect_wait=0)
+    with larder, pytest.raises(grpc.RpcError) as err:
+        larder.cache.get("k")
+    assert isinstance(err.value, NativeRpcError)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.never_sent is True
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_write_after_the_daemon_restarted_while_the_client_was_idle(
+    daemon: Any, core: str
+) -> None:
+    # The daemon goes away while the client holds an idle connection to it; a write made
+    # later (not retried if it may have reached the daemon) must go out on a new connection
+    # instead of failing on the dead one.
+    with Larder(daemon.unix_target, core=core, reconnect_wait=2.0) as larder:
+        assert larder.cache.set("idle", b"1")
+        daemon.restart()
+        time.sleep(2.5)  # idle: the client is not calling while the old connection closes
+        assert larder.cache.set("idle", b"2")
+        assert larder.cache.get("idle") == b"2"
+
+
+@pytest.mark.parametrize("core", CORES)
+async def test_a_cancelled_call_leaves_the_client_working(daemon: Any, core: str) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        host, port = silent.getsockname()
+        async with aio.Larder(f"{host}:{port}", core=core, timeout=30.0) as stuck:
+            task = asyncio.ensure_future(stuck.cache.get("k"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    async with aio.Larder(daemon.addr, core=core) as larder:
+        assert await larder.cache.set("after-cancel", b"v")
+        assert await larder.cache.get("after-cancel") == b"v"
+
+
+@needs_native
+async def test_the_native_asyncio_client_does_not_block_the_loop(daemon: Any) -> None:
+    # 64 calls in flight from one loop, and a ticker that must keep running among them.
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with aio.Larder(daemon.addr, core="native") as larder:
+        assert larder.core == "native"
+        await larder.cache.set("loop", b"v")
+        tick = asyncio.ensure_future(ticker())
+        values = await asyncio.gather(*(larder.cache.get("loop") for _ in range(64)))
+        tick.cancel()
+    assert values == [b"v"] * 64
+    assert ticks > 0
+
+
+def test_the_environment_names_the_core_under_test() -> None:
+    # CI runs the suite once per core: a typo in LARDER_CLIENT_CORE must not pass silently.
+    wanted = os.environ.get("LARDER_CLIENT_CORE")
+    if wanted in (None, "", "auto"):
+        pytest.skip("LARDER_CLIENT_CORE names no core: the suite runs on the default")
+    with Larder("127.0.0.1:1") as larder:
+        assert larder.core == wanted
