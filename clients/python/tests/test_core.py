@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -193,3 +194,20 @@ def test_the_environment_names_the_core_under_test() -> None:
         pytest.skip("LARDER_CLIENT_CORE names no core: the suite runs on the default")
     with Larder("127.0.0.1:1") as larder:
         assert larder.core == wanted
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_threads_share_one_client(daemon: Any, core: str) -> None:
+    # A threaded server (gunicorn's gthread workers, Django's runserver) calls one client from
+    # many threads at once.
+    with Larder(daemon.addr, core=core) as larder:
+
+        def work(n: int) -> int:
+            for i in range(100):
+                assert larder.cache.set(f"t{n}", str(i).encode())
+                assert larder.cache.get(f"t{n}") == str(i).encode()
+            return larder.cache.increment("threads-total", 1)
+
+        with ThreadPoolExecutor(8) as pool:
+            totals = sorted(pool.map(work, range(8)))
+    assert totals[-1] - totals[0] == 7
