@@ -71,6 +71,32 @@ def cache_get(key: str, namespace: str) -> Call[bytes | None]:
     )
 
 
+def _stored_version(r: Any) -> int | None:
+    return int(r.version) if r.stored else None
+
+
+def _set(
+    namespace: str,
+    key: str,
+    value: bytes,
+    ttl_ms: int,
+    condition: int,
+    parse: Callable[[Any], T],
+    expected_version: int = 0,
+) -> Call[T]:
+    """A Set of ``condition``. Never retried: after an UNAVAILABLE the first try may have
+    been applied, and a second one could overwrite what another worker wrote in between."""
+    fields = {
+        "namespace": namespace,
+        "key": key,
+        "value": value,
+        "ttl_ms": ttl_ms,
+        "condition": condition,
+        "expected_version": expected_version,
+    }
+    return Call("Set", cache_pb2.SetRequest, fields, False, parse)
+
+
 def cache_set(
     key: str, value: bytes, ttl_ms: int, if_absent: bool, if_present: bool, namespace: str
 ) -> Call[bool]:
@@ -81,21 +107,7 @@ def cache_set(
         condition = cache_pb2.CONDITION_IF_ABSENT
     elif if_present:
         condition = cache_pb2.CONDITION_IF_PRESENT
-    # Never retried: after an UNAVAILABLE the first try may have been applied, and a second
-    # one could overwrite what another worker wrote in between.
-    return Call(
-        "Set",
-        cache_pb2.SetRequest,
-        {
-            "namespace": namespace,
-            "key": key,
-            "value": value,
-            "ttl_ms": ttl_ms,
-            "condition": condition,
-        },
-        False,
-        lambda r: bool(r.stored),
-    )
+    return _set(namespace, key, value, ttl_ms, condition, lambda r: bool(r.stored))
 
 
 def cache_set_versioned(
@@ -103,19 +115,7 @@ def cache_set_versioned(
 ) -> Call[int | None]:
     """Set (always, or only when absent) answering the new version, or None if not stored."""
     condition = cache_pb2.CONDITION_IF_ABSENT if if_absent else cache_pb2.CONDITION_ALWAYS
-    return Call(
-        "Set",
-        cache_pb2.SetRequest,
-        {
-            "namespace": namespace,
-            "key": key,
-            "value": value,
-            "ttl_ms": ttl_ms,
-            "condition": condition,
-        },
-        False,
-        lambda r: int(r.version) if r.stored else None,
-    )
+    return _set(namespace, key, value, ttl_ms, condition, _stored_version)
 
 
 def cache_compare_and_set(
@@ -123,20 +123,8 @@ def cache_compare_and_set(
 ) -> Call[int | None]:
     # Never retried: a retry of a try that was applied would find the version changed (by
     # itself) and report a failure.
-    return Call(
-        "Set",
-        cache_pb2.SetRequest,
-        {
-            "namespace": namespace,
-            "key": key,
-            "value": value,
-            "ttl_ms": ttl_ms,
-            "condition": cache_pb2.CONDITION_IF_VERSION,
-            "expected_version": version,
-        },
-        False,
-        lambda r: int(r.version) if r.stored else None,
-    )
+    condition = cache_pb2.CONDITION_IF_VERSION
+    return _set(namespace, key, value, ttl_ms, condition, _stored_version, version)
 
 
 def cache_set_many(

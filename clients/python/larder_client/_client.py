@@ -27,15 +27,15 @@ T = TypeVar("T")
 Binding = GrpcBinding | NativeBinding
 
 
-class _Api:
-    """A sub-API: one service's methods on the binding, and the invoker that runs its calls.
-
-    ``_service`` is the service's full name, ``_stub`` grpcio's stub class for it."""
+class ApiBase:
+    """What a sub-API of either client holds: one service's methods on the binding (made on
+    first use), and the invoker that runs its calls. ``_service`` is the service's full
+    name, ``_stub`` grpcio's stub class for it."""
 
     _service: ClassVar[str]
     _stub: ClassVar[type]
 
-    def __init__(self, binding: Binding, call: Invoker) -> None:
+    def __init__(self, binding: Any, call: Any) -> None:
         self._binding = binding
         self._request = binding.request
         self._call = call
@@ -46,6 +46,10 @@ class _Api:
         if method is None:
             method = self._methods[name] = self._binding.method(self._service, self._stub, name)
         return method
+
+
+class _Api(ApiBase):
+    """A sub-API of the blocking client."""
 
     def _run(self, call: Call[T], timeout: float | None) -> T:
         response = self._call(
@@ -424,7 +428,7 @@ class Larder(Connection):
     ratelimit: RateLimit
 
     def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
-        self._binding = transport.binding()
+        self._binding: Binding = transport.binding()
         self._call = Invoker(**invoker, ready=self._binding.ready)
         self.cache = Cache(self._binding, self._call)
         self.sessions = Sessions(self._binding, self._call)

@@ -86,8 +86,8 @@ def open_core(
     )
 
 
-class NativeBinding:
-    """Runs the blocking client's calls on a native core."""
+class _Binding:
+    """A native core, and what its calls take for a ``Call``: the request's fields."""
 
     kind = "native"
 
@@ -97,6 +97,10 @@ class NativeBinding:
     @staticmethod
     def request(call: Call[Any]) -> dict[str, Any]:
         return call.fields
+
+
+class NativeBinding(_Binding):
+    """Runs the blocking client's calls on a native core."""
 
     def method(self, service: str, stub: type, name: str) -> Callable[..., Any]:
         path = f"/{service}/{name}"
@@ -126,19 +130,10 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-class AsyncNativeBinding:
+class AsyncNativeBinding(_Binding):
     """Runs the asyncio client's calls on a native core: each call is an asyncio future
     that the core's thread settles through the loop's ``call_soon_threadsafe``, so the
     event loop never blocks."""
-
-    kind = "native"
-
-    def __init__(self, core: Any) -> None:
-        self._core = core
-
-    @staticmethod
-    def request(call: Call[Any]) -> dict[str, Any]:
-        return call.fields
 
     def method(self, service: str, stub: type, name: str) -> Callable[..., Awaitable[Any]]:
         path = f"/{service}/{name}"

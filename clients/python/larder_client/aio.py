@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from . import _calls
 from ._calls import Call
 from ._channel import AsyncGrpcBinding, Transport
-from ._client import Connection, HealthStub, health_call
+from ._client import ApiBase, Connection, HealthStub, health_call
 from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
 from ._invoke import AsyncInvoker, LarderError
 from ._nativecore import AsyncNativeBinding
@@ -34,23 +34,8 @@ T = TypeVar("T")
 Binding = AsyncGrpcBinding | AsyncNativeBinding
 
 
-class _Api:
-    """A sub-API: one service's methods on the binding, and the invoker that runs its calls."""
-
-    _service: ClassVar[str]
-    _stub: ClassVar[type]
-
-    def __init__(self, binding: Binding, call: AsyncInvoker) -> None:
-        self._binding = binding
-        self._request = binding.request
-        self._call = call
-        self._methods: dict[str, Any] = {}
-
-    def _method(self, name: str) -> Any:
-        method = self._methods.get(name)
-        if method is None:
-            method = self._methods[name] = self._binding.method(self._service, self._stub, name)
-        return method
+class _Api(ApiBase):
+    """A sub-API of the asyncio client."""
 
     async def _run(self, call: Call[T], timeout: float | None) -> T:
         response = await self._call(
@@ -318,7 +303,7 @@ class Larder(Connection):
     ratelimit: RateLimit
 
     def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
-        self._binding = transport.aio_binding()
+        self._binding: Binding = transport.aio_binding()
         self._call = AsyncInvoker(**invoker, ready=self._binding.ready)
         self.cache = Cache(self._binding, self._call)
         self.sessions = Sessions(self._binding, self._call)
