@@ -57,41 +57,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-CORES = ("native", "grpc")
-TRANSPORTS = ("tcp", "unix")
+import bench_common as common
+
 OPS = ("set", "get")
 LAYERS = ("django", "client", "rust")
 RUST_BACKENDS = ("larder", "redis")
 MAX_CALLS = 1_000_000
 TIMEOUT_S = 300  # Django's default TIMEOUT, used by every layer
-# What the native core may add to the Rust client's p50, µs (the client's target).
-NATIVE_OVER_RUST_TARGET_US = 15.0
 
 Calls = dict[str, Callable[[str], object]]
 Cell = tuple[str, str, str, str]  # layer, backend, transport, op
-
-
-def positive(limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not 1 <= n <= limit:
-            raise argparse.ArgumentTypeError(f"must be 1 to {limit}, got {n}")
-        return n
-
-    return parse
-
-
-def whole(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= n <= MAX_CALLS:
-        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_CALLS}, got {n}")
-    return n
 
 
 def comma_list(
@@ -106,37 +81,23 @@ def comma_list(
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--larder-tcp", required=True, help="host:port of a Larder daemon")
-    p.add_argument("--larder-unix", required=True, help="unix:/path of the same daemon")
-    p.add_argument("--redis-tcp", required=True, help="redis://127.0.0.1:PORT/0")
-    p.add_argument("--redis-unix", required=True, help="unix:///path?db=0")
-    p.add_argument(
-        "--larder-pid", type=int, help="the daemon's pid, for its CPU per call"
-    )
-    p.add_argument(
-        "--redis-pid", type=int, help="redis-server's pid, for its CPU per call"
-    )
+    common.add_server_args(p)
     p.add_argument(
         "--larder-bin",
         help="the larder binary whose `larder bench` the rust layer runs",
     )
     p.add_argument(
         "--calls",
-        type=positive(MAX_CALLS),
+        type=common.positive_int(MAX_CALLS),
         default=20_000,
         help="timed calls per cell, over all rounds (default 20000)",
     )
-    p.add_argument("--rounds", type=positive(100), default=10, help="rounds (10)")
-    p.add_argument("--keys", type=positive(MAX_CALLS), default=1000, help="keys (1000)")
-    p.add_argument(
-        "--value-size",
-        type=positive(1 << 20),
-        default=100,
-        help="bytes per value before pickling (100)",
+    common.add_workload_args(
+        p, rounds=10, value_size_help="bytes per value before pickling (100)"
     )
     p.add_argument(
         "--warmup",
-        type=whole,
+        type=common.whole_number(0, MAX_CALLS),
         default=200,
         help="untimed calls per cell before each timed stretch (200)",
     )
@@ -157,7 +118,7 @@ def parse_args() -> argparse.Namespace:
     if args.rounds > args.calls:
         p.error(f"--rounds ({args.rounds}) cannot exceed --calls ({args.calls})")
     args.layers = comma_list(p, args.layers, LAYERS, "--layers")
-    args.cores = comma_list(p, args.cores, CORES, "--cores")
+    args.cores = comma_list(p, args.cores, common.CORES, "--cores")
     if "rust" in args.layers and not args.larder_bin:
         p.error("the rust layer needs --larder-bin")
     return args
@@ -167,14 +128,6 @@ def backends_of(layer: str, cores: Sequence[str]) -> list[str]:
     if layer == "rust":
         return list(RUST_BACKENDS)
     return [f"larder-{c}" for c in cores] + ["redis"]
-
-
-def round_order(items: Sequence[str], r: int) -> list[str]:
-    """items rotated by r // 2 and reversed in odd rounds: every order once in 6 rounds
-    with three items, each of two first in every other round."""
-    k = (r // 2) % len(items)
-    turned = list(items[k:]) + list(items[:k])
-    return turned[::-1] if r % 2 else turned
 
 
 def redis_client_kwargs(url: str) -> dict[str, object]:
@@ -192,7 +145,7 @@ def redis_client_kwargs(url: str) -> dict[str, object]:
 def rust_targets(args: argparse.Namespace) -> dict[tuple[str, str], str]:
     """`larder bench --target` of each (backend, transport)."""
     out = {}
-    for t in TRANSPORTS:
+    for t in common.TRANSPORTS:
         larder = getattr(args, f"larder_{t}")
         out[("larder", t)] = larder if t == "unix" else f"http://{larder}"
         kw = redis_client_kwargs(getattr(args, f"redis_{t}"))
@@ -222,7 +175,7 @@ def configure_django(args: argparse.Namespace) -> dict[tuple[str, str], object]:
     caches: dict[str, dict[str, object]] = {
         "default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}
     }
-    for t in TRANSPORTS:
+    for t in common.TRANSPORTS:
         for c in args.cores:
             caches[f"larder-{c}-{t}"] = {
                 "BACKEND": "larder_client.django.LarderCache",
@@ -240,7 +193,7 @@ def configure_django(args: argparse.Namespace) -> dict[tuple[str, str], object]:
     out: dict[tuple[str, str], object] = {}
     before = os.environ.get("LARDER_CLIENT_CORE")
     try:
-        for t in TRANSPORTS:
+        for t in common.TRANSPORTS:
             for c in args.cores:
                 cache = django_caches[f"larder-{c}-{t}"]
                 os.environ["LARDER_CLIENT_CORE"] = c
@@ -272,7 +225,7 @@ def client_calls(
 
     out: dict[tuple[str, str], Calls] = {}
     ttl_ms = TIMEOUT_S * 1000
-    for t in TRANSPORTS:
+    for t in common.TRANSPORTS:
         for c in args.cores:
             client = Larder(getattr(args, f"larder_{t}"), core=c)
             if client.core != c:
@@ -292,15 +245,17 @@ def client_calls(
     return out
 
 
-def rust_bench(
+def larder_bench(
     args: argparse.Namespace,
     target: str,
     op: str,
-    calls: int,
-    pid: int | None,
-    warm: bool,
-) -> dict[str, Any]:
-    """One `larder bench` run: op with one caller on one connection; its JSON line."""
+    requests: int,
+    extra: Sequence[str],
+    one_line: bool,
+) -> list[str]:
+    """Runs `larder bench` on target: op with one caller on one connection, requests calls
+    over --keys keys of --value-size bytes, and the extra arguments; its JSON lines. Exits
+    if it fails, or (one_line) if it does not print exactly one."""
     cmd = [
         args.larder_bin,
         "bench",
@@ -313,55 +268,43 @@ def rust_bench(
         "--connections",
         "1",
         "--requests",
-        str(calls),
-        "--warmup",
-        "0.1s" if warm else "0s",
+        str(requests),
         "--keys",
         str(args.keys),
         "--value-size",
         str(args.value_size),
-        "--no-preload",
+        *extra,
         "--json",
     ]
-    if pid is not None:
-        cmd += ["--server-pid", str(pid)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
-    if done.returncode != 0 or len(lines) != 1:
+    if done.returncode != 0 or (one_line and len(lines) != 1):
         raise SystemExit(
             f"bench-django-cache: `{' '.join(cmd)}` failed ({done.returncode}):\n"
             f"{done.stdout}{done.stderr}"
         )
+    return lines
+
+
+def rust_bench(
+    args: argparse.Namespace,
+    target: str,
+    op: str,
+    calls: int,
+    pid: int | None,
+    warm: bool,
+) -> dict[str, Any]:
+    """One `larder bench` run: op with one caller on one connection; its JSON line."""
+    extra = ["--warmup", "0.1s" if warm else "0s", "--no-preload"]
+    if pid is not None:
+        extra += ["--server-pid", str(pid)]
+    lines = larder_bench(args, target, op, calls, extra, one_line=True)
     return json.loads(lines[0])
 
 
 def rust_preload(args: argparse.Namespace, target: str) -> None:
     """Writes the Rust client's key space (key:0 ..) once, before the rounds."""
-    cmd = [
-        args.larder_bin,
-        "bench",
-        "--target",
-        target,
-        "--ops",
-        "get",
-        "--concurrency",
-        "1",
-        "--connections",
-        "1",
-        "--requests",
-        "1",
-        "--keys",
-        str(args.keys),
-        "--value-size",
-        str(args.value_size),
-        "--json",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    if done.returncode != 0:
-        raise SystemExit(
-            f"bench-django-cache: `{' '.join(cmd)}` failed ({done.returncode}):\n"
-            f"{done.stdout}{done.stderr}"
-        )
+    larder_bench(args, target, "get", 1, [], one_line=False)
 
 
 def timed(fn: Callable[[str], object], keys: list[str], out: list[int]) -> int:
@@ -379,36 +322,17 @@ def timed(fn: Callable[[str], object], keys: list[str], out: list[int]) -> int:
     return misses
 
 
-def cpu_ns(pid: int | None) -> int:
-    """On-CPU ns of every thread of pid so far (0 without a pid)."""
-    if pid is None:
-        return 0
-    total = 0
-    task = f"/proc/{pid}/task"
-    for tid in os.listdir(task):
-        try:
-            with open(f"{task}/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, IndexError, ValueError):
-            pass  # a thread that ended meanwhile
-    return total
-
-
-def machine_busy_ns() -> int:
-    """Busy and stolen ns of all CPUs so far (/proc/stat counts 100 ticks a second)."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()
-    # user nice system idle iowait irq softirq steal
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) * 10_000_000
-
-
 def load_mark(pids: dict[str, int | None]) -> tuple[float, int, int]:
     """Now: the monotonic clock, the machine's busy ns, and this benchmark's own CPU ns
     (its children's, `larder bench`, included once they are reaped)."""
     kids = os.times()
     children = int((kids.children_user + kids.children_system) * 1e9)
-    own = time.process_time_ns() + children + sum(cpu_ns(p) for p in set(pids.values()))
-    return time.monotonic(), machine_busy_ns(), own
+    own = (
+        time.process_time_ns()
+        + children
+        + sum(common.cpu_ns(p) for p in set(pids.values()))
+    )
+    return time.monotonic(), common.machine_busy_ns(), own
 
 
 def other_cores(a: tuple[float, int, int], b: tuple[float, int, int]) -> float:
@@ -417,12 +341,6 @@ def other_cores(a: tuple[float, int, int], b: tuple[float, int, int]) -> float:
     if wall <= 0:
         return 0.0
     return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / 1e9 / wall)
-
-
-def pct(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile, in µs."""
-    i = max(0, min(len(sorted_ns) - 1, -(-len(sorted_ns) * q // 100) - 1))
-    return sorted_ns[int(i)] / 1000
 
 
 def server_of(backend: str) -> str:
@@ -439,14 +357,11 @@ NAMES = {
     ("rust", "larder"): "Rust client → Larder",
     ("rust", "redis"): "Rust client → Redis",
 }
-OPS_NAMED = {
-    ("django", "get"): "cache.get",
-    ("django", "set"): "cache.set",
-    ("client", "get"): "get",
-    ("client", "set"): "set",
-    ("rust", "get"): "get",
-    ("rust", "set"): "set",
-}
+
+
+def op_named(layer: str, op: str) -> str:
+    """The op as the layer spells it: Django's cache.get and cache.set, else get and set."""
+    return f"cache.{op}" if layer == "django" else op
 
 
 def main() -> int:
@@ -504,10 +419,10 @@ def main() -> int:
             # The cells of one transport and op run back to back (Django, then the bare
             # clients, then the Rust client, each on every backend), so that their
             # differences see the same moment.
-            for t in TRANSPORTS:
+            for t in common.TRANSPORTS:
                 for op in OPS:
                     for layer in args.layers:
-                        for b in round_order(backends_of(layer, args.cores), r):
+                        for b in common.round_order(backends_of(layer, args.cores), r):
                             key = (layer, b, t, op)
                             server = pids[server_of(b)]
                             if layer == "rust":
@@ -524,9 +439,9 @@ def main() -> int:
                             for k in warm:
                                 fn(k)
                             stretch: list[int] = []
-                            c0, s0 = time.process_time_ns(), cpu_ns(server)
+                            c0, s0 = time.process_time_ns(), common.cpu_ns(server)
                             m = timed(fn, seq, stretch)
-                            c1, s1 = time.process_time_ns(), cpu_ns(server)
+                            c1, s1 = time.process_time_ns(), common.cpu_ns(server)
                             samples.setdefault(key, []).append(stretch)
                             cpu = cpu_used.setdefault(key, [0, 0])
                             cpu[0] += c1 - c0
@@ -544,18 +459,12 @@ def main() -> int:
 
     rows = summarize(args, samples, rust_runs, cpu_used, misses, pids)
     report(args, rows, other_load, pids)
-    bad = [s for s in rows if s["misses"]]
-    for s in bad:
-        print(
-            f"bench-django-cache: {s['layer']} {s['backend']} {s['transport']} {s['op']}: "
-            f"{s['misses']} of {s['calls']} gets missed",
-            file=sys.stderr,
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            for s in rows:
-                f.write(json.dumps(s) + "\n")
-    return 1 if bad else 0
+    return common.finish(
+        rows,
+        args.json,
+        "bench-django-cache:",
+        ("layer", "backend", "transport", "op"),
+    )
 
 
 def summarize(
@@ -569,7 +478,7 @@ def summarize(
     """One dict per cell, in the order of the tables."""
     rows: list[dict[str, Any]] = []
     for layer in args.layers:
-        for t in TRANSPORTS:
+        for t in common.TRANSPORTS:
             for op in OPS:
                 stats: dict[str, dict[str, Any]] = {}
                 for b in backends_of(layer, args.cores):
@@ -608,10 +517,12 @@ def summarize(
                         by_round = samples[key]
                         ns = sorted(x for stretch in by_round for x in stretch)
                         s["calls"] = len(ns)
-                        s["p50_us"] = pct(ns, 50)
-                        s["p99_us"] = pct(ns, 99)
+                        s["p50_us"] = common.pct(ns, 50)
+                        s["p99_us"] = common.pct(ns, 99)
                         s["mean_us"] = statistics.fmean(ns) / 1000
-                        s["round_p50_us"] = [pct(sorted(x), 50) for x in by_round]
+                        s["round_p50_us"] = [
+                            common.pct(sorted(x), 50) for x in by_round
+                        ]
                         s["client_cpu_us"] = cpu_used[key][0] / 1000 / len(ns)
                         s["server_cpu_us"] = (
                             cpu_used[key][1] / 1000 / len(ns)
@@ -702,7 +613,7 @@ def report(
             )
             print(
                 f"| {NAMES[(layer, s['backend'])]} | {s['transport']} "
-                f"| {OPS_NAMED[(layer, s['op'])]} | {s['calls']:,} | {s['p50_us']:,.0f} "
+                f"| {op_named(layer, s['op'])} | {s['calls']:,} | {s['p50_us']:,.0f} "
                 f"| {s['p99_us']:,.0f} | {s['mean_us']:,.0f} | {ratio} "
                 f"| {' '.join(f'{x:.0f}' for x in s['round_p50_us'])} |"
             )
@@ -719,7 +630,7 @@ def report(
             line += "---:|---:|---:|---:|"
         print(head + "\n" + line)
         by = {(s["layer"], s["backend"], s["transport"], s["op"]): s for s in rows}
-        for t in TRANSPORTS:
+        for t in common.TRANSPORTS:
             for op in OPS:
                 redis_s = by[("client", "redis", t, op)]
                 out = f"| {t} | {op} | {redis_s['p50_us']:,.0f} |"
@@ -736,7 +647,7 @@ def report(
         print(
             "\nWhat each Python client adds to the Rust client's p50, same server, same op: in "
             "each round, the Python cell's p50 less the Rust client's; the median and the "
-            f"range over rounds, µs (the native core's target: ≤ {NATIVE_OVER_RUST_TARGET_US:.0f}"
+            f"range over rounds, µs (the native core's target: ≤ {common.NATIVE_OVER_RUST_TARGET_US:.0f}"
             " µs)\n"
         )
         print(
@@ -747,7 +658,7 @@ def report(
         by = {(s["layer"], s["backend"], s["transport"], s["op"]): s for s in rows}
         for b in backends_of("client", args.cores):
             rust_b = "redis" if b == "redis" else "larder"
-            for t in TRANSPORTS:
+            for t in common.TRANSPORTS:
                 for op in OPS:
                     d = round_diffs(rows, ("client", b, t, op), ("rust", rust_b, t, op))
                     if d is None:
@@ -757,8 +668,8 @@ def report(
                     if b == "larder-native":
                         verdict = (
                             "met"
-                            if med <= NATIVE_OVER_RUST_TARGET_US
-                            else f"**missed** by {med - NATIVE_OVER_RUST_TARGET_US:,.0f} µs"
+                            if med <= common.NATIVE_OVER_RUST_TARGET_US
+                            else f"**missed** by {med - common.NATIVE_OVER_RUST_TARGET_US:,.0f} µs"
                         )
                     print(
                         f"| {NAMES[('client', b)]} | {t} | {op} "
@@ -778,7 +689,7 @@ def report(
         )
         print("|---|---|---|---:|---|")
         for b in backends_of("django", args.cores):
-            for t in TRANSPORTS:
+            for t in common.TRANSPORTS:
                 for op in OPS:
                     d = round_diffs(rows, ("django", b, t, op), ("client", b, t, op))
                     assert d is not None
@@ -798,7 +709,7 @@ def report(
         server = "–" if s["server_cpu_us"] is None else f"{s['server_cpu_us']:.0f}"
         print(
             f"| {s['layer']} | {NAMES[(s['layer'], s['backend'])]} | {s['transport']} "
-            f"| {OPS_NAMED[(s['layer'], s['op'])]} | {client} | {server} |"
+            f"| {op_named(s['layer'], s['op'])} | {client} | {server} |"
         )
 
 

@@ -13,9 +13,10 @@ Two subcommands:
   of --cores, and redis.asyncio.Redis on a BlockingConnectionPool of --tasks connections.
   Each cell (transport × backend) runs in each of --rounds rounds for --warmup-seconds
   untimed and then --seconds timed, the order of the backends turned from one round to the
-  next as scripts/bench-django-cache.py turns it. Reports calls/s (the calls answered in the
-  timed window over its length), each call's latency (p50, p99), the CPU per call of this
-  process and of the server, and each Larder core's calls/s over redis.asyncio's.
+  next as scripts/bench-django-cache.py turns it (bench_common.round_order). Reports calls/s
+  (the calls answered in the timed window over its length), each call's latency (p50, p99),
+  the CPU per call of this process and of the server, and each Larder core's calls/s over
+  redis.asyncio's.
 
     python scripts/bench-python-client.py targets --sync results.jsonl --asyncio asyncio.jsonl
 
@@ -29,37 +30,22 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import platform
 import random
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-CORES = ("native", "grpc")
-TRANSPORTS = ("tcp", "unix")
-NATIVE_OVER_RUST_TARGET_US = 15.0
+import bench_common as common
+
 NAMES = {
     "larder-native": "larder_client.aio, native core",
     "larder-grpc": "larder_client.aio, grpcio core",
     "redis": "redis.asyncio, connection pool",
 }
-
-
-def positive_int(limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not 1 <= n <= limit:
-            raise argparse.ArgumentTypeError(f"must be 1 to {limit}, got {n}")
-        return n
-
-    return parse
 
 
 def seconds(text: str) -> float:
@@ -76,33 +62,20 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("asyncio", help="concurrent gets from one event loop")
-    a.add_argument("--larder-tcp", required=True, help="host:port of a Larder daemon")
-    a.add_argument("--larder-unix", required=True, help="unix:/path of the same daemon")
-    a.add_argument("--redis-tcp", required=True, help="redis://127.0.0.1:PORT/0")
-    a.add_argument("--redis-unix", required=True, help="unix:///path?db=0")
-    a.add_argument(
-        "--larder-pid", type=int, help="the daemon's pid, for its CPU per call"
-    )
-    a.add_argument(
-        "--redis-pid", type=int, help="redis-server's pid, for its CPU per call"
-    )
+    common.add_server_args(a)
     a.add_argument(
         "--cores", default="native,grpc", help="comma list of native and grpc"
     )
-    a.add_argument("--tasks", type=positive_int(4096), default=64, help="tasks (64)")
+    a.add_argument(
+        "--tasks", type=common.positive_int(4096), default=64, help="tasks (64)"
+    )
     a.add_argument(
         "--seconds", type=seconds, default=2.0, help="timed s per cell a round (2)"
     )
     a.add_argument(
         "--warmup-seconds", type=seconds, default=0.5, help="untimed s before (0.5)"
     )
-    a.add_argument("--rounds", type=positive_int(100), default=5, help="rounds (5)")
-    a.add_argument(
-        "--keys", type=positive_int(1_000_000), default=1000, help="keys (1000)"
-    )
-    a.add_argument(
-        "--value-size", type=positive_int(1 << 20), default=100, help="bytes (100)"
-    )
+    common.add_workload_args(a, rounds=5, value_size_help="bytes (100)")
     a.add_argument(
         "--json", metavar="PATH", help="also write one JSON line per cell here"
     )
@@ -114,50 +87,14 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.command == "asyncio":
         cores = [x for x in args.cores.split(",") if x]
-        if not cores or any(x not in CORES for x in cores):
+        if not cores or any(x not in common.CORES for x in cores):
             p.error(
                 f"--cores takes a comma list of native and grpc, got {args.cores!r}"
             )
-        args.cores = [x for x in CORES if x in cores]
+        args.cores = [x for x in common.CORES if x in cores]
         if args.seconds <= 0:
             p.error("--seconds must be above 0")
     return args
-
-
-def round_order(items: Sequence[str], r: int) -> list[str]:
-    """items rotated by r // 2 and reversed in odd rounds (as bench-django-cache.py turns
-    them): every order once in 6 rounds with three items."""
-    k = (r // 2) % len(items)
-    turned = list(items[k:]) + list(items[:k])
-    return turned[::-1] if r % 2 else turned
-
-
-def cpu_ns(pid: int | None) -> int:
-    """On-CPU ns of every thread of pid so far (0 without a pid)."""
-    if pid is None:
-        return 0
-    total = 0
-    task = f"/proc/{pid}/task"
-    for tid in os.listdir(task):
-        try:
-            with open(f"{task}/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, IndexError, ValueError):
-            pass  # a thread that ended meanwhile
-    return total
-
-
-def machine_busy_ns() -> int:
-    """Busy and stolen ns of all CPUs so far (/proc/stat counts 100 ticks a second)."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) * 10_000_000
-
-
-def pct(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile, in µs."""
-    i = max(0, min(len(sorted_ns) - 1, -(-len(sorted_ns) * q // 100) - 1))
-    return sorted_ns[int(i)] / 1000
 
 
 @dataclass
@@ -202,13 +139,13 @@ async def stretch(
     ]
     try:
         await asyncio.sleep(args.warmup_seconds)
-        c0, s0 = time.process_time_ns(), cpu_ns(server)
+        c0, s0 = time.process_time_ns(), common.cpu_ns(server)
         t0 = time.perf_counter()
         w.timing = True
         await asyncio.sleep(args.seconds)
         w.timing = False
         t1 = time.perf_counter()
-        c1, s1 = time.process_time_ns(), cpu_ns(server)
+        c1, s1 = time.process_time_ns(), common.cpu_ns(server)
     finally:
         w.stop = True
         await asyncio.gather(*tasks)
@@ -232,7 +169,7 @@ async def run_asyncio(args: argparse.Namespace) -> list[dict[str, Any]]:
     backends = [f"larder-{c}" for c in args.cores] + ["redis"]
     gets: dict[tuple[str, str], Callable[[str], Awaitable[object]]] = {}
     closers: list[Callable[[], Awaitable[object]]] = []
-    for t in TRANSPORTS:
+    for t in common.TRANSPORTS:
         for c in args.cores:
             client = aio.Larder(getattr(args, f"larder_{t}"), core=c)
             if client.core != c:
@@ -259,15 +196,15 @@ async def run_asyncio(args: argparse.Namespace) -> list[dict[str, Any]]:
     gc.disable()  # a collection would land on whichever cell is running
     try:
         for r in range(args.rounds):
-            m0 = (time.monotonic(), machine_busy_ns(), own_ns(pids))
-            for t in TRANSPORTS:
-                for b in round_order(backends, r):
+            m0 = (time.monotonic(), common.machine_busy_ns(), own_ns(pids))
+            for t in common.TRANSPORTS:
+                for b in common.round_order(backends, r):
                     server = pids["redis" if b == "redis" else "larder"]
                     runs.setdefault((b, t), []).append(
                         await stretch(gets[(b, t)], keys, args, server)
                     )
                     gc.collect()
-            m1 = (time.monotonic(), machine_busy_ns(), own_ns(pids))
+            m1 = (time.monotonic(), common.machine_busy_ns(), own_ns(pids))
             wall = m1[0] - m0[0]
             other.append(max(0.0, ((m1[1] - m0[1]) - (m1[2] - m0[2])) / 1e9 / wall))
             print(
@@ -281,7 +218,7 @@ async def run_asyncio(args: argparse.Namespace) -> list[dict[str, Any]]:
             await close()
 
     rows = []
-    for t in TRANSPORTS:
+    for t in common.TRANSPORTS:
         stats = {}
         for b in backends:
             rs = runs[(b, t)]
@@ -297,8 +234,8 @@ async def run_asyncio(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "seconds": secs,
                 "calls_per_s": calls / secs,
                 "round_calls_per_s": [run["calls"] / run["seconds"] for run in rs],
-                "p50_us": pct(ns, 50),
-                "p99_us": pct(ns, 99),
+                "p50_us": common.pct(ns, 50),
+                "p99_us": common.pct(ns, 99),
                 "client_cpu_us": sum(run["client_cpu_ns"] for run in rs) / 1000 / calls,
                 "server_cpu_us": (
                     sum(run["server_cpu_ns"] for run in rs) / 1000 / calls
@@ -322,7 +259,7 @@ async def run_asyncio(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def own_ns(pids: dict[str, int | None]) -> int:
-    return time.process_time_ns() + sum(cpu_ns(p) for p in pids.values())
+    return time.process_time_ns() + sum(common.cpu_ns(p) for p in pids.values())
 
 
 def asyncio_main(args: argparse.Namespace) -> int:
@@ -368,18 +305,9 @@ def asyncio_main(args: argparse.Namespace) -> int:
             f"| {s['p50_us']:,.0f} | {s['p99_us']:,.0f} | {s['client_cpu_us']:.0f} "
             f"| {server} |"
         )
-    bad = [s for s in rows if s["misses"]]
-    for s in bad:
-        print(
-            f"bench-python-client: asyncio {s['backend']} {s['transport']}: "
-            f"{s['misses']} of {s['calls']} gets missed",
-            file=sys.stderr,
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            for s in rows:
-                f.write(json.dumps(s) + "\n")
-    return 1 if bad else 0
+    return common.finish(
+        rows, args.json, "bench-python-client: asyncio", ("backend", "transport")
+    )
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -387,11 +315,26 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def one_caller_cells(
+    rows: list[dict[str, Any]],
+) -> Iterator[tuple[str, str, dict[tuple[str, str], dict[str, Any]]]]:
+    """Each transport and op of bench-django-cache.py's rows, in the order of the tables,
+    with the rows of that transport and op by layer and backend."""
+    for t in common.TRANSPORTS:
+        for op in ("get", "set"):
+            yield (
+                t,
+                op,
+                {
+                    (s["layer"], s["backend"]): s
+                    for s in rows
+                    if (s["transport"], s["op"]) == (t, op)
+                },
+            )
+
+
 def targets_main(args: argparse.Namespace) -> int:
-    sync = {
-        (s["layer"], s["backend"], s["transport"], s["op"]): s
-        for s in read_jsonl(args.sync)
-    }
+    sync = read_jsonl(args.sync)
     print("The Python client's targets, measured in this run (ratios within the run)\n")
     print(
         "One caller, 100-byte values, bare clients: p50 µs and the ratio to redis-py's p50"
@@ -404,58 +347,54 @@ def targets_main(args: argparse.Namespace) -> int:
         "| grpcio / redis-py |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
-    for t in TRANSPORTS:
-        for op in ("get", "set"):
-            n = sync.get(("client", "larder-native", t, op))
-            g = sync.get(("client", "larder-grpc", t, op))
-            r = sync.get(("client", "redis", t, op))
-            if r is None:
-                continue
+    for t, op, cell in one_caller_cells(sync):
+        n, g = (
+            cell.get(("client", "larder-native")),
+            cell.get(("client", "larder-grpc")),
+        )
+        r = cell.get(("client", "redis"))
+        if r is None:
+            continue
 
-            def cells(s: dict[str, Any] | None) -> tuple[str, str]:
-                if s is None:
-                    return "–", "–"
-                return (
-                    f"{s['p50_us']:,.0f}",
-                    f"{s['redis_p50_ratio']:.2f}× ({s['redis_p50_ratio_round_median']:.2f}×)",
-                )
-
-            (np50, nr), (gp50, gr) = cells(n), cells(g)
-            print(
-                f"| {t} | {op} | {np50} | {gp50} | {r['p50_us']:,.0f} | {nr} | {gr} |"
+        def cells(s: dict[str, Any] | None) -> tuple[str, str]:
+            if s is None:
+                return "–", "–"
+            return (
+                f"{s['p50_us']:,.0f}",
+                f"{s['redis_p50_ratio']:.2f}× ({s['redis_p50_ratio_round_median']:.2f}×)",
             )
+
+        (np50, nr), (gp50, gr) = cells(n), cells(g)
+        print(f"| {t} | {op} | {np50} | {gp50} | {r['p50_us']:,.0f} | {nr} | {gr} |")
 
     print(
         "\nThe native core over a Rust client (`larder bench --concurrency 1 --connections 1`),"
         " same server and op, same rounds: in each round the native client's p50 less the "
-        f"Rust client's, median over rounds, µs (target ≤ {NATIVE_OVER_RUST_TARGET_US:.0f})\n"
+        f"Rust client's, median over rounds, µs (target ≤ {common.NATIVE_OVER_RUST_TARGET_US:.0f})\n"
     )
     print(
         "| transport | op | native p50 | Rust → Larder p50 | added µs | verdict "
         "| redis-py p50 | Rust → Redis p50 |"
     )
     print("|---|---|---:|---:|---:|---|---:|---:|")
-    for t in TRANSPORTS:
-        for op in ("get", "set"):
-            n = sync.get(("client", "larder-native", t, op))
-            rl = sync.get(("rust", "larder", t, op))
-            rr = sync.get(("rust", "redis", t, op))
-            rp = sync.get(("client", "redis", t, op))
-            if n is None or rl is None:
-                continue
-            added = statistics.median(
-                x - y for x, y in zip(n["round_p50_us"], rl["round_p50_us"])
-            )
-            verdict = (
-                "met"
-                if added <= NATIVE_OVER_RUST_TARGET_US
-                else f"**missed** by {added - NATIVE_OVER_RUST_TARGET_US:,.0f} µs"
-            )
-            print(
-                f"| {t} | {op} | {n['p50_us']:,.0f} | {rl['p50_us']:,.1f} | {added:,.1f} "
-                f"| {verdict} | {rp['p50_us'] if rp else float('nan'):,.0f} "
-                f"| {rr['p50_us'] if rr else float('nan'):,.1f} |"
-            )
+    for t, op, cell in one_caller_cells(sync):
+        n, rl = cell.get(("client", "larder-native")), cell.get(("rust", "larder"))
+        rr, rp = cell.get(("rust", "redis")), cell.get(("client", "redis"))
+        if n is None or rl is None:
+            continue
+        added = statistics.median(
+            x - y for x, y in zip(n["round_p50_us"], rl["round_p50_us"])
+        )
+        verdict = (
+            "met"
+            if added <= common.NATIVE_OVER_RUST_TARGET_US
+            else f"**missed** by {added - common.NATIVE_OVER_RUST_TARGET_US:,.0f} µs"
+        )
+        print(
+            f"| {t} | {op} | {n['p50_us']:,.0f} | {rl['p50_us']:,.1f} | {added:,.1f} "
+            f"| {verdict} | {rp['p50_us'] if rp else float('nan'):,.0f} "
+            f"| {rr['p50_us'] if rr else float('nan'):,.1f} |"
+        )
 
     if args.asyncio:
         rows = read_jsonl(args.asyncio)
@@ -470,13 +409,13 @@ def targets_main(args: argparse.Namespace) -> int:
         )
         print("|---|---:|---:|---:|---:|---:|")
         by = {(s["backend"], s["transport"]): s for s in rows}
-        for t in TRANSPORTS:
+        for t in common.TRANSPORTS:
             r = by.get(("redis", t))
             if r is None:
                 continue
             out = f"| {t} |"
             ratios = ""
-            for c in CORES:
+            for c in common.CORES:
                 s = by.get((f"larder-{c}", t))
                 if s is None:
                     out += " – |"
