@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # check-python-client.sh: the Python side, as a user installs it. Builds the larder-server wheel,
-# installs it and `./clients/python` with its extras into a fresh venv, then runs, against the
-# `larder` that the wheel put on that venv's PATH:
-#   - ruff (check and format) over clients/python and examples;
-#   - the client's pytest suite (both clients, TLS, the Django, Flask, Starlette adapters);
+# installs it and `./clients/python` with its extras into a fresh venv (the client's native
+# core, larder_client._native, must build: LARDER_CLIENT_NATIVE=1), then runs ruff (check and
+# format) over clients/python and examples and, once per core of the client
+# (LARDER_CLIENT_CORE=grpc, then =native; every runner and server below inherits it), against
+# the `larder` that the wheel put on that venv's PATH:
+#   - the client's pytest suite (both clients, TLS, the Django, Flask, Starlette adapters, a
+#     client made before gunicorn's and os.fork()'s fork);
 #   - Django's own cache and session test suites, from the pinned Django sdist, with
 #     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
 #   - Flask-Caching's and cachelib's own backend tests (clients/python/tests/flask_suite/run.py);
 #   - the limits package's own storage and strategy tests (tests/limits_suite/run.py);
 #   - the example apps' tests (examples/*/tests), each app under its production server;
-#   - then, for each other pinned Django (the LTS releases in
+#   - then, on the native core only, for each other pinned Django (the LTS releases in
 #     clients/python/tests/django_suite/DJANGO_VERSION), the adapters' pytest tests and
 #     that version's own suites again.
 # Usage: scripts/check-python-client.sh [PATH_TO_LARDER]
@@ -22,6 +25,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/ci-lib.sh
 . scripts/ci-lib.sh
 ensure_openssl
+# The native core's Rust build (by setuptools-rust, in pip's build) shares the daemon's
+# target directory, so a second run reuses it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
 
 tools="$HOME/.cache/larder-ci-tools"
 venv="$tools/python-wheel-venv"
@@ -41,11 +47,14 @@ fi
 "$venv/bin/python" --version
 echo "larder: $larder"
 
-# The client is built once (its stubs generated from proto/), as a wheel both venvs install.
+# The client is built once (its stubs generated from proto/, its native core compiled), as a
+# wheel both venvs install. LARDER_CLIENT_NATIVE=1: a native core that does not build fails
+# the build instead of leaving a wheel without it.
 client_dir="$(mktemp -d)"
 trap 'rm -rf "$client_dir"' EXIT
-"$venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$client_dir" \
-  ./clients/python
+echo "== building the larder-client wheel, with its native core"
+LARDER_CLIENT_NATIVE=1 "$venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps \
+  -w "$client_dir" ./clients/python
 rm -rf clients/python/build clients/python/*.egg-info
 client_wheel="$(echo "$client_dir"/larder_client-*.whl)"
 
@@ -63,19 +72,11 @@ echo "== ruff check and ruff format --check (clients/python, examples)"
 # The suite imports the installed package (pytest's entry point keeps the source tree off
 # sys.path), so a package whose stubs were not generated fails here.
 "$venv/bin/python" -c 'import larder_client._gen.larder.v1.cache_pb2_grpc'
+# The wheel carries the native core, and it loads.
+"$venv/bin/python" -c 'import larder_client._native'
 
-echo "== pytest (clients/python/tests)"
-(cd clients/python && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
-
-echo "== Django $django's own cache and session tests against Larder"
-"$venv/bin/python" clients/python/tests/django_suite/run.py --larder-bin "$larder" \
-  --django-version "$django"
-
-echo "== Flask-Caching's and cachelib's own backend tests against Larder"
-"$venv/bin/python" clients/python/tests/flask_suite/run.py --larder-bin "$larder"
-
-echo "== the limits package's own storage and strategy tests against Larder"
-# In a venv of its own: the suite needs the pytest and pytest-asyncio its lock file names.
+# The limits suite runs in a venv of its own: it needs the pytest and pytest-asyncio its lock
+# file names.
 suite_venv="$tools/python-limits-suite-venv"
 python_venv "$suite_venv"
 "$suite_venv/bin/pip" install --quiet --disable-pip-version-check "$client_wheel" \
@@ -84,19 +85,44 @@ python_venv "$suite_venv"
 # even when both carry the same version number.
 "$suite_venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps \
   "$client_wheel"
-"$suite_venv/bin/python" clients/python/tests/limits_suite/run.py --larder-bin "$larder"
+"$suite_venv/bin/python" -c 'import larder_client._native'
 
-echo "== examples/django under gunicorn with 4 workers, against the daemon"
-(cd examples/django && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+# Everything below runs once per core. A Larder made without core= takes LARDER_CLIENT_CORE,
+# and the suite runners and the examples' servers pass this environment on to their
+# processes; with =native, a client the native core cannot carry fails instead of falling
+# back to grpcio.
+for core in grpc native; do
+  export LARDER_CLIENT_CORE="$core"
+  echo "======== the client's core: $core (LARDER_CLIENT_CORE=$core)"
 
-echo "== examples/fastapi under gunicorn with 4 uvicorn workers, against the daemon"
-(cd examples/fastapi && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+  echo "== [$core] pytest (clients/python/tests)"
+  (cd clients/python && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
-echo "== examples/flask under gunicorn with 4 workers, against the daemon"
-(cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+  echo "== [$core] Django $django's own cache and session tests against Larder"
+  "$venv/bin/python" clients/python/tests/django_suite/run.py --larder-bin "$larder" \
+    --django-version "$django"
 
+  echo "== [$core] Flask-Caching's and cachelib's own backend tests against Larder"
+  "$venv/bin/python" clients/python/tests/flask_suite/run.py --larder-bin "$larder"
+
+  echo "== [$core] the limits package's own storage and strategy tests against Larder"
+  "$suite_venv/bin/python" clients/python/tests/limits_suite/run.py --larder-bin "$larder"
+
+  echo "== [$core] examples/django under gunicorn with 4 workers, against the daemon"
+  (cd examples/django && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+  echo "== [$core] examples/fastapi under gunicorn with 4 uvicorn workers, against the daemon"
+  (cd examples/fastapi && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+  echo "== [$core] examples/flask under gunicorn with 4 workers, against the daemon"
+  (cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+done
+
+# The other pinned Djangos on the native core only: the adapters' Django code is the same on
+# both cores, which the first Django has already run on each.
+export LARDER_CLIENT_CORE=native
 for django in "${djangos[@]:1}"; do
-  echo "== Django $django: the adapters' tests, and its own cache and session tests"
+  echo "== [native] Django $django: the adapters' tests, and its own cache and session tests"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "Django==$django"
   (cd clients/python && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider \
     tests/test_django_cache.py tests/test_django_sessions.py)
