@@ -399,7 +399,7 @@ class Larder(Connection):
     ``Invoker``).
 
     TLS: ``tls=True`` connects over TLS, checking the server's certificate against
-    ``root_certificates`` (PEM bytes; default: the system's roots); ``certificate_chain`` and
+    ``root_certificates`` (PEM bytes; default: the bundled Mozilla roots); ``certificate_chain`` and
     ``private_key`` (PEM bytes) present a client certificate. A token is never sent in
     cleartext to a host that is not loopback or a Unix socket: that raises
     ``InsecureTokenError`` here, unless ``allow_insecure_token=True``.

@@ -8,7 +8,7 @@ or ``unix:/path``) and these options, under the names each framework's settings 
                          or a ``#`` comment, the daemon's own token-file format)
 ``TLS``                  connect over TLS (default False)
 ``TLS_CA_FILE``          PEM file of the CA that signed the daemon's certificate (default:
-                         the system's roots)
+                         the bundled Mozilla roots)
 ``TLS_CERT_FILE``,       PEM client certificate and key, for a proxy in front of the daemon
 ``TLS_KEY_FILE``         that asks for one
 ``ALLOW_INSECURE_TOKEN`` send the token without TLS to a host that is not loopback

@@ -8,8 +8,10 @@ the native core is not installed (a package built without a Rust toolchain).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -211,3 +213,56 @@ def test_threads_share_one_client(daemon: Any, core: str) -> None:
         with ThreadPoolExecutor(8) as pool:
             totals = sorted(pool.map(work, range(8)))
     assert totals[-1] - totals[0] == 7
+
+
+@needs_native
+def test_a_child_that_drops_the_inherited_client_leaves_the_parents_working(
+    daemon: Any,
+) -> None:
+    larder = Larder(daemon.addr, core="native", timeout=5.0)
+    assert larder.cache.set("fork-drop", b"1")
+    pid = os.fork()
+    if pid == 0:  # the child: drop the parent's client without using it, then leave
+        code = 1
+        try:
+            del larder
+            gc.collect()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # A write on the parent's connection, which the child must not have taken apart.
+    assert larder.cache.set("fork-drop", b"2")
+    assert larder.cache.get("fork-drop") == b"2"
+    larder.close()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_strings_may_be_given_as_utf8_bytes(daemon: Any, core: str) -> None:
+    with Larder(daemon.addr, core=core) as larder:
+        assert larder.cache.set("bytes-key", b"v")
+        assert larder.cache.get(b"bytes-key") == b"v"  # type: ignore[arg-type]
+
+
+@needs_native
+def test_a_deadline_of_no_limit_is_taken_as_a_long_one(daemon: Any) -> None:
+    # grpcio ends such a call at once with DEADLINE_EXCEEDED; the native core waits a year.
+    with Larder(daemon.addr, core="native") as larder:
+        assert larder.cache.set("no-limit", b"v", timeout=float(sys.maxsize))
+        assert larder.cache.get("no-limit", timeout=float(sys.maxsize)) == b"v"
+
+
+@needs_native
+async def test_closing_the_asyncio_client_ends_no_call_in_flight(daemon: Any) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        host, port = silent.getsockname()
+        larder = aio.Larder(f"{host}:{port}", core="native", timeout=0.5, retries=0)
+        call = asyncio.ensure_future(larder.cache.get("k"))
+        await asyncio.sleep(0.1)
+        await larder.close()
+        with pytest.raises(grpc.RpcError) as err:
+            await asyncio.wait_for(call, 10)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

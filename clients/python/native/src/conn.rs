@@ -103,7 +103,7 @@ impl Settings {
         let mut tls = ClientTlsConfig::new();
         tls = match root_certificates {
             Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
-            None => tls.with_native_roots(),
+            None => tls.with_webpki_roots(),
         };
         if let (Some(chain), Some(key)) = (certificate_chain, private_key) {
             tls = tls.identity(Identity::from_pem(chain, key));
@@ -114,7 +114,7 @@ impl Settings {
         tls
     }
 
-    fn endpoint(&self) -> Result<Endpoint, String> {
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let uri = match &self.address {
             Address::Tcp(hostport) => format!("{scheme}://{hostport}"),
@@ -302,10 +302,7 @@ fn never_sent(status: &Status) -> bool {
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<io::Error>() {
             use io::ErrorKind::*;
-            return matches!(
-                io.kind(),
-                ConnectionRefused | NotFound | AddrNotAvailable | PermissionDenied
-            );
+            return matches!(io.kind(), ConnectionRefused | NotFound | AddrNotAvailable);
         }
         source = err.source();
     }

@@ -101,7 +101,15 @@ fn single_from_py(kind: &Kind, value: &Bound<'_, PyAny>) -> PyResult<Value> {
         Kind::Uint64 | Kind::Fixed64 => Value::U64(int(value)?),
         Kind::Float => Value::F32(value.extract::<f64>()? as f32),
         Kind::Double => Value::F64(value.extract()?),
-        Kind::String => Value::String(value.extract().map_err(|_| wrong(value, "str"))?),
+        Kind::String => match value.cast::<PyBytes>() {
+            // protobuf's classes take UTF-8 bytes for a string field too.
+            Ok(b) => Value::String(
+                std::str::from_utf8(b.as_bytes())
+                    .map_err(|e| PyValueError::new_err(format!("bytes that are not UTF-8: {e}")))?
+                    .to_owned(),
+            ),
+            Err(_) => Value::String(value.extract().map_err(|_| wrong(value, "str"))?),
+        },
         Kind::Bytes => {
             let b = value.cast::<PyBytes>().map_err(|_| wrong(value, "bytes"))?;
             Value::Bytes(Bytes::copy_from_slice(b.as_bytes()))

@@ -107,9 +107,17 @@ impl Core {
                     .map_err(|_| PyValueError::new_err("token must be printable ASCII"))
             })
             .transpose()?;
+        // As grpc-core: the TLS name override is also the `:authority` when none is given,
+        // and the certificate is checked against the authority's host when no override is.
+        let authority = authority.or_else(|| server_name.clone().filter(|_| tls));
+        let server_name = server_name.or_else(|| authority.as_deref().map(host_of));
+        let root_certificates = match root_certificates {
+            Some(pem) => Some(pem.to_vec()),
+            None => default_roots()?,
+        };
         let tls = tls.then(|| {
             Settings::tls_config(
-                root_certificates,
+                root_certificates.as_deref(),
                 certificate_chain,
                 private_key,
                 server_name,
@@ -121,6 +129,8 @@ impl Core {
             authority,
             authorization,
         };
+        // Bad TLS material or a bad authority is refused now, not at the first call.
+        settings.endpoint().map_err(PyValueError::new_err)?;
         Ok(Core {
             settings: Arc::new(settings),
             live: ArcSwapOption::empty(),
@@ -164,8 +174,10 @@ impl Core {
         let driven = live.spawned().map_err(PyRuntimeError::new_err)?;
         let call = self.prepare(driven, path, fields, timeout, wait_for_ready)?;
         let error = Python::attach(|py| self.error.clone_ref(py));
+        let keep = live.clone(); // a close() meanwhile does not drop the runtime under the call
         driven.runtime.spawn(async move {
             let result = call.run().await;
+            drop(keep);
             Python::attach(|py| {
                 let (ok, value) = match result {
                     Ok(message) => match message_to_py(py, &message) {
@@ -192,11 +204,9 @@ impl Core {
     /// Closes the channel; calls after this raise `ValueError`.
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        if let Some(old) = self.live.swap(None)
-            && old.generation != live::generation()
-        {
-            std::mem::forget(old); // another process's runtime: nothing here to stop
-        }
+        // In-flight calls keep their own reference; a forked child's copy is left alone
+        // (see `Live`'s `Drop`).
+        self.live.swap(None);
     }
 }
 
@@ -248,10 +258,10 @@ impl Core {
             // Another thread opened one first: use it (this one is dropped, unused).
             return self.live();
         }
-        if let Some(old) = current
-            && old.generation != generation
-        {
-            std::mem::forget(old);
+        if self.closed.load(Ordering::SeqCst) {
+            // Closed while this one was being opened: it must not outlive the close.
+            self.live.swap(None);
+            return Err(PyValueError::new_err("the Larder client is closed"));
         }
         Ok(fresh)
     }
@@ -271,6 +281,32 @@ impl Core {
     }
 }
 
+/// The host of an authority (`host`, `host:port`, `[v6]:port`).
+fn host_of(authority: &str) -> String {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_owned();
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host.to_owned(),
+        _ => authority.to_owned(),
+    }
+}
+
+/// The CA certificates a TLS connection trusts when the client names none: the PEM file that
+/// `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH` names, as grpcio reads it, else (None) the Mozilla roots
+/// built in, as grpcio's own bundled roots are.
+fn default_roots() -> PyResult<Option<Vec<u8>>> {
+    match std::env::var_os("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH") {
+        Some(path) if !path.is_empty() => std::fs::read(&path).map(Some).map_err(|e| {
+            PyValueError::new_err(format!(
+                "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH {}: {e}",
+                std::path::Path::new(&path).display()
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
 /// The method of `path` and its request built from `fields`.
 fn request(
     path: &str,
@@ -282,10 +318,15 @@ fn request(
     Ok((method, message_from_py(&method.input, fields)?))
 }
 
+/// The longest wait taken as it is; anything longer (`sys.maxsize`, say, for "no limit")
+/// waits this long.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn duration(seconds: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(seconds).map_err(|_| {
+    let wait = Duration::try_from_secs_f64(seconds).map_err(|_| {
         PyValueError::new_err(format!("timeout must be positive seconds, not {seconds}"))
-    })
+    })?;
+    Ok(wait.min(LONGEST_WAIT))
 }
 
 /// The exception of a failed call, made by the client's `error` class; if that fails, the

@@ -77,8 +77,9 @@ pub struct Live {
     /// The `generation` that made them; in any other they must not be touched.
     pub generation: u64,
     settings: Arc<Settings>,
-    blocking: OnceLock<Driven>,
-    spawned: OnceLock<Driven>,
+    // Dropped only in the generation that made them (see `Drop`).
+    blocking: ManuallyDrop<OnceLock<Driven>>,
+    spawned: ManuallyDrop<OnceLock<Driven>>,
     /// Tells the housekeeping thread to stop (also stops when the runtime is gone).
     stop: Arc<AtomicBool>,
 }
@@ -88,8 +89,8 @@ impl Live {
         Live {
             generation: generation(),
             settings,
-            blocking: OnceLock::new(),
-            spawned: OnceLock::new(),
+            blocking: ManuallyDrop::new(OnceLock::new()),
+            spawned: ManuallyDrop::new(OnceLock::new()),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -141,8 +142,20 @@ impl Live {
 }
 
 impl Drop for Live {
+    /// In the process that made them, stops the housekeeping thread and shuts the runtimes
+    /// down. In a forked child they are left alone: their threads do not exist there, and
+    /// closing their sockets would take the parent's registrations out of the epoll
+    /// instance the two processes share.
     fn drop(&mut self) {
+        if self.generation != generation() {
+            return;
+        }
         self.stop.store(true, Ordering::SeqCst);
+        // SAFETY: each is taken once, here, and never used after.
+        unsafe {
+            ManuallyDrop::drop(&mut self.blocking);
+            ManuallyDrop::drop(&mut self.spawned);
+        }
     }
 }
 
