@@ -10,8 +10,10 @@
 #   - Django's own cache and session test suites, from the pinned Django sdist, with
 #     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
 #   - Flask-Caching's and cachelib's own backend tests (clients/python/tests/flask_suite/run.py);
-#   - the limits package's own storage and strategy tests (tests/limits_suite/run.py);
-#   - the example apps' tests (examples/*/tests), each app under its production server;
+#   - the limits package's own storage and strategy tests (tests/limits_suite/run.py), the
+#     two cores' runs side by side;
+#   - on the native core only (the default a user gets), the example apps' tests
+#     (examples/*/tests), each app under its production server;
 #   - then, on the native core only, for each other pinned Django (the LTS releases in
 #     clients/python/tests/django_suite/DJANGO_VERSION), the adapters' pytest tests and
 #     that version's own suites again.
@@ -105,15 +107,19 @@ for core in grpc native; do
   echo "== [$core] Flask-Caching's and cachelib's own backend tests against Larder"
   "$venv/bin/python" clients/python/tests/flask_suite/run.py --larder-bin "$larder"
 
-  echo "== [$core] examples/django under gunicorn with 4 workers, against the daemon"
-  (cd examples/django && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
-
-  echo "== [$core] examples/fastapi under gunicorn with 4 uvicorn workers, against the daemon"
-  (cd examples/fastapi && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
-
-  echo "== [$core] examples/flask under gunicorn with 4 workers, against the daemon"
-  (cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 done
+
+# The example apps on the native core only (the default a user gets): their adapters have
+# run on both cores above, in the pytest suite and the frameworks' own suites.
+export LARDER_CLIENT_CORE=native
+echo "== [native] examples/django under gunicorn with 4 workers, against the daemon"
+(cd examples/django && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+echo "== [native] examples/fastapi under gunicorn with 4 uvicorn workers, against the daemon"
+(cd examples/fastapi && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+echo "== [native] examples/flask under gunicorn with 4 workers, against the daemon"
+(cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
 # The limits suite on both cores at once: it spends most of its time waiting for its rate
 # windows to pass, so the two runs (each with its own daemon) share the machine well.
