@@ -100,15 +100,9 @@ class Daemon:
 
     def stop(self) -> int:
         """SIGTERM, then the exit status (SIGKILL after 20 s, which shows as -9)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = terminate(self.proc, 20)
         self._log.close()
-        return self.proc.returncode
+        return status
 
     def cleanup(self) -> None:
         """Kills the daemon if it still runs and removes its directory."""
@@ -117,3 +111,16 @@ class Daemon:
             self.proc.wait()
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM to ``proc``, then its exit status (SIGKILL after ``timeout`` seconds, which
+    shows as -9)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

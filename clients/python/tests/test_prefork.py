@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon
+from larder_daemon import terminate
 
 from larder_client import Larder
 
@@ -103,15 +104,9 @@ class Gunicorn:
 
     def stop(self) -> int:
         """SIGTERM, then its exit status (SIGKILL after 30 s, which shows as -9)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = terminate(self.proc, 30)
         self.log.close()
-        return self.proc.returncode
+        return status
 
 
 @pytest.fixture
