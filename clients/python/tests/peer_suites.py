@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from larder_daemon import Daemon, larder_bin
+from larder_daemon import Daemon, DaemonError, larder_bin
 
 SOURCE_TREE = Path(__file__).resolve().parents[1]  # clients/python
 
@@ -115,6 +116,16 @@ def python_path(first: tuple[str, ...] = ()) -> str:
         print(f"run.py: larder_client from the source tree {SOURCE_TREE}", flush=True)
     paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return os.pathsep.join(paths)
+
+
+def reported(run: Callable[[], int]) -> int:
+    """``run()``'s exit status; a failure before the tests (a download, the daemon, a
+    subprocess) is printed in one line and is status 2."""
+    try:
+        return run()
+    except (RunError, DaemonError, subprocess.CalledProcessError) as err:
+        print(f"run.py: {err}", file=sys.stderr)
+        return 2
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:

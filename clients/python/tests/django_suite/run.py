@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
-from larder_daemon import Daemon, DaemonError
+from larder_daemon import Daemon
 from peer_suites import (
     RunError,
     checked,
@@ -47,6 +47,7 @@ from peer_suites import (
     extract,
     installed_version,
     python_path,
+    reported,
     sdist_version,
     stop_and_judge,
 )
@@ -157,11 +158,8 @@ def main() -> int:
     )
     parser.add_argument("--verbosity", type=int, default=2, help="runtests.py's (default 2)")
     parser.add_argument("apps", nargs="*", help="glue apps to run (default: every larder_*)")
-    try:
-        return run(parser.parse_args())
-    except (RunError, DaemonError, subprocess.CalledProcessError) as err:
-        print(f"run.py: {err}", file=sys.stderr)
-        return 2
+    args = parser.parse_args()
+    return reported(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -37,13 +37,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
-from larder_daemon import Daemon, DaemonError
+from larder_daemon import Daemon
 from peer_suites import (
     RunError,
     common_arguments,
     download,
     installed_version,
     python_path,
+    reported,
     stop_and_judge,
 )
 
@@ -158,11 +159,8 @@ def main() -> int:
     parser.add_argument(
         "suites", nargs="*", help=f"suites to run: {', '.join(SUITES)} (default: all)"
     )
-    try:
-        return run(parser.parse_args())
-    except (RunError, DaemonError, subprocess.CalledProcessError) as err:
-        print(f"run.py: {err}", file=sys.stderr)
-        return 2
+    args = parser.parse_args()
+    return reported(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for larder_daemon
-from larder_daemon import Daemon, DaemonError
+from larder_daemon import Daemon
 from peer_suites import (
     RunError,
     checked,
@@ -45,6 +45,7 @@ from peer_suites import (
     extract,
     installed_version,
     python_path,
+    reported,
     sdist_version,
     stop_and_judge,
 )
@@ -117,11 +118,7 @@ def main() -> int:
         help=f"an extracted limits sdist or a .tar.gz (default: {PINNED}'s, downloaded)",
     )
     args, pytest_args = parser.parse_known_args()
-    try:
-        return run(args, pytest_args)
-    except (RunError, DaemonError, subprocess.CalledProcessError) as err:
-        print(f"run.py: {err}", file=sys.stderr)
-        return 2
+    return reported(lambda: run(args, pytest_args))
 
 
 if __name__ == "__main__":
