@@ -197,10 +197,17 @@ impl UnaryCall {
             wait_for_ready,
         } = self;
         let deadline = Instant::now() + timeout;
+        let mut request = Some(request);
         let attempt = async {
             loop {
                 let mut grpc = grpc.clone();
-                let mut req = Request::new(request.clone());
+                // Only a call that waits for the daemon may go out more than once.
+                let message = if wait_for_ready {
+                    request.clone().expect("kept while waiting for ready")
+                } else {
+                    request.take().expect("sent once")
+                };
+                let mut req = Request::new(message);
                 req.set_timeout(deadline.saturating_duration_since(Instant::now()));
                 if let Some(value) = &authorization {
                     req.metadata_mut()
