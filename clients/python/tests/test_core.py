@@ -276,3 +276,18 @@ async def test_closing_the_asyncio_client_ends_no_call_in_flight(daemon: Any) ->
         with pytest.raises(grpc.RpcError) as err:
             await asyncio.wait_for(call, 10)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_wait_for_ready_waits_for_the_daemon_to_come_back(daemon: Any, core: str) -> None:
+    with Larder(daemon.unix_target, core=core, timeout=15.0, wait_for_ready=True) as larder:
+        assert larder.cache.set("wait-for-ready", b"1")
+        assert daemon.stop() == 0
+        time.sleep(1.5)  # the client has seen its connection close, and the daemon is down
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(larder.cache.set, "wait-for-ready", b"2")
+            time.sleep(0.5)
+            assert not pending.done()  # waiting, not failed
+            daemon.start()
+            assert pending.result(timeout=30)
+        assert larder.cache.get("wait-for-ready") == b"2"
