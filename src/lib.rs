@@ -34,4 +34,13 @@ pub mod pb {
 
     /// The encoded `FileDescriptorSet` of every `larder.v1` proto file.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("larder_descriptor");
+
+    /// Every service the daemon serves, as encoded descriptor sets: what reflection describes
+    /// and what the metrics name methods from, so that the two cannot disagree.
+    pub const DESCRIPTOR_SETS: [&[u8]; 4] = [
+        FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
 }

@@ -20,6 +20,8 @@ use clap::{Args, Parser, Subcommand};
 pub use self::file::FileConfig;
 use self::file::{format_duration, format_size, parse_duration, parse_size};
 use crate::server::ServerSettings;
+use crate::server::auth::AuthSettings;
+use crate::server::tls::TlsSettings;
 use crate::service::Limits;
 use crate::service::ratelimit::RateLimitSettings;
 use crate::service::session::SessionSettings;
@@ -238,24 +240,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Bearer-token authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthConfig {
-    /// File of tokens, one per line.
-    pub token_file: PathBuf,
-    /// Whether calls over the Unix socket need a token too.
-    pub unix_socket: bool,
-}
-
-/// TLS on the TCP listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
 }
 
 /// Everything `serve` needs, validated.
@@ -755,7 +739,7 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
     )?;
 
     let auth = match &f.auth.token_file {
-        Some(path) => Some(AuthConfig {
+        Some(path) => Some(AuthSettings {
             token_file: path.clone(),
             unix_socket: f.auth.unix_socket.unwrap_or(true),
         }),
@@ -767,7 +751,7 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         None => None,
     };
     let tls = match (&f.tls.cert, &f.tls.key) {
-        (Some(cert), Some(key)) => Some(TlsConfig {
+        (Some(cert), Some(key)) => Some(TlsSettings {
             cert: cert.clone(),
             key: key.clone(),
         }),

@@ -254,7 +254,7 @@ fn the_file_sets_everything_and_flags_win_over_it() {
     assert_eq!(c.server.max_connections, 32);
     assert_eq!(
         c.server.auth,
-        Some(AuthConfig {
+        Some(AuthSettings {
             token_file: "/etc/larder/tokens".into(),
             unix_socket: false
         })

@@ -99,7 +99,7 @@ impl Metrics {
     /// Metrics over `store`, with rate-limit checks exported for `policies` (and inline).
     pub fn new(store: Store, policies: impl IntoIterator<Item = String>) -> Result<Self> {
         launched_at();
-        let grpc = GrpcMetrics::new(&crate::server::DESCRIPTOR_SETS)?;
+        let grpc = GrpcMetrics::new(&crate::pb::DESCRIPTOR_SETS)?;
         Ok(Self {
             store,
             grpc: Arc::new(grpc),

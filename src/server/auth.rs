@@ -21,7 +21,14 @@ use tokio_util::either::Either;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::config::AuthConfig;
+/// Bearer-token authentication: where the tokens are, and whether the Unix socket needs one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// File of tokens, one per line.
+    pub token_file: PathBuf,
+    /// Whether calls over the Unix socket need a token too.
+    pub unix_socket: bool,
+}
 
 /// Shortest token accepted, in bytes. `openssl rand -base64 32` makes 44.
 pub const MIN_TOKEN_BYTES: usize = 16;
@@ -161,7 +168,7 @@ impl fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Reads the token file of `config`.
-    pub fn load(config: &AuthConfig) -> Result<Self, TokenFileError> {
+    pub fn load(config: &AuthSettings) -> Result<Self, TokenFileError> {
         let tokens = TokenSet::read(&config.token_file)?;
         warn_if_world_readable(&config.token_file);
         Ok(Self {
@@ -386,7 +393,7 @@ mod tests {
 
     fn auth(text: &str) -> (tempfile::NamedTempFile, Authenticator) {
         let f = file(text.as_bytes());
-        let a = Authenticator::load(&AuthConfig {
+        let a = Authenticator::load(&AuthSettings {
             token_file: f.path().to_owned(),
             unix_socket: true,
         })
@@ -502,7 +509,7 @@ mod tests {
     fn the_unix_socket_can_be_left_to_its_file_mode() {
         let (f, a) = auth(GOOD);
         assert!(AuthLayer::new(Some(&a), Transport::Unix).requires_token());
-        let lax = Authenticator::load(&AuthConfig {
+        let lax = Authenticator::load(&AuthSettings {
             token_file: f.path().to_owned(),
             unix_socket: false,
         })

@@ -33,10 +33,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use self::auth::AuthSettings;
 use self::auth::{AuthLayer, Authenticator, Transport};
 use self::limits::{ConnectionLimit, RequestLimitLayer};
 use self::tls::ServerTls;
-use crate::config::{AuthConfig, TlsConfig, defaults};
+use self::tls::TlsSettings;
 use crate::error::{Error, Result};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{Metrics, MetricsServer};
@@ -213,9 +214,9 @@ pub struct ServerSettings {
     /// (over TLS, to finish the TLS handshake and then send it).
     pub handshake_timeout: Duration,
     /// Bearer-token authentication, if on.
-    pub auth: Option<AuthConfig>,
+    pub auth: Option<AuthSettings>,
     /// TLS on the TCP listener, if on.
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ServerSettings {
@@ -224,25 +225,16 @@ impl Default for ServerSettings {
             limits: Limits::default(),
             sessions: SessionSettings::default(),
             ratelimit: RateLimitSettings::default(),
-            drain_timeout: Duration::from_secs(defaults::DRAIN_TIMEOUT_S),
-            request_timeout: Duration::from_secs(defaults::REQUEST_TIMEOUT_S),
-            max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS as usize,
-            max_connections: defaults::MAX_CONNECTIONS as usize,
+            drain_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            max_connections: 512,
             handshake_timeout: limits::HANDSHAKE_TIMEOUT,
             auth: None,
             tls: None,
         }
     }
 }
-
-/// Every service the daemon serves, as encoded descriptor sets: what reflection describes and
-/// what the metrics name methods from, so that the two cannot disagree.
-pub(crate) const DESCRIPTOR_SETS: [&[u8]; 4] = [
-    pb::FILE_DESCRIPTOR_SET,
-    tonic_health::pb::FILE_DESCRIPTOR_SET,
-    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-];
 
 /// The bearer tokens and the TLS certificate the settings name, once read and checked by
 /// [`load_files`].
@@ -254,8 +246,14 @@ pub fn load_files(settings: &ServerSettings) -> Result<LoadedFiles> {
         .auth
         .as_ref()
         .map(Authenticator::load)
-        .transpose()?;
-    let tls = settings.tls.as_ref().map(ServerTls::load).transpose()?;
+        .transpose()
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(ServerTls::load)
+        .transpose()
+        .map_err(|e| Error::Setup(e.to_string()))?;
     Ok((auth, tls))
 }
 
@@ -369,7 +367,7 @@ pub async fn serve_loaded(
     // Both reflection versions describe every service, including each other, so that
     // `grpcurl list` shows the same set whichever version the client speaks.
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        DESCRIPTOR_SETS.iter().fold(
+        pb::DESCRIPTOR_SETS.iter().fold(
             b.include_reflection_service(false),
             |b, set: &&'static [u8]| b.register_encoded_file_descriptor_set(set),
         )

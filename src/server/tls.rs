@@ -22,7 +22,15 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
 
 use super::limits::{Admission, ConnectionLimit, Limited};
-use crate::config::TlsConfig;
+
+/// TLS on the TCP listener: the PEM files to serve with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
 
 /// The ALPN protocol offered: HTTP/2, the only one gRPC speaks.
 const ALPN_H2: &[u8] = b"h2";
@@ -79,7 +87,7 @@ pub enum TlsError {
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// The files, read again on reload.
-    files: TlsConfig,
+    files: TlsSettings,
     /// What the files held when last read successfully; read once per accepted connection.
     current: Arc<RwLock<Loaded>>,
 }
@@ -94,7 +102,7 @@ struct Loaded {
 
 impl ServerTls {
     /// Reads and checks the files of `config`.
-    pub fn load(config: &TlsConfig) -> Result<Self, TlsError> {
+    pub fn load(config: &TlsSettings) -> Result<Self, TlsError> {
         let loaded = build(config)?;
         Ok(Self {
             files: config.clone(),
@@ -180,7 +188,7 @@ pub async fn reload(tls: &ServerTls) {
 }
 
 /// Reads and checks the files of `config`, as the rustls configuration that serves them.
-fn build(config: &TlsConfig) -> Result<Loaded, TlsError> {
+fn build(config: &TlsSettings) -> Result<Loaded, TlsError> {
     let cert_pem = read("tls.cert", &config.cert)?;
     let key_pem = read("tls.key", &config.key)?;
     let bad_cert = |reason: String| TlsError::BadCertificate {
@@ -353,13 +361,13 @@ mod tests {
 
     /// A self-signed certificate for `localhost` and its key, written to `dir` as `name`.crt
     /// and `name`.key.
-    fn self_signed(dir: &Path, name: &str) -> TlsConfig {
+    fn self_signed(dir: &Path, name: &str) -> TlsSettings {
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, generated.cert.pem()).unwrap();
         std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-        TlsConfig { cert, key }
+        TlsSettings { cert, key }
     }
 
     fn served(tls: &ServerTls) -> Arc<ServerConfig> {

@@ -3,10 +3,12 @@
 //! - [`cache`] serves `larder.v1.CacheService`.
 //! - [`session`] serves `larder.v1.SessionService`; [`token`] makes and checks its tokens.
 //! - [`ratelimit`] serves `larder.v1.RateLimitService`.
+//! - [`status`] turns an error into the gRPC status the client gets.
 
 pub mod cache;
 pub mod ratelimit;
 pub mod session;
+pub mod status;
 pub mod token;
 
 use crate::error::Error;

@@ -13,11 +13,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use larder::clock::ManualClock;
-use larder::config::{AuthConfig, TlsConfig};
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
+use larder::server::auth::AuthSettings;
+use larder::server::tls::TlsSettings;
 use larder::server::{Listeners, ServerSettings};
 use larder::store::{Store, StoreConfig};
 use tempfile::TempDir;
@@ -47,7 +48,7 @@ fn token_file(text: &str) -> (TempDir, PathBuf) {
 /// Server settings with auth on, reading `path`.
 fn with_auth(path: &Path, unix_socket: bool) -> ServerSettings {
     ServerSettings {
-        auth: Some(AuthConfig {
+        auth: Some(AuthSettings {
             token_file: path.to_owned(),
             unix_socket,
         }),
@@ -508,7 +509,7 @@ async fn sighup_without_auth_leaves_the_daemon_serving() {
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1 and its key, as PEM files in `dir`.
-pub(crate) fn self_signed(dir: &Path, name: &str) -> (TlsConfig, String) {
+pub(crate) fn self_signed(dir: &Path, name: &str) -> (TlsSettings, String) {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let generated = rcgen::generate_simple_self_signed(names).unwrap();
     let cert_pem = generated.cert.pem();
@@ -516,7 +517,7 @@ pub(crate) fn self_signed(dir: &Path, name: &str) -> (TlsConfig, String) {
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&cert, &cert_pem).unwrap();
     std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-    (TlsConfig { cert, key }, cert_pem)
+    (TlsSettings { cert, key }, cert_pem)
 }
 
 /// A channel over TLS to `server`'s TCP port, trusting `ca_pem` for the name `localhost`.
@@ -623,7 +624,7 @@ async fn sighup_reloads_the_tls_certificate_for_new_connections_and_a_bad_one_ke
     // The daemon serves these two paths; each step writes other contents into them.
     let cert = tmp.path().join("server.crt");
     let key = tmp.path().join("server.key");
-    let install = |from: &TlsConfig| {
+    let install = |from: &TlsSettings| {
         std::fs::copy(&from.cert, &cert).unwrap();
         std::fs::copy(&from.key, &key).unwrap();
     };
@@ -725,7 +726,7 @@ async fn unusable_tls_files_stop_the_start_naming_the_file() {
     let not_pem = tmp.path().join("not.pem");
     std::fs::write(&not_pem, "hello\n").unwrap();
     let tls = |cert: &Path, key: &Path| ServerSettings {
-        tls: Some(TlsConfig {
+        tls: Some(TlsSettings {
             cert: cert.to_owned(),
             key: key.to_owned(),
         }),

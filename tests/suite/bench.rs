@@ -7,8 +7,8 @@ use std::fs::File;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
-use larder::config::AuthConfig;
 use larder::server::ServerSettings;
+use larder::server::auth::AuthSettings;
 
 use crate::common::TestServer;
 use crate::suite::binary::{POLL_PAUSE, read_log};
@@ -141,7 +141,7 @@ async fn an_open_loop_run_with_a_token_reports_its_target_rate_and_a_missing_tok
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let settings = ServerSettings {
-        auth: Some(AuthConfig {
+        auth: Some(AuthSettings {
             token_file: tokens.clone(),
             unix_socket: true,
         }),

@@ -199,7 +199,11 @@ async fn a_closed_store_refuses_writes_as_unavailable() {
         .set("ns", "k", "w".into(), 0, SetCondition::Always)
         .await
         .expect_err("the writer is gone");
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert_eq!(
+        larder::service::status::code(&err),
+        tonic::Code::Unavailable,
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,90 @@
+//! The one place where an [`Error`] becomes a gRPC status: the code each error is answered
+//! with, and the short, safe message the client gets. Storage details go to the log only.
+
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+/// The gRPC code `err` is answered with.
+pub fn code(err: &Error) -> Code {
+    match err {
+        Error::InvalidArgument { .. } => Code::InvalidArgument,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Storage { source, .. } => storage_code(source),
+        Error::Setup(_) | Error::Internal(_) => Code::Internal,
+    }
+}
+/// How a SQLite failure looks to a client. Disk full is `RESOURCE_EXHAUSTED`; a busy, read-only
+/// or unreachable database is `UNAVAILABLE` so that callers (and Envoy) apply their failure
+/// mode instead of treating it as a bug; everything else is `INTERNAL`.
+fn storage_code(err: &rusqlite::Error) -> Code {
+    use rusqlite::ErrorCode as E;
+    match err.sqlite_error_code() {
+        Some(E::DiskFull) => Code::ResourceExhausted,
+        Some(
+            E::DatabaseBusy
+            | E::DatabaseLocked
+            | E::ReadOnly
+            | E::CannotOpen
+            | E::SystemIoFailure
+            | E::NoLargeFileSupport,
+        ) => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let code = code(&err);
+        match code {
+            Code::InvalidArgument | Code::FailedPrecondition => Status::new(code, err.to_string()),
+            Code::ResourceExhausted => {
+                tracing::warn!(error = %err, "storage full");
+                Status::new(code, "storage is full")
+            }
+            Code::Unavailable => {
+                tracing::warn!(error = %err, "request not served");
+                match err {
+                    Error::Unavailable(msg) => Status::new(code, msg),
+                    _ => Status::new(code, "storage unavailable"),
+                }
+            }
+            _ => {
+                tracing::error!(error = %err, "internal error");
+                Status::new(Code::Internal, "internal error (see the server log)")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: i32) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(Error::invalid("entries[2].key", "must not be empty"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "entries[2].key: must not be empty");
+    }
+
+    #[test]
+    fn storage_errors_map_to_failure_modes() {
+        let full = Error::storage("committing")(sqlite_error(rusqlite::ffi::SQLITE_FULL));
+        assert_eq!(Status::from(full).code(), Code::ResourceExhausted);
+        let busy = Error::storage("committing")(sqlite_error(rusqlite::ffi::SQLITE_BUSY));
+        assert_eq!(Status::from(busy).code(), Code::Unavailable);
+        let corrupt = Error::storage("reading")(sqlite_error(rusqlite::ffi::SQLITE_CORRUPT));
+        let status = Status::from(corrupt);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            !status.message().contains("malformed"),
+            "details stay in the log"
+        );
+    }
+}
