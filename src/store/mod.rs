@@ -212,7 +212,7 @@ impl Store {
         })?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join(DB_FILE);
-        let conn = schema::open_writer(&db_path, config.synchronous)?;
+        let (conn, found_version) = schema::open_writer(&db_path, config.synchronous)?;
 
         let pool = |size: u32| {
             r2d2::Pool::builder()
@@ -281,7 +281,15 @@ impl Store {
             (config.write_behind / 2).max(Duration::from_millis(1)),
             stop_maintenance.clone(),
         ));
-        tracing::info!(path = %db_path.display(), "store open");
+        if found_version == 0 {
+            tracing::info!(
+                path = %db_path.display(),
+                schema_version = schema::SCHEMA_VERSION,
+                "created a new store"
+            );
+        } else {
+            tracing::info!(path = %db_path.display(), "store open");
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 clock,

@@ -110,8 +110,9 @@ const LARDER_TABLES: &[&str] = &["cache_entries", "meta"];
 
 /// Opens (creating if needed) the database for the writer, checks that it is a Larder
 /// database this build understands ([`identify`], before anything is written to it), sets WAL
-/// mode and migrates the schema to [`SCHEMA_VERSION`].
-pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> {
+/// mode and migrates the schema to [`SCHEMA_VERSION`]. Returns the connection and the schema
+/// version the file had: 0 for a store created here.
+pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<(Connection, i64)> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -158,7 +159,7 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection> 
     ))
     .map_err(Error::storage("setting PRAGMAs"))?;
     migrate(&conn, path, version)?;
-    Ok(conn)
+    Ok((conn, version))
 }
 
 /// Checks, reading only, that the file open on `conn` is a Larder database this build can
@@ -330,7 +331,13 @@ fn migrate(conn: &Connection, path: &Path, version: i64) -> Result<()> {
             let _ = conn.execute_batch("ROLLBACK");
             file_error(path, "migrating the schema", e)
         })?;
-        tracing::info!(from, to, "migrated database schema");
+        // A new file goes through every step: the store says once that it created it, so
+        // only a store that existed before reports its steps.
+        if version > 0 {
+            tracing::info!(from, to, "migrated database schema");
+        } else {
+            tracing::debug!(from, to, "created database schema");
+        }
     }
     Ok(())
 }
@@ -349,7 +356,7 @@ mod tests {
     fn a_new_file_gets_the_current_schema_in_wal_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        let (conn, _) = open_writer(&path, Synchronous::Normal).unwrap();
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
@@ -377,7 +384,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        let (conn, _) = open_writer(&path, Synchronous::Normal).unwrap();
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
@@ -471,7 +478,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         std::fs::write(&path, b"").unwrap();
-        let conn = open_writer(&path, Synchronous::Normal).unwrap();
+        let (conn, _) = open_writer(&path, Synchronous::Normal).unwrap();
         assert_eq!(identify(&conn, &path).unwrap(), SCHEMA_VERSION);
     }
 }
