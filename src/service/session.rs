@@ -13,7 +13,7 @@ use crate::pb::session_service_server::SessionService;
 use crate::service::token::{self, SESSION_ID_LEN};
 use crate::service::{at_most, not_empty};
 use crate::store::Store;
-use crate::store::sessions::{DataLimits, NewSession, SessionRecord, SessionTarget};
+use crate::store::{DataLimits, NewSession, SessionRecord, SessionTarget};
 
 /// Session defaults and bounds.
 #[derive(Debug, Clone)]

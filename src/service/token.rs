@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::store::sessions::TokenHash;
+use crate::store::TokenHash;
 
 /// What every session token starts with, so a leaked one is recognisable (e.g. by secret
 /// scanners).

@@ -1,6 +1,6 @@
-//! The in-memory LRUs in front of SQLite: sharded, byte-accounted, and kept coherent with the
-//! database by the writer. One generic [`MemoryCache`] serves both cache entries
-//! ([`EntryCache`]) and sessions (keyed by token hash).
+//! The read-through memory in front of SQLite tables that the writer changes: one generic
+//! [`MemoryCache`] on the store's one sharded LRU ([`super::lru`]), serving cache entries
+//! (`cache::EntryCache`) and sessions (`session::SessionCache`, keyed by token hash).
 //!
 //! Only the writer thread puts acknowledged values here (after its transaction committed), so a
 //! client always reads its own writes. Readers that missed may *fill* an entry they read from
@@ -14,15 +14,12 @@
 //! started, and a fill could show part of a commit before the writer applied all of it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
-use std::sync::Mutex;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
 use crossbeam_utils::CachePadded;
-use lru::LruCache;
 
-use crate::clock::remaining_ms;
+use super::lru::{LruShard, ShardedLru};
 
 /// Bytes charged per entry on top of its key and value: the hash table slot, list links and
 /// the string headers. An estimate, so the budget errs on the side of less.
@@ -36,7 +33,7 @@ const SHARDS: usize = 16;
 const MAX_ACCESSED_PER_SHARD: usize = 16 * 1024;
 
 /// A value the memory LRU can hold: it knows its size and when it stops being live.
-pub trait Cached: Clone {
+pub(crate) trait Cached: Clone {
     /// What the value is looked up by.
     type Key: Hash + Eq + Clone + std::fmt::Debug;
     /// Bytes of key and value charged against the budget (without [`ENTRY_OVERHEAD`]).
@@ -45,38 +42,9 @@ pub trait Cached: Clone {
     fn live(&self, now_ms: u64) -> bool;
 }
 
-/// A cache entry's key: namespace and key.
-pub type CacheKey = (String, String);
-
-/// One cached value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedEntry {
-    /// The stored bytes.
-    pub value: Bytes,
-    /// The entry's version.
-    pub version: u64,
-    /// Absolute expiry in Unix ms; 0 = never.
-    pub expires_at_ms: u64,
-}
-
-impl Cached for CachedEntry {
-    type Key = CacheKey;
-
-    fn size((namespace, key): &CacheKey, value: &Self) -> usize {
-        namespace.len() + key.len() + value.value.len()
-    }
-
-    fn live(&self, now_ms: u64) -> bool {
-        remaining_ms(self.expires_at_ms, now_ms).is_some()
-    }
-}
-
-/// The LRU of cache entries.
-pub type EntryCache = MemoryCache<CachedEntry>;
-
 /// What a memory lookup found.
 #[derive(Debug)]
-pub enum Lookup<V> {
+pub(crate) enum Lookup<V> {
     /// A live entry.
     Hit(V),
     /// The entry is cached but expired: the database holds the same expired row, so the key is
@@ -88,44 +56,32 @@ pub enum Lookup<V> {
 
 /// Proof of when a reader missed; a fill is accepted only if the shard saw no write since.
 #[derive(Debug, Clone, Copy)]
-pub struct FillTicket {
+pub(crate) struct FillTicket {
     shard: usize,
     epoch: u64,
 }
 
+/// What a shard of a [`MemoryCache`] keeps besides its entries, under the same lock.
 #[derive(Debug)]
-struct Shard<V: Cached> {
-    /// Entries in recency order.
-    lru: LruCache<V::Key, V>,
-    /// Sum of `charge` over `lru`.
-    bytes: usize,
+struct Coherence<K> {
     /// Incremented by every write (put, remove, update) to this shard.
     epoch: u64,
     /// Keys read since the writer last collected them, with the time of the latest read: the
     /// disk-bound eviction order is kept from these, so a read never costs a disk write.
-    accessed: HashMap<V::Key, u64>,
+    accessed: HashMap<K, u64>,
 }
 
-impl<V: Cached> Shard<V> {
-    fn take(&mut self, key: &V::Key) -> Option<V> {
-        let old = self.lru.pop(key)?;
-        self.bytes -= charge(key, &old);
-        Some(old)
-    }
-}
+type Shard<V> = LruShard<<V as Cached>::Key, V, Coherence<<V as Cached>::Key>>;
 
-/// The sharded, byte-bounded LRU.
+/// The sharded, byte-bounded LRU in front of one table, kept coherent with it by the writer.
 #[derive(Debug)]
-pub struct MemoryCache<V: Cached> {
-    shards: Box<[Mutex<Shard<V>>]>,
-    /// Byte budget of each shard (the configured total divided by the shard count).
-    shard_budget: usize,
-    hasher: std::collections::hash_map::RandomState,
+pub(crate) struct MemoryCache<V: Cached> {
+    table: ShardedLru<V::Key, V, Coherence<V::Key>>,
     /// Whether reads are remembered for eviction order; the writer turns it on only when the
     /// disk bound is in sight, so that far from it a hit costs no bookkeeping.
     track_access: AtomicBool,
     /// The writer's marks, on a cache line of their own: the writer moves them at every
-    /// commit, and they must not make every reader's line of `shards` and `hasher` go stale.
+    /// commit, and they must not make every reader's line of the shards go stale.
     marks: CachePadded<Marks>,
 }
 
@@ -146,27 +102,32 @@ struct Marks {
 }
 
 /// Bytes an entry is charged against the budget.
-pub fn charge<V: Cached>(key: &V::Key, value: &V) -> usize {
+pub(crate) fn charge<V: Cached>(key: &V::Key, value: &V) -> usize {
     V::size(key, value) + ENTRY_OVERHEAD
+}
+
+/// A poisoned shard (a panic mid-update) is safe to keep using once emptied; the new epoch
+/// refuses fills of lookups made before.
+fn recover<V: Cached>(shard: &mut Shard<V>) {
+    shard.clear();
+    shard.extra.epoch += 1;
+    shard.extra.accessed.clear();
 }
 
 impl<V: Cached> MemoryCache<V> {
     /// A cache that holds at most `budget_bytes` (as counted by [`charge`]).
-    pub fn new(budget_bytes: usize) -> Self {
-        let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    lru: LruCache::unbounded(),
-                    bytes: 0,
+    pub(crate) fn new(budget_bytes: usize) -> Self {
+        Self {
+            table: ShardedLru::new(
+                budget_bytes,
+                SHARDS,
+                charge::<V>,
+                || Coherence {
                     epoch: 0,
                     accessed: HashMap::new(),
-                })
-            })
-            .collect();
-        Self {
-            shards,
-            shard_budget: budget_bytes / SHARDS,
-            hasher: Default::default(),
+                },
+                recover::<V>,
+            ),
             track_access: AtomicBool::new(false),
             marks: CachePadded::new(Marks::default()),
         }
@@ -174,29 +135,29 @@ impl<V: Cached> MemoryCache<V> {
 
     /// The writer's publication count (see [`MemoryCache::begin_publish`]); odd while a
     /// commit is being applied.
-    pub fn publication(&self) -> u64 {
+    pub(crate) fn publication(&self) -> u64 {
         self.marks.publication.load(Ordering::SeqCst)
     }
 
     /// Writer only: the changes of one commit are about to be applied.
-    pub fn begin_publish(&self) {
+    pub(crate) fn begin_publish(&self) {
         self.marks.publication.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Writer only: every change of the commit is applied.
-    pub fn end_publish(&self) {
+    pub(crate) fn end_publish(&self) {
         self.marks.publication.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Writer only: a commit is about to be made visible in SQLite; returns its number, to
     /// pass to [`MemoryCache::commit_shown`] once memory shows it or it failed.
-    pub fn begin_commit(&self) -> u64 {
+    pub(crate) fn begin_commit(&self) -> u64 {
         self.marks.committing.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Writer only: memory shows every commit up to `commit` (or the writer is gone, with
     /// `u64::MAX`, and nothing will change memory any more).
-    pub fn commit_shown(&self, commit: u64) {
+    pub(crate) fn commit_shown(&self, commit: u64) {
         self.marks.shown.store(commit, Ordering::SeqCst);
         self.marks.shown_moved.notify_waiters();
     }
@@ -206,7 +167,7 @@ impl<V: Cached> MemoryCache<V> {
     /// from memory sees less than it did. It waits only while a commit is in progress: from
     /// just before its COMMIT (writing the WAL, and its fsync with `synchronous = full`) until
     /// the writer has applied it to memory.
-    pub async fn catch_up(&self) {
+    pub(crate) async fn catch_up(&self) {
         let marks = &*self.marks;
         let target = marks.committing.load(Ordering::SeqCst);
         while marks.shown.load(Ordering::SeqCst) < target {
@@ -220,82 +181,64 @@ impl<V: Cached> MemoryCache<V> {
         }
     }
 
-    fn shard_of(&self, key: &V::Key) -> usize {
-        (self.hasher.hash_one(key) as usize) & (SHARDS - 1)
-    }
-
-    // The locks below are std mutexes held for a few hash-map operations; no `.await` and no
-    // I/O happens under them. A poisoned lock means a panic mid-update of a cache, which is
-    // safe to keep using after dropping its content.
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard<V>> {
-        self.shards[shard].lock().unwrap_or_else(|poisoned| {
-            let mut guard = poisoned.into_inner();
-            guard.lru.clear();
-            guard.bytes = 0;
-            guard.epoch += 1;
-            guard.accessed.clear();
-            guard
-        })
-    }
-
     /// Looks a key up, marking it recently used on a hit.
-    pub fn get(&self, key: &V::Key, now_ms: u64) -> Lookup<V> {
-        let shard = self.shard_of(key);
-        let mut s = self.lock(shard);
-        match s.lru.get(key) {
+    pub(crate) fn get(&self, key: &V::Key, now_ms: u64) -> Lookup<V> {
+        let shard = self.table.shard_of(key);
+        let mut s = self.table.lock(shard);
+        match s.get(key) {
             Some(e) if e.live(now_ms) => {
                 let hit = e.clone();
                 if self.track_access.load(Ordering::Relaxed) {
-                    note_access(&mut s.accessed, key, now_ms);
+                    note_access(&mut s.extra.accessed, key, now_ms);
                 }
                 Lookup::Hit(hit)
             }
             Some(_) => {
-                s.take(key);
+                s.remove(key);
                 Lookup::Expired
             }
             None => Lookup::Miss(FillTicket {
                 shard,
-                epoch: s.epoch,
+                epoch: s.extra.epoch,
             }),
         }
     }
 
     /// The cached value of a key, live or not, without marking it used.
-    pub fn peek(&self, key: &V::Key) -> Option<V> {
-        self.lock(self.shard_of(key)).lru.peek(key).cloned()
+    pub(crate) fn peek(&self, key: &V::Key) -> Option<V> {
+        self.table.lock_key(key).peek(key).cloned()
     }
 
     /// A copy of every cached key and value, shard by shard (not one atomic snapshot).
-    pub fn entries(&self) -> Vec<(V::Key, V)> {
+    pub(crate) fn entries(&self) -> Vec<(V::Key, V)> {
         let mut out = Vec::new();
-        for i in 0..SHARDS {
-            let s = self.lock(i);
-            out.extend(s.lru.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for i in 0..self.table.shard_count() {
+            let s = self.table.lock(i);
+            out.extend(s.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         out
     }
 
     /// Remembers that a key was read at `now_ms` (for reads answered from SQLite; memory hits
     /// are remembered by [`MemoryCache::get`]).
-    pub fn record_access(&self, key: &V::Key, now_ms: u64) {
+    pub(crate) fn record_access(&self, key: &V::Key, now_ms: u64) {
         if !self.track_access.load(Ordering::Relaxed) {
             return;
         }
-        let mut s = self.lock(self.shard_of(key));
-        note_access(&mut s.accessed, key, now_ms);
+        let mut s = self.table.lock_key(key);
+        note_access(&mut s.extra.accessed, key, now_ms);
     }
 
     /// Writer only: turns remembering reads on or off (off when created).
-    pub fn set_access_tracking(&self, on: bool) {
+    pub(crate) fn set_access_tracking(&self, on: bool) {
         self.track_access.store(on, Ordering::Relaxed);
     }
 
     /// Writer only: takes the keys read since the last call, with their latest read time.
-    pub fn take_accessed(&self) -> Vec<(V::Key, u64)> {
+    pub(crate) fn take_accessed(&self) -> Vec<(V::Key, u64)> {
         let mut out = Vec::new();
-        for i in 0..SHARDS {
-            out.extend(std::mem::take(&mut self.lock(i).accessed));
+        for i in 0..self.table.shard_count() {
+            out.extend(std::mem::take(&mut self.table.lock(i).extra.accessed));
         }
         out
     }
@@ -304,12 +247,12 @@ impl<V: Cached> MemoryCache<V> {
     /// reader's miss; returns the value now cached for the key, if any. When another reader
     /// filled the key first, its copy is kept (it holds the same commit and may have been
     /// changed in place since).
-    pub fn fill(&self, ticket: FillTicket, key: V::Key, value: V) -> Option<V> {
-        let mut s = self.lock(ticket.shard);
-        if s.epoch != ticket.epoch {
+    pub(crate) fn fill(&self, ticket: FillTicket, key: V::Key, value: V) -> Option<V> {
+        let mut s = self.table.lock(ticket.shard);
+        if s.extra.epoch != ticket.epoch {
             return None;
         }
-        if let Some(existing) = s.lru.get(&key) {
+        if let Some(existing) = s.get(&key) {
             return Some(existing.clone());
         }
         self.insert_locked(&mut s, key, value.clone())
@@ -317,66 +260,61 @@ impl<V: Cached> MemoryCache<V> {
     }
 
     /// Writer only: the committed value of a key.
-    pub fn put(&self, key: V::Key, value: V) {
-        let mut s = self.lock(self.shard_of(&key));
-        s.epoch += 1;
+    pub(crate) fn put(&self, key: V::Key, value: V) {
+        let mut s = self.table.lock_key(&key);
+        s.extra.epoch += 1;
         self.insert_locked(&mut s, key, value);
     }
 
     /// Writer only: a key was deleted (or evicted, or swept).
-    pub fn remove(&self, key: &V::Key) {
-        let mut s = self.lock(self.shard_of(key));
-        s.epoch += 1;
-        s.take(key);
+    pub(crate) fn remove(&self, key: &V::Key) {
+        let mut s = self.table.lock_key(key);
+        s.extra.epoch += 1;
+        s.remove(key);
     }
 
     /// Writer only: changes a cached value in place (its size must not change).
-    pub fn update(&self, key: &V::Key, change: impl FnOnce(&mut V)) {
-        let mut s = self.lock(self.shard_of(key));
-        s.epoch += 1;
-        if let Some(v) = s.lru.peek_mut(key) {
+    pub(crate) fn update(&self, key: &V::Key, change: impl FnOnce(&mut V)) {
+        let mut s = self.table.lock_key(key);
+        s.extra.epoch += 1;
+        if let Some(v) = s.peek_mut(key) {
             change(v);
         }
     }
 
     /// Returns whether the value was cached.
     fn insert_locked(&self, s: &mut Shard<V>, key: V::Key, value: V) -> bool {
-        s.take(&key);
+        s.remove(&key);
         let cost = charge(&key, &value);
+        let budget = self.table.shard_budget();
         // An entry bigger than half a shard would flush most of it for one key: keep it on
         // disk only.
-        if cost > self.shard_budget / 2 {
+        if cost > budget / 2 {
             return false;
         }
-        while s.bytes + cost > self.shard_budget {
-            match s.lru.pop_lru() {
-                Some((k, old)) => s.bytes -= charge(&k, &old),
-                None => break,
+        while s.bytes() + cost > budget {
+            if s.pop_coldest().is_none() {
+                break;
             }
         }
-        s.bytes += cost;
-        s.lru.put(key, value);
+        s.insert(key, value);
         true
     }
 
     /// Bytes currently charged, over all shards.
-    pub fn bytes(&self) -> usize {
-        (0..SHARDS).map(|i| self.lock(i).bytes).sum()
+    pub(crate) fn bytes(&self) -> usize {
+        self.table.bytes()
     }
 
     /// The configured total budget (rounded down to a multiple of the shard count).
-    pub fn budget(&self) -> usize {
-        self.shard_budget * SHARDS
+    #[cfg(test)]
+    fn budget(&self) -> usize {
+        self.table.shard_budget() * SHARDS
     }
 
     #[cfg(test)]
     fn recount(&self) -> usize {
-        (0..SHARDS)
-            .map(|i| {
-                let s = self.lock(i);
-                s.lru.iter().map(|(k, v)| charge(k, v)).sum::<usize>()
-            })
-            .sum()
+        self.table.recount()
     }
 }
 
@@ -393,6 +331,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::store::cache::{CacheKey, CachedEntry, EntryCache};
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn ck(ns: &str, key: &str) -> CacheKey {

@@ -204,7 +204,7 @@ impl Store {
         let now = self.inner.clock.now_ms() as i64;
         let n: i64 = self
             .scan(move |conn| {
-                conn.prepare_cached("SELECT COUNT(*) FROM sessions WHERE idle_expires_at > ?1")
+                conn.prepare_cached(crate::store::session::sql::COUNT_LIVE)
                     .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
                     .map_err(Error::storage("counting sessions"))
             })

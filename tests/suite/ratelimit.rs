@@ -25,7 +25,7 @@ use larder::ratelimit::{Algorithm, Rule};
 use larder::server::ServerSettings;
 use larder::service::ratelimit::RateLimitSettings;
 use larder::store::DB_FILE;
-use larder::store::ratelimits::SLOT_OVERHEAD;
+use larder::store::SLOT_OVERHEAD;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tonic::Status;
 

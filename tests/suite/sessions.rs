@@ -22,7 +22,7 @@ use larder::pb::revoke_session_request::Target;
 use larder::server::ServerSettings;
 use larder::service::session::SessionSettings;
 use larder::store::DB_FILE;
-use larder::store::sessions::{SWEEP_GRACE_MS, persist_window};
+use larder::store::{SWEEP_GRACE_MS, persist_window};
 use prost::Message;
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};

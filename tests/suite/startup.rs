@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use larder::store::schema::SCHEMA_VERSION;
+use larder::store::SCHEMA_VERSION;
 use rusqlite::Connection;
 
 use crate::common::set;

@@ -1,26 +1,152 @@
 //! The writer's session commands: create, update (an atomic merge), rotate, revoke, the
 //! background last-seen writes and the sweep of expired sessions. Each runs inside the
-//! writer's batch transaction; memory changes are queued as effects and applied after COMMIT.
+//! writer's batch transaction and holds its typed answer in its reply; memory changes are
+//! queued as effects and applied after COMMIT.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Effects, MemEffect, WriteOutcome, Writer};
-use crate::error::{Error, Result};
-use crate::store::sessions::{
-    CachedSession, DataLimits, NewSession, RECORD_COLUMNS, SWEEP_GRACE_MS, SessionRecord,
-    SessionTarget, TokenHash, encode_data, idle_expiry, latest_use, record_from_row,
+use super::sql;
+use super::{
+    CachedSession, DataLimits, NewSession, SWEEP_GRACE_MS, SessionRecord, SessionTarget, TokenHash,
+    data_bytes, encode_data, idle_expiry, latest_use, record_from_row,
 };
+use crate::error::{Error, Result};
+use crate::store::writer::command::Pending;
+use crate::store::writer::{Effects, MemEffect, Reply, Writer};
+
+/// A command on the sessions table, with its reply.
+#[derive(Debug)]
+pub(crate) enum SessionOp {
+    /// Create a session; answers its record.
+    Create {
+        new: NewSession,
+        reply: Reply<SessionRecord>,
+    },
+    /// Merge changes into a live session's data; `None` when it was not live.
+    Update {
+        token_hash: TokenHash,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        limits: DataLimits,
+        reply: Reply<Option<SessionRecord>>,
+    },
+    /// Give a live session a new token hash; `None` when it was not live.
+    Rotate {
+        token_hash: TokenHash,
+        new_hash: TokenHash,
+        reply: Reply<Option<SessionRecord>>,
+    },
+    /// End one session; answers whether it was live.
+    Revoke {
+        target: SessionTarget,
+        reply: Reply<bool>,
+    },
+    /// End a user's sessions, but one; answers how many were live.
+    RevokeUser {
+        user_id: String,
+        except: Option<String>,
+        reply: Reply<u64>,
+    },
+    /// Record sessions' last uses seen by reads (coalesced, in the background, and at close);
+    /// answers how many.
+    RecordUses {
+        uses: Vec<(TokenHash, u64)>,
+        reply: Reply<u64>,
+    },
+}
+
+impl SessionOp {
+    /// Bytes of values this command writes.
+    pub(crate) fn payload_bytes(&self) -> usize {
+        match self {
+            SessionOp::Create { new, .. } => data_bytes(&new.data),
+            SessionOp::Update { set, .. } => data_bytes(set),
+            _ => 0,
+        }
+    }
+
+    /// Whether the command may write several rows.
+    pub(crate) fn needs_savepoint(&self) -> bool {
+        matches!(self, SessionOp::RecordUses { uses, .. } if uses.len() > 1)
+    }
+
+    /// The command's reply.
+    pub(crate) fn pending(&mut self) -> &mut dyn Pending {
+        match self {
+            SessionOp::Create { reply, .. } => reply,
+            SessionOp::Update { reply, .. } | SessionOp::Rotate { reply, .. } => reply,
+            SessionOp::Revoke { reply, .. } => reply,
+            SessionOp::RevokeUser { reply, .. } | SessionOp::RecordUses { reply, .. } => reply,
+        }
+    }
+}
 
 impl Writer {
-    pub(super) fn create_session(
+    pub(in crate::store) fn apply_session(
+        &mut self,
+        op: &mut SessionOp,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        match op {
+            SessionOp::Create { new, reply } => {
+                let record = self.create_session(new, now, fx)?;
+                reply.hold(record);
+            }
+            SessionOp::Update {
+                token_hash,
+                set,
+                remove,
+                limits,
+                reply,
+            } => {
+                let record = self.update_session(token_hash, set, remove, *limits, now, fx)?;
+                reply.hold(record);
+            }
+            SessionOp::Rotate {
+                token_hash,
+                new_hash,
+                reply,
+            } => {
+                let record = self.rotate_session(token_hash, new_hash, now, fx)?;
+                reply.hold(record);
+            }
+            SessionOp::Revoke { target, reply } => {
+                let live = self.revoke_session(target, now, fx)?;
+                reply.hold(live);
+            }
+            SessionOp::RevokeUser {
+                user_id,
+                except,
+                reply,
+            } => {
+                let live = self.delete_sessions(
+                    sql::DELETE_USER,
+                    params![user_id.as_str(), except.as_deref()],
+                    now,
+                    fx,
+                )?;
+                reply.hold(live);
+            }
+            SessionOp::RecordUses { uses, reply } => {
+                for (hash, last_seen_ms) in uses.iter() {
+                    self.record_session_use(hash, *last_seen_ms)?;
+                }
+                reply.hold(uses.len() as u64);
+            }
+        }
+        Ok(())
+    }
+
+    fn create_session(
         &mut self,
         new: &NewSession,
         now: u64,
         fx: &mut Effects,
-    ) -> Result<WriteOutcome> {
+    ) -> Result<SessionRecord> {
         let record = SessionRecord {
             session_id: new.session_id.clone(),
             user_id: new.user_id.clone(),
@@ -33,11 +159,7 @@ impl Writer {
             absolute_expires_at_ms: now.saturating_add(new.absolute_ttl_ms),
         };
         self.conn
-            .prepare_cached(
-                "INSERT INTO sessions (token_hash, session_id, user_id, data, device_info, ip, \
-                 created_at, last_seen_at, idle_ttl, idle_expires_at, absolute_expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
-            )
+            .prepare_cached(sql::INSERT)
             .and_then(|mut s| {
                 s.execute(params![
                     &new.token_hash[..],
@@ -57,7 +179,7 @@ impl Writer {
             new.token_hash,
             Arc::new(CachedSession::new(record.clone())),
         ));
-        Ok(WriteOutcome::Session(Some(record)))
+        Ok(record)
     }
 
     /// The live session with this token hash, with its latest use as memory knows it, and
@@ -65,12 +187,12 @@ impl Writer {
     fn live_session(&self, hash: &TokenHash, now: u64) -> Result<Option<(i64, SessionRecord)>> {
         let row = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT id, {RECORD_COLUMNS} FROM sessions WHERE token_hash = ?1"
-            ))
+            .prepare_cached(sql::SESSION)
             .and_then(|mut s| {
-                s.query_row([&hash[..]], |r| Ok((r.get(0)?, record_from_row(r, 1)?)))
-                    .optional()
+                s.query_row([&hash[..]], |r| {
+                    Ok((r.get(0)?, record_from_row(r, sql::RECORD_AT)?))
+                })
+                .optional()
             })
             .map_err(Error::storage("reading a session"))?;
         Ok(row
@@ -92,10 +214,7 @@ impl Writer {
     ) -> Result<SessionRecord> {
         record.last_seen_at_ms = record.last_seen_at_ms.max(now);
         self.conn
-            .prepare_cached(
-                "UPDATE sessions SET token_hash = ?2, data = ?3, last_seen_at = ?4, \
-                 idle_expires_at = ?5 WHERE id = ?1",
-            )
+            .prepare_cached(sql::REWRITE)
             .and_then(|mut s| {
                 s.execute(params![
                     id,
@@ -113,7 +232,7 @@ impl Writer {
         Ok(record)
     }
 
-    pub(super) fn update_session(
+    fn update_session(
         &mut self,
         hash: &TokenHash,
         set: &BTreeMap<String, String>,
@@ -121,9 +240,9 @@ impl Writer {
         limits: DataLimits,
         now: u64,
         fx: &mut Effects,
-    ) -> Result<WriteOutcome> {
+    ) -> Result<Option<SessionRecord>> {
         let Some((id, mut record)) = self.live_session(hash, now)? else {
-            return Ok(WriteOutcome::Session(None));
+            return Ok(None);
         };
         let data = Arc::make_mut(&mut record.data);
         for key in remove {
@@ -132,22 +251,22 @@ impl Writer {
         data.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
         limits.check("set", data)?;
         let record = self.rewrite_session(id, hash, record, now, fx)?;
-        Ok(WriteOutcome::Session(Some(record)))
+        Ok(Some(record))
     }
 
-    pub(super) fn rotate_session(
+    fn rotate_session(
         &mut self,
         hash: &TokenHash,
         new_hash: &TokenHash,
         now: u64,
         fx: &mut Effects,
-    ) -> Result<WriteOutcome> {
+    ) -> Result<Option<SessionRecord>> {
         let Some((id, record)) = self.live_session(hash, now)? else {
-            return Ok(WriteOutcome::Session(None));
+            return Ok(None);
         };
         fx.memory.push(MemEffect::RemoveSession(*hash));
         let record = self.rewrite_session(id, new_hash, record, now, fx)?;
-        Ok(WriteOutcome::Session(Some(record)))
+        Ok(Some(record))
     }
 
     /// Runs a `DELETE … RETURNING token_hash, last_seen_at, idle_ttl, absolute_expires_at`
@@ -188,57 +307,28 @@ impl Writer {
         Ok(live)
     }
 
-    pub(super) fn revoke_session(
+    fn revoke_session(
         &mut self,
         target: &SessionTarget,
         now: u64,
         fx: &mut Effects,
-    ) -> Result<WriteOutcome> {
+    ) -> Result<bool> {
         let live = match target {
-            SessionTarget::Token(hash) => self.delete_sessions(
-                "DELETE FROM sessions WHERE token_hash = ?1 \
-                 RETURNING token_hash, last_seen_at, idle_ttl, absolute_expires_at",
-                params![&hash[..]],
-                now,
-                fx,
-            )?,
-            SessionTarget::Id(id) => self.delete_sessions(
-                "DELETE FROM sessions WHERE session_id = ?1 \
-                 RETURNING token_hash, last_seen_at, idle_ttl, absolute_expires_at",
-                params![id],
-                now,
-                fx,
-            )?,
+            SessionTarget::Token(hash) => {
+                self.delete_sessions(sql::DELETE_BY_TOKEN, params![&hash[..]], now, fx)?
+            }
+            SessionTarget::Id(id) => {
+                self.delete_sessions(sql::DELETE_BY_ID, params![id], now, fx)?
+            }
         };
-        Ok(WriteOutcome::Found(live > 0))
-    }
-
-    pub(super) fn revoke_user_sessions(
-        &mut self,
-        user_id: &str,
-        except: Option<&str>,
-        now: u64,
-        fx: &mut Effects,
-    ) -> Result<WriteOutcome> {
-        let live = self.delete_sessions(
-            "DELETE FROM sessions WHERE user_id = ?1 AND session_id IS NOT ?2 \
-             RETURNING token_hash, last_seen_at, idle_ttl, absolute_expires_at",
-            params![user_id, except],
-            now,
-            fx,
-        )?;
-        Ok(WriteOutcome::Count(live))
+        Ok(live > 0)
     }
 
     /// Records a use seen by a read (the background, coalesced write of GetSession). Never
     /// moves last-seen backwards, and does nothing to a session revoked meanwhile.
-    pub(super) fn touch_session(&mut self, hash: &TokenHash, last_seen: u64) -> Result<()> {
+    fn record_session_use(&mut self, hash: &TokenHash, last_seen: u64) -> Result<()> {
         self.conn
-            .prepare_cached(
-                "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?2), \
-                 idle_expires_at = MIN(MAX(last_seen_at, ?2) + idle_ttl, absolute_expires_at) \
-                 WHERE token_hash = ?1",
-            )
+            .prepare_cached(sql::RECORD_USE)
             .and_then(|mut s| s.execute(params![&hash[..], last_seen as i64]))
             .map_err(Error::storage("recording a session's last use"))?;
         Ok(())
@@ -246,7 +336,7 @@ impl Writer {
 
     /// Deletes up to `limit` expired sessions: past their absolute expiry, or past their idle
     /// expiry on disk by more than [`SWEEP_GRACE_MS`] (memory may know a later use).
-    pub(super) fn sweep_sessions(
+    pub(in crate::store) fn sweep_sessions(
         &mut self,
         now: u64,
         limit: usize,
@@ -254,12 +344,7 @@ impl Writer {
     ) -> Result<u64> {
         let hashes = self
             .conn
-            .prepare_cached(
-                "DELETE FROM sessions WHERE id IN ( \
-                   SELECT id FROM sessions WHERE idle_expires_at <= ?1 \
-                   AND (absolute_expires_at <= ?1 OR idle_expires_at <= ?2) LIMIT ?3) \
-                 RETURNING token_hash",
-            )
+            .prepare_cached(sql::SWEEP)
             .and_then(|mut s| {
                 s.query_map(
                     params![

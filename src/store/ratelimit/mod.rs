@@ -14,19 +14,25 @@
 //!
 //! Memory is bounded: past the byte budget, the least recently used clean keys are evicted.
 //! Dirty keys are never evicted; they become clean at the next write-behind, so the budget can
-//! be overrun by at most what one write-behind interval dirties.
+//! be overrun by at most what one write-behind interval dirties. The table is the store's one
+//! sharded LRU ([`super::lru`]), with each shard's dirty list under the shard's lock.
+//!
+//! The writer's command is [`write`], every statement on the table [`sql`].
 
-use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) mod sql;
+pub(crate) mod write;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use lru::LruCache;
 use rusqlite::{OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::writer::{Command, WriteOp, WriteOutcome};
-use super::{Store, run_on, unexpected};
+use self::write::RateLimitOp;
+use super::lru::{LruShard, ShardedLru};
+use super::writer::{Op, WriteQueue};
+use super::{Store, run_on};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ratelimit::{self, Decision, Rule, State};
@@ -50,17 +56,17 @@ const FLUSH_CHUNK: usize = 1000;
 
 /// One row for the writer: a key and its state, or `None` to delete the row.
 #[derive(Debug, Clone)]
-pub struct LimitRow {
+pub(crate) struct LimitRow {
     /// Policy name.
-    pub policy: String,
+    pub(crate) policy: String,
     /// Key.
-    pub key: String,
+    pub(crate) key: String,
     /// The state's text and its expiry (Unix ms), or `None` when the key has no state.
-    pub state: Option<(String, u64)>,
+    pub(crate) state: Option<(String, u64)>,
 }
 
 #[derive(Debug)]
-enum Slot {
+pub(crate) enum Slot {
     /// The first caller is loading the key from SQLite; the others wait until the sender
     /// (held by that caller's [`Load`]) is dropped.
     Loading(watch::Receiver<()>),
@@ -68,7 +74,7 @@ enum Slot {
 }
 
 #[derive(Debug)]
-struct Entry {
+pub(crate) struct Entry {
     state: Option<State>,
     /// Changes since the key entered memory.
     version: u64,
@@ -89,17 +95,13 @@ impl Entry {
     }
 }
 
-#[derive(Debug)]
-struct Shard {
-    lru: LruCache<LimitKey, Slot>,
-    bytes: usize,
-    /// Keys changed since the last write-behind took them.
-    dirty: Vec<LimitKey>,
-}
+/// A shard of the table; its state besides the slots is its dirty list: keys changed since
+/// the last write-behind took them.
+type Shard = LruShard<LimitKey, Slot, Vec<LimitKey>>;
 
 /// What [`LimitTable::with`] found.
 #[derive(Debug)]
-pub enum Access<T> {
+pub(crate) enum Access<T> {
     /// The key was in memory; here is the closure's answer.
     Done(T),
     /// Another caller is loading the key: wait for `changed()` to end, then try again.
@@ -110,7 +112,7 @@ pub enum Access<T> {
 
 /// The duty of loading one key; dropping it without filling frees the key for another try.
 #[derive(Debug)]
-pub struct Load {
+pub(crate) struct Load {
     table: Arc<LimitTable>,
     key: LimitKey,
     _loading: watch::Sender<()>,
@@ -118,9 +120,9 @@ pub struct Load {
 
 impl Load {
     /// Puts the state read from disk in memory (clean) and wakes the waiting callers.
-    pub fn fill(self, state: Option<State>) {
+    pub(crate) fn fill(self, state: Option<State>) {
         let mut shard = self.table.shard(&self.key);
-        if let Some(slot @ Slot::Loading(_)) = shard.lru.peek_mut(&self.key) {
+        if let Some(slot @ Slot::Loading(_)) = shard.peek_mut(&self.key) {
             *slot = Slot::Ready(Entry {
                 state,
                 version: 0,
@@ -134,58 +136,47 @@ impl Load {
 impl Drop for Load {
     fn drop(&mut self) {
         let mut shard = self.table.shard(&self.key);
-        if matches!(shard.lru.peek(&self.key), Some(Slot::Loading(_))) {
-            shard.lru.pop(&self.key);
-            shard.bytes -= charge(&self.key);
+        if matches!(shard.peek(&self.key), Some(Slot::Loading(_))) {
+            shard.remove(&self.key);
         }
     }
 }
 
 /// The sharded, byte-bounded table of rate-limit state.
 #[derive(Debug)]
-pub struct LimitTable {
-    shards: Box<[Mutex<Shard>]>,
-    shard_budget: usize,
-    hasher: std::collections::hash_map::RandomState,
+pub(crate) struct LimitTable {
+    table: ShardedLru<LimitKey, Slot, Vec<LimitKey>>,
 }
 
+/// Bytes charged for a key, whatever its slot holds (a state is a few fixed-size numbers).
 fn charge((policy, key): &LimitKey) -> usize {
     policy.len() + key.len() + SLOT_OVERHEAD
 }
 
 impl LimitTable {
     /// A table holding at most about `budget_bytes` of clean keys.
-    pub fn new(budget_bytes: usize) -> Self {
+    pub(crate) fn new(budget_bytes: usize) -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        lru: LruCache::unbounded(),
-                        bytes: 0,
-                        dirty: Vec::new(),
-                    })
-                })
-                .collect(),
-            shard_budget: budget_bytes / SHARDS,
-            hasher: Default::default(),
+            // The shard's invariants hold between statements that cannot panic: a poisoned
+            // shard is used as it is.
+            table: ShardedLru::new(budget_bytes, SHARDS, |k, _| charge(k), Vec::new, |_| {}),
         }
     }
 
-    fn shard(&self, key: &LimitKey) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(key) as usize) & (SHARDS - 1);
-        lock(&self.shards[i])
+    fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, Shard> {
+        self.table.lock_key(key)
     }
 
     /// Runs `f` on the key's state under its shard lock; `f` returns its answer and the state
     /// the key has afterwards. A changed state marks the key dirty.
-    pub fn with<T>(
+    pub(crate) fn with<T>(
         self: &Arc<Self>,
         key: &LimitKey,
         f: impl FnOnce(Option<&State>) -> (T, Option<State>),
     ) -> Access<T> {
         let mut shard = self.shard(key);
         let shard = &mut *shard;
-        match shard.lru.get_mut(key) {
+        match shard.get(key) {
             Some(Slot::Ready(entry)) => {
                 let (answer, next) = f(entry.state.as_ref());
                 if next != entry.state {
@@ -193,7 +184,7 @@ impl LimitTable {
                     entry.version += 1;
                     if !entry.queued {
                         entry.queued = true;
-                        shard.dirty.push(key.clone());
+                        shard.extra.push(key.clone());
                     }
                 }
                 Access::Done(answer)
@@ -201,8 +192,7 @@ impl LimitTable {
             Some(Slot::Loading(rx)) => Access::Wait(rx.clone()),
             None => {
                 let (tx, rx) = watch::channel(());
-                shard.lru.push(key.clone(), Slot::Loading(rx));
-                shard.bytes += charge(key);
+                shard.insert(key.clone(), Slot::Loading(rx));
                 // On the Check's path: one bounded scan; the write-behind evicts the rest.
                 self.evict(shard, None);
                 Access::Load(Load {
@@ -220,10 +210,10 @@ impl LimitTable {
     /// limit, so that another call may evict more.
     fn evict(&self, shard: &mut Shard, now_ms: Option<u64>) -> bool {
         let mut gone = Vec::new();
-        let mut over = shard.bytes.saturating_sub(self.shard_budget);
+        let mut over = shard.bytes().saturating_sub(self.table.shard_budget());
         let mut scanned = 0;
         let mut stopped = false;
-        for (key, slot) in shard.lru.iter().rev().take(EVICTION_SCAN) {
+        for (key, slot) in shard.coldest().take(EVICTION_SCAN) {
             scanned += 1;
             let Slot::Ready(entry) = slot else { continue };
             if !entry.clean() {
@@ -241,8 +231,7 @@ impl LimitTable {
         }
         let more = !stopped && scanned == EVICTION_SCAN && !gone.is_empty();
         for key in gone {
-            shard.lru.pop(&key);
-            shard.bytes -= charge(&key);
+            shard.remove(&key);
         }
         more
     }
@@ -250,11 +239,11 @@ impl LimitTable {
     /// Takes every dirty key's state as of now, with its version.
     fn take_dirty(&self) -> Vec<(LimitKey, u64, Option<State>)> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let mut shard = lock(shard);
+        for i in 0..self.table.shard_count() {
+            let mut shard = self.table.lock(i);
             let shard = &mut *shard;
-            for key in std::mem::take(&mut shard.dirty) {
-                if let Some(Slot::Ready(entry)) = shard.lru.peek_mut(&key) {
+            for key in std::mem::take(&mut shard.extra) {
+                if let Some(Slot::Ready(entry)) = shard.peek_mut(&key) {
                     entry.queued = false;
                     out.push((key, entry.version, entry.state));
                 }
@@ -267,15 +256,15 @@ impl LimitTable {
     fn persisted(&self, done: &[(LimitKey, u64)], now_ms: u64) {
         for (key, version) in done {
             let mut shard = self.shard(key);
-            if let Some(Slot::Ready(entry)) = shard.lru.peek_mut(key) {
+            if let Some(Slot::Ready(entry)) = shard.peek_mut(key) {
                 entry.persisted = entry.persisted.max(*version);
             }
         }
         // One scan at a time, the shard's lock released between two, so that every key this
         // write-behind made clean can go now (after a burst of new keys, far more than one
         // scan's worth) without holding up the shard's Checks for the whole of it.
-        for shard in self.shards.iter() {
-            while self.evict(&mut lock(shard), Some(now_ms)) {}
+        for i in 0..self.table.shard_count() {
+            while self.evict(&mut self.table.lock(i), Some(now_ms)) {}
         }
     }
 
@@ -284,43 +273,33 @@ impl LimitTable {
         for key in keys {
             let mut shard = self.shard(&key);
             let shard = &mut *shard;
-            if let Some(Slot::Ready(entry)) = shard.lru.peek_mut(&key)
+            if let Some(Slot::Ready(entry)) = shard.peek_mut(&key)
                 && !entry.queued
                 && entry.persisted < entry.version
             {
                 entry.queued = true;
-                shard.dirty.push(key);
+                shard.extra.push(key);
             }
         }
     }
 
     /// Keys in memory (including ones being loaded).
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).lru.len()).sum()
-    }
-
-    /// Whether no key is in memory.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
     }
 
     /// Bytes charged for the keys in memory.
-    pub fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).bytes).sum()
+    pub(crate) fn bytes(&self) -> usize {
+        self.table.bytes()
     }
-}
-
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // The shard's invariants hold between statements that cannot panic.
-    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The write-behind: takes the dirty keys, has the writer commit them, marks them clean.
 /// Shared by the periodic task, Reset (which waits for its change to be on disk) and close.
 #[derive(Debug)]
-pub struct WriteBehind {
+pub(crate) struct WriteBehind {
     table: Arc<LimitTable>,
-    writer: mpsc::Sender<Command>,
+    writer: WriteQueue,
     clock: Arc<dyn Clock>,
     /// One write-behind at a time, so that states reach the writer in the order they were
     /// taken.
@@ -329,11 +308,7 @@ pub struct WriteBehind {
 
 impl WriteBehind {
     /// A write-behind for `table` through `writer`.
-    pub fn new(
-        table: Arc<LimitTable>,
-        writer: mpsc::Sender<Command>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub(crate) fn new(table: Arc<LimitTable>, writer: WriteQueue, clock: Arc<dyn Clock>) -> Self {
         Self {
             table,
             writer,
@@ -344,7 +319,7 @@ impl WriteBehind {
 
     /// Writes every dirty key's state (a key that counts for nothing is deleted) and waits for
     /// the commits; returns how many keys were written. Keys whose write failed stay dirty.
-    pub async fn flush(&self) -> Result<usize> {
+    pub(crate) async fn flush(&self) -> Result<usize> {
         let _serial = self.serial.lock().await;
         let dirty = self.table.take_dirty();
         let now = self.clock.now_ms();
@@ -363,19 +338,18 @@ impl WriteBehind {
                 })
                 .collect();
             // Every chunk is queued before any is waited for, so that they share commits.
-            let (reply, answer) = oneshot::channel();
-            let op = WriteOp::PersistLimits(rows);
-            if self
+            let queued = self
                 .writer
-                .send(Command::Write { op, reply })
-                .await
-                .is_err()
-            {
-                failure = Some(Error::Unavailable("larder is shutting down".into()));
-                self.table.requeue(chunk.iter().map(|(k, _, _)| k.clone()));
-                break;
+                .queue(|reply| Op::RateLimit(RateLimitOp::Persist { rows, reply }))
+                .await;
+            match queued {
+                Ok(answer) => sent.push((chunk, answer)),
+                Err(e) => {
+                    failure = Some(e);
+                    self.table.requeue(chunk.iter().map(|(k, _, _)| k.clone()));
+                    break;
+                }
             }
-            sent.push((chunk, answer));
         }
         for chunk in chunks {
             self.table.requeue(chunk.iter().map(|(k, _, _)| k.clone()));
@@ -386,14 +360,10 @@ impl WriteBehind {
                 .await
                 .unwrap_or_else(|_| Err(Error::Unavailable("larder is shutting down".into())));
             match result {
-                Ok(WriteOutcome::Count(_)) => {
+                Ok(_) => {
                     done.extend(chunk.iter().map(|(k, v, _)| (k.clone(), *v)));
                 }
-                other => {
-                    let e = match other {
-                        Err(e) => e,
-                        Ok(o) => unexpected(o),
-                    };
+                Err(e) => {
                     failure.get_or_insert(e);
                     self.table.requeue(chunk.iter().map(|(k, _, _)| k.clone()));
                 }
@@ -407,7 +377,7 @@ impl WriteBehind {
     }
 
     /// Flushes every `interval` until `stop` is cancelled.
-    pub async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -514,7 +484,7 @@ fn load_state(
     now_ms: u64,
 ) -> Result<Option<State>> {
     let row = conn
-        .prepare_cached("SELECT state, expires_at FROM rate_limits WHERE policy = ?1 AND key = ?2")
+        .prepare_cached(sql::STATE)
         .and_then(|mut stmt| {
             stmt.query_row(params![policy, key], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))

@@ -1,6 +1,6 @@
 //! Login sessions in the store: the record, its in-memory form with a sliding last-seen time,
 //! the SQL row mapping shared by readers and the writer, and the [`Store`] methods behind
-//! SessionService.
+//! SessionService. Its writer commands are [`write`], every statement on it [`sql`].
 //!
 //! Sliding expiry without a write per read: a GetSession moves the session's last-seen time in
 //! memory only, and queues a background write of it at most once per coalescing window
@@ -15,10 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{OptionalExtension, Row, params};
 
+pub(crate) mod sql;
+pub(crate) mod write;
+
+use self::write::SessionOp;
 use crate::error::{Error, Result};
+use crate::store::Store;
 use crate::store::memory::{Cached, Lookup, MemoryCache};
-use crate::store::writer::{WriteOp, WriteOutcome};
-use crate::store::{Store, submit_nowait, unexpected};
+use crate::store::writer::Op;
 
 /// SHA-256 of a session token: all the store ever sees of a token.
 pub type TokenHash = [u8; 32];
@@ -171,7 +175,7 @@ pub enum SessionTarget {
 /// A session in the memory LRU: the record as committed, plus its last-seen time as reads
 /// move it (ahead of the disk by less than one coalescing window).
 #[derive(Debug)]
-pub struct CachedSession {
+pub(crate) struct CachedSession {
     record: SessionRecord,
     /// Latest use known to memory.
     last_seen: AtomicU64,
@@ -181,7 +185,7 @@ pub struct CachedSession {
 
 impl CachedSession {
     /// A record as committed (its last-seen time is the one on disk).
-    pub fn new(record: SessionRecord) -> Self {
+    pub(crate) fn new(record: SessionRecord) -> Self {
         let seen = record.last_seen_at_ms;
         Self {
             record,
@@ -191,12 +195,12 @@ impl CachedSession {
     }
 
     /// The latest use known to memory.
-    pub fn last_seen(&self) -> u64 {
+    pub(crate) fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Acquire)
     }
 
     /// The record with the latest last-seen time.
-    pub fn snapshot(&self) -> SessionRecord {
+    pub(crate) fn snapshot(&self) -> SessionRecord {
         SessionRecord {
             last_seen_at_ms: self.last_seen(),
             ..self.record.clone()
@@ -222,21 +226,17 @@ impl Cached for Arc<CachedSession> {
 }
 
 /// The LRU of sessions, by token hash.
-pub type SessionCache = MemoryCache<Arc<CachedSession>>;
+pub(crate) type SessionCache = MemoryCache<Arc<CachedSession>>;
 
 /// The latest use of a session as either the disk (`on_disk`) or memory knows it.
-pub fn latest_use(memory: &SessionCache, hash: &TokenHash, on_disk: u64) -> u64 {
+pub(crate) fn latest_use(memory: &SessionCache, hash: &TokenHash, on_disk: u64) -> u64 {
     memory
         .peek(hash)
         .map_or(on_disk, |c| c.last_seen().max(on_disk))
 }
 
-/// Columns read into a [`SessionRecord`] by [`record_from_row`], after any leading columns.
-pub const RECORD_COLUMNS: &str = "session_id, user_id, data, device_info, ip, created_at, \
-                                  last_seen_at, idle_ttl, absolute_expires_at";
-
-/// Reads [`RECORD_COLUMNS`] starting at column `at`.
-pub fn record_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<SessionRecord> {
+/// Reads a session's record from its columns starting at `at` (see [`sql::SESSION`]).
+pub(crate) fn record_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<SessionRecord> {
     let data: String = r.get(at + 2)?;
     let data: BTreeMap<String, String> = serde_json::from_str(&data).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(at + 2, rusqlite::types::Type::Text, e.into())
@@ -255,7 +255,7 @@ pub fn record_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<SessionRecord
 }
 
 /// A data map as stored: a JSON object (readable with `sqlite3`).
-pub fn encode_data(data: &BTreeMap<String, String>) -> String {
+pub(crate) fn encode_data(data: &BTreeMap<String, String>) -> String {
     // A map of strings to strings always serializes.
     serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned())
 }
@@ -285,7 +285,10 @@ impl Store {
             .collect();
         let mut written = 0;
         for chunk in uses.chunks(PERSIST_CHUNK) {
-            written += self.count(WriteOp::TouchSessions(chunk.to_vec())).await?;
+            let uses = chunk.to_vec();
+            written += self
+                .write(|reply| Op::Session(Box::new(SessionOp::RecordUses { uses, reply })))
+                .await?;
         }
         Ok(written)
     }
@@ -305,10 +308,12 @@ impl Store {
         {
             return;
         }
-        if !submit_nowait(
-            &self.inner.writer,
-            WriteOp::TouchSessions(vec![(*hash, now)]),
-        ) {
+        let uses = vec![(*hash, now)];
+        if !self
+            .inner
+            .writer
+            .submit_nowait(|reply| Op::Session(Box::new(SessionOp::RecordUses { uses, reply })))
+        {
             let _ = cached.persisted.compare_exchange(
                 now,
                 persisted,
@@ -320,10 +325,8 @@ impl Store {
 
     /// Creates a session; answers once it is committed.
     pub async fn create_session(&self, new: NewSession) -> Result<SessionRecord> {
-        match self.write(WriteOp::CreateSession(Box::new(new))).await? {
-            WriteOutcome::Session(Some(record)) => Ok(record),
-            other => Err(unexpected(other)),
-        }
+        self.write(|reply| Op::Session(Box::new(SessionOp::Create { new, reply })))
+            .await
     }
 
     /// Looks a live session up and slides its idle expiry. The new last-seen time stays in
@@ -341,12 +344,12 @@ impl Store {
                 let h = *hash;
                 let row = self
                     .read(move |conn| {
-                        conn.prepare_cached(&format!(
-                            "SELECT {RECORD_COLUMNS} FROM sessions WHERE token_hash = ?1"
-                        ))
-                        .and_then(|mut s| s.query_row([&h[..]], |r| record_from_row(r, 0)))
-                        .optional()
-                        .map_err(Error::storage("reading a session"))
+                        conn.prepare_cached(sql::SESSION)
+                            .and_then(|mut s| {
+                                s.query_row([&h[..]], |r| record_from_row(r, sql::RECORD_AT))
+                            })
+                            .optional()
+                            .map_err(Error::storage("reading a session"))
                     })
                     .await?;
                 let Some(record) = row.filter(|r| r.live(now)) else {
@@ -377,11 +380,15 @@ impl Store {
         remove: Vec<String>,
         limits: DataLimits,
     ) -> Result<Option<SessionRecord>> {
-        self.session_write(WriteOp::UpdateSession {
-            token_hash: *hash,
-            set,
-            remove,
-            limits,
+        let token_hash = *hash;
+        self.write(|reply| {
+            Op::Session(Box::new(SessionOp::Update {
+                token_hash,
+                set,
+                remove,
+                limits,
+                reply,
+            }))
         })
         .await
     }
@@ -392,34 +399,32 @@ impl Store {
         hash: &TokenHash,
         new_hash: TokenHash,
     ) -> Result<Option<SessionRecord>> {
-        self.session_write(WriteOp::RotateSession {
-            token_hash: *hash,
-            new_hash,
+        let token_hash = *hash;
+        self.write(|reply| {
+            Op::Session(Box::new(SessionOp::Rotate {
+                token_hash,
+                new_hash,
+                reply,
+            }))
         })
         .await
     }
 
-    async fn session_write(&self, op: WriteOp) -> Result<Option<SessionRecord>> {
-        match self.write(op).await? {
-            WriteOutcome::Session(record) => Ok(record),
-            other => Err(unexpected(other)),
-        }
-    }
-
     /// Ends one session; returns whether it was live.
     pub async fn revoke_session(&self, target: SessionTarget) -> Result<bool> {
-        match self.write(WriteOp::RevokeSession(target)).await? {
-            WriteOutcome::Found(revoked) => Ok(revoked),
-            other => Err(unexpected(other)),
-        }
+        self.write(|reply| Op::Session(Box::new(SessionOp::Revoke { target, reply })))
+            .await
     }
 
     /// Ends every session of a user except `except` (a session id); returns how many were
     /// live.
     pub async fn revoke_user_sessions(&self, user_id: &str, except: Option<String>) -> Result<u64> {
-        self.count(WriteOp::RevokeUserSessions {
-            user_id: user_id.to_owned(),
-            except,
+        self.write(|reply| {
+            Op::Session(Box::new(SessionOp::RevokeUser {
+                user_id: user_id.to_owned(),
+                except,
+                reply,
+            }))
         })
         .await
     }
@@ -437,11 +442,7 @@ impl Store {
         let memory = self.inner.sessions.clone();
         self.scan(move |conn| {
             let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT token_hash, {RECORD_COLUMNS} FROM sessions \
-                     WHERE user_id = ?1 AND absolute_expires_at > ?2 AND idle_expires_at > ?3 \
-                     ORDER BY created_at DESC, id DESC"
-                ))
+                .prepare_cached(sql::LIST_USER)
                 .map_err(Error::storage("preparing a session listing"))?;
             let mut rows = stmt
                 .query(params![
@@ -454,12 +455,12 @@ impl Store {
             let mut bytes = 0usize;
             while let Some(row) = rows.next().map_err(Error::storage("listing sessions"))? {
                 let hash: TokenHash = row
-                    .get::<_, Vec<u8>>(0)
+                    .get::<_, Vec<u8>>(sql::LIST_HASH_AT)
                     .ok()
                     .and_then(|h| h.try_into().ok())
                     .ok_or_else(|| Error::Internal("a session row has a malformed hash".into()))?;
-                let mut record =
-                    record_from_row(row, 1).map_err(Error::storage("listing sessions"))?;
+                let mut record = record_from_row(row, sql::LIST_RECORD_AT)
+                    .map_err(Error::storage("listing sessions"))?;
                 record.last_seen_at_ms = latest_use(&memory, &hash, record.last_seen_at_ms);
                 if !record.live(now) {
                     continue;

@@ -1,0 +1,86 @@
+//! Every statement on the `cache_entries` table (schema in `schema.rs`), in one place.
+//!
+//! The one row lookup, by namespace and key, is written once ([`entry_lookup!`]) and read in
+//! two shapes: with the value, for reads and Increment, and without it, for the conditions of
+//! a Set, so that overwriting a large value never reads it first (`value` is the last column,
+//! so the others are read without walking its overflow pages).
+
+/// `SELECT <columns>` of the entry at `namespace = ?1 AND key = ?2`.
+macro_rules! entry_lookup {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM cache_entries WHERE namespace = ?1 AND key = ?2"
+        )
+    };
+}
+
+/// An entry with its value: `value, version, expires_at, size`.
+pub(super) const ENTRY: &str = entry_lookup!("value, version, expires_at, size");
+
+/// An entry without its value: `version, expires_at, size`.
+pub(super) const ENTRY_HEAD: &str = entry_lookup!("version, expires_at, size");
+
+/// Writes an entry whole: `?1` namespace … `?7` size.
+pub(super) const UPSERT: &str = "INSERT INTO cache_entries \
+     (namespace, key, value, version, expires_at, accessed_at, size) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+     ON CONFLICT (namespace, key) DO UPDATE SET \
+     value = excluded.value, version = excluded.version, \
+     expires_at = excluded.expires_at, accessed_at = excluded.accessed_at, \
+     size = excluded.size";
+
+/// A live key's new expiry (`?3`), as a use at `?4`.
+pub(super) const TOUCH: &str = "UPDATE cache_entries SET expires_at = ?3, accessed_at = ?4 \
+     WHERE namespace = ?1 AND key = ?2";
+
+/// Deletes one key.
+pub(super) const DELETE_KEY: &str = "DELETE FROM cache_entries WHERE namespace = ?1 AND key = ?2 \
+     RETURNING expires_at, size";
+
+/// Deletes one key only at version `?3`.
+pub(super) const DELETE_IF_VERSION: &str = "DELETE FROM cache_entries \
+     WHERE namespace = ?1 AND key = ?2 AND version = ?3 \
+     RETURNING key, expires_at, size";
+
+/// Deletes the keys in `?2 <= key < ?3`.
+pub(super) const DELETE_RANGE: &str = "DELETE FROM cache_entries \
+     WHERE namespace = ?1 AND key >= ?2 AND key < ?3 \
+     RETURNING key, expires_at, size";
+
+/// Deletes the keys from `?2` on (a prefix without an upper bound).
+pub(super) const DELETE_FROM: &str = "DELETE FROM cache_entries WHERE namespace = ?1 AND key >= ?2 \
+     RETURNING key, expires_at, size";
+
+/// Deletes a namespace.
+pub(super) const DELETE_NAMESPACE: &str = "DELETE FROM cache_entries WHERE namespace = ?1 \
+     RETURNING key, expires_at, size";
+
+/// Records read times collected in memory (never moving one back).
+pub(super) const RECORD_ACCESS: &str = "UPDATE cache_entries SET accessed_at = ?3 \
+     WHERE namespace = ?1 AND key = ?2 AND accessed_at < ?3";
+
+/// Deletes up to `?2` rows expired by `?1`.
+pub(super) const SWEEP_EXPIRED: &str = "DELETE FROM cache_entries WHERE id IN ( \
+       SELECT id FROM cache_entries \
+       WHERE expires_at > 0 AND expires_at <= ?1 LIMIT ?2) \
+     RETURNING namespace, key, size";
+
+/// The range of row ids eviction samples from.
+pub(super) const ID_RANGE: &str = "SELECT MIN(id), MAX(id) FROM cache_entries";
+
+/// Up to `?3` rows with `?1 <= id < ?2`, in row-id order, as eviction candidates.
+pub(super) const SAMPLE: &str = "SELECT id, accessed_at, namespace, key, size FROM cache_entries \
+     WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3";
+
+/// Deletes one row by id (an eviction).
+pub(super) const EVICT: &str = "DELETE FROM cache_entries WHERE id = ?1";
+
+/// Live entries and their bytes in namespace `?1` at `?2`.
+pub(super) const COUNT_NAMESPACE: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0) \
+     FROM cache_entries WHERE namespace = ?1 AND (expires_at = 0 OR expires_at > ?2)";
+
+/// Live entries and their bytes at `?1`.
+pub(super) const COUNT_ALL: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_entries \
+     WHERE expires_at = 0 OR expires_at > ?1";

@@ -1,0 +1,52 @@
+//! How a store is set up: [`StoreConfig`], and the only place the store's defaults are
+//! written.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::schema::Synchronous;
+
+/// How the store is set up.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory holding the database, its WAL and the lock file.
+    pub data_dir: PathBuf,
+    /// Durability of each commit.
+    pub synchronous: Synchronous,
+    /// Byte budget of the memory LRU.
+    pub max_memory_bytes: u64,
+    /// Bound on keys + values stored in the cache table.
+    pub max_disk_bytes: u64,
+    /// Byte budget of the memory LRU of sessions (sessions themselves are never evicted from
+    /// disk).
+    pub session_memory_bytes: u64,
+    /// Byte budget of rate-limit state in memory (idle keys past it are evicted; disk keeps
+    /// them).
+    pub limit_memory_bytes: u64,
+    /// Longest time a rate-limit change stays in memory only: what a crash can lose.
+    pub write_behind: Duration,
+    /// Read-only connections in the reader pool.
+    pub reader_connections: u32,
+    /// How often expired rows are swept and read times recorded.
+    pub sweep_interval: Duration,
+    /// Expired rows deleted per transaction by the sweeper.
+    pub sweep_batch: usize,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            synchronous: Synchronous::Normal,
+            max_memory_bytes: 256 << 20,
+            max_disk_bytes: 4 << 30,
+            session_memory_bytes: 64 << 20,
+            limit_memory_bytes: 32 << 20,
+            write_behind: Duration::from_secs(1),
+            reader_connections: 4,
+            sweep_interval: Duration::from_secs(1),
+            sweep_batch: 1000,
+        }
+    }
+}
