@@ -22,7 +22,7 @@ const IDLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Starts the checkpointer thread on `db_path`; returns the hint sender for the writer and the
 /// thread's handle.
-pub fn spawn(db_path: &Path) -> Result<(SyncSender<()>, JoinHandle<()>)> {
+pub(crate) fn spawn(db_path: &Path) -> Result<(SyncSender<()>, JoinHandle<()>)> {
     let conn = Connection::open_with_flags(
         db_path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

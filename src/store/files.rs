@@ -24,7 +24,7 @@ struct Watched {
 
 /// The database file and its WAL as the writer opened them.
 #[derive(Debug)]
-pub struct OpenFiles {
+pub(crate) struct OpenFiles {
     watched: Vec<Watched>,
     /// The message of the last failed check, so that it is logged once, not per batch.
     moved: Option<String>,
@@ -37,7 +37,7 @@ fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
 impl OpenFiles {
     /// Records the identity of the database at `db_path` and of its WAL, right after the
     /// writer opened them.
-    pub fn record(db_path: &Path) -> Self {
+    pub(crate) fn record(db_path: &Path) -> Self {
         let watched = [
             (
                 db_path.to_owned(),
@@ -64,7 +64,7 @@ impl OpenFiles {
 
     /// Fails with `UNAVAILABLE` when a file was deleted or replaced since it was opened. Costs
     /// one `stat` per file.
-    pub fn check(&mut self) -> Result<()> {
+    pub(crate) fn check(&mut self) -> Result<()> {
         let mut problem = None;
         for w in &mut self.watched {
             let now = identity(&w.path);

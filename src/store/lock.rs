@@ -9,11 +9,11 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// The lock file's name inside the data directory.
-pub const LOCK_FILE: &str = "larder.lock";
+pub(crate) const LOCK_FILE: &str = "larder.lock";
 
 /// The held lock; released when dropped (or when the process dies, which the kernel does).
 #[derive(Debug)]
-pub struct DataDirLock {
+pub(crate) struct DataDirLock {
     _file: File,
 }
 
@@ -21,7 +21,7 @@ impl DataDirLock {
     /// Takes the lock on `data_dir` without waiting, after checking that the directory is
     /// writable (the lock file may already exist, so opening it proves nothing about the
     /// database's WAL, which SQLite would only fail to create later, less clearly).
-    pub fn acquire(data_dir: &Path) -> Result<Self> {
+    pub(crate) fn acquire(data_dir: &Path) -> Result<Self> {
         check_writable(data_dir)?;
         let path = data_dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()

@@ -308,7 +308,7 @@ impl Store {
     }
 
     /// Runs `f` with a pooled read-only connection on a blocking thread; answers once memory
-    /// shows every commit `f` could have seen (see [`EntryCache::catch_up`]).
+    /// shows every commit `f` could have seen (see [`memory::MemoryCache::catch_up`]).
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,

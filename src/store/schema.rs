@@ -16,10 +16,10 @@ pub const SCHEMA_VERSION: i64 = 4;
 
 /// WAL pages after which the writer checkpoints itself, after a commit (the background
 /// checkpointer normally keeps the WAL far below this).
-pub const WRITER_CHECKPOINT_PAGES: i32 = 8192;
+pub(crate) const WRITER_CHECKPOINT_PAGES: i32 = 8192;
 
 /// How long a connection waits for a lock before answering busy.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Forward migrations: entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -112,7 +112,7 @@ const LARDER_TABLES: &[&str] = &["cache_entries", "meta"];
 /// database this build understands ([`identify`], before anything is written to it), sets WAL
 /// mode and migrates the schema to [`SCHEMA_VERSION`]. Returns the connection and the schema
 /// version the file had: 0 for a store created here.
-pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<(Connection, i64)> {
+pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> Result<(Connection, i64)> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -166,7 +166,7 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<(Connection,
 /// use, and returns its schema version: 0 for a new, empty file. A damaged file, a file of
 /// another program and a schema newer than [`SCHEMA_VERSION`] are each an [`Error::Setup`]
 /// naming `path` and saying what to do.
-pub fn identify(conn: &Connection, path: &Path) -> Result<i64> {
+pub(crate) fn identify(conn: &Connection, path: &Path) -> Result<i64> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| file_error(path, "reading the schema version", e))?;
@@ -228,7 +228,7 @@ fn list_some(names: &[String]) -> String {
 /// The error for a SQLite failure on the database file at `path`: a damaged file, a file
 /// larder may not write and a full disk each get a message saying what to do; anything else
 /// stays a storage error with `context`.
-pub fn file_error(path: &Path, context: &'static str, e: rusqlite::Error) -> Error {
+pub(crate) fn file_error(path: &Path, context: &'static str, e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode as E;
     let p = path.display();
     match e.sqlite_error_code() {
@@ -343,7 +343,7 @@ fn migrate(conn: &Connection, path: &Path, version: i64) -> Result<()> {
 }
 
 /// Settings for each read-only connection of the reader pool.
-pub fn prepare_reader(conn: &mut Connection) -> rusqlite::Result<()> {
+pub(crate) fn prepare_reader(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch("PRAGMA query_only = ON;")
 }

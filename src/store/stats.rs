@@ -12,45 +12,45 @@ const MAX_TRACKED_NAMESPACES: usize = 10_000;
 
 /// The counters of one namespace.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Reads that found a live entry.
-    pub hits: AtomicU64,
+    pub(crate) hits: AtomicU64,
     /// Reads that found nothing.
-    pub misses: AtomicU64,
+    pub(crate) misses: AtomicU64,
     /// Hits answered from memory.
-    pub memory_hits: AtomicU64,
+    pub(crate) memory_hits: AtomicU64,
     /// Entries written.
-    pub sets: AtomicU64,
+    pub(crate) sets: AtomicU64,
     /// Entries removed by a client.
-    pub deletes: AtomicU64,
+    pub(crate) deletes: AtomicU64,
     /// Expired entries removed by the sweeper.
-    pub expirations: AtomicU64,
+    pub(crate) expirations: AtomicU64,
     /// Entries evicted by the disk bound.
-    pub evictions: AtomicU64,
+    pub(crate) evictions: AtomicU64,
 }
 
 /// A plain copy of counters, for reporting and for batching updates in the writer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CounterValues {
-    /// See [`Counters::hits`].
+    /// See `Counters::hits`.
     pub hits: u64,
-    /// See [`Counters::misses`].
+    /// See `Counters::misses`.
     pub misses: u64,
-    /// See [`Counters::memory_hits`].
+    /// See `Counters::memory_hits`.
     pub memory_hits: u64,
-    /// See [`Counters::sets`].
+    /// See `Counters::sets`.
     pub sets: u64,
-    /// See [`Counters::deletes`].
+    /// See `Counters::deletes`.
     pub deletes: u64,
-    /// See [`Counters::expirations`].
+    /// See `Counters::expirations`.
     pub expirations: u64,
-    /// See [`Counters::evictions`].
+    /// See `Counters::evictions`.
     pub evictions: u64,
 }
 
 impl Counters {
     /// Counts one read.
-    pub fn read(&self, found: bool, from_memory: bool) {
+    pub(crate) fn read(&self, found: bool, from_memory: bool) {
         if found {
             self.hits.fetch_add(1, Ordering::Relaxed);
             if from_memory {
@@ -62,7 +62,7 @@ impl Counters {
     }
 
     /// Adds a batch of writer-side counts.
-    pub fn add(&self, v: &CounterValues) {
+    pub(crate) fn add(&self, v: &CounterValues) {
         let pairs = [
             (&self.hits, v.hits),
             (&self.misses, v.misses),
@@ -106,7 +106,7 @@ impl std::ops::AddAssign for CounterValues {
 
 /// Counters for every namespace seen since start.
 #[derive(Debug, Default)]
-pub struct StatsRegistry {
+pub(crate) struct StatsRegistry {
     by_namespace: RwLock<HashMap<String, Arc<Counters>>>,
     /// Shared by namespaces past [`MAX_TRACKED_NAMESPACES`].
     overflow: Arc<Counters>,
@@ -114,7 +114,7 @@ pub struct StatsRegistry {
 
 impl StatsRegistry {
     /// The counters of `namespace`, created on first use.
-    pub fn counters(&self, namespace: &str) -> Arc<Counters> {
+    pub(crate) fn counters(&self, namespace: &str) -> Arc<Counters> {
         // Poisoning cannot leave the map half-updated (one insert), so keep using it.
         if let Some(c) = self
             .by_namespace
@@ -132,7 +132,7 @@ impl StatsRegistry {
     }
 
     /// Counters of one namespace, or of all of them added together when `None`.
-    pub fn snapshot(&self, namespace: Option<&str>) -> CounterValues {
+    pub(crate) fn snapshot(&self, namespace: Option<&str>) -> CounterValues {
         let map = self.by_namespace.read().unwrap_or_else(|p| p.into_inner());
         match namespace {
             Some(ns) => map.get(ns).map(|c| c.values()).unwrap_or_default(),

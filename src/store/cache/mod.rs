@@ -1,5 +1,5 @@
 //! The cache table: its in-memory LRU of entries, its reads, and the [`Store`] methods
-//! behind CacheService. Its writer commands are [`write`], its upkeep (sweep, eviction)
+//! behind CacheService. Its writer commands are [`write`](mod@write), its upkeep (sweep, eviction)
 //! [`evict`], and every statement on it [`sql`].
 //!
 //! Reads try memory, then a pooled read-only connection (see [`Store::get_many`] for how a

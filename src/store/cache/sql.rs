@@ -1,6 +1,6 @@
 //! Every statement on the `cache_entries` table (schema in `schema.rs`), in one place.
 //!
-//! The one row lookup, by namespace and key, is written once ([`entry_lookup!`]) and read in
+//! The one row lookup, by namespace and key, is written once (`entry_lookup!`) and read in
 //! two shapes: with the value, for reads and Increment, and without it, for the conditions of
 //! a Set, so that overwriting a large value never reads it first (`value` is the last column,
 //! so the others are read without walking its overflow pages).

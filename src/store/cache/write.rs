@@ -9,8 +9,7 @@ use super::sql;
 use super::{CachedEntry, Counter, NewEntry, SetCondition};
 use crate::clock::{deadline_ms, remaining_ms};
 use crate::error::{Error, Result};
-use crate::store::writer::command::Pending;
-use crate::store::writer::{Effects, MemEffect, Reply, Writer};
+use crate::store::writer::{Effects, MemEffect, Pending, Reply, Writer};
 
 /// What a Set did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +123,15 @@ struct Current {
     version: u64,
     expires_at_ms: u64,
     size: i64,
+}
+
+/// What an Increment adds, and how it treats an absent counter.
+struct AddTo {
+    delta: i64,
+    /// TTL of a counter created by this Increment.
+    ttl_ms: u64,
+    /// Leave an absent counter absent instead of creating it.
+    if_present: bool,
 }
 
 /// One key to write and what to write there.
@@ -296,8 +304,12 @@ impl Writer {
                 if_present,
                 reply,
             } => {
-                let counter =
-                    self.increment(namespace, key, (*delta, *ttl_ms, *if_present), now, fx)?;
+                let by = AddTo {
+                    delta: *delta,
+                    ttl_ms: *ttl_ms,
+                    if_present: *if_present,
+                };
+                let counter = self.increment(namespace, key, by, now, fx)?;
                 reply.hold(counter);
             }
         }
@@ -397,15 +409,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Adds `delta` to the counter at the key, creating it with `ttl_ms` unless `if_present`.
+    /// Adds to the counter at the key (see [`AddTo`]).
     fn increment(
         &mut self,
         namespace: &str,
         key: &str,
-        (delta, ttl_ms, if_present): (i64, u64, bool),
+        by: AddTo,
         now: u64,
         fx: &mut Effects,
     ) -> Result<Counter> {
+        let AddTo {
+            delta,
+            ttl_ms,
+            if_present,
+        } = by;
         let row: Option<(Vec<u8>, i64, i64)> = self
             .conn
             .prepare_cached(sql::ENTRY)

@@ -17,7 +17,7 @@
 //! be overrun by at most what one write-behind interval dirties. The table is the store's one
 //! sharded LRU ([`super::lru`]), with each shard's dirty list under the shard's lock.
 //!
-//! The writer's command is [`write`], every statement on the table [`sql`].
+//! The writer's command is [`write`](mod@write), every statement on the table [`sql`].
 
 pub(crate) mod sql;
 pub(crate) mod write;
@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::ratelimit::{self, Decision, Rule, State};
 
 /// A key's identity: the policy's name ('' for inline limits) and the key.
-pub type LimitKey = (String, String);
+pub(crate) type LimitKey = (String, String);
 
 /// Independently locked shards (a power of two).
 const SHARDS: usize = 64;

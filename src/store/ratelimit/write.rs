@@ -6,8 +6,7 @@ use rusqlite::params;
 
 use super::{LimitRow, sql};
 use crate::error::{Error, Result};
-use crate::store::writer::command::Pending;
-use crate::store::writer::{Reply, Writer};
+use crate::store::writer::{Pending, Reply, Writer};
 
 /// A command on the rate-limit table, with its reply.
 #[derive(Debug)]

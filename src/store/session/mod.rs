@@ -1,6 +1,6 @@
 //! Login sessions in the store: the record, its in-memory form with a sliding last-seen time,
 //! the SQL row mapping shared by readers and the writer, and the [`Store`] methods behind
-//! SessionService. Its writer commands are [`write`], every statement on it [`sql`].
+//! SessionService. Its writer commands are [`write`](mod@write), every statement on it [`sql`].
 //!
 //! Sliding expiry without a write per read: a GetSession moves the session's last-seen time in
 //! memory only, and queues a background write of it at most once per coalescing window
@@ -46,7 +46,7 @@ pub fn persist_window(idle_ttl_ms: u64) -> u64 {
 
 /// When a session last used at `last_seen_ms` ends: after its idle TTL, but never later than
 /// its absolute expiry.
-pub fn idle_expiry(last_seen_ms: u64, idle_ttl_ms: u64, absolute_expires_at_ms: u64) -> u64 {
+pub(crate) fn idle_expiry(last_seen_ms: u64, idle_ttl_ms: u64, absolute_expires_at_ms: u64) -> u64 {
     last_seen_ms
         .saturating_add(idle_ttl_ms)
         .min(absolute_expires_at_ms)
@@ -101,7 +101,7 @@ impl SessionRecord {
 }
 
 /// Bytes of all keys and values of a data map.
-pub fn data_bytes(data: &BTreeMap<String, String>) -> usize {
+pub(crate) fn data_bytes(data: &BTreeMap<String, String>) -> usize {
     data.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 

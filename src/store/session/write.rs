@@ -14,8 +14,7 @@ use super::{
     data_bytes, encode_data, idle_expiry, latest_use, record_from_row,
 };
 use crate::error::{Error, Result};
-use crate::store::writer::command::Pending;
-use crate::store::writer::{Effects, MemEffect, Reply, Writer};
+use crate::store::writer::{Effects, MemEffect, Pending, Reply, Writer};
 
 /// A command on the sessions table, with its reply.
 #[derive(Debug)]

@@ -208,3 +208,38 @@ impl WriteQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_sent_only_once_committed() {
+        let (mut reply, mut rx) = Reply::<u64>::new();
+        reply.hold(7);
+        assert!(rx.try_recv().is_err(), "held, not sent");
+        reply.answer();
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_failed_batch_replaces_what_was_held() {
+        let (mut reply, mut rx) = Reply::<u64>::new();
+        reply.hold(7);
+        reply.fail(Error::Unavailable("rolled back".into()));
+        assert!(matches!(rx.try_recv().unwrap(), Err(Error::Unavailable(_))));
+        // Answering again sends nothing more (and does not panic).
+        reply.answer();
+    }
+
+    #[test]
+    fn a_commands_own_failure_is_its_answer() {
+        let (mut reply, mut rx) = Reply::<u64>::new();
+        reply.hold_err(Error::FailedPrecondition("not a counter".into()));
+        reply.answer();
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(Error::FailedPrecondition(_))
+        ));
+    }
+}

@@ -31,7 +31,7 @@ use crate::store::observe::WriterMetrics;
 use crate::store::schema::WRITER_CHECKPOINT_PAGES;
 use crate::store::session::SessionCache;
 use crate::store::stats::StatsRegistry;
-pub(crate) use command::{Command, Op, Reply, WriteQueue};
+pub(crate) use command::{Command, Op, Pending, Reply, WriteQueue};
 pub(crate) use effects::{Effects, MemEffect};
 
 /// Most commands folded into one transaction.
