@@ -365,3 +365,57 @@ where
     .await
     .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::clock::SystemClock;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The INFO lines (and above) logged on this thread while `config`'s store opens.
+    async fn opening_logs(config: StoreConfig) -> Vec<String> {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let store = {
+            let _logging = tracing::subscriber::set_default(subscriber);
+            Store::open(config, Arc::new(SystemClock)).unwrap()
+        };
+        store.close().await.unwrap();
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_store_logs_its_creation_in_one_line_and_a_reopened_one_its_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path().join("data"));
+        let created = opening_logs(config.clone()).await;
+        assert_eq!(created.len(), 1, "{created:#?}");
+        assert!(created[0].contains("created a new store"), "{created:#?}");
+        let reopened = opening_logs(config).await;
+        assert_eq!(reopened.len(), 1, "{reopened:#?}");
+        assert!(reopened[0].contains("store open"), "{reopened:#?}");
+    }
+}
