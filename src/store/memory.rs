@@ -23,7 +23,7 @@ use super::lru::{LruShard, ShardedLru};
 
 /// Bytes charged per entry on top of its key and value: the hash table slot, list links and
 /// the string headers. An estimate, so the budget errs on the side of less.
-pub const ENTRY_OVERHEAD: usize = 128;
+pub(crate) const ENTRY_OVERHEAD: usize = 128;
 
 /// Number of independently locked shards (a power of two).
 const SHARDS: usize = 16;

@@ -59,10 +59,8 @@ use lock::DataDirLock;
 use stats::StatsRegistry;
 use writer::{Op, Reply, WriteQueue, Writer, WriterParts, WriterSettings};
 
-pub use backup::BackupReport;
 pub use cache::{CacheStats, Counter, Found, NewEntry, SetCondition};
 pub use config::StoreConfig;
-pub use memory::ENTRY_OVERHEAD;
 pub use observe::{COMMIT_SECONDS_BUCKETS, PolicyChecks, WriterMetrics};
 pub use ratelimit::SLOT_OVERHEAD;
 pub use schema::{SCHEMA_VERSION, Synchronous};

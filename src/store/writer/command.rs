@@ -6,6 +6,9 @@
 //! type, or a caller that expected one, does not compile. The writer holds each answer in its
 //! reply from the statement that produced it until its transaction committed; only then is it
 //! sent (or, if the batch is rolled back, replaced by the batch's error).
+//!
+//! A new domain (a queue, say) adds its command enum as a variant of [`Op`] and its arm in
+//! `Writer::apply`; the engine needs nothing else of it.
 
 use tokio::sync::{mpsc, oneshot};
 

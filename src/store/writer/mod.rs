@@ -84,7 +84,9 @@ pub(crate) struct Writer {
     /// restart numbering resumes from here. Extending it costs one row write per
     /// [`VERSION_LEASE`] versions instead of one per commit.
     lease_end: u64,
-    /// Sum of `size` over all cache rows, as committed.
+    /// Sum of `size` over all cache rows, as committed. Kept by the engine rather than the
+    /// cache's commands: the disk bound is enforced, and the total saved, once per batch,
+    /// inside its transaction.
     pub(in crate::store) cache_bytes: u64,
     /// Tells the checkpointer a commit happened (never blocks: a pending hint is enough).
     checkpoint_hint: SyncSender<()>,
