@@ -18,8 +18,8 @@ use std::time::Duration;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
-use larder::store::backup::PAGES_PER_STEP;
 use larder::store::SCHEMA_VERSION;
+use larder::store::backup::PAGES_PER_STEP;
 use rusqlite::Connection;
 use tonic::transport::Channel;
 
