@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use larder::server::ServerSettings;
+use larder::ServerSettings;
 use tonic::Code;
 use tonic::transport::Endpoint;
 

@@ -1,0 +1,241 @@
+//! The sockets the server accepts on, and the accept loops over them: TCP (with TLS when on)
+//! and a Unix socket for gRPC, a TCP listener for the metrics endpoint.
+//!
+//! Binding is separate from serving so that the caller binds first: the daemon binds every
+//! listener before it opens the store (a start that cannot listen touches nothing), and tests
+//! bind port 0. A Unix socket file belongs to the server from the moment it is bound: it is
+//! removed when the server stops, and when the listeners are dropped without ever serving.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use super::admission::ConnectionLimit;
+use super::auth::Transport;
+use super::routes::Router;
+use super::tls::ServerTls;
+use crate::error::{Error, Result};
+
+/// The sockets the server accepts on: TCP, a Unix socket or both for gRPC, and optionally
+/// a TCP listener for the metrics endpoint.
+#[derive(Debug)]
+pub struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, SocketFile)>,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds TCP at `tcp` (`None` = no TCP) and a Unix socket at `unix` with file mode
+    /// `socket_mode`.
+    ///
+    /// A Unix socket path that is already a socket with a live server behind it is an error
+    /// (never stolen); a stale socket file left by a dead process is replaced; any other file
+    /// at the path is left alone and reported.
+    pub async fn bind(tcp: Option<&str>, unix: Option<&Path>, socket_mode: u32) -> Result<Self> {
+        if tcp.is_none() && unix.is_none() {
+            return Err(Error::invalid(
+                "listen",
+                "TCP is off and no Unix socket is set: nothing to listen on",
+            ));
+        }
+        let tcp = match tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| listen_error(addr, e))?,
+            ),
+            None => None,
+        };
+        let unix = match unix {
+            Some(path) => Some((bind_unix(path, socket_mode)?, path.to_owned())),
+            None => None,
+        };
+        Ok(Self::from_bound(tcp, unix))
+    }
+
+    /// Listeners already bound by the caller (tests bind `127.0.0.1:0`). The socket file at
+    /// the Unix listener's path is removed when the server stops.
+    pub fn from_bound(tcp: Option<TcpListener>, unix: Option<(UnixListener, PathBuf)>) -> Self {
+        Self {
+            tcp,
+            unix: unix.map(|(listener, path)| (listener, SocketFile(path))),
+            metrics: None,
+        }
+    }
+
+    /// Also serves Prometheus metrics at `GET /metrics` on `listener` (see [`bind_metrics`]).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
+    }
+
+    /// The Unix socket path, if any.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(_, file)| file.0.as_path())
+    }
+
+    /// Takes the metrics listener out, to serve it apart from gRPC.
+    pub(crate) fn take_metrics(&mut self) -> Option<TcpListener> {
+        self.metrics.take()
+    }
+
+    /// Starts an accept loop on each gRPC listener, serving `router`'s routes, each until
+    /// `stop_accepting` is cancelled. Every connection first takes a place in `connections`;
+    /// over TCP, TLS (when on) is accepted after that, so the handshake counts against the
+    /// preface deadline.
+    pub(crate) fn serve(
+        self,
+        router: &Router,
+        connections: &ConnectionLimit,
+        tls: Option<&ServerTls>,
+        stop_accepting: &CancellationToken,
+    ) -> Accepting {
+        let mut servers = JoinSet::new();
+        let mut serving = Vec::new();
+        if let Some(tcp) = self.tcp {
+            let addr = tcp.local_addr().ok();
+            let accepted = TcpIncoming::from(tcp).with_nodelay(Some(true));
+            let stopped = stop_accepting.clone().cancelled_owned();
+            let server = match tls {
+                Some(tls) => Box::pin(router.serve(
+                    Transport::Tcp,
+                    tls.accept(connections, accepted),
+                    stopped,
+                )) as Pin<Box<dyn Future<Output = _> + Send>>,
+                None => {
+                    Box::pin(router.serve(Transport::Tcp, connections.limit(accepted), stopped))
+                }
+            };
+            servers.spawn(async move { (format!("tcp {addr:?}"), server.await) });
+            if let Some(addr) = addr {
+                tracing::info!(%addr, "listening on tcp");
+                serving.push(addr.to_string());
+            }
+            if let Some(tls) = tls {
+                let cert = tls.cert().display();
+                tracing::info!(%cert, chain = tls.chain_len(), "tcp serves TLS");
+            }
+        }
+        let mut socket = None;
+        if let Some((unix, file)) = self.unix {
+            let path = file.0.clone();
+            let incoming = connections.limit(UnixListenerStream::new(unix));
+            let server = router.serve(
+                Transport::Unix,
+                incoming,
+                stop_accepting.clone().cancelled_owned(),
+            );
+            tracing::info!(path = %path.display(), "listening on unix socket");
+            serving.push(format!("unix:{}", path.display()));
+            servers.spawn(async move { (format!("unix {}", path.display()), server.await) });
+            socket = Some(file);
+        }
+        Accepting {
+            servers,
+            serving,
+            socket,
+        }
+    }
+}
+
+/// What one accept loop ends with: its name for the log, and how it ended.
+pub(crate) type Served = (String, std::result::Result<(), tonic::transport::Error>);
+
+/// The accept loops running, and the socket file to remove once they and the store are done.
+pub(crate) struct Accepting {
+    /// One task per listener.
+    pub(crate) servers: JoinSet<Served>,
+    /// What is served, for the READY status (`127.0.0.1:7400`, `unix:/run/larder.sock`).
+    pub(crate) serving: Vec<String>,
+    /// The Unix socket file, removed when this is dropped.
+    pub(crate) socket: Option<SocketFile>,
+}
+
+/// A Unix socket file the server bound: removed when this is dropped, so that a server that
+/// stops, or never starts serving, leaves no file behind. Teardown drops it last, after the
+/// store is closed.
+#[derive(Debug)]
+pub(crate) struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds the metrics endpoint's listener at `addr` (`HOST:PORT`), with an error that says
+/// what to do when it cannot.
+pub async fn bind_metrics(addr: &str) -> Result<TcpListener> {
+    crate::metrics::bind(addr).await
+}
+
+/// Why the TCP address cannot be listened on, and what to do about it.
+fn listen_error(addr: &str, e: std::io::Error) -> Error {
+    use std::io::ErrorKind as K;
+    let hint = match e.kind() {
+        K::AddrInUse => {
+            "the address is already in use (another larder, or another program); \
+             stop it or choose another --listen"
+        }
+        K::PermissionDenied => {
+            "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE); \
+             choose another --listen"
+        }
+        K::AddrNotAvailable => {
+            "no interface of this machine has that address; choose another \
+             --listen"
+        }
+        _ => "",
+    };
+    if hint.is_empty() {
+        Error::Setup(format!("cannot listen on {addr}: {e}"))
+    } else {
+        Error::Setup(format!("cannot listen on {addr}: {hint} ({e})"))
+    }
+}
+
+/// Binds a Unix socket at `path` with file mode `mode` (0660 lets the daemon's user and
+/// group connect, nobody else), replacing a stale socket file but never a live one.
+pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::Unavailable(format!(
+                    "unix socket {} is in use by a running server; stop it or choose another path",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                Error::Setup(format!(
+                    "cannot remove stale socket {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(path = %path.display(), "replaced a stale unix socket");
+        }
+        Ok(_) => {
+            return Err(Error::Setup(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+        Err(_) => {}
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::Setup(format!("cannot set the mode of {}: {e}", path.display())))?;
+    Ok(listener)
+}
