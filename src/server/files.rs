@@ -13,7 +13,7 @@ use super::tls::{self, ServerTls};
 use crate::error::{Error, Result};
 
 /// The bearer tokens and the TLS certificate that [`ServerSettings`] name, read and checked.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerFiles {
     pub(crate) auth: Option<Authenticator>,
     pub(crate) tls: Option<ServerTls>,

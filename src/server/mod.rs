@@ -70,8 +70,8 @@ impl Server {
         }
     }
 
-    /// The token and TLS files, already read by [`ServerFiles::load`] (the daemon reads them
-    /// before it opens the store, so that a bad one touches nothing).
+    /// The token and TLS files, already read by [`ServerFiles::load`] from the same settings
+    /// (the daemon reads them before it opens the store, so that a bad one touches nothing).
     pub fn with_files(mut self, files: ServerFiles) -> Self {
         self.files = Some(files);
         self
