@@ -42,7 +42,9 @@ pub use error::{Error, Result};
 pub use server::auth::AuthSettings;
 pub use server::signals;
 pub use server::tls::TlsSettings;
-pub use server::{Listeners, Server, ServerFiles, ServerSettings, bind_metrics, bind_unix};
+pub use server::{
+    Listeners, Reservation, Server, ServerFiles, ServerSettings, bind_metrics, bind_unix,
+};
 pub use service::RequestLimits;
 pub use service::ratelimit::RateLimitSettings;
 pub use service::session::SessionSettings;

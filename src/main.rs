@@ -7,7 +7,8 @@ use std::sync::Arc;
 use clap::Parser;
 use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
 use larder::store::Store;
-use larder::{Listeners, Server, ServerFiles, SystemClock, signals};
+use larder::{Listeners, Reservation, Server, ServerFiles, SystemClock, signals};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -122,23 +123,24 @@ fn init_logging(config: &ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds every listener the config names: the metrics listener when on (first, so that its
-/// failure leaves no socket file behind), then the gRPC listeners.
-async fn bind_listeners(config: &ServeConfig) -> larder::Result<Listeners> {
+/// Binds the metrics listener when on (first, so that its failure leaves no socket file
+/// behind), then TCP, and checks the Unix socket path: every address is known to be usable
+/// before anything is created. The Unix socket itself is bound by [`Reservation::bind`], once
+/// the store is open, since a client that sees it accept takes the daemon as ready.
+async fn reserve_listeners(
+    config: &ServeConfig,
+) -> larder::Result<(Reservation, Option<TcpListener>)> {
     let metrics = match config.metrics_listen.as_deref() {
         Some(addr) => Some(larder::bind_metrics(addr).await?),
         None => None,
     };
-    let listeners = Listeners::bind(
+    let reservation = Listeners::reserve(
         config.listen.as_deref(),
         config.unix_socket.as_deref(),
         config.unix_socket_mode,
     )
     .await?;
-    Ok(match metrics {
-        Some(listener) => listeners.with_metrics(listener),
-        None => listeners,
-    })
+    Ok((reservation, metrics))
 }
 
 fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -155,11 +157,21 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot install SIGTERM/SIGINT handlers: {e}"))?;
         let reload = signals::on_reload()
             .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
-        // Every listener is bound before the store is opened: a start that cannot listen
-        // creates no data directory and no database. If the store then cannot be opened, the
-        // listeners are dropped with it and the socket file goes.
-        let listeners = bind_listeners(&config).await?;
+        // Every listener is bound or checked before the store is opened: a start that cannot
+        // listen creates no data directory and no database.
+        let (reservation, metrics) = reserve_listeners(&config).await?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
+        let listeners = match reservation.bind() {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                store.close().await?;
+                return Err(e.into());
+            }
+        };
+        let listeners = match metrics {
+            Some(listener) => listeners.with_metrics(listener),
+            None => listeners,
+        };
         spawn_heap_trimmer();
         Server::new(store, config.server.clone())
             .with_files(files)

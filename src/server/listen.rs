@@ -1,10 +1,12 @@
 //! The sockets the server accepts on, and the accept loops over them: TCP (with TLS when on)
 //! and a Unix socket for gRPC, a TCP listener for the metrics endpoint.
 //!
-//! Binding is separate from serving so that the caller binds first: the daemon binds every
-//! listener before it opens the store (a start that cannot listen touches nothing), and tests
-//! bind port 0. A Unix socket file belongs to the server from the moment it is bound: it is
-//! removed when the server stops, and when the listeners are dropped without ever serving.
+//! Binding is separate from serving so that the caller binds first, and tests bind port 0.
+//! The daemon binds in two steps around opening its store ([`Listeners::reserve`], then
+//! [`Reservation::bind`]): every address is bound or checked before anything is created, and
+//! the Unix socket, whose accepting clients take for "ready", appears only once the store is
+//! open. A Unix socket file belongs to the server from the moment it is bound: it is removed
+//! when the server stops, and when the listeners are dropped without ever serving.
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -34,12 +36,30 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds TCP at `tcp` (`None` = no TCP) and a Unix socket at `unix` with file mode
-    /// `socket_mode`.
+    /// `socket_mode`: [`Listeners::reserve`] and [`Reservation::bind`] at once.
     ///
     /// A Unix socket path that is already a socket with a live server behind it is an error
     /// (never stolen); a stale socket file left by a dead process is replaced; any other file
     /// at the path is left alone and reported.
     pub async fn bind(tcp: Option<&str>, unix: Option<&Path>, socket_mode: u32) -> Result<Self> {
+        Self::reserve(tcp, unix, socket_mode).await?.bind()
+    }
+
+    /// The first of two steps of [`Listeners::bind`], for a caller that must know it can
+    /// listen before it creates anything, yet must not accept on the Unix socket before it is
+    /// ready: binds TCP at `tcp` now (a port in use fails here), and checks the Unix socket
+    /// path (no live server behind it, no other file there, a directory that can hold it)
+    /// without creating anything. Connections to the TCP port wait in its backlog until the
+    /// server runs.
+    ///
+    /// A client that sees the Unix socket accept may take the server as ready, so the socket
+    /// is created by [`Reservation::bind`], once the caller is ready; and a second daemon
+    /// starting meanwhile finds no socket file to take for a stale one.
+    pub async fn reserve(
+        tcp: Option<&str>,
+        unix: Option<&Path>,
+        socket_mode: u32,
+    ) -> Result<Reservation> {
         if tcp.is_none() && unix.is_none() {
             return Err(Error::invalid(
                 "listen",
@@ -54,11 +74,13 @@ impl Listeners {
             ),
             None => None,
         };
-        let unix = match unix {
-            Some(path) => Some((bind_unix(path, socket_mode)?, path.to_owned())),
-            None => None,
-        };
-        Ok(Self::from_bound(tcp, unix))
+        if let Some(path) = unix {
+            check_unix(path)?;
+        }
+        Ok(Reservation {
+            tcp,
+            unix: unix.map(|path| (path.to_owned(), socket_mode)),
+        })
     }
 
     /// Listeners already bound by the caller (tests bind `127.0.0.1:0`). The socket file at
@@ -202,9 +224,27 @@ fn listen_error(addr: &str, e: std::io::Error) -> Error {
     }
 }
 
-/// Binds a Unix socket at `path` with file mode `mode` (0660 lets the daemon's user and
-/// group connect, nobody else), replacing a stale socket file but never a live one.
-pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
+/// The second step of [`Listeners::bind`]: TCP bound, the Unix socket path checked.
+#[derive(Debug)]
+pub struct Reservation {
+    tcp: Option<TcpListener>,
+    unix: Option<(PathBuf, u32)>,
+}
+
+impl Reservation {
+    /// Binds the Unix socket, if any (see [`bind_unix`]), and returns every listener.
+    pub fn bind(self) -> Result<Listeners> {
+        let unix = match self.unix {
+            Some((path, mode)) => Some((bind_unix(&path, mode)?, path)),
+            None => None,
+        };
+        Ok(Listeners::from_bound(self.tcp, unix))
+    }
+}
+
+/// What is at a Unix socket path before binding it: nothing, or a stale socket file (to be
+/// replaced). A live socket, or a file that is not a socket, is an error.
+fn existing_socket(path: &Path) -> Result<bool> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -213,21 +253,55 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
                     path.display()
                 )));
             }
-            std::fs::remove_file(path).map_err(|e| {
-                Error::Setup(format!(
-                    "cannot remove stale socket {}: {e}",
-                    path.display()
-                ))
-            })?;
-            tracing::info!(path = %path.display(), "replaced a stale unix socket");
+            Ok(true)
         }
-        Ok(_) => {
-            return Err(Error::Setup(format!(
-                "{} exists and is not a socket; refusing to replace it",
+        Ok(_) => Err(Error::Setup(format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ))),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Checks, creating nothing, that a Unix socket can be bound at `path`: see
+/// [`existing_socket`], and the nearest directory above it that exists must let this
+/// process create what is missing below it.
+fn check_unix(path: &Path) -> Result<()> {
+    existing_socket(path)?;
+    let mut dir = path.parent().unwrap_or(Path::new("."));
+    while !dir.as_os_str().is_empty() && !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("."));
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Setup(format!("{} holds a NUL byte", path.display())))?;
+    // SAFETY: access only reads the NUL-terminated path it is given.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::Setup(format!(
+            "cannot listen on {}: cannot create files in {} ({e})",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket at `path` with file mode `mode` (0660 lets the daemon's user and
+/// group connect, nobody else), replacing a stale socket file but never a live one.
+pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
+    if existing_socket(path)? {
+        std::fs::remove_file(path).map_err(|e| {
+            Error::Setup(format!(
+                "cannot remove stale socket {}: {e}",
                 path.display()
-            )));
-        }
-        Err(_) => {}
+            ))
+        })?;
+        tracing::info!(path = %path.display(), "replaced a stale unix socket");
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)

@@ -35,7 +35,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 pub use self::files::ServerFiles;
-pub use self::listen::{Listeners, bind_metrics, bind_unix};
+pub use self::listen::{Listeners, Reservation, bind_metrics, bind_unix};
 pub use self::settings::ServerSettings;
 
 use self::admission::{ConnectionLimit, RequestLimitLayer};
