@@ -313,3 +313,51 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
         .map_err(|e| Error::Setup(format!("cannot set the mode of {}: {e}", path.display())))?;
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reservation_creates_nothing_until_it_is_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let path = dir.join("l.sock");
+        let reservation = Listeners::reserve(Some("127.0.0.1:0"), Some(&path), 0o660)
+            .await
+            .unwrap();
+        assert!(!dir.exists(), "the check created the socket's directory");
+
+        let listeners = reservation.bind().unwrap();
+        assert!(path.exists(), "the socket is bound");
+        assert_eq!(listeners.unix_path(), Some(path.as_path()));
+        drop(listeners);
+        assert!(
+            !path.exists(),
+            "listeners dropped unused remove their socket file"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reservation_refuses_a_live_socket_and_a_port_in_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("live.sock");
+        let _server = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        let err = Listeners::reserve(None, Some(&live), 0o660)
+            .await
+            .expect_err("a live socket is never taken");
+        assert!(
+            err.to_string().contains("in use by a running server"),
+            "{err}"
+        );
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let other = tmp.path().join("other.sock");
+        let err = Listeners::reserve(Some(&addr), Some(&other), 0o660)
+            .await
+            .expect_err("the port is taken");
+        assert!(err.to_string().contains("already in use"), "{err}");
+        assert!(!other.exists());
+    }
+}
