@@ -8,7 +8,6 @@ use clap::Parser;
 use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
 use larder::store::Store;
 use larder::{Listeners, Reservation, Server, ServerFiles, SystemClock, signals};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -123,13 +122,11 @@ fn init_logging(config: &ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the metrics listener when on (first, so that its failure leaves no socket file
-/// behind), then TCP, and checks the Unix socket path: every address is known to be usable
-/// before anything is created. The Unix socket itself is bound by [`Reservation::bind`], once
-/// the store is open, since a client that sees it accept takes the daemon as ready.
-async fn reserve_listeners(
-    config: &ServeConfig,
-) -> larder::Result<(Reservation, Option<TcpListener>)> {
+/// Binds the metrics listener when on, then TCP, and checks the Unix socket path: every
+/// address is known to be usable before anything is created. The Unix socket itself is bound
+/// by [`Reservation::bind`] once the store is open, since a client that sees it accept takes
+/// the daemon as ready.
+async fn reserve_listeners(config: &ServeConfig) -> larder::Result<Reservation> {
     let metrics = match config.metrics_listen.as_deref() {
         Some(addr) => Some(larder::bind_metrics(addr).await?),
         None => None,
@@ -140,7 +137,10 @@ async fn reserve_listeners(
         config.unix_socket_mode,
     )
     .await?;
-    Ok((reservation, metrics))
+    Ok(match metrics {
+        Some(listener) => reservation.with_metrics(listener),
+        None => reservation,
+    })
 }
 
 fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -159,7 +159,7 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
         // Every listener is bound or checked before the store is opened: a start that cannot
         // listen creates no data directory and no database.
-        let (reservation, metrics) = reserve_listeners(&config).await?;
+        let reservation = reserve_listeners(&config).await?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
         let listeners = match reservation.bind() {
             Ok(listeners) => listeners,
@@ -167,10 +167,6 @@ fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
                 store.close().await?;
                 return Err(e.into());
             }
-        };
-        let listeners = match metrics {
-            Some(listener) => listeners.with_metrics(listener),
-            None => listeners,
         };
         spawn_heap_trimmer();
         Server::new(store, config.server.clone())

@@ -80,6 +80,7 @@ impl Listeners {
         Ok(Reservation {
             tcp,
             unix: unix.map(|path| (path.to_owned(), socket_mode)),
+            metrics: None,
         })
     }
 
@@ -229,16 +230,27 @@ fn listen_error(addr: &str, e: std::io::Error) -> Error {
 pub struct Reservation {
     tcp: Option<TcpListener>,
     unix: Option<(PathBuf, u32)>,
+    metrics: Option<TcpListener>,
 }
 
 impl Reservation {
+    /// Also serves Prometheus metrics on `listener`, as [`Listeners::with_metrics`].
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
+    }
+
     /// Binds the Unix socket, if any (see [`bind_unix`]), and returns every listener.
     pub fn bind(self) -> Result<Listeners> {
         let unix = match self.unix {
             Some((path, mode)) => Some((bind_unix(&path, mode)?, path)),
             None => None,
         };
-        Ok(Listeners::from_bound(self.tcp, unix))
+        let listeners = Listeners::from_bound(self.tcp, unix);
+        Ok(match self.metrics {
+            Some(listener) => listeners.with_metrics(listener),
+            None => listeners,
+        })
     }
 }
 
