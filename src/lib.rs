@@ -23,8 +23,18 @@
 //!   config.
 //! - [`mod@bench`]: `larder bench`, the load generator (Larder and Redis side by side).
 //!
-//! `layering` in the integration tests reads every file under `src/` and fails on a `use` of
-//! a module at the same level or above.
+//! `tests/suite/layering.rs` reads every file under `src/` and fails on a use of a module at
+//! the same level or above.
+//!
+//! # The public API
+//!
+//! What the binary and the tests need, and no more: the [`Store`] and its [`StoreConfig`]; a [`Server`] over it with its [`ServerSettings`]
+//! (request bounds [`RequestLimits`], [`SessionSettings`], [`RateLimitSettings`],
+//! [`AuthSettings`], [`TlsSettings`]) and its [`ServerFiles`]; the [`Listeners`] it accepts
+//! on ([`Listeners::reserve`] and [`Reservation::bind`] for a daemon that binds around
+//! opening its store, [`bind_unix`], [`bind_metrics`]); the [`signals`] it stops and
+//! reloads on; [`Error`], [`Result`] and the [`status_code`] a client sees for an error;
+//! the clocks; and the generated [`pb`] code.
 
 pub mod bench;
 mod clock;
@@ -49,3 +59,4 @@ pub use service::RequestLimits;
 pub use service::ratelimit::RateLimitSettings;
 pub use service::session::SessionSettings;
 pub use service::status::code as status_code;
+pub use store::{Store, StoreConfig};

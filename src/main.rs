@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
-use larder::store::Store;
-use larder::{Listeners, Reservation, Server, ServerFiles, SystemClock, signals};
+use larder::{Listeners, Reservation, Server, ServerFiles, Store, SystemClock, signals};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
