@@ -63,14 +63,7 @@ impl Clock for ManualClock {
 ///
 /// Returns `None` when the deadline has passed (an entry whose deadline is exactly now is
 /// already expired), `Some(0)` for entries that never expire.
-///
-/// ```
-/// use larder::clock::remaining_ms;
-/// assert_eq!(remaining_ms(1_500, 1_000), Some(500));
-/// assert_eq!(remaining_ms(1_500, 1_500), None); // expired at its deadline
-/// assert_eq!(remaining_ms(0, 1_000), Some(0)); // never expires
-/// ```
-pub fn remaining_ms(expires_at_ms: u64, now_ms: u64) -> Option<u64> {
+pub(crate) fn remaining_ms(expires_at_ms: u64, now_ms: u64) -> Option<u64> {
     if expires_at_ms == 0 {
         Some(0)
     } else if expires_at_ms > now_ms {
@@ -83,13 +76,7 @@ pub fn remaining_ms(expires_at_ms: u64, now_ms: u64) -> Option<u64> {
 /// The absolute deadline for a TTL given now, where a TTL of 0 means "never" (deadline 0).
 ///
 /// Saturates instead of overflowing; callers bound TTLs well below that.
-///
-/// ```
-/// use larder::clock::deadline_ms;
-/// assert_eq!(deadline_ms(60_000, 1_000), 61_000);
-/// assert_eq!(deadline_ms(0, 1_000), 0); // no TTL: never expires
-/// ```
-pub fn deadline_ms(ttl_ms: u64, now_ms: u64) -> u64 {
+pub(crate) fn deadline_ms(ttl_ms: u64, now_ms: u64) -> u64 {
     if ttl_ms == 0 {
         0
     } else {
@@ -111,6 +98,19 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_500);
         clock.set_ms(10);
         assert_eq!(shared.now_ms(), 10);
+    }
+
+    #[test]
+    fn remaining_ms_examples() {
+        assert_eq!(remaining_ms(1_500, 1_000), Some(500));
+        assert_eq!(remaining_ms(1_500, 1_500), None); // expired at its deadline
+        assert_eq!(remaining_ms(0, 1_000), Some(0)); // never expires
+    }
+
+    #[test]
+    fn deadline_ms_examples() {
+        assert_eq!(deadline_ms(60_000, 1_000), 61_000);
+        assert_eq!(deadline_ms(0, 1_000), 0); // no TTL: never expires
     }
 
     #[test]

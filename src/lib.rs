@@ -3,44 +3,60 @@
 //! LRU in front.
 //!
 //! # Layout
-//! - [`config`]: the command line and environment → one validated config.
-//! - [`server`]: binds TCP and Unix listeners, serves every gRPC service, ordered shutdown;
-//!   bearer-token auth ([`server::auth`]) and TLS ([`server::tls`]).
-//! - [`shutdown`]: SIGTERM/SIGINT as a future, SIGHUP as a stream of reloads.
-//! - [`metrics`]: Prometheus metrics: the gRPC call layer and the `/metrics` HTTP endpoint.
-//! - [`service`]: the gRPC services (validation, proto ⇄ store); no SQL here.
+//!
+//! From the bottom up; a module uses only modules below it, never one at its own level or
+//! above, and nothing in the library uses `config` (only the binary does).
+//!
+//! - Leaves, which use nothing else of the crate (`error` and `clock` aside):
+//!   - `error`: [`Error`] and [`Result`]; knows nothing of gRPC.
+//!   - `clock`: [`Clock`], the wall clock [`SystemClock`] and the [`ManualClock`] tests use.
+//!   - [`ratelimit`]: the rate-limit algorithms, as pure functions.
+//!   - [`pb`]: code generated from `proto/larder/v1/*.proto`, and its descriptor sets.
 //! - [`store`]: the storage engine: memory LRU, reader pool, group-commit writer, sweeper.
-//! - [`ratelimit`]: the rate-limit algorithms, as pure functions.
+//! - `service`: the gRPC services (validation, proto ⇄ store; no SQL here), and the one
+//!   mapping of an [`Error`] to a gRPC status ([`status_code`]).
+//! - `metrics`: Prometheus metrics: the gRPC call layer and the `/metrics` HTTP endpoint.
+//! - `server`: [`Server::run`], the one entry point: routes, listeners, admission, auth, TLS,
+//!   systemd notification, the ordered stop, and the [`signals`] the daemon stops and
+//!   reloads on.
+//! - [`config`]: the command line, the config file and the environment → one validated
+//!   config.
 //! - [`mod@bench`]: `larder bench`, the load generator (Larder and Redis side by side).
-//! - [`clock`]: wall clock and the manual clock tests use.
-//! - [`error`]: the error type and its one mapping to gRPC statuses.
-//! - [`pb`]: code generated from `proto/larder/v1/*.proto`.
+//!
+//! `tests/suite/layering.rs` reads every file under `src/` and fails on a use of a module at
+//! the same level or above.
+//!
+//! # The public API
+//!
+//! What the binary and the tests need, and no more: the [`Store`] and its [`StoreConfig`]; a [`Server`] over it with its [`ServerSettings`]
+//! (request bounds [`RequestLimits`], [`SessionSettings`], [`RateLimitSettings`],
+//! [`AuthSettings`], [`TlsSettings`]) and its [`ServerFiles`]; the [`Listeners`] it accepts
+//! on ([`Listeners::reserve`] and [`Reservation::bind`] for a daemon that binds around
+//! opening its store, [`bind_unix`], [`bind_metrics`]); the [`signals`] it stops and
+//! reloads on; [`Error`], [`Result`] and the [`status_code`] a client sees for an error;
+//! the clocks; and the generated [`pb`] code.
 
 pub mod bench;
-pub mod clock;
+mod clock;
 pub mod config;
-pub mod error;
-pub mod metrics;
+mod error;
+mod metrics;
+pub mod pb;
 pub mod ratelimit;
-pub mod server;
-pub mod service;
-pub mod shutdown;
+mod server;
+mod service;
 pub mod store;
 
-/// Generated protobuf and gRPC code for `larder.v1`, and its descriptor set for reflection.
-pub mod pb {
-    #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("larder.v1");
-
-    /// The encoded `FileDescriptorSet` of every `larder.v1` proto file.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("larder_descriptor");
-
-    /// Every service the daemon serves, as encoded descriptor sets: what reflection describes
-    /// and what the metrics name methods from, so that the two cannot disagree.
-    pub const DESCRIPTOR_SETS: [&[u8]; 4] = [
-        FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ];
-}
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use server::auth::AuthSettings;
+pub use server::signals;
+pub use server::tls::TlsSettings;
+pub use server::{
+    Listeners, Reservation, Server, ServerFiles, ServerSettings, bind_metrics, bind_unix,
+};
+pub use service::RequestLimits;
+pub use service::ratelimit::RateLimitSettings;
+pub use service::session::SessionSettings;
+pub use service::status::code as status_code;
+pub use store::{Store, StoreConfig};

@@ -5,10 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use larder::clock::SystemClock;
 use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
-use larder::server::{Listeners, load_files, serve_loaded};
-use larder::store::Store;
+use larder::{Listeners, Reservation, Server, ServerFiles, Store, SystemClock, signals};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -79,26 +77,11 @@ fn spawn_heap_trimmer() {
 /// not), and so are the token and TLS files it names; print it as the daemon would run with
 /// it.
 fn check_config(config: ServeConfig) -> anyhow::Result<()> {
-    let (auth, tls) = load_files(&config.server)?;
+    let files = ServerFiles::load(&config.server)?;
     let text = config.to_toml()?;
     println!("# effective configuration: defaults < config file < LARDER_* variables < flags");
-    if let Some(auth) = &auth {
-        let n = auth.token_count();
-        let tokens = if n == 1 { "token" } else { "tokens" };
-        println!("# auth: {n} {tokens} in {}", auth.token_file().display());
-    }
-    if let Some(tls) = &tls {
-        let n = tls.chain_len();
-        let certificates = if n == 1 {
-            "certificate"
-        } else {
-            "certificates"
-        };
-        println!(
-            "# tls: {n} {certificates} in {}, key in {}",
-            tls.cert().display(),
-            tls.key().display()
-        );
+    for line in files.describe() {
+        println!("{line}");
     }
     print!("{text}");
     Ok(())
@@ -138,57 +121,58 @@ fn init_logging(config: &ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the metrics listener when on (first, so that its failure leaves no socket file
-/// behind), then the gRPC listeners.
-async fn bind_listeners(config: &ServeConfig) -> larder::error::Result<Listeners> {
+/// Binds the metrics listener when on, then TCP, and checks the Unix socket path: every
+/// address is known to be usable before anything is created. The Unix socket itself is bound
+/// by [`Reservation::bind`] once the store is open, since a client that sees it accept takes
+/// the daemon as ready.
+async fn reserve_listeners(config: &ServeConfig) -> larder::Result<Reservation> {
     let metrics = match config.metrics_listen.as_deref() {
-        Some(addr) => Some(larder::metrics::bind(addr).await?),
+        Some(addr) => Some(larder::bind_metrics(addr).await?),
         None => None,
     };
-    let listeners = Listeners::bind(
+    let reservation = Listeners::reserve(
         config.listen.as_deref(),
         config.unix_socket.as_deref(),
         config.unix_socket_mode,
     )
     .await?;
     Ok(match metrics {
-        Some(listener) => listeners.with_metrics(listener),
-        None => listeners,
+        Some(listener) => reservation.with_metrics(listener),
+        None => reservation,
     })
 }
 
 fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     init_logging(&config)?;
     // Read once, before the data directory is touched: a bad file stops the start there.
-    let files = load_files(&config.server)?;
+    let files = ServerFiles::load(&config.server)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .thread_name("larder-worker")
         .enable_all()
         .build()?;
     let result = runtime.block_on(async move {
-        let shutdown = larder::shutdown::on_signal()
+        let shutdown = signals::on_signal()
             .map_err(|e| anyhow::anyhow!("cannot install SIGTERM/SIGINT handlers: {e}"))?;
-        let reload = larder::shutdown::on_reload()
+        let reload = signals::on_reload()
             .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
+        // Every listener is bound or checked before the store is opened: a start that cannot
+        // listen creates no data directory and no database.
+        let reservation = reserve_listeners(&config).await?;
         let store = Store::open(config.store.clone(), Arc::new(SystemClock))?;
-        spawn_heap_trimmer();
-        let listeners = match bind_listeners(&config).await {
-            Ok(l) => l,
+        let listeners = match reservation.bind() {
+            Ok(listeners) => listeners,
             Err(e) => {
                 store.close().await?;
                 return Err(e.into());
             }
         };
-        serve_loaded(
-            store,
-            listeners,
-            config.server.clone(),
-            files,
-            shutdown,
-            reload,
-        )
-        .await?;
+        spawn_heap_trimmer();
+        Server::new(store, config.server.clone())
+            .with_files(files)
+            .with_reload(reload)
+            .run(listeners, shutdown)
+            .await?;
         Ok(())
     });
     // Reads still on blocking threads (their callers are gone) get a moment to end; the

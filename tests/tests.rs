@@ -21,6 +21,7 @@ mod suite {
     mod faults;
     mod hostile;
     mod increment;
+    mod layering;
     mod metrics;
     mod ops;
     mod persistence;

@@ -22,7 +22,7 @@ use self::file::{format_duration, format_size, parse_duration, parse_size};
 use crate::server::ServerSettings;
 use crate::server::auth::AuthSettings;
 use crate::server::tls::TlsSettings;
-use crate::service::Limits;
+use crate::service::RequestLimits as Limits;
 use crate::service::ratelimit::RateLimitSettings;
 use crate::service::session::SessionSettings;
 use crate::store::StoreConfig;
@@ -826,7 +826,7 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         request_timeout,
         max_concurrent_requests: max_concurrent_requests as usize,
         max_connections: max_connections as usize,
-        handshake_timeout: crate::server::limits::HANDSHAKE_TIMEOUT,
+        handshake_timeout: crate::server::admission::HANDSHAKE_TIMEOUT,
         auth,
         tls,
     };

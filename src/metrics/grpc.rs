@@ -65,7 +65,7 @@ fn code_name(status: Option<&HeaderValue>) -> &'static str {
 
 /// Which method a call is, as labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
+pub(crate) struct MethodLabels {
     /// The fully qualified service, e.g. `larder.v1.CacheService`.
     service: Arc<str>,
     /// The method, e.g. `Get`.
@@ -74,7 +74,7 @@ pub struct MethodLabels {
 
 /// A finished call, as labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
+pub(crate) struct CallLabels {
     service: Arc<str>,
     method: Arc<str>,
     /// The status code's name, e.g. `InvalidArgument`.
@@ -83,7 +83,7 @@ pub struct CallLabels {
 
 /// The gRPC call metrics, shared by every connection of every listener.
 #[derive(Debug)]
-pub struct GrpcMetrics {
+pub(crate) struct GrpcMetrics {
     /// Finished calls by method and code.
     pub(crate) requests: Family<CallLabels, Counter>,
     /// Call durations by method.
@@ -96,7 +96,7 @@ pub struct GrpcMetrics {
 
 impl GrpcMetrics {
     /// Metrics for the methods described in `descriptor_sets` (encoded `FileDescriptorSet`s).
-    pub fn new(descriptor_sets: &[&[u8]]) -> Result<Self> {
+    pub(crate) fn new(descriptor_sets: &[&[u8]]) -> Result<Self> {
         let mut methods = HashMap::new();
         for set in descriptor_sets {
             let set = prost_types::FileDescriptorSet::decode(*set).map_err(|e| {
@@ -181,20 +181,20 @@ impl Drop for Call {
 /// Wraps a service so that its calls are counted and timed; [`GrpcMetricsLayer::off`]
 /// passes calls through untouched.
 #[derive(Debug, Clone, Default)]
-pub struct GrpcMetricsLayer {
+pub(crate) struct GrpcMetricsLayer {
     metrics: Option<Arc<GrpcMetrics>>,
 }
 
 impl GrpcMetricsLayer {
     /// Records into `metrics`.
-    pub fn new(metrics: Arc<GrpcMetrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<GrpcMetrics>) -> Self {
         Self {
             metrics: Some(metrics),
         }
     }
 
     /// Records nothing (metrics are off).
-    pub fn off() -> Self {
+    pub(crate) fn off() -> Self {
         Self::default()
     }
 }
@@ -212,7 +212,7 @@ impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
 
 /// The service [`GrpcMetricsLayer`] makes.
 #[derive(Debug, Clone)]
-pub struct GrpcMetricsService<S> {
+pub(crate) struct GrpcMetricsService<S> {
     inner: S,
     metrics: Option<Arc<GrpcMetrics>>,
 }
@@ -241,7 +241,7 @@ where
 
 pin_project_lite::pin_project! {
     /// The response future of an observed call.
-    pub struct ObservedFuture<F> {
+    pub(crate) struct ObservedFuture<F> {
         #[pin]
         inner: F,
         call: Option<Call>,
@@ -287,7 +287,7 @@ where
 
 pin_project_lite::pin_project! {
     /// The response body of an observed call: watches for the trailers that carry its status.
-    pub struct ObservedBody<B> {
+    pub(crate) struct ObservedBody<B> {
         #[pin]
         inner: B,
         call: Option<Call>,

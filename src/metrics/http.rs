@@ -37,7 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the metrics listener at `addr` (HOST:PORT); the error names the address.
-pub async fn bind(addr: &str) -> Result<TcpListener> {
+pub(crate) async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Setup(format!("cannot serve metrics on {addr}: {e}")))
@@ -46,14 +46,14 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
 /// The running metrics endpoint. Dropping it without [`MetricsServer::stop`] still tells it
 /// to stop, without waiting.
 #[derive(Debug)]
-pub struct MetricsServer {
+pub(crate) struct MetricsServer {
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl MetricsServer {
     /// Serves `metrics` on `listener` until [`MetricsServer::stop`].
-    pub fn start(listener: TcpListener, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn start(listener: TcpListener, metrics: Arc<Metrics>) -> Self {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving metrics at /metrics");
         }
@@ -67,7 +67,7 @@ impl MetricsServer {
 
     /// Stops accepting, lets scrapes in progress finish (for at most a few seconds) and waits
     /// until every connection has ended.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take()
             && let Err(e) = task.await

@@ -10,8 +10,8 @@
 //! sessions, `stat` and `/proc` reads) run on blocking threads, each bounded by
 //! [`SCRAPE_READ_TIMEOUT`], and a reading that fails or times out is left out of that scrape.
 
-pub mod grpc;
-pub mod http;
+pub(crate) mod grpc;
+pub(crate) mod http;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -28,14 +28,14 @@ use self::grpc::{GrpcMetrics, GrpcMetricsLayer};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
-pub use self::http::{MetricsServer, bind};
+pub(crate) use self::http::{MetricsServer, bind};
 
 /// Longest a scrape waits for one blocking reading (the session count, the file sizes).
-pub const SCRAPE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const SCRAPE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The text format a scrape is answered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Prometheus text format 0.0.4, what most tools expect.
     Prometheus,
     /// OpenMetrics 1.0 text, when the scraper asks for it.
@@ -44,7 +44,7 @@ pub enum Format {
 
 impl Format {
     /// The format an `Accept` header asks for: OpenMetrics if it names it, else Prometheus.
-    pub fn from_accept(accept: Option<&str>) -> Self {
+    pub(crate) fn from_accept(accept: Option<&str>) -> Self {
         match accept {
             Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
             _ => Format::Prometheus,
@@ -52,7 +52,7 @@ impl Format {
     }
 
     /// The response's `Content-Type`.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -71,7 +71,7 @@ struct CheckLabels {
 
 /// The metrics of one server: the gRPC call metrics and what a scrape reads from the store.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     store: Store,
     grpc: Arc<GrpcMetrics>,
     /// Configured policy names; checks are exported for these and for inline limits only.
@@ -97,7 +97,7 @@ struct Process {
 
 impl Metrics {
     /// Metrics over `store`, with rate-limit checks exported for `policies` (and inline).
-    pub fn new(store: Store, policies: impl IntoIterator<Item = String>) -> Result<Self> {
+    pub(crate) fn new(store: Store, policies: impl IntoIterator<Item = String>) -> Result<Self> {
         launched_at();
         let grpc = GrpcMetrics::new(&crate::pb::DESCRIPTOR_SETS)?;
         Ok(Self {
@@ -108,12 +108,12 @@ impl Metrics {
     }
 
     /// The layer recording the gRPC calls of every listener.
-    pub fn grpc_layer(&self) -> GrpcMetricsLayer {
+    pub(crate) fn grpc_layer(&self) -> GrpcMetricsLayer {
         GrpcMetricsLayer::new(self.grpc.clone())
     }
 
     /// Takes the readings and encodes every metric in `format`.
-    pub async fn render(&self, format: Format) -> Result<String> {
+    pub(crate) async fn render(&self, format: Format) -> Result<String> {
         let readings = self.read().await;
         let registry = self.registry(readings);
         let mut text = String::new();

@@ -31,7 +31,7 @@ pub struct AuthSettings {
 }
 
 /// Shortest token accepted, in bytes. `openssl rand -base64 32` makes 44.
-pub const MIN_TOKEN_BYTES: usize = 16;
+pub(crate) const MIN_TOKEN_BYTES: usize = 16;
 
 /// Calls to this service need no token, so that load balancers and supervisors can probe.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -39,7 +39,7 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// Why the token file cannot be used. Each message names the file (and the line), never a
 /// token.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenFileError {
+pub(crate) enum TokenFileError {
     /// The file cannot be read.
     #[error("auth.token_file {}: cannot read it: {error}", path.display())]
     Unreadable {
@@ -72,7 +72,7 @@ pub enum TokenFileError {
 
 /// What is wrong with one line of the token file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TokenProblem {
+pub(crate) enum TokenProblem {
     /// Fewer than [`MIN_TOKEN_BYTES`] bytes.
     #[error(
         "the token is {0} bytes; a token needs at least {MIN_TOKEN_BYTES} \
@@ -142,7 +142,7 @@ impl TokenSet {
 /// The loaded tokens and where they come from; a cheap `Clone` handle shared by the layers of
 /// every listener, so a reload reaches all of them at once.
 #[derive(Clone)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     shared: Arc<Shared>,
 }
 
@@ -168,7 +168,7 @@ impl fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Reads the token file of `config`.
-    pub fn load(config: &AuthSettings) -> Result<Self, TokenFileError> {
+    pub(crate) fn load(config: &AuthSettings) -> Result<Self, TokenFileError> {
         let tokens = TokenSet::read(&config.token_file)?;
         warn_if_world_readable(&config.token_file);
         Ok(Self {
@@ -181,24 +181,24 @@ impl Authenticator {
     }
 
     /// The token file.
-    pub fn token_file(&self) -> &Path {
+    pub(crate) fn token_file(&self) -> &Path {
         &self.shared.path
     }
 
     /// Whether calls over the Unix socket need a token too.
-    pub fn unix_socket(&self) -> bool {
+    pub(crate) fn unix_socket(&self) -> bool {
         self.shared.unix_socket
     }
 
     /// How many distinct tokens are accepted.
-    pub fn token_count(&self) -> usize {
+    pub(crate) fn token_count(&self) -> usize {
         self.tokens().digests.len()
     }
 
     /// Reads the token file again and, if it is good, accepts its tokens from now on (calls
     /// already admitted are not affected). A file that cannot be used leaves the tokens as
     /// they were and is reported.
-    pub fn reload(&self) -> Result<usize, TokenFileError> {
+    pub(crate) fn reload(&self) -> Result<usize, TokenFileError> {
         let fresh = TokenSet::read(&self.shared.path)?;
         let count = fresh.digests.len();
         *self
@@ -218,7 +218,7 @@ impl Authenticator {
     }
 
     /// Checks the `authorization: Bearer <token>` header of a call.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), Status> {
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Status> {
         let Some(token) = bearer_token(headers) else {
             return Err(Status::unauthenticated("missing bearer token"));
         };
@@ -256,7 +256,7 @@ fn warn_if_world_readable(path: &Path) {
 
 /// Which listener a layer guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// The TCP listener: always needs a token when auth is on.
     Tcp,
     /// The Unix socket: needs one unless `auth.unix_socket` is false.
@@ -275,7 +275,7 @@ impl Transport {
 /// The tower layer that answers `UNAUTHENTICATED` to a call without a good token, before it
 /// reaches any service. One per listener.
 #[derive(Debug, Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     /// `None`: every call passes (auth is off, or not needed on this listener).
     auth: Option<Authenticator>,
     transport: Transport,
@@ -283,7 +283,7 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     /// The layer for `transport` under `auth` (`None` = auth off).
-    pub fn new(auth: Option<&Authenticator>, transport: Transport) -> Self {
+    pub(crate) fn new(auth: Option<&Authenticator>, transport: Transport) -> Self {
         let auth = auth
             .filter(|a| transport == Transport::Tcp || a.shared.unix_socket)
             .cloned();
@@ -291,7 +291,8 @@ impl AuthLayer {
     }
 
     /// Whether calls through this layer need a token.
-    pub fn requires_token(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn requires_token(&self) -> bool {
         self.auth.is_some()
     }
 }
@@ -310,7 +311,7 @@ impl<S> Layer<S> for AuthLayer {
 
 /// The service [`AuthLayer`] wraps around the routes.
 #[derive(Debug, Clone)]
-pub struct RequireToken<S> {
+pub(crate) struct RequireToken<S> {
     inner: S,
     auth: Option<Authenticator>,
     transport: Transport,
@@ -348,7 +349,7 @@ where
 
 /// Reads `auth`'s token file again (on SIGHUP, in the daemon), on a blocking thread. A
 /// failed reload keeps the tokens loaded before and logs why.
-pub async fn reload(auth: &Authenticator) {
+pub(crate) async fn reload(auth: &Authenticator) {
     // Reading a file may block (a slow or network file system): not on a runtime thread.
     let reloading = auth.clone();
     let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;

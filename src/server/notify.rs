@@ -21,24 +21,24 @@ fn send(states: &[NotifyState<'_>]) {
 }
 
 /// Every listener is bound and served: tells systemd start-up has finished.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// Shutdown has started.
-pub fn stopping(status: &str) {
+pub(crate) fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this process), if any.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
 /// Pings the watchdog every half `interval` until `stop` is cancelled, each time after the
 /// store has answered a read: a daemon whose runtime or storage hangs stops pinging, and
 /// systemd restarts it.
-pub async fn watchdog(store: Store, interval: Duration, stop: CancellationToken) {
+pub(crate) async fn watchdog(store: Store, interval: Duration, stop: CancellationToken) {
     let every = interval / 2;
     tracing::info!(interval = ?interval, "systemd watchdog enabled");
     loop {

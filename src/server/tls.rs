@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
 
-use super::limits::{Admission, ConnectionLimit, Limited};
+use super::admission::{Admission, ConnectionLimit, Limited};
 
 /// TLS on the TCP listener: the PEM files to serve with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ const ACCEPT_BATCH: usize = 64;
 
 /// Why the certificate or key cannot be served. Each message names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// A file cannot be read.
     #[error("{setting} {}: cannot read it: {error}", path.display())]
     Unreadable {
@@ -85,7 +85,7 @@ pub enum TlsError {
 /// serves them. Clones share it: a [`ServerTls::reload`] reaches every accept stream made from
 /// any of them.
 #[derive(Debug, Clone)]
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     /// The files, read again on reload.
     files: TlsSettings,
     /// What the files held when last read successfully; read once per accepted connection.
@@ -102,7 +102,7 @@ struct Loaded {
 
 impl ServerTls {
     /// Reads and checks the files of `config`.
-    pub fn load(config: &TlsSettings) -> Result<Self, TlsError> {
+    pub(crate) fn load(config: &TlsSettings) -> Result<Self, TlsError> {
         let loaded = build(config)?;
         Ok(Self {
             files: config.clone(),
@@ -114,7 +114,7 @@ impl ServerTls {
     /// from now on (open connections keep the certificate they were accepted with). Returns
     /// how many certificates the new chain holds. On error nothing changes. Blocks on the
     /// file reads: call it off the runtime's threads.
-    pub fn reload(&self) -> Result<usize, TlsError> {
+    pub(crate) fn reload(&self) -> Result<usize, TlsError> {
         let loaded = build(&self.files)?;
         let chain_len = loaded.chain_len;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
@@ -127,7 +127,7 @@ impl ServerTls {
     /// concurrently; one that fails or runs out of time closes only its own connection
     /// (logged at debug). Each connection is served the certificate loaded when it was
     /// accepted. Accept errors pass through.
-    pub fn accept<S, IO>(&self, limit: &ConnectionLimit, incoming: S) -> TlsIncoming<S, IO>
+    pub(crate) fn accept<S, IO>(&self, limit: &ConnectionLimit, incoming: S) -> TlsIncoming<S, IO>
     where
         S: Stream<Item = io::Result<IO>>,
     {
@@ -147,17 +147,17 @@ impl ServerTls {
     }
 
     /// The certificate file.
-    pub fn cert(&self) -> &Path {
+    pub(crate) fn cert(&self) -> &Path {
         &self.files.cert
     }
 
     /// The key file.
-    pub fn key(&self) -> &Path {
+    pub(crate) fn key(&self) -> &Path {
         &self.files.key
     }
 
     /// How many certificates the chain being served holds.
-    pub fn chain_len(&self) -> usize {
+    pub(crate) fn chain_len(&self) -> usize {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -169,7 +169,7 @@ impl ServerTls {
 /// [`ServerTls::reload`], on a blocking thread: a success is logged at info with the files and
 /// the chain's length (never the key), a failure as one warning naming the file at fault, and
 /// the certificate served before stays.
-pub async fn reload(tls: &ServerTls) {
+pub(crate) async fn reload(tls: &ServerTls) {
     let reloading = tls.clone();
     let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
     match reloaded {
@@ -270,7 +270,7 @@ fn rustls_problem(e: &rustls::Error) -> String {
 pin_project_lite::pin_project! {
     /// The stream [`ServerTls::accept`] makes: accepted connections in, TLS connections
     /// counted against the connection limit out.
-    pub struct TlsIncoming<S, IO> {
+    pub(crate) struct TlsIncoming<S, IO> {
         #[pin]
         incoming: S,
         // The certificate in force, read as each connection is accepted.

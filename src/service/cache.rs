@@ -6,22 +6,22 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::pb;
 use crate::pb::cache_service_server::CacheService;
-use crate::service::{Limits, at_most, not_empty};
+use crate::service::{RequestLimits, at_most, not_empty};
 use crate::store::{Found, NewEntry, SetCondition, Store};
 
 /// The namespace used when a request leaves it empty.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
 /// The CacheService implementation.
 #[derive(Debug, Clone)]
-pub struct CacheApi {
+pub(crate) struct CacheApi {
     store: Store,
-    limits: Limits,
+    limits: RequestLimits,
 }
 
 impl CacheApi {
     /// A service over `store`, enforcing `limits`.
-    pub fn new(store: Store, limits: Limits) -> Self {
+    pub(crate) fn new(store: Store, limits: RequestLimits) -> Self {
         Self { store, limits }
     }
 

@@ -5,17 +5,17 @@
 //! - [`ratelimit`] serves `larder.v1.RateLimitService`.
 //! - [`status`] turns an error into the gRPC status the client gets.
 
-pub mod cache;
-pub mod ratelimit;
-pub mod session;
-pub mod status;
-pub mod token;
+pub(crate) mod cache;
+pub(crate) mod ratelimit;
+pub(crate) mod session;
+pub(crate) mod status;
+pub(crate) mod token;
 
 use crate::error::Error;
 
 /// Bounds every request is checked against before anything is written.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct RequestLimits {
     /// Longest key (and DeletePrefix prefix), in bytes.
     pub max_key_bytes: usize,
     /// Largest value, in bytes.
@@ -28,7 +28,7 @@ pub struct Limits {
     pub max_ttl_ms: u64,
 }
 
-impl Default for Limits {
+impl Default for RequestLimits {
     fn default() -> Self {
         Self {
             max_key_bytes: 1024,
@@ -41,7 +41,7 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
+impl RequestLimits {
     /// The largest gRPC message the server accepts or sends: one maximal value, plus a full
     /// batch of maximal keys with their framing, plus 64 KiB. An oversized value therefore
     /// reaches validation (and is answered `INVALID_ARGUMENT: value …`) as long as it is less
@@ -54,7 +54,7 @@ impl Limits {
     }
 
     /// The most value bytes one GetMany answers with: one maximal value, so that every
-    /// response fits [`Limits::max_message_bytes`] like requests do.
+    /// response fits [`RequestLimits::max_message_bytes`] like requests do.
     pub fn max_response_value_bytes(&self) -> usize {
         self.max_value_bytes
     }

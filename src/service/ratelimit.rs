@@ -22,7 +22,7 @@ pub struct RateLimitSettings {
 
 /// The RateLimitService implementation.
 #[derive(Debug, Clone)]
-pub struct RateLimitApi {
+pub(crate) struct RateLimitApi {
     store: Store,
     settings: RateLimitSettings,
     max_key_bytes: usize,
@@ -41,7 +41,7 @@ struct Query<'a> {
 
 impl RateLimitApi {
     /// Serves `store` with these policies; keys are bounded by `max_key_bytes`.
-    pub fn new(store: Store, settings: RateLimitSettings, max_key_bytes: usize) -> Self {
+    pub(crate) fn new(store: Store, settings: RateLimitSettings, max_key_bytes: usize) -> Self {
         Self {
             store,
             settings,

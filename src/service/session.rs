@@ -65,14 +65,14 @@ impl Default for SessionSettings {
 
 /// The SessionService implementation.
 #[derive(Debug, Clone)]
-pub struct SessionApi {
+pub(crate) struct SessionApi {
     store: Store,
     settings: SessionSettings,
 }
 
 impl SessionApi {
     /// A service over `store` with these defaults and bounds.
-    pub fn new(store: Store, settings: SessionSettings) -> Self {
+    pub(crate) fn new(store: Store, settings: SessionSettings) -> Self {
         Self { store, settings }
     }
 

@@ -10,22 +10,22 @@ use crate::store::TokenHash;
 
 /// What every session token starts with, so a leaked one is recognisable (e.g. by secret
 /// scanners).
-pub const TOKEN_PREFIX: &str = "lds_";
+pub(crate) const TOKEN_PREFIX: &str = "lds_";
 
 /// Random bytes in a token.
 const TOKEN_BYTES: usize = 32;
 
 /// Length of a token: the prefix and 43 characters of unpadded url-safe base64.
-pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 43;
+pub(crate) const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 43;
 
 /// What every session id starts with.
-pub const SESSION_ID_PREFIX: &str = "ses_";
+pub(crate) const SESSION_ID_PREFIX: &str = "ses_";
 
 /// Random bytes in a session id (not secret; unique).
 const SESSION_ID_BYTES: usize = 16;
 
 /// Length of a session id: the prefix and 22 characters of unpadded url-safe base64.
-pub const SESSION_ID_LEN: usize = SESSION_ID_PREFIX.len() + 22;
+pub(crate) const SESSION_ID_LEN: usize = SESSION_ID_PREFIX.len() + 22;
 
 fn random_string<const N: usize>(prefix: &str) -> Result<String> {
     let mut bytes = [0u8; N];
@@ -35,14 +35,14 @@ fn random_string<const N: usize>(prefix: &str) -> Result<String> {
 }
 
 /// A new token and its hash.
-pub fn new_token() -> Result<(String, TokenHash)> {
+pub(crate) fn new_token() -> Result<(String, TokenHash)> {
     let token = random_string::<TOKEN_BYTES>(TOKEN_PREFIX)?;
     let hash = digest(&token);
     Ok((token, hash))
 }
 
 /// A new session id.
-pub fn new_session_id() -> Result<String> {
+pub(crate) fn new_session_id() -> Result<String> {
     random_string::<SESSION_ID_BYTES>(SESSION_ID_PREFIX)
 }
 
@@ -61,12 +61,12 @@ fn well_formed(s: &str, prefix: &str, len: usize, n: usize) -> bool {
 
 /// The hash to look a token up by, or `None` when it cannot be a token Larder made (wrong
 /// prefix, length or alphabet). Callers answer both cases alike, as "not found".
-pub fn token_hash(token: &str) -> Option<TokenHash> {
+pub(crate) fn token_hash(token: &str) -> Option<TokenHash> {
     well_formed(token, TOKEN_PREFIX, TOKEN_LEN, TOKEN_BYTES).then(|| digest(token))
 }
 
 /// Whether `id` looks like a session id Larder made.
-pub fn is_session_id(id: &str) -> bool {
+pub(crate) fn is_session_id(id: &str) -> bool {
     well_formed(id, SESSION_ID_PREFIX, SESSION_ID_LEN, SESSION_ID_BYTES)
 }
 

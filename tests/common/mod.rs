@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
-use larder::clock::ManualClock;
+use larder::ManualClock;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
-use larder::server::{Listeners, ServerSettings};
 use larder::store::{Store, StoreConfig};
+use larder::{Listeners, ServerSettings};
 use tempfile::TempDir;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::oneshot;
@@ -50,15 +50,13 @@ const LOCK_PAUSE: Duration = Duration::from_millis(20);
 /// until exec, and flock counts it as a holder. Any other error is returned at once.
 pub async fn open_store(
     config: &StoreConfig,
-    clock: Arc<dyn larder::clock::Clock>,
-) -> larder::error::Result<Store> {
+    clock: Arc<dyn larder::Clock>,
+) -> larder::Result<Store> {
     let own = format!("(pid {})", std::process::id());
     let mut tries = 1;
     loop {
         match Store::open(config.clone(), clock.clone()) {
-            Err(larder::error::Error::Unavailable(held))
-                if held.contains(&own) && tries < LOCK_TRIES =>
-            {
+            Err(larder::Error::Unavailable(held)) if held.contains(&own) && tries < LOCK_TRIES => {
                 tries += 1;
                 tokio::time::sleep(LOCK_PAUSE).await;
             }
@@ -90,7 +88,7 @@ struct Running {
     tcp_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     shutdown: oneshot::Sender<()>,
-    handle: JoinHandle<larder::error::Result<()>>,
+    handle: JoinHandle<larder::Result<()>>,
 }
 
 impl TestServer {
@@ -139,7 +137,7 @@ impl TestServer {
     }
 
     /// A server with default store config and these request limits.
-    pub async fn with_limits(limits: larder::service::Limits) -> Self {
+    pub async fn with_limits(limits: larder::RequestLimits) -> Self {
         Self::start_with(
             |_| {},
             ServerSettings {
@@ -160,7 +158,7 @@ impl TestServer {
             .expect("binding TCP port 0");
         let tcp_addr = tcp.local_addr().expect("the bound TCP address");
         let socket = self.socket_path();
-        let unix = larder::server::bind_unix(&socket, 0o660).expect("binding the Unix socket");
+        let unix = larder::bind_unix(&socket, 0o660).expect("binding the Unix socket");
         let mut listeners = Listeners::from_bound(Some(tcp), Some((unix, socket)));
         let mut metrics_addr = None;
         if self.metrics {
@@ -171,14 +169,11 @@ impl TestServer {
             listeners = listeners.with_metrics(metrics);
         }
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(larder::server::serve(
-            store.clone(),
-            listeners,
-            self.settings.clone(),
-            async move {
+        let handle = tokio::spawn(
+            larder::Server::new(store.clone(), self.settings.clone()).run(listeners, async move {
                 let _ = stopped.await;
-            },
-        ));
+            }),
+        );
         self.running = Some(Running {
             store,
             tcp_addr,

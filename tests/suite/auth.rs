@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
-use larder::clock::ManualClock;
+use larder::AuthSettings;
+use larder::ManualClock;
+use larder::TlsSettings;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
-use larder::server::auth::AuthSettings;
-use larder::server::tls::TlsSettings;
-use larder::server::{Listeners, ServerSettings};
 use larder::store::{Store, StoreConfig};
+use larder::{Listeners, ServerSettings};
 use tempfile::TempDir;
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -276,7 +276,7 @@ async fn with_unix_socket_false_the_socket_needs_no_token_but_tcp_still_does() {
     assert_eq!(g.value, "no token");
 }
 
-/// Runs `serve` on a fresh store and listeners with `settings`, told to stop at once, and
+/// Runs the server on a fresh store and listeners with `settings`, told to stop at once, and
 /// returns its error. Also checks that the failed start let go of the store and the socket.
 async fn start_error(settings: ServerSettings) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -284,10 +284,12 @@ async fn start_error(settings: ServerSettings) -> String {
     let clock = Arc::new(ManualClock::new(START_MS));
     let store = Store::open(config.clone(), clock.clone()).unwrap();
     let socket = dir.path().join("l.sock");
-    let unix = larder::server::bind_unix(&socket, 0o660).unwrap();
+    let unix = larder::bind_unix(&socket, 0o660).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listeners = Listeners::from_bound(Some(tcp), Some((unix, socket.clone())));
-    let result = larder::server::serve(store, listeners, settings, std::future::ready(())).await;
+    let result = larder::Server::new(store, settings)
+        .run(listeners, std::future::ready(()))
+        .await;
     let err = result.expect_err("the server started").to_string();
     assert!(!socket.exists(), "the socket file is left behind: {err}");
     // The lock is released with the store.

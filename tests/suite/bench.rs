@@ -7,8 +7,8 @@ use std::fs::File;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
-use larder::server::ServerSettings;
-use larder::server::auth::AuthSettings;
+use larder::AuthSettings;
+use larder::ServerSettings;
 
 use crate::common::TestServer;
 use crate::suite::binary::{POLL_PAUSE, read_log};

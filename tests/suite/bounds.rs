@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use larder::clock::ManualClock;
+use larder::ManualClock;
 use larder::store::{SetCondition, Store, StoreConfig};
 use proptest::prelude::*;
 

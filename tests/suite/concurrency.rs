@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use larder::ServerSettings;
 use larder::pb;
-use larder::server::ServerSettings;
 
 use crate::common::{TestServer, get_many, set};
 

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use larder::ServerSettings;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
-use larder::server::ServerSettings;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

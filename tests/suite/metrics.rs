@@ -11,10 +11,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::TokioIo;
+use larder::RateLimitSettings;
+use larder::ServerSettings;
 use larder::pb;
 use larder::ratelimit::{Algorithm, Rule};
-use larder::server::ServerSettings;
-use larder::service::ratelimit::RateLimitSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_stream::StreamExt;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use larder::server::ServerSettings;
+use larder::ServerSettings;
 use tonic::Code;
 use tonic::transport::Endpoint;
 
@@ -392,7 +392,7 @@ async fn after_the_drain_deadline_open_streams_are_closed_before_serve_returns()
         .into_inner();
     assert!(watch.message().await.unwrap().is_some(), "a first status");
     server.stop().await;
-    // serve() has returned: the stream must already be ended, not merely waiting on a
+    // Server::run has returned: the stream must already be ended, not merely waiting on a
     // connection task that outlived the store. Read what is left (NOT_SERVING, maybe), bounded.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use larder::clock::ManualClock;
+use larder::ManualClock;
 use larder::pb;
 use larder::store::{SetCondition, Store, StoreConfig};
 
@@ -199,11 +199,7 @@ async fn a_closed_store_refuses_writes_as_unavailable() {
         .set("ns", "k", "w".into(), 0, SetCondition::Always)
         .await
         .expect_err("the writer is gone");
-    assert_eq!(
-        larder::service::status::code(&err),
-        tonic::Code::Unavailable,
-        "{err}"
-    );
+    assert_eq!(larder::status_code(&err), tonic::Code::Unavailable, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,11 +19,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder::clock::Clock;
+use larder::Clock;
+use larder::RateLimitSettings;
+use larder::ServerSettings;
 use larder::pb::{Algorithm as Alg, CheckRequest, PeekRequest, ResetRequest};
 use larder::ratelimit::{Algorithm, Rule};
-use larder::server::ServerSettings;
-use larder::service::ratelimit::RateLimitSettings;
 use larder::store::DB_FILE;
 use larder::store::SLOT_OVERHEAD;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};

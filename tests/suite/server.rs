@@ -6,7 +6,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use larder::server::{Listeners, bind_unix};
+use larder::{Listeners, bind_unix};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -248,7 +248,7 @@ async fn health_turns_not_serving_when_shutdown_starts() {
     // keep it short.
     let mut server = TestServer::start_with(
         |_| {},
-        larder::server::ServerSettings {
+        larder::ServerSettings {
             drain_timeout: std::time::Duration::from_millis(200),
             ..Default::default()
         },

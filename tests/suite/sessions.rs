@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use larder::ServerSettings;
+use larder::SessionSettings;
 use larder::pb;
 use larder::pb::revoke_session_request::Target;
-use larder::server::ServerSettings;
-use larder::service::session::SessionSettings;
 use larder::store::DB_FILE;
 use larder::store::{SWEEP_GRACE_MS, persist_window};
 use prost::Message;

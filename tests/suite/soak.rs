@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use larder::ServerSettings;
 use larder::pb;
 use larder::pb::revoke_session_request::Target;
-use larder::server::ServerSettings;
 use larder::store::DB_FILE;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -1,6 +1,6 @@
 //! `larder serve` refusing to start, through the built binary: a corrupt database (random
 //! bytes, a truncated file), a database of another program, a schema newer than this build, a
-//! data directory it may not write, a TCP port in use, and a config file with an unknown key or
+//! data directory it may not write, a TCP port in use (which creates no data directory), and a config file with an unknown key or
 //! a bad value. Each is a non-zero exit and one line on stderr naming the file, directory, key
 //! or address at fault; never a panic, never a change to the file it refused.
 
@@ -360,6 +360,53 @@ async fn a_tcp_port_in_use_is_refused_and_releases_the_data_dir() {
     assert!(set(&mut c, "", "k", "v", 0).await.stored);
     drop(c);
     daemon.terminate().await;
+}
+
+/// A start that cannot listen leaves nothing behind: every listener is bound before the store
+/// is opened, so a TCP port in use, a metrics port in use or a Unix socket a live server holds
+/// is refused before the data directory (or a database in it) is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_that_cannot_listen_creates_no_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let live = tmp.path().join("live.sock");
+    let _live = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let socket = tmp.path().join("l.sock");
+    let cases: [(&str, Vec<&OsStr>, &str); 3] = [
+        (
+            "tcp",
+            vec!["--listen".as_ref(), addr.as_ref()],
+            "already in use",
+        ),
+        (
+            "metrics",
+            vec![
+                "--unix-socket".as_ref(),
+                socket.as_os_str(),
+                "--metrics-listen".as_ref(),
+                addr.as_ref(),
+            ],
+            &addr,
+        ),
+        (
+            "unix",
+            vec!["--unix-socket".as_ref(), live.as_os_str()],
+            "in use by a running server",
+        ),
+    ];
+    for (name, flags, mention) in cases {
+        let data_dir = tmp.path().join(format!("{name}-data"));
+        let (status, stderr) =
+            refuse(&data_dir, &flags, &tmp.path().join(format!("{name}.log"))).await;
+        assert_one_line_error(status, &stderr, &[mention]);
+        assert!(
+            !data_dir.exists(),
+            "{name}: a refused start created {}: {stderr}",
+            data_dir.display()
+        );
+        assert!(!socket.exists(), "{name}: the socket file is left behind");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,9 +4,9 @@
 //! in the middle of good ones.
 
 use bytes::Bytes;
+use larder::RequestLimits;
 use larder::pb;
 use larder::pb::Condition;
-use larder::service::Limits;
 use tonic::Code;
 
 use crate::common::{Client, TestServer, assert_code, assert_invalid, get, set, stats};
@@ -104,9 +104,9 @@ async fn keys_must_be_1_to_1024_bytes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn values_over_the_limit_are_refused() {
-    let server = TestServer::with_limits(Limits {
+    let server = TestServer::with_limits(RequestLimits {
         max_value_bytes: 1024,
-        ..Limits::default()
+        ..RequestLimits::default()
     })
     .await;
     let mut c = server.client().await;
@@ -138,9 +138,9 @@ async fn values_over_the_limit_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_value_far_over_the_message_limit_is_refused_before_decoding() {
-    let server = TestServer::with_limits(Limits {
+    let server = TestServer::with_limits(RequestLimits {
         max_value_bytes: 1024,
-        ..Limits::default()
+        ..RequestLimits::default()
     })
     .await;
     let mut c = server.client().await;
@@ -162,9 +162,9 @@ async fn a_value_far_over_the_message_limit_is_refused_before_decoding() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_set_many_over_the_message_limit_is_refused_whole() {
-    let limits = Limits {
+    let limits = RequestLimits {
         max_value_bytes: 64 << 10,
-        ..Limits::default()
+        ..RequestLimits::default()
     };
     let message_limit = limits.max_message_bytes();
     let server = TestServer::with_limits(limits).await;
@@ -190,9 +190,9 @@ async fn a_set_many_over_the_message_limit_is_refused_whole() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_get_many_whose_values_exceed_the_response_limit_is_refused() {
-    let server = TestServer::with_limits(Limits {
+    let server = TestServer::with_limits(RequestLimits {
         max_value_bytes: 1024,
-        ..Limits::default()
+        ..RequestLimits::default()
     })
     .await;
     let mut c = server.client().await;

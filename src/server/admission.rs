@@ -36,14 +36,14 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 /// How long an accepted connection may take to send [`PREFACE_BYTES`] (the HTTP/2 preface,
 /// which a real client sends at once; over TLS, to finish the TLS handshake and then send it).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes a connection must send within the handshake timeout: the length of the HTTP/2
 /// client connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`). hyper waits for the
 /// whole preface without a deadline of its own, so counting only the first byte would let a
 /// client hold its place forever by sending one. Over TLS they are counted after decryption:
 /// the TLS handshake alone does not meet the deadline.
-pub const PREFACE_BYTES: usize = 24;
+pub(crate) const PREFACE_BYTES: usize = 24;
 
 /// At most one warning per this interval for each kind of refusal, so a flood does not
 /// become a flood of log lines.
@@ -89,7 +89,7 @@ impl Throttled {
 
 /// The bound on open connections, shared by every listener.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimit {
+pub(crate) struct ConnectionLimit {
     permits: Arc<Semaphore>,
     limit: usize,
     warn: Arc<Throttled>,
@@ -102,7 +102,7 @@ pub struct ConnectionLimit {
 impl ConnectionLimit {
     /// At most `limit` connections open at once, each closed if it sends nothing within
     /// `handshake_timeout` of being accepted.
-    pub fn new(limit: usize, handshake_timeout: Duration) -> Self {
+    pub(crate) fn new(limit: usize, handshake_timeout: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
@@ -116,12 +116,12 @@ impl ConnectionLimit {
 
     /// Closes every connection still open: each fails its next read or write, which ends it
     /// and drops the calls it carries.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.cancel();
     }
 
     /// Waits, at most `within`, until every connection has closed; whether they all did.
-    pub async fn closed(&self, within: Duration) -> bool {
+    pub(crate) async fn closed(&self, within: Duration) -> bool {
         let all = u32::try_from(self.limit).unwrap_or(u32::MAX);
         tokio::time::timeout(within, self.permits.acquire_many(all))
             .await
@@ -130,7 +130,7 @@ impl ConnectionLimit {
 
     /// The accepted connections of `incoming` that fit the bound, each holding its place
     /// until it closes; the others are closed at once. Accept errors pass through.
-    pub fn limit<S, IO>(
+    pub(crate) fn limit<S, IO>(
         &self,
         incoming: S,
     ) -> impl Stream<Item = io::Result<Limited<IO>>> + use<S, IO>
@@ -147,7 +147,7 @@ impl ConnectionLimit {
     /// A place for a connection just accepted, its handshake deadline starting now; `None`
     /// (with a throttled warning) when every place is taken, and the connection is to be
     /// closed. For a connection with a handshake of its own (TLS) before HTTP/2 starts.
-    pub fn admit(&self) -> Option<Admission> {
+    pub(crate) fn admit(&self) -> Option<Admission> {
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Some(Admission {
                 permit,
@@ -165,7 +165,7 @@ impl ConnectionLimit {
 /// A place taken by a connection that has not yet started HTTP/2, and the deadline it has to
 /// send the preface by; [`Admission::wrap`] makes it the [`Limited`] connection.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     permit: OwnedSemaphorePermit,
     cut: CancellationToken,
     deadline: Pin<Box<Sleep>>,
@@ -174,7 +174,7 @@ pub struct Admission {
 impl Admission {
     /// Runs `step` (a TLS handshake) unless the deadline passes or the server cuts every
     /// connection first; `None` then, and the step is dropped.
-    pub async fn before_deadline<F: Future>(&mut self, step: F) -> Option<F::Output> {
+    pub(crate) async fn before_deadline<F: Future>(&mut self, step: F) -> Option<F::Output> {
         tokio::select! {
             done = step => Some(done),
             () = self.deadline.as_mut() => None,
@@ -183,7 +183,7 @@ impl Admission {
     }
 
     /// `io` holding this place, with what is left of the deadline for the preface.
-    pub fn wrap<IO>(self, io: IO) -> Limited<IO> {
+    pub(crate) fn wrap<IO>(self, io: IO) -> Limited<IO> {
         Limited {
             io,
             _permit: self.permit,
@@ -196,7 +196,7 @@ impl Admission {
 
 /// A connection counted against [`ConnectionLimit`]; its place is freed when it is dropped.
 #[derive(Debug)]
-pub struct Limited<IO> {
+pub(crate) struct Limited<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
     /// Ready once the server cuts every connection.
@@ -297,7 +297,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
 /// The bound on calls in progress, as a tower layer over the routes; one value is shared by
 /// every listener's server.
 #[derive(Debug, Clone)]
-pub struct RequestLimitLayer {
+pub(crate) struct RequestLimitLayer {
     permits: Arc<Semaphore>,
     limit: usize,
     warn: Arc<Throttled>,
@@ -305,7 +305,7 @@ pub struct RequestLimitLayer {
 
 impl RequestLimitLayer {
     /// At most `limit` calls in progress at once.
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
@@ -329,7 +329,7 @@ impl<S> tower_layer::Layer<S> for RequestLimitLayer {
 
 /// The service [`RequestLimitLayer`] makes.
 #[derive(Debug, Clone)]
-pub struct RequestLimit<S> {
+pub(crate) struct RequestLimit<S> {
     inner: S,
     layer: RequestLimitLayer,
 }

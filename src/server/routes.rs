@@ -1,0 +1,150 @@
+//! What the server answers, and the layers every call passes through: gRPC health (one status
+//! per Larder service and one for the server as a whole), reflection v1 and v1alpha, and the
+//! three services, behind one layer stack per listener (metrics → auth → the call bound) with
+//! the same deadline, HTTP/2 bounds and keepalive whichever way a client comes in.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::ServerSettings;
+use super::admission::RequestLimitLayer;
+use super::auth::{AuthLayer, Authenticator, Transport};
+use crate::error::{Error, Result};
+use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::pb;
+use crate::pb::cache_service_server::CacheServiceServer;
+use crate::pb::rate_limit_service_server::RateLimitServiceServer;
+use crate::pb::session_service_server::SessionServiceServer;
+use crate::service::cache::CacheApi;
+use crate::service::ratelimit::RateLimitApi;
+use crate::service::session::SessionApi;
+use crate::store::Store;
+
+/// Most calls in progress on one HTTP/2 connection (hyper's own default, which tonic turns
+/// off unless it is set): bounds what one client can open, including health Watch streams,
+/// which the call limit does not count.
+const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
+/// HTTP/2 keepalive: a connection whose peer stops answering pings is closed, so dead clients
+/// give their place back.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Every route the server answers, with the layers its calls pass through.
+pub(crate) struct Router {
+    routes: Routes,
+    observe: GrpcMetricsLayer,
+    auth: Option<Authenticator>,
+    calls: RequestLimitLayer,
+    request_timeout: Duration,
+}
+
+impl Router {
+    /// Health, reflection and the three services over `store`; calls are counted by
+    /// `observe`, checked against `auth` (when on) and bounded by `calls`. Also returns the
+    /// health reporter, whose statuses start as SERVING.
+    pub(crate) async fn new(
+        store: &Store,
+        settings: &ServerSettings,
+        observe: GrpcMetricsLayer,
+        auth: Option<Authenticator>,
+        calls: RequestLimitLayer,
+    ) -> Result<(Self, HealthReporter)> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+
+        // Both reflection versions describe every service, including each other, so that
+        // `grpcurl list` shows the same set whichever version the client speaks.
+        let reflection = |b: tonic_reflection::server::Builder<'static>| {
+            pb::DESCRIPTOR_SETS.iter().fold(
+                b.include_reflection_service(false),
+                |b, set: &&'static [u8]| b.register_encoded_file_descriptor_set(set),
+            )
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("building reflection v1: {e}")))?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .map_err(|e| Error::Internal(format!("building reflection v1alpha: {e}")))?;
+
+        let max_message = settings.limits.max_message_bytes();
+        let cache = CacheServiceServer::new(CacheApi::new(store.clone(), settings.limits.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let sessions =
+            SessionServiceServer::new(SessionApi::new(store.clone(), settings.sessions.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message);
+        let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
+            store.clone(),
+            settings.ratelimit.clone(),
+            settings.limits.max_key_bytes,
+        ));
+        let routes = Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(cache)
+            .add_service(sessions)
+            .add_service(ratelimit);
+        let router = Self {
+            routes,
+            observe,
+            auth,
+            calls,
+            request_timeout: settings.request_timeout,
+        };
+        Ok((router, health))
+    }
+
+    /// Serves every route on the connections `incoming` yields, which came in over
+    /// `transport`, until `stop` completes.
+    ///
+    /// tonic takes the shorter of `request_timeout` and the client's grpc-timeout. Metrics
+    /// are the outer layer, so calls refused (no token, over the limit) are counted too; a
+    /// call without a valid token never takes a place among the calls in progress. TLS, when
+    /// on, is Larder's own (see `tls::ServerTls::accept`), so the builder is always a
+    /// plaintext one.
+    pub(crate) fn serve<I, IO, IE>(
+        &self,
+        transport: Transport,
+        incoming: I,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
+    where
+        I: Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        tonic::transport::Server::builder()
+            .timeout(self.request_timeout)
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .layer(self.observe.clone())
+            .layer(AuthLayer::new(self.auth.as_ref(), transport))
+            .layer(self.calls.clone())
+            .add_routes(self.routes.clone())
+            .serve_with_incoming_shutdown(incoming, stop)
+    }
+}
+
+/// Sets the health of every Larder service, and of the server as a whole (`""`).
+pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService;
+    for name in [
+        "",
+        <CacheServiceServer<CacheApi> as NamedService>::NAME,
+        <SessionServiceServer<SessionApi> as NamedService>::NAME,
+        <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
+    ] {
+        health.set_service_status(name, status).await;
+    }
+}

@@ -1,0 +1,56 @@
+//! [`ServerSettings`]: how the server behaves beyond the store, and the one place its defaults
+//! are written.
+
+use std::time::Duration;
+
+use super::admission::HANDSHAKE_TIMEOUT;
+use super::auth::AuthSettings;
+use super::tls::TlsSettings;
+use crate::service::RequestLimits;
+use crate::service::ratelimit::RateLimitSettings;
+use crate::service::session::SessionSettings;
+
+/// How the server behaves, beyond the store.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Bounds every request is checked against.
+    pub limits: RequestLimits,
+    /// Session defaults and bounds.
+    pub sessions: SessionSettings,
+    /// Named rate-limit policies.
+    pub ratelimit: RateLimitSettings,
+    /// How long in-flight calls may run after shutdown starts before they are cut.
+    pub drain_timeout: Duration,
+    /// Longest a call may run (a client's shorter `grpc-timeout` wins); past it the handler
+    /// is dropped and the call answers `CANCELLED` (tonic's code for a server-side timeout).
+    pub request_timeout: Duration,
+    /// Most calls in progress at once over all connections; more answer `UNAVAILABLE` at
+    /// once instead of queueing.
+    pub max_concurrent_requests: usize,
+    /// Most open client connections over all listeners; more are closed on accept.
+    pub max_connections: usize,
+    /// How long a new connection may take to send the HTTP/2 preface before it is closed
+    /// (over TLS, to finish the TLS handshake and then send it).
+    pub handshake_timeout: Duration,
+    /// Bearer-token authentication, if on.
+    pub auth: Option<AuthSettings>,
+    /// TLS on the TCP listener, if on.
+    pub tls: Option<TlsSettings>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            limits: RequestLimits::default(),
+            sessions: SessionSettings::default(),
+            ratelimit: RateLimitSettings::default(),
+            drain_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            max_connections: 512,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            auth: None,
+            tls: None,
+        }
+    }
+}
