@@ -11,12 +11,10 @@
 //! - [`service`]: the gRPC services (validation, proto ⇄ store); no SQL here.
 //! - [`store`]: the storage engine: memory LRU, reader pool, group-commit writer, sweeper.
 //! - [`ratelimit`]: the rate-limit algorithms, as pure functions.
-//! - [`mod@bench`]: `larder bench`, the load generator (Larder and Redis side by side).
 //! - [`clock`]: wall clock and the manual clock tests use.
 //! - [`error`]: the error type and its one mapping to gRPC statuses.
 //! - [`pb`]: code generated from `proto/larder/v1/*.proto`.
 
-pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod error;
