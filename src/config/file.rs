@@ -21,7 +21,7 @@ use super::settings::{Kind, SETTINGS, Setting, Value, sections};
 use crate::ratelimit::{Algorithm, Rule};
 
 /// Longest policy name, in bytes.
-pub const MAX_POLICY_NAME: usize = 128;
+pub(crate) const MAX_POLICY_NAME: usize = 128;
 
 /// The file as written: each setting the file gives, and the rate-limit policies. Its keys
 /// are those of [`SETTINGS`] (`listen`, `[cache] max_value`, ...) and
@@ -240,7 +240,7 @@ fn whole_ms(d: Duration) -> anyhow::Result<u64> {
 /// Parses a byte size: a number of bytes, or a number with a unit ("256MiB", "4GiB",
 /// "1 KB"). Units follow `bytesize`: KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000. The
 /// error says what is expected rather than passing on the parser's own words.
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
     s.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
@@ -250,7 +250,7 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 /// Writes a byte size exactly, in the largest binary unit that divides it.
-pub fn format_size(bytes: u64) -> String {
+pub(crate) fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
@@ -260,14 +260,14 @@ pub fn format_size(bytes: u64) -> String {
 }
 
 /// Parses a human duration ("1m", "1h 30m", "250ms", "30days").
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(s)
         .map_err(|e| anyhow::anyhow!("{s:?} is not a duration (e.g. \"30s\"): {e}"))
 }
 
 /// Writes a duration exactly, in the largest unit that divides it ("30m", "365days",
 /// "1500ms"), the way [`parse_duration`] reads it back.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".to_owned();
