@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 
 pub use self::file::FileConfig;
 use self::file::{parse_duration, parse_size};
-use self::settings::{Bound, Components, Kind, SETTINGS, Setting, Value};
+use self::settings::{Bound, Components, DefaultFrom, Kind, SETTINGS, Setting, Value};
 pub use self::table::{TABLE_BEGIN, TABLE_END, settings_table};
 use crate::server::ServerSettings;
 use crate::server::auth::AuthSettings;
@@ -177,16 +177,17 @@ pub(crate) fn parse_text(setting: &Setting, text: &str) -> Result<Value, String>
 fn fill_defaults(f: &mut FileConfig) {
     let components = Components::defaults();
     for setting in SETTINGS {
-        if f.get(setting).is_none()
+        // A default that qualifies another setting stays unset without it.
+        let applies = match setting.default {
+            DefaultFrom::With(other, _) => f.get(other).is_some(),
+            _ => true,
+        };
+        if applies
+            && f.get(setting).is_none()
             && let Some(v) = setting.default_value(&components)
         {
             f.set(setting, v);
         }
-    }
-    // Tokens guard the Unix socket too unless turned off; without tokens the setting has
-    // nothing to turn on or off, and stays unset.
-    if f.get(&settings::AUTH_TOKEN_FILE).is_some() && f.get(&settings::AUTH_UNIX_SOCKET).is_none() {
-        f.set(&settings::AUTH_UNIX_SOCKET, Value::Flag(true));
     }
 }
 

@@ -122,16 +122,18 @@ pub enum Bound {
 
 /// Where a setting's default comes from.
 #[derive(Debug, Clone, Copy)]
-pub enum Default {
+pub enum DefaultFrom {
     /// None: the setting is off or absent unless given.
     Unset,
     /// Written here, as a user would write it (what the binary owns).
     Text(&'static str),
     /// Read from the owning component's own defaults.
     Component(fn(&Components) -> Value),
+    /// Written here, and applying only once another setting is set (what it qualifies).
+    With(&'static Setting, &'static str),
 }
 
-/// The components' own defaults, which the [`Default::Component`] defaults read.
+/// The components' own defaults, which the [`DefaultFrom::Component`] defaults read.
 #[derive(Debug, Clone)]
 pub struct Components {
     /// `StoreConfig::new(dir)` (the directory is the data_dir setting's).
@@ -165,7 +167,7 @@ pub struct Setting {
     /// Lowest and highest value allowed, both included; `None` for any.
     pub range: Option<(Bound, Bound)>,
     /// Where its default comes from.
-    pub default: Default,
+    pub default: DefaultFrom,
     /// One or two sentences for `--help` and the docs.
     pub help: &'static str,
 }
@@ -189,15 +191,17 @@ impl Setting {
             .map_or(self.key, |(_, field)| field)
     }
 
-    /// Its default, parsed, if it has one.
+    /// Its default, parsed, if it has one (for [`DefaultFrom::With`], the value it takes
+    /// once the other setting is set).
     pub fn default_value(&self, components: &Components) -> Option<Value> {
+        let parsed = |text| {
+            super::parse_text(self, text)
+                .unwrap_or_else(|e| panic!("the default of {} does not parse: {e}", self.key))
+        };
         match self.default {
-            Default::Unset => None,
-            Default::Text(text) => Some(
-                super::parse_text(self, text)
-                    .unwrap_or_else(|e| panic!("the default of {} does not parse: {e}", self.key)),
-            ),
-            Default::Component(read) => Some(read(components)),
+            DefaultFrom::Unset => None,
+            DefaultFrom::Text(text) | DefaultFrom::With(_, text) => Some(parsed(text)),
+            DefaultFrom::Component(read) => Some(read(components)),
         }
     }
 
@@ -237,7 +241,7 @@ pub static DATA_DIR: Setting = Setting {
     env: "LARDER_DATA_DIR",
     kind: Kind::Path,
     range: None,
-    default: Default::Text("larder-data"),
+    default: DefaultFrom::Text("larder-data"),
     help: "Directory for the database file, its WAL and the lock file.",
 };
 
@@ -248,7 +252,7 @@ pub static LISTEN: Setting = Setting {
     env: "LARDER_LISTEN",
     kind: Kind::Address,
     range: None,
-    default: Default::Text("127.0.0.1:7379"),
+    default: DefaultFrom::Text("127.0.0.1:7379"),
     help: "TCP address to listen on, HOST:PORT, or \"none\" to turn TCP off.",
 };
 
@@ -259,7 +263,7 @@ pub static UNIX_SOCKET: Setting = Setting {
     env: "LARDER_UNIX_SOCKET",
     kind: Kind::Path,
     range: None,
-    default: Default::Unset,
+    default: DefaultFrom::Unset,
     help: "Also listen on this Unix socket (a stale socket file is replaced).",
 };
 
@@ -270,7 +274,7 @@ pub static UNIX_SOCKET_MODE: Setting = Setting {
     env: "LARDER_UNIX_SOCKET_MODE",
     kind: Kind::FileMode,
     range: None,
-    default: Default::Text("0660"),
+    default: DefaultFrom::Text("0660"),
     help: "File mode of the Unix socket, octal; at least 0600.",
 };
 
@@ -282,7 +286,7 @@ pub static WORKER_THREADS: Setting = Setting {
     kind: Kind::Count,
     range: Some((at(1), at(256))),
     // One is fastest beside the app on a small VPS: see docs/benchmarks.md.
-    default: Default::Text("1"),
+    default: DefaultFrom::Text("1"),
     help: "Threads running gRPC; SQLite runs on its own threads besides these.",
 };
 
@@ -293,7 +297,7 @@ pub static SYNCHRONOUS: Setting = Setting {
     env: "LARDER_SYNCHRONOUS",
     kind: Kind::Choice(&["normal", "full"]),
     range: None,
-    default: Default::Component(|c| {
+    default: DefaultFrom::Component(|c| {
         Value::Text(
             match c.store.synchronous {
                 Synchronous::Normal => "normal",
@@ -313,7 +317,7 @@ pub static MAX_MEMORY: Setting = Setting {
     env: "LARDER_MAX_MEMORY",
     kind: Kind::Size,
     range: Some((at(0), at(1 << 40))),
-    default: Default::Component(|c| Value::Bytes(c.store.max_memory_bytes)),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.store.max_memory_bytes)),
     help: "Memory for the LRU in front of SQLite.",
 };
 
@@ -324,7 +328,7 @@ pub static MAX_DISK: Setting = Setting {
     env: "LARDER_MAX_DISK",
     kind: Kind::Size,
     range: Some((Bound::Setting(&MAX_VALUE), at(1 << 50))),
-    default: Default::Component(|c| Value::Bytes(c.store.max_disk_bytes)),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.store.max_disk_bytes)),
     help: "Bound on the cache's keys and values on disk; least recently used entries are \
            evicted past it.",
 };
@@ -336,7 +340,7 @@ pub static MAX_VALUE: Setting = Setting {
     env: "LARDER_MAX_VALUE",
     kind: Kind::Size,
     range: Some((at(1), at(1 << 30))),
-    default: Default::Component(|c| Value::Bytes(c.server.limits.max_value_bytes as u64)),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.server.limits.max_value_bytes as u64)),
     help: "Largest value accepted; the gRPC message limit follows it.",
 };
 
@@ -347,7 +351,7 @@ pub static MAX_KEY: Setting = Setting {
     env: "LARDER_MAX_KEY",
     kind: Kind::Size,
     range: Some((at(1), at(64 << 10))),
-    default: Default::Component(|c| Value::Bytes(c.server.limits.max_key_bytes as u64)),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.server.limits.max_key_bytes as u64)),
     help: "Longest key, also of rate-limit keys.",
 };
 
@@ -358,7 +362,7 @@ pub static MAX_BATCH: Setting = Setting {
     env: "LARDER_MAX_BATCH",
     kind: Kind::Count,
     range: Some((at(1), at(100_000))),
-    default: Default::Component(|c| Value::Count(c.server.limits.max_batch as u64)),
+    default: DefaultFrom::Component(|c| Value::Count(c.server.limits.max_batch as u64)),
     help: "Most items in one GetMany, SetMany or DeleteMany.",
 };
 
@@ -369,7 +373,7 @@ pub static SESSION_IDLE_TTL: Setting = Setting {
     env: "LARDER_SESSION_IDLE_TTL",
     kind: Kind::Duration,
     range: Some((millis(1), Bound::Setting(&SESSION_MAX_TTL))),
-    default: Default::Component(|c| Value::Time(c.server.sessions.default_idle_ttl)),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.sessions.default_idle_ttl)),
     help: "Idle TTL of a session created without one.",
 };
 
@@ -380,7 +384,7 @@ pub static SESSION_ABSOLUTE_TTL: Setting = Setting {
     env: "LARDER_SESSION_ABSOLUTE_TTL",
     kind: Kind::Duration,
     range: Some((millis(1), Bound::Setting(&SESSION_MAX_TTL))),
-    default: Default::Component(|c| Value::Time(c.server.sessions.default_absolute_ttl)),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.sessions.default_absolute_ttl)),
     help: "Absolute TTL of a session created without one.",
 };
 
@@ -391,7 +395,7 @@ pub static SESSION_MAX_TTL: Setting = Setting {
     env: "LARDER_SESSION_MAX_TTL",
     kind: Kind::Duration,
     range: Some((millis(1), secs(100 * 365 * 86_400))),
-    default: Default::Component(|c| Value::Time(c.server.sessions.max_ttl)),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.sessions.max_ttl)),
     help: "Longest idle or absolute TTL a client may ask for.",
 };
 
@@ -402,7 +406,7 @@ pub static SESSION_MAX_MEMORY: Setting = Setting {
     env: "LARDER_SESSION_MAX_MEMORY",
     kind: Kind::Size,
     range: Some((at(0), at(1 << 40))),
-    default: Default::Component(|c| Value::Bytes(c.store.session_memory_bytes)),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.store.session_memory_bytes)),
     help: "Memory for the LRU of sessions (sessions on disk are never evicted).",
 };
 
@@ -413,7 +417,7 @@ pub static RATELIMIT_WRITE_BEHIND: Setting = Setting {
     env: "LARDER_RATELIMIT_WRITE_BEHIND",
     kind: Kind::Duration,
     range: Some((millis(10), secs(600))),
-    default: Default::Component(|c| Value::Time(c.store.write_behind)),
+    default: DefaultFrom::Component(|c| Value::Time(c.store.write_behind)),
     help: "Longest a rate-limit change stays in memory only, i.e. what a crash can lose.",
 };
 
@@ -424,7 +428,7 @@ pub static RATELIMIT_MAX_MEMORY: Setting = Setting {
     env: "LARDER_RATELIMIT_MAX_MEMORY",
     kind: Kind::Size,
     range: Some((at(0), at(1 << 40))),
-    default: Default::Component(|c| Value::Bytes(c.store.limit_memory_bytes)),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.store.limit_memory_bytes)),
     help: "Memory for rate-limit state; idle keys past it are left on disk.",
 };
 
@@ -435,7 +439,7 @@ pub static DRAIN_TIMEOUT: Setting = Setting {
     env: "LARDER_DRAIN_TIMEOUT",
     kind: Kind::Duration,
     range: Some((secs(0), secs(3600))),
-    default: Default::Component(|c| Value::Time(c.server.drain_timeout)),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.drain_timeout)),
     help: "How long in-flight calls may finish after SIGTERM/SIGINT.",
 };
 
@@ -446,7 +450,7 @@ pub static REQUEST_TIMEOUT: Setting = Setting {
     env: "LARDER_REQUEST_TIMEOUT",
     kind: Kind::Duration,
     range: Some((millis(1), secs(3600))),
-    default: Default::Component(|c| Value::Time(c.server.request_timeout)),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.request_timeout)),
     help: "Longest a call may run; a client's shorter deadline wins.",
 };
 
@@ -457,7 +461,7 @@ pub static MAX_CONCURRENT_REQUESTS: Setting = Setting {
     env: "LARDER_MAX_CONCURRENT_REQUESTS",
     kind: Kind::Count,
     range: Some((at(1), at(1 << 20))),
-    default: Default::Component(|c| Value::Count(c.server.max_concurrent_requests as u64)),
+    default: DefaultFrom::Component(|c| Value::Count(c.server.max_concurrent_requests as u64)),
     help: "Most calls in progress at once; more are refused with UNAVAILABLE.",
 };
 
@@ -468,7 +472,7 @@ pub static MAX_CONNECTIONS: Setting = Setting {
     env: "LARDER_MAX_CONNECTIONS",
     kind: Kind::Count,
     range: Some((at(1), at(1 << 20))),
-    default: Default::Component(|c| Value::Count(c.server.max_connections as u64)),
+    default: DefaultFrom::Component(|c| Value::Count(c.server.max_connections as u64)),
     help: "Most open client connections; more are closed at once.",
 };
 
@@ -479,22 +483,22 @@ pub static AUTH_TOKEN_FILE: Setting = Setting {
     env: "LARDER_AUTH_TOKEN_FILE",
     kind: Kind::Path,
     range: None,
-    default: Default::Unset,
+    default: DefaultFrom::Unset,
     help: "File of bearer tokens, one per line; calls without one of them are \
            UNAUTHENTICATED.",
 };
 
 /// `auth.unix_socket`. Without a token file there is nothing to turn on, so its default
-/// (`true`) applies only once `auth.token_file` is set.
+/// applies only once `auth.token_file` is set.
 pub static AUTH_UNIX_SOCKET: Setting = Setting {
     key: "auth.unix_socket",
     flag: "auth-unix-socket",
     env: "LARDER_AUTH_UNIX_SOCKET",
     kind: Kind::Bool,
     range: None,
-    default: Default::Unset,
+    default: DefaultFrom::With(&AUTH_TOKEN_FILE, "true"),
     help: "Whether calls over the Unix socket need a token too (false: the socket's file \
-           mode is the guard); true when auth.token_file is set.",
+           mode is the guard); only with auth.token_file.",
 };
 
 /// `tls.cert`.
@@ -504,7 +508,7 @@ pub static TLS_CERT: Setting = Setting {
     env: "LARDER_TLS_CERT",
     kind: Kind::Path,
     range: None,
-    default: Default::Unset,
+    default: DefaultFrom::Unset,
     help: "TLS certificate chain (PEM) for the TCP listener; needs tls.key.",
 };
 
@@ -515,7 +519,7 @@ pub static TLS_KEY: Setting = Setting {
     env: "LARDER_TLS_KEY",
     kind: Kind::Path,
     range: None,
-    default: Default::Unset,
+    default: DefaultFrom::Unset,
     help: "TLS private key (PEM); needs tls.cert.",
 };
 
@@ -526,7 +530,7 @@ pub static METRICS_LISTEN: Setting = Setting {
     env: "LARDER_METRICS_LISTEN",
     kind: Kind::Address,
     range: None,
-    default: Default::Text("none"),
+    default: DefaultFrom::Text("none"),
     help: "HTTP address serving Prometheus metrics at /metrics, or \"none\".",
 };
 
@@ -537,7 +541,7 @@ pub static LOG_FORMAT: Setting = Setting {
     env: "LARDER_LOG_FORMAT",
     kind: Kind::Choice(&["text", "json"]),
     range: None,
-    default: Default::Text("text"),
+    default: DefaultFrom::Text("text"),
     help: "Log format: text (human) or json (one object per line).",
 };
 
@@ -548,7 +552,7 @@ pub static LOG_LEVEL: Setting = Setting {
     env: "LARDER_LOG_LEVEL",
     kind: Kind::LogFilter,
     range: None,
-    default: Default::Text("info"),
+    default: DefaultFrom::Text("info"),
     help: "Log filter: trace, debug, info, warn, error or off, or a tracing directive list \
            such as \"warn,larder=debug\".",
 };

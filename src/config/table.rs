@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::bound_text;
-use super::settings::{Components, Default, SETTINGS};
+use super::settings::{Components, DefaultFrom, SETTINGS};
 
 /// The line before the generated table in the docs.
 pub const TABLE_BEGIN: &str = "<!-- settings:begin -->";
@@ -23,7 +23,10 @@ pub fn settings_table() -> String {
     );
     for s in SETTINGS {
         let default = match (s.default, s.default_value(&components)) {
-            (Default::Unset, _) | (_, None) => "unset".to_owned(),
+            (_, None) => "unset".to_owned(),
+            (DefaultFrom::With(other, _), Some(v)) => {
+                format!("`{}` with `{}`, else unset", v.show(), other.key)
+            }
             (_, Some(v)) => format!("`{}`", v.show()),
         };
         let range = match s.range {

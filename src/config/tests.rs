@@ -493,8 +493,13 @@ fn every_setting_is_a_flag_a_variable_and_a_file_key() {
         let Some(v) = setting.default_value(&components) else {
             continue;
         };
-        let c = parse(&[&format!("--{}", setting.flag), &v.show()])
-            .unwrap_or_else(|e| panic!("--{} {}: {e:#}", setting.flag, v.show()));
+        let mut flags = vec![format!("--{}", setting.flag), v.show()];
+        // A setting that qualifies another is only accepted with it.
+        if let settings::DefaultFrom::With(other, _) = setting.default {
+            flags.extend([format!("--{}", other.flag), "/etc/larder/tokens".into()]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let c = parse(&flags).unwrap_or_else(|e| panic!("{flags:?}: {e:#}"));
         assert_eq!(c.effective.get(setting), Some(&v), "{}", setting.key);
         let printed = c.to_toml().unwrap();
         let reread = FileConfig::parse(&printed).unwrap();
