@@ -48,7 +48,7 @@ pub enum Kind {
 
 impl Kind {
     /// The kind as the docs table names it.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Kind::Size => "size".into(),
             Kind::Duration => "duration".into(),
@@ -180,12 +180,12 @@ impl Setting {
     }
 
     /// The `[section]` of its file key, `None` at the top of the file.
-    pub fn section(&self) -> Option<&'static str> {
+    pub(crate) fn section(&self) -> Option<&'static str> {
         self.key.split_once('.').map(|(section, _)| section)
     }
 
     /// Its name inside its section (the whole key at the top).
-    pub fn field(&self) -> &'static str {
+    pub(crate) fn field(&self) -> &'static str {
         self.key
             .split_once('.')
             .map_or(self.key, |(_, field)| field)
@@ -591,7 +591,7 @@ pub static SETTINGS: [&Setting; 28] = [
 ];
 
 /// Sections of the file, in order.
-pub fn sections() -> Vec<&'static str> {
+pub(crate) fn sections() -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
     for s in SETTINGS.iter().filter_map(|s| s.section()) {
         if !out.contains(&s) {
