@@ -114,7 +114,8 @@ bench_binary() {
     return
   fi
   section "build (release)" >&2
-  cargo build --release --bin larder >&2
+  # `larder bench` is the cargo feature `bench`.
+  cargo build --release --features bench --bin larder >&2
   echo "${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}/release/larder"
 }
 

@@ -10,7 +10,7 @@
 //! - Leaves, which use nothing else of the crate (`error` and `clock` aside):
 //!   - `error`: [`Error`] and [`Result`]; knows nothing of gRPC.
 //!   - `clock`: [`Clock`], the wall clock [`SystemClock`] and the [`ManualClock`] tests use.
-//!   - [`ratelimit`]: the rate-limit algorithms, as pure functions.
+//!   - [`limiter`]: the rate-limit algorithms, as pure functions.
 //!   - [`pb`]: code generated from `proto/larder/v1/*.proto`, and its descriptor sets.
 //! - [`store`]: the storage engine: memory LRU, reader pool, group-commit writer, sweeper.
 //! - `service`: the gRPC services (validation, proto ⇄ store; no SQL here), and the one
@@ -19,9 +19,11 @@
 //! - `server`: [`Server::run`], the one entry point: routes, listeners, admission, auth, TLS,
 //!   systemd notification, the ordered stop, and the [`signals`] the daemon stops and
 //!   reloads on.
-//! - [`config`]: the command line, the config file and the environment → one validated
-//!   config.
-//! - [`mod@bench`]: `larder bench`, the load generator (Larder and Redis side by side).
+//! - [`config`]: each setting declared once, and from that declaration the flags, the config
+//!   file's keys, the `LARDER_*` variables and the docs' table → one validated config.
+//!
+//! The binary (`src/bin/larder/`) sits on top: the command line, logging, the runtime, and,
+//! with the cargo feature `bench`, `larder bench`, the load generator.
 //!
 //! `tests/suite/layering.rs` reads every file under `src/` and fails on a use of a module at
 //! the same level or above.
@@ -36,13 +38,12 @@
 //! reloads on; [`Error`], [`Result`] and the [`status_code`] a client sees for an error;
 //! the clocks; and the generated [`pb`] code.
 
-pub mod bench;
 mod clock;
 pub mod config;
 mod error;
+pub mod limiter;
 mod metrics;
 pub mod pb;
-pub mod ratelimit;
 mod server;
 mod service;
 pub mod store;

@@ -16,6 +16,7 @@ mod suite {
     mod bounds;
     mod concurrency;
     mod conditions;
+    mod config;
     mod crash;
     mod expiry;
     mod faults;

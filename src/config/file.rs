@@ -1,133 +1,43 @@
 //! The TOML config file (`--config FILE`): what it may hold and how its values are written.
-//! An unknown key or a wrong type is an error naming the key; nothing is ignored. The same
-//! types print the effective config (`larder check-config`), so that output is itself a
-//! valid config file.
+//! Its schema is the declaration ([`super::settings`]): a key no setting declares, or a value
+//! not of the setting's kind, is an error naming the key; nothing is ignored. The same type
+//! prints the effective config (`larder check-config`), so that output is itself a valid
+//! config file.
 //!
 //! Every value is optional here: what the file leaves out comes from the environment, the
 //! flags or the defaults ([`super`] merges them and checks ranges).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Unexpected, Visitor};
+use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
-use crate::ratelimit::{Algorithm, Rule};
+use super::settings::{Kind, SETTINGS, Setting, Value, sections};
+use crate::limiter::{Algorithm, Rule};
 
 /// Longest policy name, in bytes.
-pub const MAX_POLICY_NAME: usize = 128;
+pub(crate) const MAX_POLICY_NAME: usize = 128;
 
-/// The file as written.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// The file as written: each setting the file gives, and the rate-limit policies. Its keys
+/// are those of [`SETTINGS`] (`listen`, `[cache] max_value`, ...) and
+/// `[ratelimit.policies.NAME]`; any other key is an error.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct FileConfig {
-    /// Directory of the database and lock file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    /// TCP address, or "none".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// Unix socket path.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unix_socket: Option<PathBuf>,
-    /// Octal file mode of the Unix socket, e.g. "0660".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unix_socket_mode: Option<String>,
-    /// Threads running gRPC.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker_threads: Option<u64>,
-    /// `[storage]`.
-    #[serde(default)]
-    pub storage: StorageSection,
-    /// `[cache]`.
-    #[serde(default)]
-    pub cache: CacheSection,
-    /// `[session]`.
-    #[serde(default)]
-    pub session: SessionSection,
-    /// `[ratelimit]`.
-    #[serde(default)]
-    pub ratelimit: RateLimitSection,
-    /// `[server]`.
-    #[serde(default)]
-    pub server: ServerSection,
-    /// `[auth]`.
-    #[serde(default)]
-    pub auth: AuthSection,
-    /// `[tls]`.
-    #[serde(default)]
-    pub tls: TlsSection,
-    /// `[metrics]`.
-    #[serde(default)]
-    pub metrics: MetricsSection,
-    /// `[log]`.
-    #[serde(default)]
-    pub log: LogSection,
-}
-
-/// `[storage]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageSection {
-    /// "normal" or "full".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub synchronous: Option<String>,
-}
-
-/// `[cache]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheSection {
-    /// Byte budget of the memory LRU.
-    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    pub max_memory: Option<u64>,
-    /// Bound on the cache table's keys and values.
-    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    pub max_disk: Option<u64>,
-    /// Largest value.
-    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    pub max_value: Option<u64>,
-    /// Longest key (also rate-limit keys).
-    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    pub max_key: Option<u64>,
-    /// Most items in one batch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_batch: Option<u64>,
-}
-
-/// `[session]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionSection {
-    /// Idle TTL of a session created without one.
-    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    pub idle_ttl: Option<Duration>,
-    /// Absolute TTL of a session created without one.
-    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    pub absolute_ttl: Option<Duration>,
-    /// Longest TTL a client may ask for.
-    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    pub max_ttl: Option<Duration>,
-    /// Byte budget of the memory LRU of sessions.
-    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    pub max_memory: Option<u64>,
-}
-
-/// `[ratelimit]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSection {
-    /// Longest a change stays in memory only.
-    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    pub write_behind: Option<Duration>,
-    /// Memory for rate-limit state.
-    #[serde(default, with = "size", skip_serializing_if = "Option::is_none")]
-    pub max_memory: Option<u64>,
+    /// By file key.
+    values: BTreeMap<&'static str, Value>,
     /// `[ratelimit.policies.NAME]`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub policies: BTreeMap<String, PolicySection>,
+    pub policies: Policies,
 }
+
+/// `[ratelimit.policies]`: the named rate-limit policies.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Policies(pub BTreeMap<String, PolicySection>);
 
 /// `[ratelimit.policies.NAME]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -146,67 +56,64 @@ pub struct PolicySection {
     pub burst: Option<u64>,
 }
 
-/// `[server]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    /// How long in-flight calls may finish after SIGTERM.
-    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    pub drain_timeout: Option<Duration>,
-    /// Longest a call may run; a shorter client deadline wins.
-    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
-    pub request_timeout: Option<Duration>,
-    /// Most calls in progress at once, over all connections.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_concurrent_requests: Option<u64>,
-    /// Most open client connections, over all listeners.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<u64>,
-}
+impl FileConfig {
+    /// The value given for `setting`, if any.
+    pub fn get(&self, setting: &Setting) -> Option<&Value> {
+        self.values.get(setting.key)
+    }
 
-/// `[auth]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSection {
-    /// File of bearer tokens, one per line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-    /// Whether calls over the Unix socket need a token too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unix_socket: Option<bool>,
-}
+    /// Gives `setting` a value (of its kind), replacing any earlier one.
+    pub fn set(&mut self, setting: &'static Setting, value: Value) {
+        self.values.insert(setting.key, value);
+    }
 
-/// `[tls]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM certificate chain.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert: Option<PathBuf>,
-    /// PEM private key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<PathBuf>,
-}
+    /// A size setting's value in bytes, if given.
+    pub fn bytes(&self, setting: &Setting) -> Option<u64> {
+        match self.get(setting)? {
+            Value::Bytes(n) => Some(*n),
+            other => unreachable!("{} holds {other:?}, not a size", setting.key),
+        }
+    }
 
-/// `[metrics]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSection {
-    /// HTTP address serving Prometheus text at /metrics, or "none".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-}
+    /// A count setting's value, if given.
+    pub fn count(&self, setting: &Setting) -> Option<u64> {
+        match self.get(setting)? {
+            Value::Count(n) => Some(*n),
+            other => unreachable!("{} holds {other:?}, not a count", setting.key),
+        }
+    }
 
-/// `[log]`.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSection {
-    /// "text" or "json".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// A tracing filter.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
+    /// A duration setting's value, if given.
+    pub fn duration(&self, setting: &Setting) -> Option<Duration> {
+        match self.get(setting)? {
+            Value::Time(d) => Some(*d),
+            other => unreachable!("{} holds {other:?}, not a duration", setting.key),
+        }
+    }
+
+    /// A boolean setting's value, if given.
+    pub fn flag(&self, setting: &Setting) -> Option<bool> {
+        match self.get(setting)? {
+            Value::Flag(b) => Some(*b),
+            other => unreachable!("{} holds {other:?}, not a boolean", setting.key),
+        }
+    }
+
+    /// A path setting's value, if given.
+    pub fn path(&self, setting: &Setting) -> Option<PathBuf> {
+        match self.get(setting)? {
+            Value::Path(p) => Some(p.clone()),
+            other => unreachable!("{} holds {other:?}, not a path", setting.key),
+        }
+    }
+
+    /// A text setting's value (address, choice, mode, filter) as written, if given.
+    pub fn text(&self, setting: &Setting) -> Option<String> {
+        match self.get(setting)? {
+            Value::Text(t) => Some(t.clone()),
+            other => unreachable!("{} holds {other:?}, not text", setting.key),
+        }
+    }
 }
 
 impl FileConfig {
@@ -281,11 +188,11 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     best.map(|(_, key)| key)
 }
 
-impl RateLimitSection {
+impl Policies {
     /// The policies, each checked; the error names the policy and its key.
     pub fn rules(&self) -> anyhow::Result<BTreeMap<String, Rule>> {
         let mut rules = BTreeMap::new();
-        for (name, p) in &self.policies {
+        for (name, p) in &self.0 {
             let at = |key: &str| format!("ratelimit.policies.{name}.{key}");
             if name.is_empty() || name.len() > MAX_POLICY_NAME {
                 bail!("ratelimit.policies: a policy name must be 1 to {MAX_POLICY_NAME} bytes");
@@ -331,16 +238,19 @@ fn whole_ms(d: Duration) -> anyhow::Result<u64> {
 }
 
 /// Parses a byte size: a number of bytes, or a number with a unit ("256MiB", "4GiB",
-/// "1 KB"). Units follow `bytesize`: KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000.
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+/// "1 KB"). Units follow `bytesize`: KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000. The
+/// error says what is expected rather than passing on the parser's own words.
+pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
     s.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| anyhow::anyhow!("{s:?} is not a size (e.g. \"256MiB\"): {e}"))
+        .map_err(|_| {
+            anyhow::anyhow!("{s:?} is not a size; expected a size such as 256MiB, 1GB or 1048576")
+        })
 }
 
 /// Writes a byte size exactly, in the largest binary unit that divides it.
-pub fn format_size(bytes: u64) -> String {
+pub(crate) fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
@@ -350,14 +260,14 @@ pub fn format_size(bytes: u64) -> String {
 }
 
 /// Parses a human duration ("1m", "1h 30m", "250ms", "30days").
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(s)
         .map_err(|e| anyhow::anyhow!("{s:?} is not a duration (e.g. \"30s\"): {e}"))
 }
 
 /// Writes a duration exactly, in the largest unit that divides it ("30m", "365days",
 /// "1500ms"), the way [`parse_duration`] reads it back.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".to_owned();
@@ -378,51 +288,274 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
-/// Serde for optional sizes: a string with a unit, or a bare integer of bytes.
-mod size {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+/// Reads the file against the declaration: each `[section]` and key must be a declared
+/// setting's (or `ratelimit.policies`), each value must be of the setting's kind. Errors
+/// go through serde, so that toml places them (line, column, the key at fault).
+impl<'de> Deserialize<'de> for FileConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut config = FileConfig::default();
+        d.deserialize_map(TableVisitor {
+            section: None,
+            config: &mut config,
+        })?;
+        Ok(config)
+    }
+}
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Written {
-        Bytes(u64),
-        Text(String),
+/// The keys a table may hold: its settings' fields, its sections (at the top) and
+/// `policies` (in `[ratelimit]`), for the "unknown field" message.
+fn expected(section: Option<&str>) -> String {
+    let mut keys: Vec<&str> = SETTINGS
+        .iter()
+        .filter(|s| s.section() == section)
+        .map(|s| s.field())
+        .collect();
+    match section {
+        None => keys.extend(sections()),
+        Some("ratelimit") => keys.push("policies"),
+        Some(_) => {}
+    }
+    let keys: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+    keys.join(", ")
+}
+
+/// The top of the file, or one `[section]` of it.
+struct TableVisitor<'a> {
+    section: Option<&'static str>,
+    config: &'a mut FileConfig,
+}
+
+impl<'de> Visitor<'de> for TableVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a table")
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        match Option::<Written>::deserialize(d)? {
-            None => Ok(None),
-            Some(Written::Bytes(n)) => Ok(Some(n)),
-            Some(Written::Text(s)) => super::parse_size(&s)
-                .map(Some)
-                .map_err(|e| D::Error::custom(format!("{e:#}"))),
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(KeySeed(self.section))? {
+            match key {
+                Key::Section(section) => map.next_value_seed(TableSeed {
+                    section: Some(section),
+                    config: &mut *self.config,
+                })?,
+                Key::Policies => self.config.policies = map.next_value()?,
+                Key::Setting(setting) => {
+                    let value = map.next_value_seed(ValueSeed(setting.kind))?;
+                    self.config.set(setting, value);
+                }
+            }
         }
+        Ok(())
+    }
+}
+
+/// What a key of a table names.
+enum Key {
+    /// A `[section]` (at the top of the file).
+    Section(&'static str),
+    /// `policies` in `[ratelimit]`.
+    Policies,
+    /// A setting.
+    Setting(&'static Setting),
+}
+
+/// A key of the top table or of `[section]`, checked as it is read: an unknown key is an
+/// error there, which toml places at the key itself.
+struct KeySeed(Option<&'static str>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
     }
 
-    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(n) => s.serialize_str(&super::format_size(*n)),
-            None => s.serialize_none(),
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        let section = self.0;
+        if section.is_none()
+            && let Some(found) = sections().into_iter().find(|s| *s == key)
+        {
+            return Ok(Key::Section(found));
+        }
+        if section == Some("ratelimit") && key == "policies" {
+            return Ok(Key::Policies);
+        }
+        match SETTINGS
+            .iter()
+            .find(|s| s.section() == section && s.field() == key)
+        {
+            Some(setting) => Ok(Key::Setting(setting)),
+            None => Err(E::custom(format!(
+                "unknown field `{key}`, expected one of {}",
+                expected(section)
+            ))),
         }
     }
 }
 
-/// Serde for optional human durations.
-mod duration {
-    use std::time::Duration;
+/// A `[section]` as the value of its key.
+struct TableSeed<'a> {
+    section: Option<&'static str>,
+    config: &'a mut FileConfig,
+}
 
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+impl<'de> DeserializeSeed<'de> for TableSeed<'_> {
+    type Value = ();
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| super::parse_duration(&s).map_err(|e| D::Error::custom(format!("{e:#}"))))
-            .transpose()
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(TableVisitor {
+            section: self.section,
+            config: self.config,
+        })
+    }
+}
+
+/// One setting's value, read as its kind.
+struct ValueSeed(Kind);
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Size => "a size such as \"256MiB\" or a number of bytes",
+            Kind::Duration => "a duration such as \"30s\"",
+            Kind::Count => "a whole number",
+            Kind::Bool => "true or false",
+            Kind::Path => "a path string",
+            Kind::Address => "an address string, HOST:PORT or \"none\"",
+            Kind::Choice(_) | Kind::FileMode | Kind::LogFilter => "a string",
+        })
     }
 
-    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(d) => s.serialize_str(&super::format_duration(*d)),
-            None => s.serialize_none(),
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(E::invalid_value(Unexpected::Signed(n), &self)),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        match self.0 {
+            Kind::Size => Ok(Value::Bytes(n)),
+            Kind::Count => Ok(Value::Count(n)),
+            _ => Err(E::invalid_type(Unexpected::Unsigned(n), &self)),
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        match self.0 {
+            Kind::Bool => Ok(Value::Flag(b)),
+            _ => Err(E::invalid_type(Unexpected::Bool(b), &self)),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        match self.0 {
+            Kind::Size => parse_size(s)
+                .map(Value::Bytes)
+                .map_err(|e| E::custom(format!("{e:#}"))),
+            Kind::Duration => parse_duration(s)
+                .map(Value::Time)
+                .map_err(|e| E::custom(format!("{e:#}"))),
+            Kind::Path => Ok(Value::Path(s.into())),
+            Kind::Address | Kind::Choice(_) | Kind::FileMode | Kind::LogFilter => {
+                Ok(Value::Text(s.to_owned()))
+            }
+            Kind::Count | Kind::Bool => Err(E::invalid_type(Unexpected::Str(s), &self)),
+        }
+    }
+}
+
+/// Writes the file back: the top-level settings, then each section holding any, in the
+/// declaration's order.
+impl Serialize for FileConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for setting in SETTINGS.iter().filter(|s| s.section().is_none()) {
+            if let Some(v) = self.get(setting) {
+                map.serialize_entry(setting.key, &Written(v))?;
+            }
+        }
+        for section in sections() {
+            let table = Section {
+                config: self,
+                section,
+            };
+            if !table.is_empty() {
+                map.serialize_entry(section, &table)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// A `[section]` of a [`FileConfig`], to write.
+struct Section<'a> {
+    config: &'a FileConfig,
+    section: &'static str,
+}
+
+impl Section<'_> {
+    fn settings(&self) -> impl Iterator<Item = (&'static Setting, &Value)> {
+        SETTINGS
+            .iter()
+            .copied()
+            .filter(|s| s.section() == Some(self.section))
+            .filter_map(|s| self.config.get(s).map(|v| (s, v)))
+    }
+
+    fn has_policies(&self) -> bool {
+        self.section == "ratelimit" && !self.config.policies.0.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.settings().next().is_none() && !self.has_policies()
+    }
+}
+
+impl Serialize for Section<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (setting, v) in self.settings() {
+            map.serialize_entry(setting.field(), &Written(v))?;
+        }
+        if self.has_policies() {
+            map.serialize_entry("policies", &self.config.policies)?;
+        }
+        map.end()
+    }
+}
+
+/// A value as the file writes it: sizes and durations as exact human text.
+struct Written<'a>(&'a Value);
+
+impl Serialize for Written<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Bytes(n) => s.serialize_str(&format_size(*n)),
+            Value::Time(d) => s.serialize_str(&format_duration(*d)),
+            Value::Count(n) => s.serialize_u64(*n),
+            Value::Flag(b) => s.serialize_bool(*b),
+            Value::Path(p) => s.serialize_str(&p.to_string_lossy()),
+            Value::Text(t) => s.serialize_str(t),
         }
     }
 }
@@ -492,9 +625,12 @@ level = "warn"
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::settings::{
+        AUTH_UNIX_SOCKET, MAX_DISK, MAX_KEY, RATELIMIT_MAX_MEMORY, RATELIMIT_WRITE_BEHIND,
+    };
 
     fn rules(text: &str) -> anyhow::Result<BTreeMap<String, Rule>> {
-        FileConfig::parse(text)?.ratelimit.rules()
+        FileConfig::parse(text)?.policies.rules()
     }
 
     fn error(text: &str) -> String {
@@ -639,10 +775,13 @@ mod tests {
              [cache]\nmax_key = 2048\nmax_disk = \"1 GB\"",
         )
         .unwrap();
-        assert_eq!(f.ratelimit.write_behind, Some(Duration::from_millis(250)));
-        assert_eq!(f.ratelimit.max_memory, Some(8 << 20));
-        assert_eq!(f.cache.max_key, Some(2048));
-        assert_eq!(f.cache.max_disk, Some(1_000_000_000));
+        assert_eq!(
+            f.duration(&RATELIMIT_WRITE_BEHIND),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(f.bytes(&RATELIMIT_MAX_MEMORY), Some(8 << 20));
+        assert_eq!(f.bytes(&MAX_KEY), Some(2048));
+        assert_eq!(f.bytes(&MAX_DISK), Some(1_000_000_000));
     }
 
     #[test]
@@ -674,8 +813,8 @@ mod tests {
     fn a_full_file_prints_back_to_itself() {
         let text = EVERY_SETTING;
         let f = FileConfig::parse(text).unwrap();
-        assert_eq!(f.cache.max_key, Some(512));
-        assert_eq!(f.auth.unix_socket, Some(false));
+        assert_eq!(f.bytes(&MAX_KEY), Some(512));
+        assert_eq!(f.flag(&AUTH_UNIX_SOCKET), Some(false));
         let printed = f.to_toml().unwrap();
         assert_eq!(FileConfig::parse(&printed).unwrap(), f, "{printed}");
     }

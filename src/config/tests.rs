@@ -3,16 +3,36 @@
 //! changing this process's environment would race with the other tests.)
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
+/// `--config`, as the binary declares it.
+fn config_flag() -> clap::Arg {
+    clap::Arg::new("config")
+        .long("config")
+        .value_parser(clap::value_parser!(PathBuf))
+}
+
+/// The settings' flags as `larder serve` takes them (without their variables: the
+/// environment is the binary's tests' to set).
 fn parse(args: &[&str]) -> anyhow::Result<ServeConfig> {
-    let mut all = vec!["larder", "serve"];
+    let mut all = vec!["larder"];
     all.extend_from_slice(args);
-    let Command::Serve(args) = Cli::try_parse_from(all)?.command else {
-        unreachable!("the first argument is serve")
-    };
-    args.into_config()
+    let m = clap::Command::new("larder")
+        .arg(config_flag())
+        .args(args_without_env())
+        .try_get_matches_from(all)?;
+    ServeConfig::load(
+        m.get_one::<PathBuf>("config").map(PathBuf::as_path),
+        &Given::from_matches(&m),
+    )
+}
+
+/// [`args`], not reading the environment, so that a `LARDER_*` variable of whoever runs the
+/// tests changes nothing.
+fn args_without_env() -> Vec<clap::Arg> {
+    args().into_iter().map(|a| a.env(None)).collect()
 }
 
 fn error(args: &[&str]) -> String {
@@ -343,21 +363,28 @@ fn the_effective_config_reads_back_to_the_same_settings() {
     );
 }
 
-/// `larder backup`'s data directory from `args` (after `larder backup`).
+/// `larder backup`'s data directory from `args` (after `larder backup`), with its flags as
+/// the binary declares them.
 fn backup_data_dir(args: &[&str]) -> anyhow::Result<PathBuf> {
-    let mut all = vec!["larder", "backup"];
+    let mut all = vec!["backup"];
     all.extend_from_slice(args);
-    let Command::Backup(args) = Cli::try_parse_from(all)?.command else {
-        unreachable!("the first argument is backup")
-    };
-    args.resolve_data_dir()
+    let m = clap::Command::new("backup")
+        .arg(config_flag())
+        .arg(settings::DATA_DIR.arg(&Components::defaults()).env(None))
+        .arg(clap::Arg::new("dest").required(true))
+        .try_get_matches_from(all)?;
+    let mut given = Given::default();
+    if let Some(dir) = m.get_one::<OsString>("data-dir") {
+        given.set(&settings::DATA_DIR, dir.clone());
+    }
+    data_dir(m.get_one::<PathBuf>("config").map(PathBuf::as_path), &given)
 }
 
 #[test]
 fn backup_finds_the_data_dir_as_serve_does() {
     assert_eq!(
         backup_data_dir(&["out.db"]).unwrap(),
-        PathBuf::from(defaults::DATA_DIR)
+        PathBuf::from(filled(settings::DATA_DIR.default_value(&Components::defaults())).show())
     );
     let file = File::new("data_dir = \"/var/lib/larder\"\nlisten = \"none\"\n");
     assert_eq!(
@@ -380,4 +407,102 @@ fn backup_finds_the_data_dir_as_serve_does() {
         backup_data_dir(&[]).is_err(),
         "DEST is required, not defaulted"
     );
+}
+
+#[test]
+fn a_log_level_that_is_not_one_is_refused_by_name() {
+    for ok in [
+        "info",
+        "WARN",
+        "off",
+        "warn,larder=debug",
+        "larder::store=trace",
+        "3",
+        "",
+    ] {
+        assert!(parse(&["--log-level", ok]).is_ok(), "{ok:?} was refused");
+    }
+    for (bad, says) in [
+        ("verbose", "\"verbose\" is not a log level"),
+        ("info,chatty", "\"chatty\" is not a log level"),
+        (
+            "larder=loud",
+            "\"loud\" in \"larder=loud\" is not a log level",
+        ),
+        ("loud==", "is not a log level"),
+    ] {
+        let e = error(&["--log-level", bad]);
+        assert!(
+            e.contains("log.level (--log-level, LARDER_LOG_LEVEL)") && e.contains(says),
+            "{bad:?} gave {e:?}"
+        );
+        assert!(
+            e.contains("expected trace, debug, info, warn, error or off"),
+            "{e}"
+        );
+    }
+    let file = File::new("[log]\nlevel = \"verbose\"\n");
+    let e = format!("{:#}", file.with(&[]).unwrap_err());
+    assert!(
+        e.contains("log.level (--log-level, LARDER_LOG_LEVEL)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_port_out_of_range_is_called_that() {
+    let e = error(&["--listen", "0.0.0.0:99999"]);
+    assert!(
+        e.contains(
+            "listen (--listen, LARDER_LISTEN): \"0.0.0.0:99999\": port 99999 is out of range"
+        ) && e.contains("between 0 and 65535"),
+        "{e}"
+    );
+    let e = error(&["--metrics-listen", "127.0.0.1:65536"]);
+    assert!(
+        e.contains("metrics.listen (--metrics-listen, LARDER_METRICS_LISTEN)")
+            && e.contains("port 65536 is out of range"),
+        "{e}"
+    );
+    // Not a number at all is still not HOST:PORT; port 0 (any free port) stays allowed.
+    assert!(error(&["--listen", "127.0.0.1:http"]).contains("is not HOST:PORT"));
+    assert!(parse(&["--listen", "127.0.0.1:0"]).is_ok());
+}
+
+#[test]
+fn a_size_that_is_not_one_says_what_is_expected() {
+    let e = error(&["--max-memory", "lots"]);
+    assert_eq!(
+        e,
+        "cache.max_memory (--max-memory, LARDER_MAX_MEMORY): \"lots\" is not a size; \
+         expected a size such as 256MiB, 1GB or 1048576"
+    );
+    let file = File::new("[session]\nmax_memory = \"plenty\"\n");
+    let e = format!("{:#}", file.with(&[]).unwrap_err());
+    assert!(
+        e.contains("session.max_memory: \"plenty\" is not a size; expected a size such as"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_setting_is_a_flag_a_variable_and_a_file_key() {
+    // Each flag is accepted, and its value lands in the effective config under its key.
+    let components = Components::defaults();
+    for setting in SETTINGS {
+        let Some(v) = setting.default_value(&components) else {
+            continue;
+        };
+        let mut flags = vec![format!("--{}", setting.flag), v.show()];
+        // A setting that qualifies another is only accepted with it.
+        if let settings::DefaultFrom::With(other, _) = setting.default {
+            flags.extend([format!("--{}", other.flag), "/etc/larder/tokens".into()]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let c = parse(&flags).unwrap_or_else(|e| panic!("{flags:?}: {e:#}"));
+        assert_eq!(c.effective.get(setting), Some(&v), "{}", setting.key);
+        let printed = c.to_toml().unwrap();
+        let reread = FileConfig::parse(&printed).unwrap();
+        assert_eq!(reread.get(setting), Some(&v), "{}", setting.key);
+    }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
+use crate::limiter::{Algorithm, Decision, Rule};
 use crate::pb;
 use crate::pb::rate_limit_service_server::RateLimitService;
-use crate::ratelimit::{Algorithm, Decision, Rule};
 use crate::service::{at_most, not_empty};
 use crate::store::Store;
 

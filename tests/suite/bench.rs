@@ -1,7 +1,10 @@
 //! `larder bench` as a user runs it: the built binary against a test server's Unix socket
 //! runs every op and prints one well-formed JSON line per op with no errors, and a Redis it
 //! cannot reach, or an op it does not know, is a clear error rather than a panic. A smoke run
-//! of a few hundred calls: nothing here asserts how fast they were.
+//! of a few hundred calls: nothing here asserts how fast they were. The load generator is the
+//! cargo feature `bench` (`cargo test --features bench`); without it, `larder bench` says how to
+//! get it (`tests/suite/startup.rs`).
+#![cfg(feature = "bench")]
 
 use std::fs::File;
 use std::path::Path;

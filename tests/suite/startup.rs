@@ -2,7 +2,8 @@
 //! bytes, a truncated file), a database of another program, a schema newer than this build, a
 //! data directory it may not write, a TCP port in use (which creates no data directory), and a config file with an unknown key or
 //! a bad value. Each is a non-zero exit and one line on stderr naming the file, directory, key
-//! or address at fault; never a panic, never a change to the file it refused.
+//! or address at fault; never a panic, never a change to the file it refused. Flags a new user
+//! gets wrong first (a log level, a port, a size) are refused saying what is expected.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -455,5 +456,69 @@ async fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_naming_it()
     assert!(
         !data_dir.exists(),
         "a refused config still created the data directory"
+    );
+}
+
+#[tokio::test]
+async fn a_mistyped_flag_is_refused_saying_what_is_expected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    for (n, (flags, mentions)) in [
+        (
+            &["--log-level", "verbose"][..],
+            &[
+                "log.level (--log-level, LARDER_LOG_LEVEL)",
+                "\"verbose\" is not a log level",
+            ][..],
+        ),
+        (
+            &["--log-level", "larder=loud"],
+            &["log.level (--log-level, LARDER_LOG_LEVEL)", "\"loud\""],
+        ),
+        (
+            &["--listen", "0.0.0.0:99999"],
+            &[
+                "listen (--listen, LARDER_LISTEN)",
+                "port 99999 is out of range",
+                "65535",
+            ],
+        ),
+        (
+            &["--max-memory", "lots"],
+            &[
+                "cache.max_memory (--max-memory, LARDER_MAX_MEMORY)",
+                "expected a size such as 256MiB, 1GB or 1048576",
+            ],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let flags: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+        let (status, stderr) =
+            refuse(&data_dir, &flags, &tmp.path().join(format!("flag-{n}.log"))).await;
+        assert_one_line_error(status, &stderr, mentions);
+    }
+    assert!(
+        !data_dir.exists(),
+        "a refused flag still created the data directory"
+    );
+}
+
+/// A build without the cargo feature `bench` keeps the command and says how to get it.
+#[cfg(not(feature = "bench"))]
+#[tokio::test]
+async fn bench_without_the_feature_says_how_to_build_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("bench.log");
+    let args: Vec<&OsStr> = ["bench", "--target", "unix:/nonexistent.sock", "--json"]
+        .iter()
+        .map(OsStr::new)
+        .collect();
+    let (status, stderr) = refused(larder(&args, &log), &log).await;
+    assert_one_line_error(
+        status,
+        &stderr,
+        &["larder bench is not in this build", "--features bench"],
     );
 }

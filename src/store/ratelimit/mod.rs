@@ -35,7 +35,7 @@ use super::writer::{Op, WriteQueue};
 use super::{Store, run_on};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::ratelimit::{self, Decision, Rule, State};
+use crate::limiter::{self, Decision, Rule, State};
 
 /// A key's identity: the policy's name ('' for inline limits) and the key.
 pub(crate) type LimitKey = (String, String);
@@ -408,7 +408,7 @@ impl Store {
         let clock = &self.inner.clock;
         let decision = self
             .with_limit(policy, key, |state| {
-                ratelimit::decide(rule, state, clock.now_ms(), cost, consume)
+                limiter::decide(rule, state, clock.now_ms(), cost, consume)
             })
             .await?;
         if consume {

@@ -13,8 +13,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::pb;
-use crate::pb::cache_service_server::{CacheService, CacheServiceServer};
+use larder::pb;
+use larder::pb::cache_service_server::{CacheService, CacheServiceServer};
 
 /// The baseline: what a CacheService costs with no store behind it at all.
 #[derive(Debug, Default)]

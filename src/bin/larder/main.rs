@@ -1,22 +1,33 @@
-//! The `larder` binary: parses the command line, sets up logging and the runtime, runs the
-//! chosen command, and is the one place where errors become messages and exit codes.
+//! The `larder` binary: parses the command line ([`cli`]), sets up logging and the runtime,
+//! runs the chosen command, and is the one place where errors become messages and exit codes.
+//! With the cargo feature `bench`, it also carries `larder bench`, the load generator
+//! ([`bench`]), so that the library does not depend on it.
+
+#[cfg(feature = "bench")]
+mod bench;
+mod cli;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use larder::config::{BackupArgs, Cli, Command, LogFormat, ServeConfig};
+use larder::config::{LogFormat, ServeConfig};
 use larder::{Listeners, Reservation, Server, ServerFiles, Store, SystemClock, signals};
 use tracing_subscriber::EnvFilter;
+
+use crate::cli::{BackupArgs, CheckConfigArgs, Cli, Command};
 
 fn main() -> ExitCode {
     bound_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => args.into_config().and_then(run_serve),
-        Command::CheckConfig(args) => args.into_config().and_then(check_config),
+        Command::CheckConfig(args) => check_config(args),
         Command::Backup(args) => backup(args),
-        Command::Bench(args) => larder::bench::run(args),
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => bench::run(*args),
+        #[cfg(not(feature = "bench"))]
+        Command::Bench(_) => Err(anyhow::anyhow!(cli::NO_BENCH)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,10 +84,15 @@ fn spawn_heap_trimmer() {
     });
 }
 
-/// `larder check-config`: the configuration is valid (or `into_config` already said why
-/// not), and so are the token and TLS files it names; print it as the daemon would run with
-/// it.
-fn check_config(config: ServeConfig) -> anyhow::Result<()> {
+/// `larder check-config`: the configuration is valid, and so are the token and TLS files it
+/// names; print it as the daemon would run with it. With `--settings-table`, print the docs'
+/// table of every setting instead.
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    if args.settings_table {
+        print!("{}", larder::config::settings_table());
+        return Ok(());
+    }
+    let config = args.serve.into_config()?;
     let files = ServerFiles::load(&config.server)?;
     let text = config.to_toml()?;
     println!("# effective configuration: defaults < config file < LARDER_* variables < flags");
@@ -94,7 +110,7 @@ fn backup(args: BackupArgs) -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::new("warn"))
         .with_writer(std::io::stderr)
         .init();
-    let data_dir = args.resolve_data_dir()?;
+    let data_dir = args.source.resolve()?;
     let report = larder::store::backup::backup(&data_dir, &args.dest, args.force)?;
     println!("{report}");
     Ok(())

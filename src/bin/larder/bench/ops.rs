@@ -27,10 +27,10 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pb;
-use crate::pb::cache_service_client::CacheServiceClient;
-use crate::pb::rate_limit_service_client::RateLimitServiceClient;
-use crate::pb::session_service_client::SessionServiceClient;
+use larder::pb;
+use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::rate_limit_service_client::RateLimitServiceClient;
+use larder::pb::session_service_client::SessionServiceClient;
 
 /// Bound on connecting to either system.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
