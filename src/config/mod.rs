@@ -134,10 +134,13 @@ fn effective(config_file: Option<&Path>, given: &Given) -> anyhow::Result<FileCo
     Ok(f)
 }
 
-/// A value given as a flag or variable. A path is taken as it is; anything else must be
-/// text.
+/// A value given as a flag or variable. A path is taken as it is (but never empty: that
+/// would silently mean the working directory); anything else must be text.
 fn parse_given(setting: &Setting, text: &OsString) -> Result<Value, String> {
     if setting.kind == Kind::Path {
+        if text.is_empty() {
+            return Err("a path is required, and this one is empty".to_owned());
+        }
         return Ok(Value::Path(PathBuf::from(text)));
     }
     let text = text

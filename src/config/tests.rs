@@ -506,3 +506,12 @@ fn every_setting_is_a_flag_a_variable_and_a_file_key() {
         assert_eq!(reread.get(setting), Some(&v), "{}", setting.key);
     }
 }
+
+#[test]
+fn an_empty_path_is_refused_by_name() {
+    for flag in ["--data-dir", "--unix-socket", "--auth-token-file"] {
+        let e = error(&[flag, ""]);
+        assert!(e.contains(flag), "{flag}: {e}");
+        assert!(e.contains("empty"), "{flag}: {e}");
+    }
+}

@@ -110,6 +110,15 @@ impl Listeners {
         self.metrics.take()
     }
 
+    /// Closes every listener and hands back the guard of the Unix socket file (if any), which
+    /// removes the file when dropped.
+    pub(crate) fn close(self) -> Option<SocketFile> {
+        self.unix.map(|(listener, file)| {
+            drop(listener);
+            file
+        })
+    }
+
     /// Starts an accept loop on each gRPC listener, serving `router`'s routes, each until
     /// `stop_accepting` is cancelled. Every connection first takes a place in `connections`;
     /// over TCP, TLS (when on) is accepted after that, so the handshake counts against the
@@ -321,8 +330,15 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::Setup(format!("cannot set the mode of {}: {e}", path.display())))?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        // The socket is ours and will not serve: leave no file behind.
+        drop(listener);
+        let _ = std::fs::remove_file(path);
+        return Err(Error::Setup(format!(
+            "cannot set the mode of {}: {e}",
+            path.display()
+        )));
+    }
     Ok(listener)
 }
 

@@ -124,17 +124,35 @@ impl Server {
             );
         }
 
-        let (observe, metrics) = match listeners.take_metrics() {
+        // Everything that can fail is built before anything starts, so that a failure here
+        // still closes the store and removes the socket file, in that order.
+        let metrics = match listeners.take_metrics() {
             Some(listener) => {
                 let policies = settings.ratelimit.policies.keys().cloned();
-                let metrics = Arc::new(Metrics::new(store.clone(), policies)?);
-                let layer = metrics.grpc_layer();
-                (layer, Some(MetricsServer::start(listener, metrics)))
+                match Metrics::new(store.clone(), policies) {
+                    Ok(metrics) => Some((listener, Arc::new(metrics))),
+                    Err(e) => {
+                        teardown::abandon(store, listeners).await;
+                        return Err(e);
+                    }
+                }
             }
-            None => (GrpcMetricsLayer::off(), None),
+            None => None,
+        };
+        let observe = match &metrics {
+            Some((_, metrics)) => metrics.grpc_layer(),
+            None => GrpcMetricsLayer::off(),
         };
         let calls = RequestLimitLayer::new(settings.max_concurrent_requests);
-        let (router, health) = Router::new(&store, &settings, observe, auth.clone(), calls).await?;
+        let (router, health) =
+            match Router::new(&store, &settings, observe, auth.clone(), calls).await {
+                Ok(routes) => routes,
+                Err(e) => {
+                    teardown::abandon(store, listeners).await;
+                    return Err(e);
+                }
+            };
+        let metrics = metrics.map(|(listener, metrics)| MetricsServer::start(listener, metrics));
 
         let stop_accepting = CancellationToken::new();
         let connections =

@@ -119,9 +119,11 @@ impl Running {
 /// Lets go of a server that never served (its files could not be read): the listeners close,
 /// the store closes and the socket file goes, as after a stop.
 pub(crate) async fn abandon(store: Store, listeners: Listeners) {
-    // The socket file is removed with the listeners, after the store is closed.
+    // The sockets close first, so that no client is accepted by a daemon that will not serve;
+    // the socket file goes last, after the store is closed, as in an ordinary stop.
+    let socket_file = listeners.close();
     if let Err(closing) = store.close().await {
         tracing::warn!(error = %closing, "closing the store after a failed start");
     }
-    drop(listeners);
+    drop(socket_file);
 }
