@@ -22,7 +22,7 @@ fi
 if ! command -v shellcheck >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
 fi
-shellcheck -x scripts/install.sh scripts/check-install.sh
+shellcheck -x scripts/install.sh scripts/check-install.sh scripts/check-docs-examples.sh
 echo "shellcheck: ok"
 
 root="$(mktemp -d)"
