@@ -19,8 +19,10 @@ run from the root work, and nothing they write lands in the checkout), in the or
 the command line and, within a file, top to bottom; a daemon started on the embedded defaults
 (127.0.0.1:7379, data in ./larder-data of that directory, and a Unix socket) serves them all.
 
+The files' relative links are checked too: a link to a missing file or heading fails.
+
 Usage: docs_examples.py --larder BIN --python PY [--path-dir DIR] [--socket PATH] FILE...
-Exits 1, naming the file and line of each block that failed, if any did.
+Exits 1, naming the file and line of each block that failed (and each broken link), if any.
 """
 
 from __future__ import annotations
@@ -87,6 +89,35 @@ def extract(path: Path, shown: str) -> list[Block]:
         )
         i = j + 1
     return blocks
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the file's headings (lower case, punctuation dropped)."""
+    anchors, fenced = set(), False
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if FENCE.match(line):
+            fenced = not fenced
+        m = None if fenced else re.match(r"^#+ (.*)", line)
+        if m:
+            anchors.add(re.sub(r"[^\w\- ]", "", m[1].strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def broken_links(path: Path, shown: str) -> list[str]:
+    """Relative links of the file (outside code) whose file or heading does not exist."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    broken = []
+    for m in re.finditer(r"\]\(([^)\s]+)\)", text):
+        link = m[1]
+        if re.match(r"^[a-z]+:", link):
+            continue
+        target_part, _, anchor = link.partition("#")
+        target = (path.parent / target_part).resolve() if target_part else path
+        if not target.exists():
+            broken.append(f"{shown}: link to a missing file: {link}")
+        elif anchor and target.suffix == ".md" and anchor not in heading_anchors(target):
+            broken.append(f"{shown}: link to a missing heading: {link}")
+    return broken
 
 
 def console_script(text: str) -> str:
@@ -196,8 +227,12 @@ def main() -> int:
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
 
     blocks: list[Block] = []
+    links: list[str] = []
     for f in args.files:
         blocks += extract(repo / f, f)
+        links += broken_links(repo / f, f)
+    for line in links:
+        print(f"FAILED {line}")
 
     log = scratch / "larder.log"
     with open(log, "w") as logf:
@@ -256,8 +291,9 @@ def main() -> int:
     )
     if failed:
         print("failed: " + ", ".join(b.where for b in failed))
-        return 1
-    return 0
+    if links:
+        print(f"{len(links)} broken links")
+    return 1 if failed or links else 0
 
 
 if __name__ == "__main__":
