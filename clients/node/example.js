@@ -1,6 +1,6 @@
-// example.js: the README's Node example, runnable as it stands (node example.js, with
-// LARDER_TARGET and LARDER_TOKEN naming the daemon); test/larder.test.js runs it against a
-// daemon and checks that the README shows this very text.
+// example.js: the Node example of docs/clients.md, runnable as it stands (node example.js,
+// with LARDER_TARGET and LARDER_TOKEN naming the daemon); test/larder.test.js runs it against
+// a daemon and checks that docs/clients.md shows this very text.
 const { createClient, status } = require("larder-client");
 
 async function main() {

@@ -1,7 +1,7 @@
 // test/larder.test.js: larder.js against real daemons (node --test): cache Set/Get with a miss,
 // a session's create/get/revoke, a rate limit checked until denied, INVALID_ARGUMENT naming
 // the field, each over TCP and over the Unix socket; the Unix-socket authority; bearer-token
-// auth; deadlines; and the README's example (example.js), run as it stands.
+// auth; deadlines; and the example docs/clients.md shows (example.js), run as it stands.
 "use strict";
 
 const { after, before, describe, it } = require("node:test");
@@ -188,8 +188,8 @@ describe("larder.js against a daemon", TIMEOUT, () => {
     });
   });
 
-  describe("the README's example", () => {
-    it("runs as it stands and is the text the README shows", async () => {
+  describe("the docs' example", () => {
+    it("runs as it stands and is the text the docs show", async () => {
       const dir = path.resolve(__dirname, "..");
       const { stdout } = await promisify(execFile)(process.execPath, ["example.js"], {
         cwd: dir,
@@ -206,9 +206,9 @@ describe("larder.js against a daemon", TIMEOUT, () => {
 
       const example = fs.readFileSync(path.join(dir, "example.js"), "utf8");
       const code = example.slice(example.indexOf("const { createClient"));
-      const readme = fs.readFileSync(path.join(dir, "..", "..", "README.md"), "utf8");
+      const readme = fs.readFileSync(path.join(dir, "..", "..", "docs", "clients.md"), "utf8");
       assert.ok(readmeCodeBlocks(readme, "js").includes(code),
-        "README.md must show clients/node/example.js from its require() line on, verbatim");
+        "docs/clients.md must show clients/node/example.js from its require() line on, verbatim");
     });
   });
 });
