@@ -5,7 +5,7 @@
 //! batch, that `larder.db` and its WAL at their paths are still the files it has open (device
 //! and inode), and refuses writes with `UNAVAILABLE` while they are not. Reads go on from the
 //! files still open. A file overwritten in place (`cp backup.db larder.db`) keeps its inode and
-//! is not caught here: the README's restore steps stop the daemon first.
+//! is not caught here: the restore steps in docs/operations.md stop the daemon first.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

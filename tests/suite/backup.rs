@@ -73,7 +73,7 @@ fn dir_and_dest<'a>(data_dir: &'a Path, dest: &'a Path) -> [&'a OsStr; 3] {
     ]
 }
 
-/// The restore procedure of the README: the daemon of `data_dir` is stopped; its database is
+/// The restore procedure of docs/operations.md: the daemon of `data_dir` is stopped; its database is
 /// replaced by the backup and any `-wal`/`-shm` beside it deleted.
 fn restore(backup: &Path, data_dir: &Path) {
     std::fs::create_dir_all(data_dir).unwrap();

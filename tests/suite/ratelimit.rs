@@ -9,7 +9,7 @@
 //! the rows on disk, keys stored byte for byte, the sweeper); and the memory budget, with
 //! evicted keys reloaded intact.
 //!
-//! The algorithms' arithmetic on its own is tested in `src/ratelimit/tests.rs`; these tests
+//! The algorithms' arithmetic on its own is tested in `src/limiter/tests.rs`; these tests
 //! are about what the service and the store make of it. Where a property is about disk, the
 //! `rate_limits` table is read with a read-only SQLite connection, which sees committed rows
 //! and never memory.
