@@ -76,7 +76,9 @@ def extract(path: Path, shown: str) -> list[Block]:
             close = FENCE.match(lines[j])
             if close and close["fence"].startswith(fence) and not close["info"].strip():
                 break
-            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
+            body.append(
+                lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j]
+            )
             j += 1
         blocks.append(
             Block(
@@ -105,7 +107,7 @@ def heading_anchors(path: Path) -> set[str]:
 
 def broken_links(path: Path, shown: str) -> list[str]:
     """Relative links of the file (outside code) whose file or heading does not exist."""
-    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
     broken = []
     for m in re.finditer(r"\]\(([^)\s]+)\)", text):
         link = m[1]
@@ -115,7 +117,9 @@ def broken_links(path: Path, shown: str) -> list[str]:
         target = (path.parent / target_part).resolve() if target_part else path
         if not target.exists():
             broken.append(f"{shown}: link to a missing file: {link}")
-        elif anchor and target.suffix == ".md" and anchor not in heading_anchors(target):
+        elif (
+            anchor and target.suffix == ".md" and anchor not in heading_anchors(target)
+        ):
             broken.append(f"{shown}: link to a missing heading: {link}")
     return broken
 
@@ -167,20 +171,27 @@ def wait_for_daemon(proc: subprocess.Popen, sock: str, log: Path) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    sys.exit(f"docs-examples: the daemon did not listen on 127.0.0.1:7379 within 60 s:\n{log.read_text()}")
+    sys.exit(
+        f"docs-examples: the daemon did not listen on 127.0.0.1:7379 within 60 s:\n{log.read_text()}"
+    )
 
 
-def run_block(block: Block, work: Path, env: dict[str, str], python: str, scratch: Path) -> tuple[bool, str]:
+def run_block(
+    block: Block, work: Path, env: dict[str, str], python: str, scratch: Path
+) -> tuple[bool, str]:
     script = scratch / "block"
     if block.lang == "python":
         script.write_text(block.text)
         cmd = [python, str(script)]
     else:
-        script.write_text(console_script(block.text) if block.lang == "console" else block.text)
+        script.write_text(
+            console_script(block.text) if block.lang == "console" else block.text
+        )
         cmd = ["bash", "-e", "-o", "pipefail", str(script)]
     try:
-        done = subprocess.run(
+        done = subprocess.run(  # the exit status is read below, with the output
             cmd,
+            check=False,
             cwd=work,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -189,7 +200,10 @@ def run_block(block: Block, work: Path, env: dict[str, str], python: str, scratc
             timeout=BLOCK_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as e:
-        return False, f"timed out after {BLOCK_TIMEOUT_S} s\n{e.stdout or ''}{e.stderr or ''}"
+        return (
+            False,
+            f"timed out after {BLOCK_TIMEOUT_S} s\n{e.stdout or ''}{e.stderr or ''}",
+        )
     output = done.stdout + done.stderr
     if done.returncode != 0:
         return False, f"exit status {done.returncode}\n{output}"
@@ -199,10 +213,16 @@ def run_block(block: Block, work: Path, env: dict[str, str], python: str, scratc
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--larder", required=True, help="the larder binary")
-    ap.add_argument("--python", required=True, help="the Python that runs python blocks")
+    ap.add_argument(
+        "--python", required=True, help="the Python that runs python blocks"
+    )
     ap.add_argument("--path-dir", action="append", default=[], help="put on PATH first")
-    ap.add_argument("--socket", default="/tmp/larder.sock", help="the daemon's Unix socket")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print every block's output")
+    ap.add_argument(
+        "--socket", default="/tmp/larder.sock", help="the daemon's Unix socket"
+    )
+    ap.add_argument(
+        "-v", "--verbose", action="store_true", help="print every block's output"
+    )
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
 
@@ -217,7 +237,12 @@ def main() -> int:
     (bindir / "larder").symlink_to(Path(args.larder).resolve())
     env = {k: v for k, v in os.environ.items() if not k.startswith("LARDER_")}
     env["PATH"] = os.pathsep.join(
-        [str(bindir), *args.path_dir, str(Path(args.python).parent), env.get("PATH", "")]
+        [
+            str(bindir),
+            *args.path_dir,
+            str(Path(args.python).parent),
+            env.get("PATH", ""),
+        ]
     )
     env["PYTHONPATH"] = "gen"
     env["VIRTUAL_ENV"] = str(Path(args.python).parent.parent)
@@ -258,7 +283,9 @@ def main() -> int:
                     try:
                         compile(b.text, b.where, "exec")
                     except SyntaxError as e:
-                        print(f"FAILED {b.where} (python no-run): not valid Python: {e}")
+                        print(
+                            f"FAILED {b.where} (python no-run): not valid Python: {e}"
+                        )
                         failed.append(b)
                 skipped.append(b)
                 continue
@@ -271,7 +298,10 @@ def main() -> int:
             else:
                 failed.append(b)
                 print(f"FAILED {b.where} ({b.lang}): {output.rstrip()}")
-                print("       the block:\n       " + b.text.rstrip().replace("\n", "\n       "))
+                print(
+                    "       the block:\n       "
+                    + b.text.rstrip().replace("\n", "\n       ")
+                )
             if daemon.poll() is not None:
                 print(f"FAILED after {b.where}: the daemon exited\n{log.read_text()}")
                 return 1
