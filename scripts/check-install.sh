@@ -14,9 +14,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/ci-lib.sh
 . scripts/ci-lib.sh
 larder="$(larder_binary check-install "${1:-}")"
-if ! command -v systemd-analyze >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-fi
 
 # The scripts a user runs as root, and the checks, pass shellcheck.
 if ! command -v shellcheck >/dev/null; then
@@ -56,8 +53,7 @@ grep -qx 'ExecStart=/usr/local/bin/larder serve --config /etc/larder/larder.toml
   fail "ExecStart of the installed unit does not name /usr/local/bin/larder"
 # systemd-analyze checks that ExecStart's binary exists on this machine; it lives in the
 # temporary root here.
-sed "s#/usr/local/bin/larder#$root/usr/local/bin/larder#g" "$unit" >"$tmp/larder.service"
-systemd-analyze verify "$tmp/larder.service"
+verify_unit "$unit" "$root/usr/local/bin/larder" "$tmp"
 echo "systemd-analyze verify (the installed unit): ok"
 "$root/usr/local/bin/larder" check-config --config "$root/etc/larder/larder.toml" >/dev/null
 echo "larder check-config (the installed config): ok"

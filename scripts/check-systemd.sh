@@ -11,16 +11,11 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/ci-lib.sh
 . scripts/ci-lib.sh
 larder="$(larder_binary check-systemd "${1:-}")"
-if ! command -v systemd-analyze >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-# The unit names the installed path; point it at the binary under test.
-sed "s#/usr/local/bin/larder#$larder#g" systemd/larder.service >"$tmp/larder.service"
-
-systemd-analyze verify "$tmp/larder.service"
+# The unit names the installed path; it is pointed at the binary under test.
+verify_unit systemd/larder.service "$larder" "$tmp"
 echo "systemd-analyze verify: ok"
 systemd-analyze security --offline=yes --threshold=20 "$tmp/larder.service" >"$tmp/security.txt" || {
   cat "$tmp/security.txt"
