@@ -28,6 +28,7 @@ mod suite {
     mod persistence;
     mod ratelimit;
     mod rpc;
+    mod security;
     mod server;
     mod sessions;
     mod soak;

@@ -1,6 +1,7 @@
 //! Prometheus metrics: what is measured, and how one scrape is put together.
 //!
 //! - [`grpc`]: the tower layer that counts and times gRPC calls.
+//! - [`auth`]: the count of calls refused by bearer-token auth.
 //! - [`http`]: the HTTP endpoint serving `GET /metrics`.
 //!
 //! Only the gRPC call metrics live here; everything else is read from the store when
@@ -10,6 +11,7 @@
 //! sessions, `stat` and `/proc` reads) run on blocking threads, each bounded by
 //! [`SCRAPE_READ_TIMEOUT`], and a reading that fails or times out is left out of that scrape.
 
+pub(crate) mod auth;
 pub(crate) mod grpc;
 pub(crate) mod http;
 
@@ -24,6 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use self::auth::AuthRefusals;
 use self::grpc::{GrpcMetrics, GrpcMetricsLayer};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -76,6 +79,8 @@ pub(crate) struct Metrics {
     grpc: Arc<GrpcMetrics>,
     /// Configured policy names; checks are exported for these and for inline limits only.
     policies: BTreeSet<String>,
+    /// The auth layer's refusal counts, when auth is on.
+    auth: Option<AuthRefusals>,
 }
 
 /// The readings a scrape takes off the async runtime; `None` where one failed.
@@ -104,7 +109,14 @@ impl Metrics {
             store,
             grpc: Arc::new(grpc),
             policies: policies.into_iter().collect(),
+            auth: None,
         })
+    }
+
+    /// Exports `refusals`, the auth layer's counts (`None`: auth is off, nothing to export).
+    pub(crate) fn with_auth(mut self, refusals: Option<AuthRefusals>) -> Self {
+        self.auth = refusals;
+        self
     }
 
     /// The layer recording the gRPC calls of every listener.
@@ -181,6 +193,9 @@ impl Metrics {
             Unit::Seconds,
             self.grpc.durations.clone(),
         );
+        if let Some(auth) = &self.auth {
+            auth.register(&mut reg);
+        }
 
         let c = self.store.cache_counters();
         for (name, help, value) in [

@@ -18,9 +18,8 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,6 +29,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::Connected;
+
+use super::throttle::Throttled;
 
 /// Path prefix of the health service, which is never refused.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -44,48 +45,6 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// client hold its place forever by sending one. Over TLS they are counted after decryption:
 /// the TLS handshake alone does not meet the deadline.
 pub(crate) const PREFACE_BYTES: usize = 24;
-
-/// At most one warning per this interval for each kind of refusal, so a flood does not
-/// become a flood of log lines.
-const WARN_EVERY: Duration = Duration::from_secs(5);
-
-/// Logs a warning at most once per [`WARN_EVERY`], with the count refused since the last.
-#[derive(Debug)]
-struct Throttled {
-    what: &'static str,
-    started: Instant,
-    /// Milliseconds since `started` of the last warning, plus one (0 = never warned).
-    last_ms: AtomicU64,
-    /// Refusals since the last warning.
-    refused: AtomicU64,
-}
-
-impl Throttled {
-    fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            started: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-        }
-    }
-
-    fn refused(&self, limit: usize) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let refused = self.refused.swap(0, Ordering::Relaxed);
-            tracing::warn!(limit, refused, "{}", self.what);
-        }
-    }
-}
 
 /// The bound on open connections, shared by every listener.
 #[derive(Debug, Clone)]

@@ -105,6 +105,12 @@ impl Listeners {
         self.unix.as_ref().map(|(_, file)| file.0.as_path())
     }
 
+    /// The addresses of the TCP and metrics listeners, for the start-up warnings about what
+    /// is reachable beyond loopback.
+    pub(crate) fn tcp_addrs(&self) -> [Option<std::net::SocketAddr>; 2] {
+        [&self.tcp, &self.metrics].map(|l| l.as_ref().and_then(|l| l.local_addr().ok()))
+    }
+
     /// Takes the metrics listener out, to serve it apart from gRPC.
     pub(crate) fn take_metrics(&mut self) -> Option<TcpListener> {
         self.metrics.take()

@@ -11,7 +11,8 @@
 //! - [`admission`]: the bounds on connections and calls in progress.
 //! - [`teardown`]: the ordered stop.
 //! - [`files`]: the token and TLS files, read at start and on each reload.
-//! - [`auth`]: bearer tokens checked on each listener.
+//! - [`auth`]: bearer tokens (and their scopes) checked on each listener.
+//! - [`throttle`]: warnings logged at most once per few seconds per kind.
 //! - [`tls`]: TLS on the TCP listener.
 //! - [`notify`]: systemd's READY/STOPPING/WATCHDOG protocol.
 //! - [`signals`]: SIGTERM/SIGINT as a future, SIGHUP as a stream of reloads.
@@ -25,6 +26,7 @@ mod routes;
 mod settings;
 pub mod signals;
 mod teardown;
+mod throttle;
 pub(crate) mod tls;
 
 use std::future::Future;
@@ -115,6 +117,7 @@ impl Server {
             },
         };
         let ServerFiles { auth, tls } = files;
+        warn_if_exposed(listeners.tcp_addrs(), tls.is_some(), auth.is_some());
         if let Some(auth) = &auth {
             tracing::info!(
                 path = %auth.token_file().display(),
@@ -130,7 +133,10 @@ impl Server {
             Some(listener) => {
                 let policies = settings.ratelimit.policies.keys().cloned();
                 match Metrics::new(store.clone(), policies) {
-                    Ok(metrics) => Some((listener, Arc::new(metrics))),
+                    Ok(metrics) => {
+                        let metrics = metrics.with_auth(auth.as_ref().map(|a| a.refusals()));
+                        Some((listener, Arc::new(metrics)))
+                    }
                     Err(e) => {
                         teardown::abandon(store, listeners).await;
                         return Err(e);
@@ -197,5 +203,36 @@ impl Server {
         }
         .stop(settings.drain_timeout, failure)
         .await
+    }
+}
+
+/// One warning at start for each way the daemon is reachable beyond loopback without a
+/// protection: gRPC over TCP without TLS (tokens and data in clear text) or without auth
+/// (anyone who reaches the port reads and writes everything), and the metrics endpoint
+/// (which never asks for a token). Each names the setting to change.
+fn warn_if_exposed([tcp, metrics]: [Option<std::net::SocketAddr>; 2], tls: bool, auth: bool) {
+    if let Some(addr) = tcp.filter(|a| !a.ip().is_loopback()) {
+        if !tls {
+            tracing::warn!(
+                %addr,
+                "listening beyond loopback without TLS: tokens and data cross the network in \
+                 clear text; set tls.cert and tls.key, or listen on 127.0.0.1"
+            );
+        }
+        if !auth {
+            tracing::warn!(
+                %addr,
+                "listening beyond loopback without auth: anyone who reaches the port can read \
+                 and change every entry, session and limit; set auth.token_file, or listen on \
+                 127.0.0.1"
+            );
+        }
+    }
+    if let Some(addr) = metrics.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            %addr,
+            "metrics listening beyond loopback: anyone who reaches the port can read them, \
+             without a token; set metrics.listen to a 127.0.0.1 address, or firewall the port"
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::service::cache::CacheApi;
 use crate::service::ratelimit::RateLimitApi;
+use crate::service::scope::Scoped;
 use crate::service::session::SessionApi;
 use crate::store::Store;
 
@@ -75,7 +76,9 @@ impl Router {
             .map_err(|e| Error::Internal(format!("building reflection v1alpha: {e}")))?;
 
         let max_message = settings.limits.max_message_bytes();
-        let cache = CacheServiceServer::new(CacheApi::new(store.clone(), settings.limits.clone()))
+        // Scoped: a token limited to a namespace prefix is checked once the request is decoded.
+        let cache = CacheApi::new(store.clone(), settings.limits.clone());
+        let cache = CacheServiceServer::new(Scoped(cache))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let sessions =

@@ -4,7 +4,7 @@
 //! `auth.unix_socket = false`; a bad token file or TLS file stops the start naming the file
 //! (and the line), in the library and in the binary, whose log and `check-config` output
 //! never show a token; SIGHUP swaps in a rewritten token file and keeps the old tokens when
-//! the new file is bad; TLS round trips with a client that trusts a self-signed certificate,
+//! the new file has a bad line (a file without tokens revokes them all: `security.rs`); TLS round trips with a client that trusts a self-signed certificate,
 //! and a plaintext client gets nothing from the TLS port; SIGHUP swaps in a rewritten
 //! certificate and key for new connections and keeps the old ones when the new file is bad.
 
@@ -323,10 +323,11 @@ async fn an_unusable_token_file_stops_the_start_naming_the_file_and_line() {
     assert!(err.contains("at least 16"), "{err}");
     assert!(!err.contains(short) && !err.contains(TOKEN_A), "{err}");
 
+    // A token mistyped with a space: the second half is not a scope word.
     let (_dir, path) = token_file(&format!("{TOKEN_A}\n{TOKEN_B} {TOKEN_A}\n"));
     let err = start_error(with_auth(&path, true)).await;
     assert!(
-        err.contains("line 2") && err.contains("without spaces"),
+        err.contains("line 2") && err.contains("not a scope"),
         "{err}"
     );
     assert!(!err.contains(TOKEN_A) && !err.contains(TOKEN_B), "{err}");
@@ -443,7 +444,7 @@ async fn until_logged(log: &Path, line: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sighup_reloads_the_token_file_and_a_bad_one_keeps_the_old_tokens() {
+async fn sighup_reloads_the_token_file_and_a_bad_line_keeps_the_old_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("l.sock");
     let tokens = tmp.path().join("tokens");
@@ -474,7 +475,7 @@ async fn sighup_reloads_the_token_file_and_a_bad_one_keeps_the_old_tokens() {
     assert_eq!(old.message(), "invalid bearer token");
 
     // A broken file is reported and changes nothing.
-    std::fs::write(&tokens, "# emptied by mistake\n").unwrap();
+    std::fs::write(&tokens, "# a token cut short\nbravo-98\n").unwrap();
     daemon.send("-HUP");
     let logged = until_logged(&log, "reloading the auth token file failed").await;
     assert!(logged.contains(&tokens.display().to_string()), "{logged}");
