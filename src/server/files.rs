@@ -2,7 +2,8 @@
 //! certificate and key. [`ServerFiles::load`] reads them once (the daemon does it before it
 //! touches the data directory, so that a bad file stops the start there); [`reload_on`] reads
 //! them again on each reload request. A file that cannot be used on reload keeps what was
-//! loaded from it before, and says why in the log.
+//! loaded from it before, and says why in the log; a token file that holds no token is
+//! usable, and revokes every token (see `auth`).
 
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
