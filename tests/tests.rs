@@ -10,6 +10,7 @@ mod common;
 
 mod suite {
     mod auth;
+    mod backpressure;
     mod backup;
     mod bench;
     mod binary;

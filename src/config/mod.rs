@@ -470,10 +470,23 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         request_timeout: filled(f.duration(&REQUEST_TIMEOUT)),
         max_concurrent_requests: filled(f.count(&MAX_CONCURRENT_REQUESTS)) as usize,
         max_connections: filled(f.count(&MAX_CONNECTIONS)) as usize,
+        max_inflight_bytes: filled(f.bytes(&MAX_INFLIGHT_BYTES)),
+        write_timeout: filled(f.duration(&WRITE_TIMEOUT)),
         auth,
         tls,
         ..defaults
     };
+    // One message of the largest size the limits allow must fit the budget on its own.
+    let max_message = server.limits.max_message_bytes() as u64;
+    if server.max_inflight_bytes < max_message {
+        bail!(
+            "{}: {} is less than one maximal message ({max_message} bytes, about {:.1}MiB, \
+             from cache.max_value, cache.max_key and cache.max_batch); raise it, or lower those",
+            MAX_INFLIGHT_BYTES.named(),
+            file::format_size(server.max_inflight_bytes),
+            max_message as f64 / f64::from(1 << 20)
+        );
+    }
     Ok(ServeConfig {
         listen,
         unix_socket: f.path(&UNIX_SOCKET),

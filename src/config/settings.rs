@@ -476,6 +476,31 @@ pub static MAX_CONNECTIONS: Setting = Setting {
     help: "Most open client connections; more are closed at once.",
 };
 
+/// `server.max_inflight_bytes`. Its floor is one maximal message, which follows
+/// `cache.max_value` (and the key and batch bounds); the config checks that beyond this range.
+pub static MAX_INFLIGHT_BYTES: Setting = Setting {
+    key: "server.max_inflight_bytes",
+    flag: "max-inflight-bytes",
+    env: "LARDER_MAX_INFLIGHT_BYTES",
+    kind: Kind::Size,
+    range: Some((Bound::Setting(&MAX_VALUE), at(1 << 40))),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.server.max_inflight_bytes)),
+    help: "Most bytes of requests and answers held in memory at once (an answer until it is \
+           written); past it calls are refused with UNAVAILABLE. At least one maximal message.",
+};
+
+/// `server.write_timeout`.
+pub static WRITE_TIMEOUT: Setting = Setting {
+    key: "server.write_timeout",
+    flag: "write-timeout",
+    env: "LARDER_WRITE_TIMEOUT",
+    kind: Kind::Duration,
+    range: Some((millis(10), secs(3600))),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.write_timeout)),
+    help: "How long a connection may read nothing of what is written to it before it is \
+           closed, freeing the answers it holds.",
+};
+
 /// `auth.token_file`.
 pub static AUTH_TOKEN_FILE: Setting = Setting {
     key: "auth.token_file",
@@ -559,7 +584,7 @@ pub static LOG_LEVEL: Setting = Setting {
 
 /// Every setting, in the order of the config file, `check-config` and the docs table. The
 /// sections of the file follow the first appearance of their keys here.
-pub static SETTINGS: [&Setting; 28] = [
+pub static SETTINGS: [&Setting; 30] = [
     &DATA_DIR,
     &LISTEN,
     &UNIX_SOCKET,
@@ -581,6 +606,8 @@ pub static SETTINGS: [&Setting; 28] = [
     &REQUEST_TIMEOUT,
     &MAX_CONCURRENT_REQUESTS,
     &MAX_CONNECTIONS,
+    &MAX_INFLIGHT_BYTES,
+    &WRITE_TIMEOUT,
     &AUTH_TOKEN_FILE,
     &AUTH_UNIX_SOCKET,
     &TLS_CERT,

@@ -207,6 +207,19 @@ fn every_impossible_value_is_refused_by_name() {
             &["--max-connections", "0"],
             "server.max_connections (--max-connections, ",
         ),
+        // Less than one maximal message, whether the budget is lowered or the value raised.
+        (
+            &["--max-inflight-bytes", "16MiB"],
+            "server.max_inflight_bytes (--max-inflight-bytes, ",
+        ),
+        (
+            &["--max-value", "300MiB"],
+            "server.max_inflight_bytes (--max-inflight-bytes, ",
+        ),
+        (
+            &["--write-timeout", "0s"],
+            "server.write_timeout (--write-timeout, ",
+        ),
         (
             &["--auth-unix-socket", "false"],
             "auth.unix_socket (--auth-unix-socket, ",

@@ -22,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 
+use super::budget::BudgetMetrics;
 use crate::error::{Error, Result};
 use crate::store::observe::COMMIT_SECONDS_BUCKETS;
 
@@ -92,6 +93,8 @@ pub(crate) struct GrpcMetrics {
     methods: HashMap<Box<str>, MethodLabels>,
     /// The labels of a path that is none of them.
     unknown: MethodLabels,
+    /// The in-flight byte budget's figures, kept by the server's budget layer.
+    pub(crate) budget: BudgetMetrics,
 }
 
 impl GrpcMetrics {
@@ -130,6 +133,7 @@ impl GrpcMetrics {
                 service: unknown.clone(),
                 method: unknown,
             },
+            budget: BudgetMetrics::default(),
         })
     }
 
@@ -196,6 +200,14 @@ impl GrpcMetricsLayer {
     /// Records nothing (metrics are off).
     pub(crate) fn off() -> Self {
         Self::default()
+    }
+
+    /// The handles the byte budget keeps its figures in: those a scrape reads, or
+    /// unregistered ones when metrics are off.
+    pub(crate) fn budget(&self) -> BudgetMetrics {
+        self.metrics
+            .as_ref()
+            .map_or_else(BudgetMetrics::default, |m| m.budget.clone())
     }
 }
 

@@ -3,15 +3,18 @@
 //! - [`grpc`]: the tower layer that counts and times gRPC calls.
 //! - [`auth`]: the count of calls refused by bearer-token auth.
 //! - [`http`]: the HTTP endpoint serving `GET /metrics`.
+//! - [`budget`]: the figures of the server's in-flight byte budget.
 //!
-//! Only the gRPC call metrics live here; everything else is read from the store when
-//! scraped (the cache counters Stats keeps, the writer's histograms, rate-limit checks, byte
-//! totals), plus the file sizes and process figures, so nothing is counted twice. Each scrape
+//! Only the gRPC call metrics and the byte budget's figures live here; everything else is
+//! read from the store when scraped (the cache counters Stats keeps, the writer's histograms,
+//! rate-limit checks, byte totals), plus the file sizes and process figures, so nothing is
+//! counted twice. Each scrape
 //! builds a fresh registry around those readings; the blocking parts (an indexed COUNT of live
 //! sessions, `stat` and `/proc` reads) run on blocking threads, each bounded by
 //! [`SCRAPE_READ_TIMEOUT`], and a reading that fails or times out is left out of that scrape.
 
 pub(crate) mod auth;
+pub(crate) mod budget;
 pub(crate) mod grpc;
 pub(crate) mod http;
 
@@ -196,6 +199,7 @@ impl Metrics {
         if let Some(auth) = &self.auth {
             auth.register(&mut reg);
         }
+        self.grpc.budget.register(&mut reg);
 
         let c = self.store.cache_counters();
         for (name, help, value) in [

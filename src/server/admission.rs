@@ -11,7 +11,10 @@
 //! stays silent, or stops part-way through the preface, cannot fill the table; once the
 //! preface is in, HTTP/2 keepalive closes a peer that stops answering). Over TLS the same
 //! deadline covers the TLS handshake and then the preface, counted on the decrypted bytes
-//! ([`Admission`] is the place taken at accept, before the handshake). At shutdown
+//! ([`Admission`] is the place taken at accept, before the handshake). A connection whose
+//! writes make no progress for the write timeout (`server.write_timeout`: the client stopped
+//! reading, and the socket's buffers are full) is closed too, which drops the answers it
+//! holds and returns their bytes to the in-flight budget ([`super::budget`]). At shutdown
 //! [`ConnectionLimit::cut`] closes every connection still open after the drain deadline, so
 //! that no call outlives the store.
 
@@ -33,7 +36,7 @@ use tonic::transport::server::Connected;
 use super::throttle::Throttled;
 
 /// Path prefix of the health service, which is never refused.
-const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+pub(crate) const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 /// How long an accepted connection may take to send [`PREFACE_BYTES`] (the HTTP/2 preface,
 /// which a real client sends at once; over TLS, to finish the TLS handshake and then send it).
@@ -56,6 +59,8 @@ pub(crate) struct ConnectionLimit {
     cut: CancellationToken,
     /// How long a new connection may stay silent.
     handshake_timeout: Duration,
+    /// How long a connection's writes may make no progress; `None` for no bound.
+    write_timeout: Option<Duration>,
 }
 
 impl ConnectionLimit {
@@ -70,7 +75,14 @@ impl ConnectionLimit {
             )),
             cut: CancellationToken::new(),
             handshake_timeout,
+            write_timeout: None,
         }
+    }
+
+    /// Closes a connection whose writes have made no progress for `timeout`.
+    pub(crate) fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = Some(timeout);
+        self
     }
 
     /// Closes every connection still open: each fails its next read or write, which ends it
@@ -112,6 +124,7 @@ impl ConnectionLimit {
                 permit,
                 cut: self.cut.clone(),
                 deadline: Box::pin(tokio::time::sleep(self.handshake_timeout)),
+                write_timeout: self.write_timeout,
             }),
             Err(_) => {
                 self.warn.refused(self.limit);
@@ -128,6 +141,7 @@ pub(crate) struct Admission {
     permit: OwnedSemaphorePermit,
     cut: CancellationToken,
     deadline: Pin<Box<Sleep>>,
+    write_timeout: Option<Duration>,
 }
 
 impl Admission {
@@ -149,6 +163,10 @@ impl Admission {
             cut: Box::pin(self.cut.cancelled_owned()),
             silent: Some(self.deadline),
             received: 0,
+            writes: WriteDeadline {
+                timeout: self.write_timeout,
+                stalled: None,
+            },
         }
     }
 }
@@ -164,6 +182,47 @@ pub(crate) struct Limited<IO> {
     silent: Option<Pin<Box<Sleep>>>,
     /// Bytes read so far, counted up to [`PREFACE_BYTES`].
     received: usize,
+    writes: WriteDeadline,
+}
+
+/// The write deadline of one connection: an error once its writes have been pending, with no
+/// progress, for the timeout. A client that stops reading while answers are sent to it fills
+/// the socket's buffers, and every write then waits on it; HTTP/2 keepalive does not notice,
+/// since the pings wait behind the same writes (or are answered by a client that reads its
+/// socket but grants no window, a case the write deadline cannot see: nothing is written).
+#[derive(Debug)]
+struct WriteDeadline {
+    timeout: Option<Duration>,
+    /// Since the first write that is still pending: the deadline.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteDeadline {
+    /// `polled` (the outcome of a write, flush or shutdown) as it is, or an error once writes
+    /// have been pending for the timeout.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(timeout) = self.timeout else {
+            return polled;
+        };
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for the write timeout",
+            )));
+        }
+        Poll::Pending
+    }
 }
 
 impl<IO> Limited<IO> {
@@ -226,7 +285,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         if self.cut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.writes.check(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -237,7 +297,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         if self.cut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
         }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.writes.check(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -245,11 +306,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.writes.check(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.writes.check(cx, polled)
     }
 }
 
@@ -468,5 +531,39 @@ mod tests {
             accepted.next().await.unwrap().is_ok(),
             "a freed place is reused"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_writes_stall_for_the_write_timeout_fails_and_one_that_reads_does_not()
+     {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const TIMEOUT: Duration = Duration::from_millis(100);
+        let limit = ConnectionLimit::new(2, HANDSHAKE_TIMEOUT).with_write_timeout(TIMEOUT);
+        // The peer of `stuck` never reads: once the 64-byte pipe is full, writes wait.
+        let (io, _stuck_peer) = tokio::io::duplex(64);
+        let mut stuck = limit.admit().unwrap().wrap(io);
+        let err = stuck
+            .write_all(&[0u8; 4096])
+            .await
+            .expect_err("a write that waits past the timeout fails");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        // The peer of `read` reads as it goes: writes wait for it, but each read is progress.
+        let (io, mut peer) = tokio::io::duplex(64);
+        let mut read = limit.admit().unwrap().wrap(io);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut total = 0;
+            while total < 1024 {
+                total += peer.read(&mut buf).await.unwrap();
+            }
+            peer
+        });
+        read.write_all(&[0u8; 1024]).await.unwrap();
+        let _peer = reader.await.unwrap();
+        // Nothing written for longer than the timeout is no stall: only a pending write is.
+        tokio::time::sleep(TIMEOUT * 2).await;
+        read.write_all(&[0u8; 8]).await.unwrap();
     }
 }

@@ -9,6 +9,7 @@
 //! - [`listen`]: binding TCP and Unix listeners (stale-socket handling), the accept loops.
 //! - [`routes`]: health, reflection, the three services and the layers around them.
 //! - [`admission`]: the bounds on connections and calls in progress.
+//! - [`budget`]: the bound on bytes of requests and answers held in memory.
 //! - [`teardown`]: the ordered stop.
 //! - [`files`]: the token and TLS files, read at start and on each reload.
 //! - [`auth`]: bearer tokens (and their scopes) checked on each listener.
@@ -19,6 +20,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod auth;
+mod budget;
 mod files;
 mod listen;
 pub(crate) mod notify;
@@ -162,7 +164,8 @@ impl Server {
 
         let stop_accepting = CancellationToken::new();
         let connections =
-            ConnectionLimit::new(settings.max_connections, settings.handshake_timeout);
+            ConnectionLimit::new(settings.max_connections, settings.handshake_timeout)
+                .with_write_timeout(settings.write_timeout);
         let mut accepting = listeners.serve(&router, &connections, tls.as_ref(), &stop_accepting);
         let stop_watchdog = CancellationToken::new();
         let watchdog = notify::watchdog_interval().map(|interval| {

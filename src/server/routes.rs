@@ -1,6 +1,7 @@
 //! What the server answers, and the layers every call passes through: gRPC health (one status
 //! per Larder service and one for the server as a whole), reflection v1 and v1alpha, and the
-//! three services, behind one layer stack per listener (metrics → auth → the call bound) with
+//! three services, behind one layer stack per listener (metrics → auth → the call bound → the
+//! in-flight byte budget) with
 //! the same deadline, HTTP/2 bounds and keepalive whichever way a client comes in.
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tonic_health::server::HealthReporter;
 use super::ServerSettings;
 use super::admission::RequestLimitLayer;
 use super::auth::{AuthLayer, Authenticator, Transport};
+use super::budget::{BudgetLayer, ByteBudget};
 use crate::error::{Error, Result};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::pb;
@@ -43,6 +45,7 @@ pub(crate) struct Router {
     observe: GrpcMetricsLayer,
     auth: Option<Authenticator>,
     calls: RequestLimitLayer,
+    budget: BudgetLayer,
     request_timeout: Duration,
 }
 
@@ -90,6 +93,7 @@ impl Router {
             settings.ratelimit.clone(),
             settings.limits.max_key_bytes,
         ));
+        let observe_budget = observe.budget();
         let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -101,6 +105,7 @@ impl Router {
             observe,
             auth,
             calls,
+            budget: BudgetLayer::new(ByteBudget::new(settings.max_inflight_bytes, observe_budget)),
             request_timeout: settings.request_timeout,
         };
         Ok((router, health))
@@ -134,6 +139,7 @@ impl Router {
             .layer(self.observe.clone())
             .layer(AuthLayer::new(self.auth.as_ref(), transport))
             .layer(self.calls.clone())
+            .layer(self.budget.clone())
             .add_routes(self.routes.clone())
             .serve_with_incoming_shutdown(incoming, stop)
     }

@@ -32,6 +32,13 @@ pub struct ServerSettings {
     /// How long a new connection may take to send the HTTP/2 preface before it is closed
     /// (over TLS, to finish the TLS handshake and then send it).
     pub handshake_timeout: Duration,
+    /// Most bytes of requests and responses held in memory at once over all connections (a
+    /// response until it has been written to the socket); past it calls answer
+    /// `UNAVAILABLE`. At least one maximal message ([`RequestLimits::max_message_bytes`]).
+    pub max_inflight_bytes: u64,
+    /// How long a connection's writes may make no progress (the client does not read) before
+    /// the connection is closed, returning what it held to the in-flight budget.
+    pub write_timeout: Duration,
     /// Bearer-token authentication, if on.
     pub auth: Option<AuthSettings>,
     /// TLS on the TCP listener, if on.
@@ -49,6 +56,11 @@ impl Default for ServerSettings {
             max_concurrent_requests: 1024,
             max_connections: 512,
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            // A quarter of a 1 GiB machine: about 15 maximal (17 MiB) answers at once, or
+            // thousands of ordinary ones, beside the LRU's 256 MiB and SQLite's page cache.
+            max_inflight_bytes: 256 << 20,
+            // As long as a call may run: a client that reads nothing for that long is gone.
+            write_timeout: Duration::from_secs(30),
             auth: None,
             tls: None,
         }
