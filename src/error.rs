@@ -15,6 +15,10 @@ pub enum Error {
     /// The stored state does not allow the operation (e.g. Increment on a non-integer).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A bounded table is full and its rows are not evictable (the sessions table at
+    /// `session.max_disk`): nothing was changed; the message says which bound.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Busy or shutting down: the caller may retry elsewhere or later.
     #[error("{0}")]
     Unavailable(String),

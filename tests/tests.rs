@@ -19,6 +19,7 @@ mod suite {
     mod conditions;
     mod config;
     mod crash;
+    mod disk_bounds;
     mod expiry;
     mod faults;
     mod hostile;

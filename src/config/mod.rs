@@ -461,6 +461,8 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
             default_idle_ttl: filled(f.duration(&SESSION_IDLE_TTL)),
             default_absolute_ttl: filled(f.duration(&SESSION_ABSOLUTE_TTL)),
             max_ttl: filled(f.duration(&SESSION_MAX_TTL)),
+            max_per_user: filled(f.count(&SESSION_MAX_PER_USER)) as usize,
+            max_disk_bytes: filled(f.bytes(&SESSION_MAX_DISK)),
             ..defaults.sessions
         },
         ratelimit: RateLimitSettings {

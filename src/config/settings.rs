@@ -329,8 +329,8 @@ pub static MAX_DISK: Setting = Setting {
     kind: Kind::Size,
     range: Some((Bound::Setting(&MAX_VALUE), at(1 << 50))),
     default: DefaultFrom::Component(|c| Value::Bytes(c.store.max_disk_bytes)),
-    help: "Bound on the cache's keys and values on disk; least recently used entries are \
-           evicted past it.",
+    help: "Bound on the cache table on disk (each entry charged its namespace and key twice, \
+           its value and 64 bytes); least recently used entries are evicted past it.",
 };
 
 /// `cache.max_value`.
@@ -408,6 +408,29 @@ pub static SESSION_MAX_MEMORY: Setting = Setting {
     range: Some((at(0), at(1 << 40))),
     default: DefaultFrom::Component(|c| Value::Bytes(c.store.session_memory_bytes)),
     help: "Memory for the LRU of sessions (sessions on disk are never evicted).",
+};
+
+/// `session.max_per_user`.
+pub static SESSION_MAX_PER_USER: Setting = Setting {
+    key: "session.max_per_user",
+    flag: "session-max-per-user",
+    env: "LARDER_SESSION_MAX_PER_USER",
+    kind: Kind::Count,
+    range: Some((at(1), at(1_000_000))),
+    default: DefaultFrom::Component(|c| Value::Count(c.server.sessions.max_per_user as u64)),
+    help: "Most sessions of one user; creating one more revokes that user's oldest session.",
+};
+
+/// `session.max_disk`.
+pub static SESSION_MAX_DISK: Setting = Setting {
+    key: "session.max_disk",
+    flag: "session-max-disk",
+    env: "LARDER_SESSION_MAX_DISK",
+    kind: Kind::Size,
+    range: Some((at(64 << 10), at(1 << 50))),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.server.sessions.max_disk_bytes)),
+    help: "Bound on the sessions table on disk (each session charged twice its strings and \
+           data plus 192 bytes); past it CreateSession answers RESOURCE_EXHAUSTED.",
 };
 
 /// `ratelimit.write_behind`.
@@ -600,6 +623,8 @@ pub static SETTINGS: [&Setting; 30] = [
     &SESSION_ABSOLUTE_TTL,
     &SESSION_MAX_TTL,
     &SESSION_MAX_MEMORY,
+    &SESSION_MAX_PER_USER,
+    &SESSION_MAX_DISK,
     &RATELIMIT_WRITE_BEHIND,
     &RATELIMIT_MAX_MEMORY,
     &DRAIN_TIMEOUT,

@@ -239,8 +239,8 @@ impl Metrics {
         }
         reg.register_with_unit(
             "larder_cache_disk",
-            "Keys and values in the cache table (the figure cache.max_disk bounds), expired \
-             rows not yet swept included",
+            "Charge of the cache table's rows, namespaces, keys, values and row overhead (the \
+             figure cache.max_disk bounds), expired rows not yet swept included",
             Unit::Bytes,
             ConstGauge::new(self.store.cache_disk_bytes()),
         );

@@ -13,7 +13,7 @@ use crate::pb::session_service_server::SessionService;
 use crate::service::token::{self, SESSION_ID_LEN};
 use crate::service::{at_most, not_empty};
 use crate::store::Store;
-use crate::store::{DataLimits, NewSession, SessionRecord, SessionTarget};
+use crate::store::{DataLimits, NewSession, SessionBounds, SessionRecord, SessionTarget};
 
 /// Session defaults and bounds.
 #[derive(Debug, Clone)]
@@ -40,6 +40,12 @@ pub struct SessionSettings {
     pub max_list: usize,
     /// Most bytes of session strings and data one ListSessions answers with.
     pub max_list_bytes: usize,
+    /// Most sessions of one user; creating one more revokes the user's oldest.
+    pub max_per_user: usize,
+    /// Bound on the sessions table on disk (each session charged as `disk_charge` in the
+    /// store says); past it CreateSession, and UpdateSession growing a session, answer
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_disk_bytes: u64,
 }
 
 impl Default for SessionSettings {
@@ -59,6 +65,15 @@ impl Default for SessionSettings {
             },
             max_list: 1000,
             max_list_bytes: 16 << 20,
+            // A person has a few devices; a shared or automated account a few dozen. Past a
+            // hundred, sessions of one user are a client creating them in a loop (or an
+            // attacker holding the password), and the oldest are the ones nobody uses.
+            max_per_user: 100,
+            // Sessions are not evictable, so this bound refuses logins when reached: it sits
+            // far above what a small site holds (100,000 live sessions of about 1 KiB each
+            // charge about 200 MiB) and far below what would fill the disk of a small VPS
+            // beside the 4 GiB cache bound.
+            max_disk_bytes: 1 << 30,
         }
     }
 }
@@ -74,6 +89,14 @@ impl SessionApi {
     /// A service over `store` with these defaults and bounds.
     pub(crate) fn new(store: Store, settings: SessionSettings) -> Self {
         Self { store, settings }
+    }
+
+    /// The bounds the store keeps the sessions table within.
+    fn bounds(&self) -> SessionBounds {
+        SessionBounds {
+            max_per_user: self.settings.max_per_user,
+            max_disk_bytes: self.settings.max_disk_bytes,
+        }
     }
 
     fn user_id(&self, user_id: &str) -> Result<(), Error> {
@@ -197,16 +220,19 @@ impl SessionService for SessionApi {
         let (token, token_hash) = token::new_token()?;
         let record = self
             .store
-            .create_session(NewSession {
-                token_hash,
-                session_id: token::new_session_id()?,
-                user_id: req.user_id,
-                data,
-                device_info: req.device_info,
-                ip: req.ip,
-                idle_ttl_ms,
-                absolute_ttl_ms,
-            })
+            .create_session(
+                NewSession {
+                    token_hash,
+                    session_id: token::new_session_id()?,
+                    user_id: req.user_id,
+                    data,
+                    device_info: req.device_info,
+                    ip: req.ip,
+                    idle_ttl_ms,
+                    absolute_ttl_ms,
+                },
+                self.bounds(),
+            )
             .await?;
         Ok(Response::new(pb::CreateSessionResponse {
             token,
@@ -256,7 +282,7 @@ impl SessionService for SessionApi {
         let found = match token::token_hash(&req.token) {
             Some(hash) => {
                 self.store
-                    .update_session(&hash, set, req.remove, self.settings.data)
+                    .update_session(&hash, set, req.remove, self.settings.data, self.bounds())
                     .await?
             }
             None => None,

@@ -11,6 +11,7 @@ pub fn code(err: &Error) -> Code {
         Error::InvalidArgument { .. } => Code::InvalidArgument,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Storage { source, .. } => storage_code(source),
         Error::Setup(_) | Error::Internal(_) => Code::Internal,
     }
@@ -41,7 +42,11 @@ impl From<Error> for Status {
             Code::InvalidArgument | Code::FailedPrecondition => Status::new(code, err.to_string()),
             Code::ResourceExhausted => {
                 tracing::warn!(error = %err, "storage full");
-                Status::new(code, "storage is full")
+                match err {
+                    // A bound of Larder's own: its message names the setting, no path.
+                    Error::ResourceExhausted(msg) => Status::new(code, msg),
+                    _ => Status::new(code, "storage is full"),
+                }
             }
             Code::Unavailable => {
                 tracing::warn!(error = %err, "request not served");

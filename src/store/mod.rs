@@ -65,8 +65,8 @@ pub use observe::{COMMIT_SECONDS_BUCKETS, PolicyChecks, WriterMetrics};
 pub use ratelimit::SLOT_OVERHEAD;
 pub use schema::{SCHEMA_VERSION, Synchronous};
 pub use session::{
-    DataLimits, MAX_PERSIST_WINDOW_MS, NewSession, SWEEP_GRACE_MS, SessionList, SessionRecord,
-    SessionTarget, TokenHash, persist_window,
+    DataLimits, MAX_PERSIST_WINDOW_MS, NewSession, SWEEP_GRACE_MS, SessionBounds, SessionList,
+    SessionRecord, SessionTarget, TokenHash, persist_window,
 };
 pub use stats::CounterValues;
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this build writes. A file with a higher version was written by a newer
 /// Larder and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// WAL pages after which the writer checkpoints itself, after a commit (the background
 /// checkpointer normally keeps the WAL far below this).
@@ -83,6 +83,42 @@ const MIGRATIONS: &[&str] = &[
     "
     INSERT INTO meta (name, value) SELECT 'cache_bytes', COALESCE(SUM(size), 0) FROM cache_entries;
     ",
+    // 4 → 5: a cache row's `size` becomes its charge against the disk bound (namespace and key
+    // twice, value, row overhead: see `cache::disk_charge`), recomputed for the rows there
+    // are; and the sessions table gets a total of its own charges (`session::disk_charge`),
+    // kept by triggers, so that every statement that adds, changes or deletes sessions keeps
+    // it exact without the writer adding anything up.
+    concat!(
+        "UPDATE cache_entries SET size = 2 * (length(CAST(namespace AS BLOB)) \
+         + length(CAST(key AS BLOB))) + length(value) + ",
+        crate::store::cache::row_overhead!(),
+        ";
+        UPDATE meta SET value = (SELECT COALESCE(SUM(size), 0) FROM cache_entries)
+            WHERE name = 'cache_bytes';
+        INSERT INTO meta (name, value) SELECT 'session_bytes', COALESCE(SUM(",
+        crate::store::session::session_charge!("sessions"),
+        "), 0) FROM sessions;
+        CREATE TRIGGER sessions_charge_insert AFTER INSERT ON sessions BEGIN
+            UPDATE meta SET value = value + ",
+        crate::store::session::session_charge!("NEW"),
+        " WHERE name = 'session_bytes';
+        END;
+        CREATE TRIGGER sessions_charge_delete AFTER DELETE ON sessions BEGIN
+            UPDATE meta SET value = value - ",
+        crate::store::session::session_charge!("OLD"),
+        " WHERE name = 'session_bytes';
+        END;
+        CREATE TRIGGER sessions_charge_update
+            AFTER UPDATE OF token_hash, session_id, user_id, device_info, ip, data ON sessions
+        BEGIN
+            UPDATE meta SET value = value + ",
+        crate::store::session::session_charge!("NEW"),
+        " - ",
+        crate::store::session::session_charge!("OLD"),
+        " WHERE name = 'session_bytes';
+        END;
+        "
+    ),
 ];
 
 /// How strongly a commit is made durable.
@@ -404,7 +440,11 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(bytes, 2, "the migration adds up the rows there were");
+        assert_eq!(
+            bytes,
+            crate::store::cache::disk_charge("default", "k", 2),
+            "the migrations add up the rows there were, at their charge"
+        );
         let sessions: i64 = conn
             .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
             .unwrap();
@@ -413,6 +453,88 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM rate_limits", [], |r| r.get(0))
             .unwrap();
         assert_eq!(limits, 0);
+    }
+
+    /// A store written before rows were charged their namespace and overhead: migration 5
+    /// recharges its rows, and the session total it starts is kept exact by its triggers.
+    #[test]
+    fn a_version_4_file_gets_its_rows_recharged_and_a_session_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "{}; {}; {}; {}; PRAGMA user_version = 4;",
+            MIGRATIONS[0], MIGRATIONS[1], MIGRATIONS[2], MIGRATIONS[3]
+        ))
+        .unwrap();
+        let ns = "n".repeat(128);
+        conn.execute(
+            "INSERT INTO cache_entries (namespace, key, version, expires_at, accessed_at, size, value) \
+             VALUES (?1, 'k', 7, 0, 0, 2, x'76')",
+            [&ns],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "UPDATE meta SET value = 2 WHERE name = 'cache_bytes';
+             INSERT INTO sessions (token_hash, session_id, user_id, device_info, ip, created_at,
+                 last_seen_at, idle_ttl, idle_expires_at, absolute_expires_at, data)
+             VALUES (zeroblob(32), 'ses_a', 'u', 'phone', '::1', 0, 0, 1, 1, 1, '{\"k\":\"v\"}');",
+        )
+        .unwrap();
+        drop(conn);
+        let (conn, _) = open_writer(&path, Synchronous::Normal).unwrap();
+        let meta = |name: &str| -> i64 {
+            conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let charge = crate::store::cache::disk_charge(&ns, "k", 1);
+        assert_eq!(charge, 2 * 129 + 1 + 64);
+        let size: i64 = conn
+            .query_row("SELECT size FROM cache_entries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((size, meta("cache_bytes")), (charge, charge));
+        let record = crate::store::session::SessionRecord {
+            session_id: "ses_a".into(),
+            user_id: "u".into(),
+            data: std::sync::Arc::new([("k".to_owned(), "v".to_owned())].into()),
+            device_info: "phone".into(),
+            ip: "::1".into(),
+            created_at_ms: 0,
+            last_seen_at_ms: 0,
+            idle_ttl_ms: 1,
+            absolute_expires_at_ms: 1,
+        };
+        let one = crate::store::session::disk_charge(&record) as i64;
+        assert_eq!(
+            meta("session_bytes"),
+            one,
+            "SQL and Rust charge a session alike"
+        );
+        conn.execute_batch(
+            "INSERT INTO sessions (token_hash, session_id, user_id, device_info, ip, created_at,
+                 last_seen_at, idle_ttl, idle_expires_at, absolute_expires_at, data)
+             SELECT randomblob(32), 'ses_b', user_id, device_info, ip, 0, 0, 1, 1, 1, data
+             FROM sessions;
+             UPDATE sessions SET data = '{}' WHERE session_id = 'ses_b';",
+        )
+        .unwrap();
+        let shrunk = one - 2 * ("{\"k\":\"v\"}".len() - "{}".len()) as i64;
+        assert_eq!(
+            meta("session_bytes"),
+            one + shrunk,
+            "inserts and updates are charged"
+        );
+        conn.execute_batch("DELETE FROM sessions WHERE session_id = 'ses_a'")
+            .unwrap();
+        assert_eq!(
+            meta("session_bytes"),
+            shrunk,
+            "deletes give their charge back"
+        );
+        conn.execute_batch("DELETE FROM sessions").unwrap();
+        assert_eq!(meta("session_bytes"), 0);
     }
 
     #[test]

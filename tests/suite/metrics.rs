@@ -351,7 +351,8 @@ async fn a_scrape_shows_exactly_the_calls_made() {
     assert_eq!(must(&m, "larder_cache_evictions_total", &[]), 0.0);
     assert_eq!(
         must(&m, "larder_cache_disk_bytes", &[]),
-        ("a".len() + "value".len()) as f64
+        // The row's charge: namespace ("default") and key twice, the value, 64 bytes.
+        (2 * ("default".len() + "a".len()) + "value".len() + 64) as f64
     );
     assert!(must(&m, "larder_cache_memory_bytes", &[]) > 0.0);
 

@@ -77,10 +77,30 @@ pub(super) const SAMPLE: &str = "SELECT id, accessed_at, namespace, key, size FR
 /// Deletes one row by id (an eviction).
 pub(super) const EVICT: &str = "DELETE FROM cache_entries WHERE id = ?1";
 
-/// Live entries and their bytes in namespace `?1` at `?2`.
-pub(super) const COUNT_NAMESPACE: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0) \
-     FROM cache_entries WHERE namespace = ?1 AND (expires_at = 0 OR expires_at > ?2)";
+/// `SUM` of the key and value bytes of the rows selected: `size` is the row's charge against
+/// the disk bound (see `disk_charge`), from which namespace, second key and overhead are
+/// taken back out.
+macro_rules! key_value_bytes {
+    () => {
+        concat!(
+            "COALESCE(SUM(size - 2 * length(CAST(namespace AS BLOB)) \
+             - length(CAST(key AS BLOB)) - ",
+            super::row_overhead!(),
+            "), 0)"
+        )
+    };
+}
 
-/// Live entries and their bytes at `?1`.
-pub(super) const COUNT_ALL: &str = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_entries \
-     WHERE expires_at = 0 OR expires_at > ?1";
+/// Live entries and their key and value bytes in namespace `?1` at `?2`.
+pub(super) const COUNT_NAMESPACE: &str = concat!(
+    "SELECT COUNT(*), ",
+    key_value_bytes!(),
+    " FROM cache_entries WHERE namespace = ?1 AND (expires_at = 0 OR expires_at > ?2)"
+);
+
+/// Live entries and their key and value bytes at `?1`.
+pub(super) const COUNT_ALL: &str = concat!(
+    "SELECT COUNT(*), ",
+    key_value_bytes!(),
+    " FROM cache_entries WHERE expires_at = 0 OR expires_at > ?1"
+);

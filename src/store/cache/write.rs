@@ -387,7 +387,7 @@ impl Writer {
         now: u64,
         fx: &mut Effects,
     ) -> Result<()> {
-        let size = (key.len() + row.value.len()) as i64;
+        let size = super::disk_charge(namespace, key, row.value.len());
         self.conn
             .prepare_cached(sql::UPSERT)
             .and_then(|mut s| {

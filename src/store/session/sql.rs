@@ -84,3 +84,25 @@ pub(crate) const SWEEP: &str = "DELETE FROM sessions WHERE id IN ( \
        SELECT id FROM sessions WHERE idle_expires_at <= ?1 \
        AND (absolute_expires_at <= ?1 OR idle_expires_at <= ?2) LIMIT ?3) \
      RETURNING token_hash";
+
+/// How many sessions user `?1` has on disk, expired ones not yet swept included.
+pub(crate) const COUNT_USER: &str = "SELECT COUNT(*) FROM sessions WHERE user_id = ?1";
+
+/// Deletes user `?1`'s sessions that the sweeper would delete at `?2` with grace `?3` (see
+/// [`SWEEP`]), before any live one is revoked to make room.
+pub(crate) const DELETE_USER_EXPIRED: &str = concat!(
+    "DELETE FROM sessions WHERE user_id = ?1 AND idle_expires_at <= ?2 \
+     AND (absolute_expires_at <= ?2 OR idle_expires_at <= ?3)",
+    deleted_columns!()
+);
+
+/// Deletes user `?1`'s `?2` oldest sessions (by creation), from the `(user_id, created_at)`
+/// index.
+pub(crate) const DELETE_USER_OLDEST: &str = concat!(
+    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE user_id = ?1 \
+     ORDER BY created_at, id LIMIT ?2)",
+    deleted_columns!()
+);
+
+/// The sum of the sessions' charges against `session.max_disk`, kept by triggers.
+pub(crate) const TABLE_BYTES: &str = "SELECT value FROM meta WHERE name = 'session_bytes'";

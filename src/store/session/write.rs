@@ -10,8 +10,9 @@ use rusqlite::{OptionalExtension, params};
 
 use super::sql;
 use super::{
-    CachedSession, DataLimits, NewSession, SWEEP_GRACE_MS, SessionRecord, SessionTarget, TokenHash,
-    data_bytes, encode_data, idle_expiry, latest_use, record_from_row,
+    CachedSession, DataLimits, NewSession, SWEEP_GRACE_MS, SessionBounds, SessionRecord,
+    SessionTarget, TokenHash, data_bytes, disk_charge, encode_data, idle_expiry, latest_use,
+    record_from_row,
 };
 use crate::error::{Error, Result};
 use crate::store::writer::{Effects, MemEffect, Pending, Reply, Writer};
@@ -19,9 +20,11 @@ use crate::store::writer::{Effects, MemEffect, Pending, Reply, Writer};
 /// A command on the sessions table, with its reply.
 #[derive(Debug)]
 pub(crate) enum SessionOp {
-    /// Create a session; answers its record.
+    /// Create a session (revoking the user's oldest past the per-user bound); answers its
+    /// record.
     Create {
         new: NewSession,
+        bounds: SessionBounds,
         reply: Reply<SessionRecord>,
     },
     /// Merge changes into a live session's data; `None` when it was not live.
@@ -30,6 +33,7 @@ pub(crate) enum SessionOp {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
         limits: DataLimits,
+        bounds: SessionBounds,
         reply: Reply<Option<SessionRecord>>,
     },
     /// Give a live session a new token hash; `None` when it was not live.
@@ -69,7 +73,13 @@ impl SessionOp {
 
     /// Whether the command may write several rows.
     pub(crate) fn needs_savepoint(&self) -> bool {
-        matches!(self, SessionOp::RecordUses { uses, .. } if uses.len() > 1)
+        match self {
+            // The revocations that make room for the user are undone with a creation refused
+            // for the table's bound.
+            SessionOp::Create { .. } => true,
+            SessionOp::RecordUses { uses, .. } => uses.len() > 1,
+            _ => false,
+        }
     }
 
     /// The command's reply.
@@ -83,6 +93,14 @@ impl SessionOp {
     }
 }
 
+/// What an UpdateSession changes in a session's data, and the bounds it must stay within.
+struct DataChange<'a> {
+    set: &'a BTreeMap<String, String>,
+    remove: &'a [String],
+    limits: DataLimits,
+    bounds: SessionBounds,
+}
+
 impl Writer {
     pub(in crate::store) fn apply_session(
         &mut self,
@@ -91,8 +109,8 @@ impl Writer {
         fx: &mut Effects,
     ) -> Result<()> {
         match op {
-            SessionOp::Create { new, reply } => {
-                let record = self.create_session(new, now, fx)?;
+            SessionOp::Create { new, bounds, reply } => {
+                let record = self.create_session(new, *bounds, now, fx)?;
                 reply.hold(record);
             }
             SessionOp::Update {
@@ -100,9 +118,16 @@ impl Writer {
                 set,
                 remove,
                 limits,
+                bounds,
                 reply,
             } => {
-                let record = self.update_session(token_hash, set, remove, *limits, now, fx)?;
+                let change = DataChange {
+                    set,
+                    remove,
+                    limits: *limits,
+                    bounds: *bounds,
+                };
+                let record = self.update_session(token_hash, change, now, fx)?;
                 reply.hold(record);
             }
             SessionOp::Rotate {
@@ -140,9 +165,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Creates a session: first revokes the user's oldest sessions past
+    /// `bounds.max_per_user` (expired ones first), then refuses if the table would pass
+    /// `bounds.max_disk_bytes` (the caller's savepoint then undoes the revocations).
     fn create_session(
         &mut self,
         new: &NewSession,
+        bounds: SessionBounds,
         now: u64,
         fx: &mut Effects,
     ) -> Result<SessionRecord> {
@@ -157,6 +186,8 @@ impl Writer {
             idle_ttl_ms: new.idle_ttl_ms,
             absolute_expires_at_ms: now.saturating_add(new.absolute_ttl_ms),
         };
+        self.make_room_for_user(&record.user_id, bounds.max_per_user, now, fx)?;
+        self.check_session_room(disk_charge(&record), bounds.max_disk_bytes)?;
         self.conn
             .prepare_cached(sql::INSERT)
             .and_then(|mut s| {
@@ -234,21 +265,26 @@ impl Writer {
     fn update_session(
         &mut self,
         hash: &TokenHash,
-        set: &BTreeMap<String, String>,
-        remove: &[String],
-        limits: DataLimits,
+        change: DataChange<'_>,
         now: u64,
         fx: &mut Effects,
     ) -> Result<Option<SessionRecord>> {
         let Some((id, mut record)) = self.live_session(hash, now)? else {
             return Ok(None);
         };
+        let before = disk_charge(&record);
         let data = Arc::make_mut(&mut record.data);
-        for key in remove {
+        for key in change.remove {
             data.remove(key);
         }
-        data.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-        limits.check("set", data)?;
+        data.extend(change.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        change.limits.check("set", data)?;
+        // Checked before the row is written: a session that grows must fit the table's bound
+        // as a new one must, or sessions created small and grown later would pass it.
+        let after = disk_charge(&record);
+        if after > before {
+            self.check_session_room(after - before, change.bounds.max_disk_bytes)?;
+        }
         let record = self.rewrite_session(id, hash, record, now, fx)?;
         Ok(Some(record))
     }
@@ -321,6 +357,67 @@ impl Writer {
             }
         };
         Ok(live > 0)
+    }
+
+    /// Revokes `user_id`'s sessions until one more fits under `max_per_user`: those the
+    /// sweeper would delete first, then the oldest by creation (the device logged in longest
+    /// ago is the one logged out).
+    fn make_room_for_user(
+        &mut self,
+        user_id: &str,
+        max_per_user: usize,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        let count = |w: &Self| -> Result<usize> {
+            w.conn
+                .prepare_cached(sql::COUNT_USER)
+                .and_then(|mut s| s.query_row([user_id], |r| r.get::<_, i64>(0)))
+                .map(|n| n.max(0) as usize)
+                .map_err(Error::storage("counting a user's sessions"))
+        };
+        let mut held = count(self)?;
+        if held < max_per_user {
+            return Ok(());
+        }
+        self.delete_sessions(
+            sql::DELETE_USER_EXPIRED,
+            params![
+                user_id,
+                now as i64,
+                now.saturating_sub(SWEEP_GRACE_MS) as i64
+            ],
+            now,
+            fx,
+        )?;
+        held = count(self)?;
+        if held >= max_per_user {
+            let over = held + 1 - max_per_user.max(1);
+            self.delete_sessions(
+                sql::DELETE_USER_OLDEST,
+                params![user_id, over as i64],
+                now,
+                fx,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Fails with `RESOURCE_EXHAUSTED` when `charge` more bytes would take the sessions
+    /// table past `max_disk_bytes`.
+    fn check_session_room(&self, charge: u64, max_disk_bytes: u64) -> Result<()> {
+        let held: i64 = self
+            .conn
+            .prepare_cached(sql::TABLE_BYTES)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(Error::storage("reading the sessions table's size"))?;
+        if (held.max(0) as u64).saturating_add(charge) > max_disk_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "the sessions table is full (session.max_disk is {max_disk_bytes} bytes); \
+                 sessions leave it only by expiry or revocation"
+            )));
+        }
+        Ok(())
     }
 
     /// Records a use seen by a read (the background, coalesced write of GetSession). Never
