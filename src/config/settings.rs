@@ -607,7 +607,7 @@ pub static LOG_LEVEL: Setting = Setting {
 
 /// Every setting, in the order of the config file, `check-config` and the docs table. The
 /// sections of the file follow the first appearance of their keys here.
-pub static SETTINGS: [&Setting; 30] = [
+pub static SETTINGS: &[&Setting] = &[
     &DATA_DIR,
     &LISTEN,
     &UNIX_SOCKET,
