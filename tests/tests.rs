@@ -17,6 +17,7 @@ mod suite {
     mod concurrency;
     mod conditions;
     mod config;
+    mod connections;
     mod crash;
     mod expiry;
     mod faults;

@@ -470,6 +470,11 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         request_timeout: filled(f.duration(&REQUEST_TIMEOUT)),
         max_concurrent_requests: filled(f.count(&MAX_CONCURRENT_REQUESTS)) as usize,
         max_connections: filled(f.count(&MAX_CONNECTIONS)) as usize,
+        max_connections_per_peer: filled(f.count(&MAX_CONNECTIONS_PER_PEER)) as usize,
+        auth_timeout: filled(f.duration(&AUTH_TIMEOUT)),
+        max_connection_age: filled(f.duration(&MAX_CONNECTION_AGE)),
+        max_connection_age_grace: filled(f.duration(&MAX_CONNECTION_AGE_GRACE)),
+        max_health_watches: filled(f.count(&MAX_HEALTH_WATCHES)) as usize,
         auth,
         tls,
         ..defaults
