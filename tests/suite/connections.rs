@@ -34,9 +34,10 @@ const PREFACE_AND_SETTINGS: &[u8] =
 /// keeps a failing test from hanging, never a measurement.
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Raises this process's soft limit on open files to `want` (or the hard limit, if lower):
-/// the flood below holds both ends of its connections in this one process.
-fn raise_fd_limit(want: u64) {
+/// Raises this process's soft limit on open files to `want` (or the hard limit, if lower),
+/// and fails, saying why, if that stays under `need`: the flood below holds both ends of its
+/// connections in this one process.
+fn raise_fd_limit(want: u64, need: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -46,8 +47,15 @@ fn raise_fd_limit(want: u64) {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < want {
             limit.rlim_cur = want.min(limit.rlim_max);
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            // What is in force now, whether or not the raise was allowed.
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         }
     }
+    assert!(
+        limit.rlim_cur >= need,
+        "this test holds about {need} files open, over the hard limit of {} (ulimit -Hn)",
+        limit.rlim_cur
+    );
 }
 
 /// A TCP connection to `addr` from the loopback address `from` (any of 127.0.0.0/8 reaches
@@ -144,9 +152,11 @@ async fn idle_connections_and_health_watches_lose_their_places_at_the_auth_deadl
     // Five source addresses, each under the default per-peer share (128): this flood is
     // what the per-peer bound cannot stop, and the auth deadline must.
     const PEERS: usize = 5;
-    raise_fd_limit(8192);
+    // Both ends of the flood, the server's places and the rest of the suite's files.
+    raise_fd_limit(8192, (IDLE + 512 + 512) as u64);
+    // Short, so that the test takes seconds; long enough to open the Watch streams first.
     let server = TestServer::with_settings(ServerSettings {
-        auth_timeout: Duration::from_secs(1),
+        auth_timeout: Duration::from_secs(2),
         ..ServerSettings::default()
     })
     .await;
