@@ -18,6 +18,7 @@ mod suite {
     mod concurrency;
     mod conditions;
     mod config;
+    mod connections;
     mod crash;
     mod disk_bounds;
     mod expiry;

@@ -474,6 +474,11 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         max_connections: filled(f.count(&MAX_CONNECTIONS)) as usize,
         max_inflight_bytes: filled(f.bytes(&MAX_INFLIGHT_BYTES)),
         write_timeout: filled(f.duration(&WRITE_TIMEOUT)),
+        max_connections_per_peer: filled(f.count(&MAX_CONNECTIONS_PER_PEER)) as usize,
+        auth_timeout: filled(f.duration(&AUTH_TIMEOUT)),
+        max_connection_age: filled(f.duration(&MAX_CONNECTION_AGE)),
+        max_connection_age_grace: filled(f.duration(&MAX_CONNECTION_AGE_GRACE)),
+        max_health_watches: filled(f.count(&MAX_HEALTH_WATCHES)) as usize,
         auth,
         tls,
         ..defaults

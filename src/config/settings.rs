@@ -524,6 +524,66 @@ pub static WRITE_TIMEOUT: Setting = Setting {
            closed, freeing the answers it holds.",
 };
 
+/// `server.max_connections_per_peer`.
+pub static MAX_CONNECTIONS_PER_PEER: Setting = Setting {
+    key: "server.max_connections_per_peer",
+    flag: "max-connections-per-peer",
+    env: "LARDER_MAX_CONNECTIONS_PER_PEER",
+    kind: Kind::Count,
+    range: Some((at(1), at(1 << 20))),
+    default: DefaultFrom::Component(|c| Value::Count(c.server.max_connections_per_peer as u64)),
+    help: "Most open TCP connections from one address (IPv6: one /64), loopback included; \
+           more are closed at once. Unix socket connections are not counted.",
+};
+
+/// `server.auth_timeout`.
+pub static AUTH_TIMEOUT: Setting = Setting {
+    key: "server.auth_timeout",
+    flag: "auth-timeout",
+    env: "LARDER_AUTH_TIMEOUT",
+    kind: Kind::Duration,
+    range: Some((millis(1), secs(3600))),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.auth_timeout)),
+    help: "A connection that has not started a call other than health (past auth, when on) \
+           this long after connecting is closed.",
+};
+
+/// `server.max_connection_age`.
+pub static MAX_CONNECTION_AGE: Setting = Setting {
+    key: "server.max_connection_age",
+    flag: "max-connection-age",
+    env: "LARDER_MAX_CONNECTION_AGE",
+    kind: Kind::Duration,
+    // Below a second every connection would spend its life reconnecting.
+    range: Some((secs(1), secs(365 * 86_400))),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.max_connection_age)),
+    help: "Age at which a connection is sent GOAWAY; clients reconnect for their next calls.",
+};
+
+/// `server.max_connection_age_grace`.
+pub static MAX_CONNECTION_AGE_GRACE: Setting = Setting {
+    key: "server.max_connection_age_grace",
+    flag: "max-connection-age-grace",
+    env: "LARDER_MAX_CONNECTION_AGE_GRACE",
+    kind: Kind::Duration,
+    range: Some((secs(0), secs(86_400))),
+    default: DefaultFrom::Component(|c| Value::Time(c.server.max_connection_age_grace)),
+    help: "How long calls and streams may go on after the GOAWAY of server.max_connection_age \
+           before the connection is closed.",
+};
+
+/// `server.max_health_watches`.
+pub static MAX_HEALTH_WATCHES: Setting = Setting {
+    key: "server.max_health_watches",
+    flag: "max-health-watches",
+    env: "LARDER_MAX_HEALTH_WATCHES",
+    kind: Kind::Count,
+    range: Some((at(0), at(1 << 20))),
+    default: DefaultFrom::Component(|c| Value::Count(c.server.max_health_watches as u64)),
+    help: "Most health Watch streams open at once over all connections; more are refused \
+           with RESOURCE_EXHAUSTED.",
+};
+
 /// `auth.token_file`.
 pub static AUTH_TOKEN_FILE: Setting = Setting {
     key: "auth.token_file",
@@ -633,6 +693,11 @@ pub static SETTINGS: &[&Setting] = &[
     &MAX_CONNECTIONS,
     &MAX_INFLIGHT_BYTES,
     &WRITE_TIMEOUT,
+    &MAX_CONNECTIONS_PER_PEER,
+    &AUTH_TIMEOUT,
+    &MAX_CONNECTION_AGE,
+    &MAX_CONNECTION_AGE_GRACE,
+    &MAX_HEALTH_WATCHES,
     &AUTH_TOKEN_FILE,
     &AUTH_UNIX_SOCKET,
     &TLS_CERT,

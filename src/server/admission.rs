@@ -17,14 +17,36 @@
 //! holds and returns their bytes to the in-flight budget ([`super::budget`]). At shutdown
 //! [`ConnectionLimit::cut`] closes every connection still open after the drain deadline, so
 //! that no call outlives the store.
+//!
+//! Past the preface a place is still earned, not kept for free (any HTTP/2 stack answers
+//! keepalive pings, and health needs no token):
+//!
+//! - A connection that has not started a real call within the auth timeout
+//!   ([`AUTH_TIMEOUT`] by default) of being accepted is closed. A real call is one that passed
+//!   authentication and is not `grpc.health.v1.Health` (with auth off: any call but health).
+//!   Starting one is enough, not finishing it: the token is decided on the headers, and a
+//!   slow first call (or a stream) must not be cut. Health-only connections (load balancer
+//!   probes, Watch streams) are therefore closed at the deadline and reconnect.
+//! - A connection older than the maximum age gets an HTTP/2 GOAWAY from tonic, and is closed
+//!   here once the grace period after that has passed too (calls still open then end).
+//! - Over TCP, one peer address holds at most [`PeerTable`]'s share of the places, taken at
+//!   accept like the global ones (IPv6 peers are counted by their /64). Unix socket
+//!   connections are not counted per peer: the socket's file mode decides who connects.
+//! - Health Watch streams, which never end by themselves and are not calls in progress, are
+//!   bounded over all connections; one past the bound gets `RESOURCE_EXHAUSTED`.
 
+use std::collections::HashMap;
 use std::io;
+use std::marker::PhantomData;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_stream::{Stream, StreamExt};
@@ -37,6 +59,14 @@ use super::throttle::Throttled;
 
 /// Path prefix of the health service, which is never refused.
 pub(crate) const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// The health service's streaming method, whose streams are bounded apart.
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+
+/// How long an accepted connection may go without starting a real call (see the module
+/// docs). Long enough for a client to connect, finish TLS and send its first call on a slow
+/// link; short enough that idle connections cannot keep the table full.
+pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an accepted connection may take to send [`PREFACE_BYTES`] (the HTTP/2 preface,
 /// which a real client sends at once; over TLS, to finish the TLS handshake and then send it).
@@ -61,11 +91,16 @@ pub(crate) struct ConnectionLimit {
     handshake_timeout: Duration,
     /// How long a connection's writes may make no progress; `None` for no bound.
     write_timeout: Option<Duration>,
+    /// How long a connection may go without a real call, and how long it may live.
+    lifetime: LifetimeBounds,
+    /// The places each TCP peer holds.
+    peers: Arc<PeerTable>,
 }
 
 impl ConnectionLimit {
     /// At most `limit` connections open at once, each closed if it sends nothing within
-    /// `handshake_timeout` of being accepted.
+    /// `handshake_timeout` of being accepted. No per-peer bound, auth deadline nor age until
+    /// the `with_` methods set them.
     pub(crate) fn new(limit: usize, handshake_timeout: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
@@ -76,12 +111,34 @@ impl ConnectionLimit {
             cut: CancellationToken::new(),
             handshake_timeout,
             write_timeout: None,
+            lifetime: LifetimeBounds::default(),
+            peers: Arc::new(PeerTable::new(limit)),
         }
     }
 
     /// Closes a connection whose writes have made no progress for `timeout`.
     pub(crate) fn with_write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = Some(timeout);
+        self
+    }
+
+    /// Each connection is closed if it has not started a real call within `timeout` of being
+    /// accepted.
+    pub(crate) fn with_auth_timeout(mut self, timeout: Duration) -> Self {
+        self.lifetime.auth_timeout = Some(timeout);
+        self
+    }
+
+    /// Each connection is closed `age + grace` after HTTP/2 starts on it (tonic sends the
+    /// GOAWAY at `age`; see `routes::Router::serve`).
+    pub(crate) fn with_max_age(mut self, age: Duration, grace: Duration) -> Self {
+        self.lifetime.max_life = Some(age.saturating_add(grace));
+        self
+    }
+
+    /// At most `per_peer` TCP connections from one peer address (see [`PeerTable`]).
+    pub(crate) fn with_per_peer_limit(mut self, per_peer: usize) -> Self {
+        self.peers = Arc::new(PeerTable::new(per_peer));
         self
     }
 
@@ -115,6 +172,29 @@ impl ConnectionLimit {
         })
     }
 
+    /// The TCP connections of `incoming` whose peer address holds fewer than its share of
+    /// places, each holding one until it closes; the others are closed at once (with a
+    /// throttled warning naming the peer). Put before [`ConnectionLimit::limit`] (or the TLS
+    /// accept), so that a peer over its share takes no place at all. Accept errors pass
+    /// through.
+    pub(crate) fn per_peer<S>(
+        &self,
+        incoming: S,
+    ) -> impl Stream<Item = io::Result<PerPeer<TcpStream>>> + use<S>
+    where
+        S: Stream<Item = io::Result<TcpStream>>,
+    {
+        let peers = self.peers.clone();
+        incoming.filter_map(move |accepted| match accepted {
+            Err(e) => Some(Err(e)),
+            // A peer that is already gone has no address; its connection is dropped.
+            Ok(io) => io.peer_addr().ok().and_then(|addr| {
+                let slot = peers.take(addr.ip())?;
+                Some(Ok(PerPeer { io, _slot: slot }))
+            }),
+        })
+    }
+
     /// A place for a connection just accepted, its handshake deadline starting now; `None`
     /// (with a throttled warning) when every place is taken, and the connection is to be
     /// closed. For a connection with a handshake of its own (TLS) before HTTP/2 starts.
@@ -125,6 +205,7 @@ impl ConnectionLimit {
                 cut: self.cut.clone(),
                 deadline: Box::pin(tokio::time::sleep(self.handshake_timeout)),
                 write_timeout: self.write_timeout,
+                lifetime: Lifetime::accepted(self.lifetime),
             }),
             Err(_) => {
                 self.warn.refused(self.limit);
@@ -142,6 +223,7 @@ pub(crate) struct Admission {
     cut: CancellationToken,
     deadline: Pin<Box<Sleep>>,
     write_timeout: Option<Duration>,
+    lifetime: Lifetime,
 }
 
 impl Admission {
@@ -167,6 +249,7 @@ impl Admission {
                 timeout: self.write_timeout,
                 stalled: None,
             },
+            lifetime: self.lifetime.started(),
         }
     }
 }
@@ -183,6 +266,8 @@ pub(crate) struct Limited<IO> {
     /// Bytes read so far, counted up to [`PREFACE_BYTES`].
     received: usize,
     writes: WriteDeadline,
+    /// The deadline for a real call, and the end of the connection's life.
+    lifetime: Lifetime,
 }
 
 /// The write deadline of one connection: an error once its writes have been pending, with no
@@ -243,15 +328,18 @@ impl<IO> Limited<IO> {
                 "the client did not send the HTTP/2 preface in time",
             ));
         }
-        None
+        self.lifetime.ended(cx)
     }
 }
 
 impl<IO: Connected> Connected for Limited<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+    type ConnectInfo = ConnectionInfo<IO::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        ConnectionInfo {
+            transport: self.io.connect_info(),
+            in_use: self.lifetime.in_use.clone(),
+        }
     }
 }
 
@@ -316,17 +404,331 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
     }
 }
 
-/// The bound on calls in progress, as a tower layer over the routes; one value is shared by
-/// every listener's server.
+/// How long a connection may go without a real call, and how long it may live at most.
+#[derive(Debug, Clone, Copy, Default)]
+struct LifetimeBounds {
+    /// From accept to the first real call; `None`: no deadline.
+    auth_timeout: Option<Duration>,
+    /// From the start of HTTP/2 to the hard close (the maximum age and its grace);
+    /// `None`: no end.
+    max_life: Option<Duration>,
+}
+
+/// The deadlines of one connection past its preface: kept apart from the preface deadline so
+/// that each bound reads on its own.
+#[derive(Debug)]
+struct Lifetime {
+    bounds: LifetimeBounds,
+    /// Set by the first real call (see [`ConnectionInUse`]).
+    in_use: ConnectionInUse,
+    /// Until a real call has started: the deadline for one.
+    unproven: Option<Pin<Box<Sleep>>>,
+    /// The hard close at the end of the maximum age and its grace.
+    expires: Option<Pin<Box<Sleep>>>,
+}
+
+impl Lifetime {
+    /// The deadlines of a connection accepted now (the auth deadline starts here).
+    fn accepted(bounds: LifetimeBounds) -> Self {
+        Self {
+            bounds,
+            in_use: ConnectionInUse::default(),
+            unproven: bounds
+                .auth_timeout
+                .map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+            expires: None,
+        }
+    }
+
+    /// Once HTTP/2 starts (after TLS, when on): its age is counted from here, as tonic
+    /// counts the age it sends GOAWAY at.
+    fn started(mut self) -> Self {
+        self.expires = self
+            .bounds
+            .max_life
+            .map(|life| Box::pin(tokio::time::sleep(life)));
+        self
+    }
+
+    /// An error once the connection must end; polling registers the task for the deadlines.
+    fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.unproven.is_some() && self.in_use.is_set() {
+            self.unproven = None;
+        }
+        if let Some(unproven) = self.unproven.as_mut()
+            && unproven.as_mut().poll(cx).is_ready()
+        {
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no authenticated call within server.auth_timeout of connecting",
+            ));
+        }
+        if let Some(expires) = self.expires.as_mut()
+            && expires.as_mut().poll(cx).is_ready()
+        {
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived server.max_connection_age and its grace",
+            ));
+        }
+        None
+    }
+}
+
+/// Whether a connection has started a real call: shared by the connection and every call it
+/// carries (through [`ConnectionInfo`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectionInUse(Arc<AtomicBool>);
+
+impl ConnectionInUse {
+    /// Marks the connection as used by a real call: it keeps its place from now on.
+    pub(crate) fn mark(&self) {
+        // Relaxed: the flag guards nothing else; the connection's own task reads it.
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What tonic puts in each call's extensions for a [`Limited`] connection: the transport's
+/// own information and the connection's [`ConnectionInUse`]. [`SplitInfoLayer`] takes it
+/// apart again, so that the layers and handlers below see the transport's information under
+/// its own type (`TcpConnectInfo`, as `Request::remote_addr` looks for it).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionInfo<T> {
+    transport: T,
+    in_use: ConnectionInUse,
+}
+
+/// The outermost layer of a listener's stack: replaces the [`ConnectionInfo`] of each call
+/// by its two parts, each under its own type.
+#[derive(Debug)]
+pub(crate) struct SplitInfoLayer<T>(PhantomData<fn() -> T>);
+
+impl<T> SplitInfoLayer<T> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> Clone for SplitInfoLayer<T> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<S, T> tower_layer::Layer<S> for SplitInfoLayer<T> {
+    type Service = SplitInfo<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SplitInfo {
+            inner,
+            _info: PhantomData,
+        }
+    }
+}
+
+/// The service [`SplitInfoLayer`] makes.
+#[derive(Debug)]
+pub(crate) struct SplitInfo<S, T> {
+    inner: S,
+    _info: PhantomData<fn() -> T>,
+}
+
+impl<S: Clone, T> Clone for SplitInfo<S, T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _info: PhantomData,
+        }
+    }
+}
+
+impl<S, T, B> tower_service::Service<http::Request<B>> for SplitInfo<S, T>
+where
+    S: tower_service::Service<http::Request<B>>,
+    T: Clone + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if let Some(info) = request.extensions_mut().remove::<ConnectionInfo<T>>() {
+            request.extensions_mut().insert(info.transport);
+            request.extensions_mut().insert(info.in_use);
+        }
+        self.inner.call(request)
+    }
+}
+
+/// The places each TCP peer address holds, bounded per peer.
+///
+/// One address is one peer, loopback included: an app's workers on the same host each hold
+/// one or a few connections, far below the default share. IPv6 addresses are counted by
+/// their /64, which one host usually owns whole; IPv4-mapped IPv6 addresses as IPv4.
+#[derive(Debug)]
+pub(crate) struct PeerTable {
+    limit: usize,
+    /// Open connections per peer; a peer leaves the map with its last one. A std lock: held
+    /// only to count, never across an `.await`.
+    open: Mutex<HashMap<IpAddr, usize>>,
+    warn: Throttled,
+}
+
+impl PeerTable {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: Mutex::new(HashMap::new()),
+            warn: Throttled::new(
+                "too many connections from one address (server.max_connections_per_peer); \
+                 closing new ones",
+            ),
+        }
+    }
+
+    /// A place for a connection from `ip`; `None` (with a throttled warning) when the peer
+    /// holds its whole share.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let peer = peer_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = open.entry(peer).or_insert(0);
+        if *held >= self.limit {
+            drop(open);
+            self.warn.refused_peer(self.limit, ip);
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot {
+            table: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// The address a peer is counted under: IPv4 as is (also when mapped into IPv6), IPv6 by
+/// its /64.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// One place in [`PeerTable`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct PeerSlot {
+    table: Arc<PeerTable>,
+    peer: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = open.get_mut(&self.peer) {
+            *held -= 1;
+            if *held == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A TCP connection holding its peer's place in [`PeerTable`] until it is dropped; reads,
+/// writes and connection information are the stream's own.
+#[derive(Debug)]
+pub(crate) struct PerPeer<IO> {
+    io: IO,
+    _slot: PeerSlot,
+}
+
+impl<IO: Connected> Connected for PerPeer<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for PerPeer<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for PerPeer<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The bound on calls in progress, and on health Watch streams, as a tower layer over the
+/// routes; one value is shared by every listener's server.
+///
+/// It sits below authentication, so every call it sees passed it: a call that is not health
+/// marks its connection in use here (see [`ConnectionInUse`]).
 #[derive(Debug, Clone)]
 pub(crate) struct RequestLimitLayer {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    warn: Arc<Throttled>,
+    /// Health Watch streams open over all connections, when bounded.
+    watches: Option<WatchLimit>,
+}
+
+/// The bound on health Watch streams.
+#[derive(Debug, Clone)]
+struct WatchLimit {
     permits: Arc<Semaphore>,
     limit: usize,
     warn: Arc<Throttled>,
 }
 
 impl RequestLimitLayer {
-    /// At most `limit` calls in progress at once.
+    /// At most `limit` calls in progress at once; Watch streams unbounded until
+    /// [`RequestLimitLayer::with_watch_limit`].
     pub(crate) fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
@@ -334,7 +736,21 @@ impl RequestLimitLayer {
             warn: Arc::new(Throttled::new(
                 "too many calls in progress (server.max_concurrent_requests); answering UNAVAILABLE",
             )),
+            watches: None,
         }
+    }
+
+    /// At most `limit` health Watch streams open at once, over all connections.
+    pub(crate) fn with_watch_limit(mut self, limit: usize) -> Self {
+        self.watches = Some(WatchLimit {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            warn: Arc::new(Throttled::new(
+                "too many health Watch streams (server.max_health_watches); answering \
+                 RESOURCE_EXHAUSTED",
+            )),
+        });
+        self
     }
 }
 
@@ -373,9 +789,18 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let permit = if request.uri().path().starts_with(HEALTH_PREFIX) {
+        let path = request.uri().path();
+        if path == HEALTH_WATCH
+            && let Some(watches) = &self.layer.watches
+        {
+            return self.watch(request, watches.clone());
+        }
+        let permit = if path.starts_with(HEALTH_PREFIX) {
             None
         } else {
+            if let Some(in_use) = request.extensions().get::<ConnectionInUse>() {
+                in_use.mark();
+            }
             match self.layer.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
@@ -396,6 +821,78 @@ where
             drop(permit);
             response
         })
+    }
+}
+
+impl<S> RequestLimit<S>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// A health Watch: a place among `watches` for as long as its stream is open, or
+    /// `RESOURCE_EXHAUSTED` at once. Not UNIMPLEMENTED, which gRPC's client-side health
+    /// checking takes for "no health checking, assume healthy"; not UNAVAILABLE, which would
+    /// say the server is down or stopping. Health clients retry any other code with backoff,
+    /// and Check still answers.
+    fn watch(
+        &mut self,
+        request: http::Request<Body>,
+        watches: WatchLimit,
+    ) -> <Self as tower_service::Service<http::Request<Body>>>::Future {
+        let Ok(permit) = watches.permits.try_acquire_owned() else {
+            watches.warn.refused(watches.limit);
+            let full = Status::resource_exhausted(format!(
+                "{} health Watch streams already open (server.max_health_watches); use Check, \
+                 or retry later",
+                watches.limit
+            ));
+            return Box::pin(async move { Ok(full.into_http()) });
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            // The place is held by the stream's body, so it is given back when the stream
+            // ends or is reset, or its connection closes.
+            Ok(response.map(|body| {
+                Body::new(Holding {
+                    body,
+                    _permit: permit,
+                })
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body holding a place until it is dropped.
+    struct Holding<B> {
+        #[pin]
+        body: B,
+        _permit: OwnedSemaphorePermit,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -565,5 +1062,73 @@ mod tests {
         // Nothing written for longer than the timeout is no stall: only a pending write is.
         tokio::time::sleep(TIMEOUT * 2).await;
         read.write_all(&[0u8; 8]).await.unwrap();
+    }
+
+    #[test]
+    fn peers_are_counted_by_address_ipv6_by_its_64_and_a_dropped_slot_is_given_back() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(peer_key(mapped), v4, "IPv4-mapped IPv6 is the IPv4 peer");
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(peer_key(a), peer_key(b), "one /64 is one peer");
+        assert_ne!(peer_key(a), peer_key(c));
+
+        let table = Arc::new(PeerTable::new(2));
+        let first = table.take(a).unwrap();
+        let _second = table.take(b).unwrap();
+        assert!(table.take(a).is_none(), "the /64 holds its share");
+        assert!(table.take(c).is_some(), "another /64 has its own");
+        assert!(table.take(v4).is_some());
+        drop(first);
+        assert!(table.take(a).is_some(), "a dropped slot is given back");
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_real_call_is_closed_at_the_auth_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let deadline = Duration::from_millis(100);
+        let limit = ConnectionLimit::new(2, HANDSHAKE_TIMEOUT).with_auth_timeout(deadline);
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let (b, mut b_peer) = tokio::io::duplex(64);
+        let mut used = limit.admit().unwrap().wrap(a);
+        let mut idle = limit.admit().unwrap().wrap(b);
+        let mut buf = [0u8; PREFACE_BYTES];
+        for (conn, peer) in [(&mut used, &mut a_peer), (&mut idle, &mut b_peer)] {
+            peer.write_all(&[0; PREFACE_BYTES]).await.unwrap();
+            conn.read_exact(&mut buf).await.unwrap();
+        }
+        // What a call that passed auth does, through the information tonic hands each call.
+        used.connect_info().in_use.mark();
+
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("server.auth_timeout"), "{err}");
+        let still = tokio::time::timeout(deadline * 5, used.read(&mut buf)).await;
+        assert!(
+            still.is_err(),
+            "a used connection keeps its place: {still:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_closed_at_its_age_plus_grace() {
+        use tokio::io::AsyncReadExt;
+
+        let age = Duration::from_millis(100);
+        let grace = Duration::from_millis(50);
+        let limit = ConnectionLimit::new(1, HANDSHAKE_TIMEOUT).with_max_age(age, grace);
+        let (a, _a_peer) = tokio::io::duplex(64);
+        let mut conn = limit.admit().unwrap().wrap(a);
+        // The preface deadline is not what ends it: past it as if the preface had come.
+        conn.silent = None;
+        let mut buf = [0u8; 1];
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert!(
+            err.to_string().contains("server.max_connection_age"),
+            "{err}"
+        );
     }
 }

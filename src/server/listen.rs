@@ -126,9 +126,9 @@ impl Listeners {
     }
 
     /// Starts an accept loop on each gRPC listener, serving `router`'s routes, each until
-    /// `stop_accepting` is cancelled. Every connection first takes a place in `connections`;
-    /// over TCP, TLS (when on) is accepted after that, so the handshake counts against the
-    /// preface deadline.
+    /// `stop_accepting` is cancelled. Every connection first takes a place in `connections`
+    /// (over TCP, its peer's place first); over TCP, TLS (when on) is accepted after that, so
+    /// the handshake counts against the preface deadline.
     pub(crate) fn serve(
         self,
         router: &Router,
@@ -140,7 +140,8 @@ impl Listeners {
         let mut serving = Vec::new();
         if let Some(tcp) = self.tcp {
             let addr = tcp.local_addr().ok();
-            let accepted = TcpIncoming::from(tcp).with_nodelay(Some(true));
+            // A peer over its share is closed before it takes a place or a TLS handshake.
+            let accepted = connections.per_peer(TcpIncoming::from(tcp).with_nodelay(Some(true)));
             let stopped = stop_accepting.clone().cancelled_owned();
             let server = match tls {
                 Some(tls) => Box::pin(router.serve(

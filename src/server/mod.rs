@@ -8,7 +8,8 @@
 //! - [`settings`]: [`ServerSettings`] and its defaults.
 //! - [`listen`]: binding TCP and Unix listeners (stale-socket handling), the accept loops.
 //! - [`routes`]: health, reflection, the three services and the layers around them.
-//! - [`admission`]: the bounds on connections and calls in progress.
+//! - [`admission`]: the bounds on connections (in all, per peer, unused, by age), on calls
+//!   in progress and on health Watch streams.
 //! - [`budget`]: the bound on bytes of requests and answers held in memory.
 //! - [`teardown`]: the ordered stop.
 //! - [`files`]: the token and TLS files, read at start and on each reload.
@@ -151,7 +152,8 @@ impl Server {
             Some((_, metrics)) => metrics.grpc_layer(),
             None => GrpcMetricsLayer::off(),
         };
-        let calls = RequestLimitLayer::new(settings.max_concurrent_requests);
+        let calls = RequestLimitLayer::new(settings.max_concurrent_requests)
+            .with_watch_limit(settings.max_health_watches);
         let (router, health) =
             match Router::new(&store, &settings, observe, auth.clone(), calls).await {
                 Ok(routes) => routes,
@@ -165,7 +167,13 @@ impl Server {
         let stop_accepting = CancellationToken::new();
         let connections =
             ConnectionLimit::new(settings.max_connections, settings.handshake_timeout)
-                .with_write_timeout(settings.write_timeout);
+                .with_write_timeout(settings.write_timeout)
+                .with_auth_timeout(settings.auth_timeout)
+                .with_max_age(
+                    settings.max_connection_age,
+                    settings.max_connection_age_grace,
+                )
+                .with_per_peer_limit(settings.max_connections_per_peer);
         let mut accepting = listeners.serve(&router, &connections, tls.as_ref(), &stop_accepting);
         let stop_watchdog = CancellationToken::new();
         let watchdog = notify::watchdog_interval().map(|interval| {

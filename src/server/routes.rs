@@ -1,8 +1,12 @@
 //! What the server answers, and the layers every call passes through: gRPC health (one status
 //! per Larder service and one for the server as a whole), reflection v1 and v1alpha, and the
 //! three services, behind one layer stack per listener (metrics → auth → the call bound → the
-//! in-flight byte budget) with
-//! the same deadline, HTTP/2 bounds and keepalive whichever way a client comes in.
+//! in-flight byte budget) with the same deadline, HTTP/2 bounds, keepalive and maximum
+//! connection age whichever way a client comes in.
+//!
+//! Health needs no token and is never refused by the call bound, so its messages are capped
+//! at [`HEALTH_MAX_MESSAGE`]: an unauthenticated client cannot make the server buffer a large
+//! body per call.
 
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::ServerSettings;
-use super::admission::RequestLimitLayer;
+use super::admission::{ConnectionInfo, RequestLimitLayer, SplitInfoLayer};
 use super::auth::{AuthLayer, Authenticator, Transport};
 use super::budget::{BudgetLayer, ByteBudget};
 use crate::error::{Error, Result};
@@ -39,6 +43,11 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 200;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Largest health request decoded. A `HealthCheckRequest` holds one service name (the longest
+/// Larder answers for is 26 bytes); tonic's default of 4 MiB would let every unauthenticated
+/// call hold that much while its body arrives.
+pub(crate) const HEALTH_MAX_MESSAGE: usize = 1024;
+
 /// Every route the server answers, with the layers its calls pass through.
 pub(crate) struct Router {
     routes: Routes,
@@ -47,6 +56,7 @@ pub(crate) struct Router {
     calls: RequestLimitLayer,
     budget: BudgetLayer,
     request_timeout: Duration,
+    max_connection_age: Duration,
 }
 
 impl Router {
@@ -61,6 +71,7 @@ impl Router {
         calls: RequestLimitLayer,
     ) -> Result<(Self, HealthReporter)> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        let health_service = health_service.max_decoding_message_size(HEALTH_MAX_MESSAGE);
         set_health(&health, ServingStatus::Serving).await;
 
         // Both reflection versions describe every service, including each other, so that
@@ -107,6 +118,7 @@ impl Router {
             calls,
             budget: BudgetLayer::new(ByteBudget::new(settings.max_inflight_bytes, observe_budget)),
             request_timeout: settings.request_timeout,
+            max_connection_age: settings.max_connection_age,
         };
         Ok((router, health))
     }
@@ -118,8 +130,16 @@ impl Router {
     /// are the outer layer, so calls refused (no token, over the limit) are counted too; a
     /// call without a valid token never takes a place among the calls in progress. TLS, when
     /// on, is Larder's own (see `tls::ServerTls::accept`), so the builder is always a
-    /// plaintext one.
-    pub(crate) fn serve<I, IO, IE>(
+    /// plaintext one. The connections are admission's, whose information each call carries
+    /// (`ConnectionInfo`): the outermost layer splits it for the layers below.
+    ///
+    /// tonic sends GOAWAY at the maximum connection age; admission closes the connection
+    /// once the grace period after that has passed too. tonic's own grace
+    /// (`max_connection_age_grace`) is deliberately not set: in tonic 0.14.9 a grace replaces
+    /// the GOAWAY with a hard close at age + grace, and without one tonic 0.14.5 to 0.14.6
+    /// panicked at the age (hyperium/tonic#2522, fixed by 0.14.9, the version locked;
+    /// `connections::the_locked_tonic_sends_goaway_at_the_age_without_panicking` checks it).
+    pub(crate) fn serve<I, IO, IE, C>(
         &self,
         transport: Transport,
         incoming: I,
@@ -127,8 +147,13 @@ impl Router {
     ) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
     where
         I: Stream<Item = Result<IO, IE>> + Send + 'static,
-        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        IO: AsyncRead
+            + AsyncWrite
+            + Connected<ConnectInfo = ConnectionInfo<C>>
+            + Unpin
+            + Send
+            + 'static,
+        C: Clone + Send + Sync + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         tonic::transport::Server::builder()
@@ -136,6 +161,8 @@ impl Router {
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_connection_age(self.max_connection_age)
+            .layer(SplitInfoLayer::<C>::new())
             .layer(self.observe.clone())
             .layer(AuthLayer::new(self.auth.as_ref(), transport))
             .layer(self.calls.clone())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::admission::HANDSHAKE_TIMEOUT;
+use super::admission::{AUTH_TIMEOUT, HANDSHAKE_TIMEOUT};
 use super::auth::AuthSettings;
 use super::tls::TlsSettings;
 use crate::service::RequestLimits;
@@ -39,6 +39,19 @@ pub struct ServerSettings {
     /// How long a connection's writes may make no progress (the client does not read) before
     /// the connection is closed, returning what it held to the in-flight budget.
     pub write_timeout: Duration,
+    /// How long a new connection may go without starting a call that passed authentication
+    /// and is not health before it is closed.
+    pub auth_timeout: Duration,
+    /// Age at which a connection is sent GOAWAY (clients reconnect for their next calls).
+    pub max_connection_age: Duration,
+    /// How long calls may go on after GOAWAY before the connection is closed.
+    pub max_connection_age_grace: Duration,
+    /// Most open TCP connections from one peer address (IPv6: one /64); Unix socket
+    /// connections are not counted.
+    pub max_connections_per_peer: usize,
+    /// Most health Watch streams open at once over all connections; more answer
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_health_watches: usize,
     /// Bearer-token authentication, if on.
     pub auth: Option<AuthSettings>,
     /// TLS on the TCP listener, if on.
@@ -61,6 +74,17 @@ impl Default for ServerSettings {
             max_inflight_bytes: 256 << 20,
             // As long as a call may run: a client that reads nothing for that long is gone.
             write_timeout: Duration::from_secs(30),
+            auth_timeout: AUTH_TIMEOUT,
+            // Long enough that reconnecting costs nothing measurable; short enough that a
+            // connection does not pin a place (or a stale DNS answer) for days.
+            max_connection_age: Duration::from_secs(3600),
+            // As long as the longest call (request_timeout), so that a call started just
+            // before GOAWAY can finish.
+            max_connection_age_grace: Duration::from_secs(30),
+            // A quarter of max_connections: an app host's workers need a few each.
+            max_connections_per_peer: 128,
+            // Health Watch is for a few load balancers or supervisors, not per client.
+            max_health_watches: 64,
             auth: None,
             tls: None,
         }

@@ -37,6 +37,13 @@ impl Throttled {
         }
     }
 
+    /// [`Throttled::refused`], naming the peer refused last.
+    pub(crate) fn refused_peer(&self, limit: usize, peer: std::net::IpAddr) {
+        if let Some(refused) = self.tick() {
+            tracing::warn!(limit, refused, %peer, "{}", self.what);
+        }
+    }
+
     /// Counts one event; when a warning is due (the first event, or [`WARN_EVERY`] after the
     /// last warning), returns how many events there were since the last one, this one
     /// included, for the caller to log with its own fields.
