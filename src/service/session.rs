@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
+use crate::error::{Error, echo};
 use crate::pb;
 use crate::pb::session_service_server::SessionService;
 use crate::service::token::{self, SESSION_ID_LEN};
@@ -108,7 +108,7 @@ impl SessionApi {
         let max_key = self.settings.max_data_key_bytes;
         let max_value = self.settings.max_data_value_bytes;
         for (k, v) in &data {
-            let entry = || format!("{field}[{k:?}]");
+            let entry = || format!("{field}[{}]", echo(k));
             if k.is_empty() {
                 return Err(Error::invalid(entry(), "keys must not be empty"));
             }
