@@ -20,6 +20,7 @@ mod suite {
     mod crash;
     mod expiry;
     mod faults;
+    mod files;
     mod hostile;
     mod increment;
     mod layering;
