@@ -79,7 +79,7 @@ impl Router {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let sessions =
-            SessionServiceServer::new(SessionApi::new(store.clone(), settings.sessions.clone()))
+            SessionServiceServer::new(SessionApi::new(store.clone(), settings.sessions.clone(), max_message))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message);
         let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(

@@ -184,6 +184,7 @@ async fn a_full_disk_fails_writes_whole_keeps_reads_and_recovers_without_a_resta
     let listed = sessions
         .list_sessions(pb::ListSessionsRequest {
             user_id: "42".into(),
+            ..Default::default()
         })
         .await
         .expect("sessions are read while the disk is full");
