@@ -109,6 +109,9 @@ mod tests {
         let controls = "\u{1}".repeat(1 << 20);
         let quoted = echo(&controls);
         assert!(quoted.len() < ECHO_BYTES + 32, "{quoted}");
-        assert!(quoted.ends_with(&format!("({} bytes)", controls.len())), "{quoted}");
+        assert!(
+            quoted.ends_with(&format!("({} bytes)", controls.len())),
+            "{quoted}"
+        );
     }
 }

@@ -390,7 +390,10 @@ mod tests {
         let before = current_umask();
         let _listener = bind_private(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700, "{mode:04o}: only the owner may connect before the chmod");
+        assert_eq!(
+            mode, 0o700,
+            "{mode:04o}: only the owner may connect before the chmod"
+        );
         assert_eq!(current_umask(), before);
     }
 

@@ -100,7 +100,11 @@ mod tests {
     fn a_message_is_cut_on_a_char_boundary() {
         let status = Status::from(Error::invalid("key", "é".repeat(10_000)));
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().len() <= MAX_MESSAGE_BYTES, "{}", status.message().len());
+        assert!(
+            status.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            status.message().len()
+        );
         assert!(status.message().starts_with("key: éé"));
         assert!(status.message().ends_with('…'));
         let short = Status::from(Error::invalid("key", "must not be empty"));

@@ -74,8 +74,11 @@ async fn store_files_and_the_socket_are_private_under_umask_000() {
     // start; the existing data directory keeps its mode, with a warning in the log.
     let db = data.join(DB_FILE);
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::set_permissions(data.join("larder.lock"), std::fs::Permissions::from_mode(0o666))
-        .unwrap();
+    std::fs::set_permissions(
+        data.join("larder.lock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let log = dir.path().join("again.log");
     let mut daemon = spawn_under_umask_000(&data, &socket, &log);
@@ -84,10 +87,17 @@ async fn store_files_and_the_socket_are_private_under_umask_000() {
     for (path, want) in store_files(&data).into_iter().skip(1) {
         assert_eq!(mode(&path), want, "{}", path.display());
     }
-    assert_eq!(mode(&data), 0o755, "an existing data directory keeps its mode");
+    assert_eq!(
+        mode(&data),
+        0o755,
+        "an existing data directory keeps its mode"
+    );
     let logged = read_log(&log);
     assert!(logged.contains("made a store file private"), "{logged}");
-    assert!(logged.contains("data directory is open to other users"), "{logged}");
+    assert!(
+        logged.contains("data directory is open to other users"),
+        "{logged}"
+    );
     drop(c);
     daemon.terminate().await;
 }

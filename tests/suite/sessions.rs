@@ -1653,9 +1653,7 @@ async fn many_sessions_are_listed_over_pages_that_fit_a_small_message_limit() {
             server.clock().advance_ms(1);
         }
     }
-    created.sort_by(|a, b| {
-        (b.created_at_ms, &b.session_id).cmp(&(a.created_at_ms, &a.session_id))
-    });
+    created.sort_by(|a, b| (b.created_at_ms, &b.session_id).cmp(&(a.created_at_ms, &a.session_id)));
     let newest_first = id_list(&created);
 
     // As many as fit a message, page after page: all of them, once each, newest first.
