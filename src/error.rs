@@ -1,5 +1,8 @@
 //! The error type of the library. It knows nothing of any transport: `service::status` is the
-//! one place where an error becomes a gRPC status.
+//! one place where an error becomes a gRPC status. Also [`echo`], the one way a message quotes
+//! a string that came from a client (here, a leaf, so that the store's messages use it too).
+
+use std::fmt::Write as _;
 
 /// Everything that can go wrong serving a request or running the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -57,5 +60,62 @@ impl Error {
     /// Wraps a SQLite error with what was being done.
     pub fn storage(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
         move |source| Error::Storage { context, source }
+    }
+}
+
+/// The most bytes of a client's string that an error message quotes (escapes included).
+pub(crate) const ECHO_BYTES: usize = 128;
+
+/// `s` quoted (escaped like `{:?}`) for an error message, cut at [`ECHO_BYTES`] on a character
+/// boundary and followed by its full length when cut: `"aaaa…" (10485760 bytes)`. A request
+/// may carry megabytes in a key, a map key or a policy name; quoted whole, it would come back
+/// several times larger in the `grpc-message` header (escapes can multiply a byte by ten).
+pub(crate) fn echo(s: &str) -> String {
+    let mut out = String::with_capacity(ECHO_BYTES.min(s.len()) + 24);
+    out.push('"');
+    let mut taken = 0;
+    for c in s.chars() {
+        let escaped = c.escape_debug();
+        if out.len() - 1 + escaped.len() > ECHO_BYTES {
+            break;
+        }
+        out.extend(escaped);
+        taken += c.len_utf8();
+    }
+    out.push('"');
+    if taken < s.len() {
+        let _ = write!(out, "… ({} bytes)", s.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_quotes_short_strings_whole_and_cuts_long_ones_on_a_char_boundary() {
+        assert_eq!(echo("user:42"), "\"user:42\"");
+        assert_eq!(echo("a\"b\n"), "\"a\\\"b\\n\"");
+        let exact = "k".repeat(ECHO_BYTES);
+        assert_eq!(echo(&exact), format!("{exact:?}"));
+
+        let long = "é".repeat(10 << 20);
+        let quoted = echo(&long);
+        assert!(quoted.len() < ECHO_BYTES + 32, "{quoted}");
+        assert!(
+            quoted.ends_with(&format!("\"… ({} bytes)", long.len())),
+            "{quoted}"
+        );
+        assert!(quoted.starts_with("\"éé"), "{quoted}");
+
+        // Escapes count against the bound: control characters quote as \u{1}.
+        let controls = "\u{1}".repeat(1 << 20);
+        let quoted = echo(&controls);
+        assert!(quoted.len() < ECHO_BYTES + 32, "{quoted}");
+        assert!(
+            quoted.ends_with(&format!("({} bytes)", controls.len())),
+            "{quoted}"
+        );
     }
 }

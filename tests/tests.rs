@@ -23,6 +23,7 @@ mod suite {
     mod disk_bounds;
     mod expiry;
     mod faults;
+    mod files;
     mod hostile;
     mod increment;
     mod layering;

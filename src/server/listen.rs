@@ -335,7 +335,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::Setup(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let listener = UnixListener::bind(path)
+    let listener = bind_private(path)
         .map_err(|e| Error::Setup(format!("cannot listen on {}: {e}", path.display())))?;
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
         // The socket is ours and will not serve: leave no file behind.
@@ -349,9 +349,60 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Serialises the umask windows of [`bind_private`]: two at once (tests start servers in
+/// parallel in one process) could each restore the other's mask and leave 0077 behind.
+static UMASK_WINDOW: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Binds `path` under umask 0077, so that the socket file is born 0700 (only the daemon's user
+/// may connect) instead of `0777 & !umask`, and nobody else can connect in the moment before
+/// [`bind_unix`] sets `unix_socket.mode`. `fchmod` on the socket before `bind` does not reach
+/// the file, and binding in a private directory then renaming would lengthen a path that
+/// must fit 108 bytes; so the umask it is. The umask is the process's: while this window is
+/// open (one `bind` call), a file another thread creates gets no group or other bits. That is
+/// harmless by construction: 0077 only ever takes permissions away and leaves the owner's
+/// (a directory made meanwhile is still 0700, usable), and by then the only threads that
+/// create files are SQLite's, which set the modes of its `-wal` and `-shm` with `fchmod`
+/// whatever the umask.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    let _window = UMASK_WINDOW
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    let previous = unsafe { libc::umask(0o077) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, putting the previous mask back.
+    unsafe { libc::umask(previous) };
+    bound
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The process's umask, read under the window lock (reading it means setting it).
+    fn current_umask() -> libc::mode_t {
+        let _window = UMASK_WINDOW.lock().unwrap();
+        // SAFETY: swaps the mask and puts it straight back.
+        unsafe {
+            let mask = libc::umask(0o077);
+            libc::umask(mask);
+            mask
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_is_born_owner_only_and_the_umask_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let before = current_umask();
+        let _listener = bind_private(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o700,
+            "{mode:04o}: only the owner may connect before the chmod"
+        );
+        assert_eq!(current_umask(), before);
+    }
 
     #[tokio::test]
     async fn a_reservation_creates_nothing_until_it_is_bound() {

@@ -95,10 +95,13 @@ impl Router {
         let cache = CacheServiceServer::new(Scoped(cache))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-        let sessions =
-            SessionServiceServer::new(SessionApi::new(store.clone(), settings.sessions.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message);
+        let sessions = SessionServiceServer::new(SessionApi::new(
+            store.clone(),
+            settings.sessions.clone(),
+            max_message,
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
             store.clone(),
             settings.ratelimit.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
+use crate::error::{Error, echo};
 use crate::limiter::{Algorithm, Decision, Rule};
 use crate::pb;
 use crate::pb::rate_limit_service_server::RateLimitService;
@@ -96,9 +96,9 @@ impl RateLimitApi {
                 return Err(Error::invalid(
                     *field,
                     format!(
-                        "policy {:?} sets its own limits; leave limit, period_ms, burst and \
+                        "policy {} sets its own limits; leave limit, period_ms, burst and \
                          algorithm unset",
-                        q.policy
+                        echo(q.policy)
                     ),
                 ));
             }
@@ -121,7 +121,7 @@ impl RateLimitApi {
         self.settings.policies.get(name).ok_or_else(|| {
             Error::invalid(
                 "policy",
-                format!("no policy named {name:?} in the server's config"),
+                format!("no policy named {} in the server's config", echo(name)),
             )
         })
     }

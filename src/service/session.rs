@@ -1,13 +1,21 @@
 //! `larder.v1.SessionService`: validates each request, turns tokens into their hashes, and
 //! makes one store call. Malformed tokens are answered like unknown ones, so a caller learns
 //! nothing about which check failed.
+//!
+//! ListSessions answers a page at a time: at most `page_size` sessions and at most
+//! [`SessionSettings::max_list_bytes`], lowered to fit the server's message limit (which
+//! follows `cache.max_value`), so that an answer is never refused for its size. The page token
+//! is the creation time and session id of the last session listed (base64, opaque to clients),
+//! and the next page starts after it in the listing's order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
+use crate::error::{Error, echo};
 use crate::pb;
 use crate::pb::session_service_server::SessionService;
 use crate::service::token::{self, SESSION_ID_LEN};
@@ -38,7 +46,8 @@ pub struct SessionSettings {
     pub data: DataLimits,
     /// Most sessions one ListSessions answers with.
     pub max_list: usize,
-    /// Most bytes of session strings and data one ListSessions answers with.
+    /// Most bytes one ListSessions answers with (16 MiB), lowered to fit the server's message
+    /// limit when that is smaller.
     pub max_list_bytes: usize,
     /// Most sessions of one user; creating one more revokes the user's oldest.
     pub max_per_user: usize,
@@ -83,12 +92,27 @@ impl Default for SessionSettings {
 pub(crate) struct SessionApi {
     store: Store,
     settings: SessionSettings,
+    /// Most bytes of sessions one ListSessions page holds: `max_list_bytes`, or less to fit
+    /// the message limit.
+    list_bytes: usize,
 }
 
+/// Bytes of a ListSessions answer that are not sessions: its `truncated` flag, its page
+/// token and the gRPC frame header, with room to spare.
+const LIST_RESPONSE_FRAMING: usize = 1024;
+
 impl SessionApi {
-    /// A service over `store` with these defaults and bounds.
-    pub(crate) fn new(store: Store, settings: SessionSettings) -> Self {
-        Self { store, settings }
+    /// A service over `store` with these defaults and bounds, whose answers must fit in
+    /// `max_message_bytes` (the limit the server encodes messages with).
+    pub(crate) fn new(store: Store, settings: SessionSettings, max_message_bytes: usize) -> Self {
+        let list_bytes = settings
+            .max_list_bytes
+            .min(max_message_bytes.saturating_sub(LIST_RESPONSE_FRAMING));
+        Self {
+            store,
+            settings,
+            list_bytes,
+        }
     }
 
     /// The bounds the store keeps the sessions table within.
@@ -131,7 +155,7 @@ impl SessionApi {
         let max_key = self.settings.max_data_key_bytes;
         let max_value = self.settings.max_data_value_bytes;
         for (k, v) in &data {
-            let entry = || format!("{field}[{k:?}]");
+            let entry = || format!("{field}[{}]", echo(k));
             if k.is_empty() {
                 return Err(Error::invalid(entry(), "keys must not be empty"));
             }
@@ -175,6 +199,35 @@ fn session(record: SessionRecord) -> pb::Session {
         absolute_expires_at_ms: record.absolute_expires_at_ms,
         idle_ttl_ms: record.idle_ttl_ms,
     }
+}
+
+/// The token of the page after `last`: its creation time and session id.
+fn page_token(last: &SessionRecord) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}.{}", last.created_at_ms, last.session_id))
+}
+
+/// The cursor a page token stands for; `None` for the empty token (the first page).
+fn page_cursor(token: &str) -> Result<Option<(u64, String)>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let not_a_token = || {
+        Error::invalid(
+            "page_token",
+            "is not a next_page_token of ListSessions (leave it empty for the first page)",
+        )
+    };
+    let text = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(not_a_token)?;
+    let (created, id) = text.split_once('.').ok_or_else(not_a_token)?;
+    let created: u64 = created.parse().map_err(|_| not_a_token())?;
+    if !token::is_session_id(id) {
+        return Err(not_a_token());
+    }
+    Ok(Some((created, id.to_owned())))
 }
 
 fn session_id(field: &str, id: &str) -> Result<(), Error> {
@@ -362,17 +415,23 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let req = req.into_inner();
         self.user_id(&req.user_id)?;
+        let after = page_cursor(&req.page_token)?;
+        let page_size = match req.page_size as usize {
+            0 => self.settings.max_list,
+            n => n.min(self.settings.max_list),
+        };
         let list = self
             .store
-            .list_sessions(
-                &req.user_id,
-                self.settings.max_list,
-                self.settings.max_list_bytes,
-            )
+            .list_sessions(&req.user_id, after, page_size, self.list_bytes)
             .await?;
+        let next_page_token = match list.sessions.last() {
+            Some(last) if list.truncated => page_token(last),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: list.sessions.into_iter().map(session).collect(),
             truncated: list.truncated,
+            next_page_token,
         }))
     }
 }

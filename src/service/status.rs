@@ -1,9 +1,30 @@
 //! The one place where an [`Error`] becomes a gRPC status: the code each error is answered
 //! with, and the short, safe message the client gets. Storage details go to the log only.
+//!
+//! Messages quote a client's strings only through [`crate::error::echo`] (at most 128 bytes
+//! each), and every message is cut at [`MAX_MESSAGE_BYTES`] here as well: the message travels
+//! in the `grpc-message` header, and a request of megabytes must not come back as one.
 
 use tonic::{Code, Status};
 
 use crate::error::Error;
+
+/// The longest message a client gets, in bytes: room for a field name, two quoted strings and
+/// the explanation of any error Larder sends.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `msg` cut at [`MAX_MESSAGE_BYTES`] on a character boundary, with an ellipsis when cut.
+fn capped(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.push('…');
+    }
+    msg
+}
 
 /// The gRPC code `err` is answered with.
 pub fn code(err: &Error) -> Code {
@@ -39,7 +60,9 @@ impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let code = code(&err);
         match code {
-            Code::InvalidArgument | Code::FailedPrecondition => Status::new(code, err.to_string()),
+            Code::InvalidArgument | Code::FailedPrecondition => {
+                Status::new(code, capped(err.to_string()))
+            }
             Code::ResourceExhausted => {
                 tracing::warn!(error = %err, "storage full");
                 match err {
@@ -51,7 +74,7 @@ impl From<Error> for Status {
             Code::Unavailable => {
                 tracing::warn!(error = %err, "request not served");
                 match err {
-                    Error::Unavailable(msg) => Status::new(code, msg),
+                    Error::Unavailable(msg) => Status::new(code, capped(msg)),
                     _ => Status::new(code, "storage unavailable"),
                 }
             }
@@ -76,6 +99,21 @@ mod tests {
         let status = Status::from(Error::invalid("entries[2].key", "must not be empty"));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "entries[2].key: must not be empty");
+    }
+
+    #[test]
+    fn a_message_is_cut_on_a_char_boundary() {
+        let status = Status::from(Error::invalid("key", "é".repeat(10_000)));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().starts_with("key: éé"));
+        assert!(status.message().ends_with('…'));
+        let short = Status::from(Error::invalid("key", "must not be empty"));
+        assert_eq!(short.message(), "key: must not be empty");
     }
 
     #[test]

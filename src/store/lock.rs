@@ -1,9 +1,11 @@
 //! One daemon per data directory: an exclusive advisory lock on `<data_dir>/larder.lock`,
 //! held for the life of the store. Two daemons over one file would each trust an LRU the other
-//! makes stale, so the second one refuses to start.
+//! makes stale, so the second one refuses to start. The lock file is 0600, like every file of
+//! the store (see `files.rs`).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -24,12 +26,7 @@ impl DataDirLock {
     pub(crate) fn acquire(data_dir: &Path) -> Result<Self> {
         check_writable(data_dir)?;
         let path = data_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
+        let mut file = super::files::open_private(&path)
             .map_err(|e| Error::Setup(format!("cannot open lock file {}: {e}", path.display())))?;
         match file.try_lock() {
             Ok(()) => {}
@@ -70,6 +67,7 @@ fn check_writable(dir: &Path) -> Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(super::files::FILE_MODE)
         .open(&probe);
     match created {
         Ok(file) => {

@@ -134,7 +134,7 @@ impl Store {
     /// opens and migrates the database, starts the writer thread and the maintenance task.
     /// Must be called inside a Tokio runtime.
     pub fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        files::create_data_dir(&config.data_dir).map_err(|e| {
             let dir = config.data_dir.display();
             match std::fs::metadata(&config.data_dir) {
                 Ok(meta) if !meta.is_dir() => Error::Setup(format!(

@@ -149,6 +149,8 @@ const LARDER_TABLES: &[&str] = &["cache_entries", "meta"];
 /// mode and migrates the schema to [`SCHEMA_VERSION`]. Returns the connection and the schema
 /// version the file had: 0 for a store created here.
 pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> Result<(Connection, i64)> {
+    // 0600 before SQLite opens it: the -wal and -shm it creates take the database file's mode.
+    crate::store::files::private_database(path);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE

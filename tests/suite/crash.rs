@@ -686,6 +686,7 @@ async fn verify_client(
     let listed = sessions
         .list_sessions(pb::ListSessionsRequest {
             user_id: m.user.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("{at}: ListSessions: {s:?}"))

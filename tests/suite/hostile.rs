@@ -377,7 +377,10 @@ fn call() -> impl Strategy<Value = Call> {
                 except_session_id
             }
         )),
-        text().prop_map(|user_id| Call::ListSessions(pb::ListSessionsRequest { user_id })),
+        text().prop_map(|user_id| Call::ListSessions(pb::ListSessionsRequest {
+            user_id,
+            ..Default::default()
+        })),
     ];
     let limits = prop_oneof![
         check_request().prop_map(Call::Check),

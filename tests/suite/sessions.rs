@@ -191,6 +191,7 @@ async fn revoke_user(c: &mut Sessions, user: &str, except: &str) -> u64 {
 async fn try_list(c: &mut Sessions, user: &str) -> Result<pb::ListSessionsResponse, Status> {
     c.list_sessions(pb::ListSessionsRequest {
         user_id: user.into(),
+        ..Default::default()
     })
     .await
     .map(tonic::Response::into_inner)
@@ -243,7 +244,12 @@ fn assert_session_id_shape(id: &str) {
 #[track_caller]
 fn assert_invalid_entry<T: Debug>(result: Result<T, Status>, map: &str, key: &str) {
     let status = assert_code(result, Code::InvalidArgument);
-    let field = format!("{map}[{key:?}]: ");
+    // A key is quoted whole up to 128 bytes, cut there past that (these keys are ASCII).
+    let quoted = match key.get(..128) {
+        Some(start) if key.len() > 128 => format!("{start:?}… ({} bytes)", key.len()),
+        _ => format!("{key:?}"),
+    };
+    let field = format!("{map}[{quoted}]: ");
     assert!(
         status.message().starts_with(&field),
         "the message {:?} does not name {field:?}",
@@ -1571,4 +1577,117 @@ async fn malformed_tokens_are_not_found_and_never_an_error() {
         .await
         .expect("the real token still works");
     assert_eq!(got.data, data(&[("k", "v")]));
+}
+
+/// One ListSessions page of `user` after `page_token`, at most `page_size` sessions.
+async fn list_page(
+    c: &mut Sessions,
+    user: &str,
+    page_size: u32,
+    page_token: &str,
+) -> Result<pb::ListSessionsResponse, Status> {
+    c.list_sessions(pb::ListSessionsRequest {
+        user_id: user.into(),
+        page_size,
+        page_token: page_token.into(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Every page of `user`'s sessions, following `next_page_token` from the first page; each
+/// page is checked against `page_size` and the message limit.
+async fn all_pages(
+    c: &mut Sessions,
+    user: &str,
+    page_size: u32,
+    max_message: usize,
+) -> Vec<Vec<pb::Session>> {
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list_page(c, user, page_size, &token)
+            .await
+            .unwrap_or_else(|s| panic!("page {}: {s:?}", pages.len()));
+        assert!(page.encoded_len() <= max_message, "page {}", pages.len());
+        assert!(!page.sessions.is_empty() || pages.is_empty(), "empty page");
+        if page_size > 0 {
+            assert!(page.sessions.len() <= page_size as usize);
+        }
+        assert_eq!(page.truncated, !page.next_page_token.is_empty(), "{page:?}");
+        pages.push(page.sessions);
+        if page.next_page_token.is_empty() {
+            return pages;
+        }
+        token = page.next_page_token;
+        assert!(pages.len() < 1000, "the pages never end");
+    }
+}
+
+/// Session ids, in order.
+fn id_list(sessions: &[pb::Session]) -> Vec<String> {
+    sessions.iter().map(|s| s.session_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_sessions_are_listed_over_pages_that_fit_a_small_message_limit() {
+    // cache.max_value lowered to 1 KiB: messages of at most about 76 KiB.
+    let limits = larder::RequestLimits {
+        max_value_bytes: KIB,
+        max_batch: 10,
+        ..Default::default()
+    };
+    let max_message = limits.max_message_bytes();
+    let server = TestServer::with_limits(limits).await;
+    let mut c = server.session_client().await;
+    // 60 sessions of 16 KiB of data each (about 1 MiB, thirteen times the message limit),
+    // some created in the same millisecond (their order is by session id).
+    let mut created = Vec::new();
+    for i in 0..60 {
+        let req = pb::CreateSessionRequest {
+            data: data(&[("blob", &"x".repeat(16 * KIB))]),
+            ..login_default()
+        };
+        created.push(create(&mut c, req).await.1);
+        if i % 3 == 2 {
+            server.clock().advance_ms(1);
+        }
+    }
+    created.sort_by(|a, b| (b.created_at_ms, &b.session_id).cmp(&(a.created_at_ms, &a.session_id)));
+    let newest_first = id_list(&created);
+
+    // As many as fit a message, page after page: all of them, once each, newest first.
+    let pages = all_pages(&mut c, USER, 0, max_message).await;
+    assert!(pages.len() > 10, "{} pages", pages.len());
+    assert_eq!(id_list(&pages.concat()), newest_first);
+    assert_eq!(pages.concat(), created, "listed as created, data included");
+
+    // A page size.
+    let pages = all_pages(&mut c, USER, 2, max_message).await;
+    assert_eq!(pages.len(), 30);
+    assert_eq!(id_list(&pages.concat()), newest_first);
+
+    // Between pages, a session revoked before its page is read is not listed, and one created
+    // after the first page is not either; every other one is listed once.
+    let first = list_page(&mut c, USER, 2, "").await.unwrap();
+    assert_eq!(id_list(&first.sessions), newest_first[..2]);
+    assert!(revoke_id(&mut c, &newest_first[40]).await);
+    server.clock().advance_ms(1);
+    let (_, late) = create(&mut c, login_default()).await;
+    let mut listed = id_list(&first.sessions);
+    let mut token = first.next_page_token;
+    while !token.is_empty() {
+        let page = list_page(&mut c, USER, 2, &token).await.unwrap();
+        listed.extend(id_list(&page.sessions));
+        token = page.next_page_token;
+    }
+    let mut expected = newest_first.clone();
+    expected.remove(40);
+    assert_eq!(listed, expected);
+    assert!(!listed.contains(&late.session_id));
+
+    // A token that ListSessions did not make is refused, naming the field.
+    for bad in ["x", "!!", &URL_SAFE_NO_PAD.encode("12.ses_short")] {
+        assert_invalid(list_page(&mut c, USER, 0, bad).await, "page_token");
+    }
 }

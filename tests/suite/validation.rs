@@ -536,3 +536,69 @@ async fn delete_prefix_needs_a_prefix() {
     );
     assert_eq!(stats(&mut c, "").await.deletes, 0);
 }
+
+/// Asserts an INVALID_ARGUMENT whose message starts with `field` and stays short, whatever
+/// the size of the input at fault.
+#[track_caller]
+fn assert_short_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
+    let status = assert_code(result, Code::InvalidArgument);
+    let message = status.message();
+    assert!(message.starts_with(field), "{field}: {message:?}");
+    // The quoted part is at most 128 bytes; the field, the length and the reason add less
+    // than as much again.
+    assert!(message.len() <= 512, "{} bytes: {message:?}", message.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_input_is_not_echoed_in_errors() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let mut sessions = server.session_client().await;
+    let mut limits = server.rate_limits().await;
+    // 10 MiB of a character that `{:?}` escapes as six bytes (`\u{1}`): echoed whole, it
+    // would be a 60 MiB grpc-message.
+    let huge = "\u{1}".repeat(10 << 20);
+
+    assert_short_invalid(c.set(req(&huge)).await, "key");
+    assert_short_invalid(
+        c.set(pb::SetRequest {
+            namespace: huge.clone(),
+            ..req("k")
+        })
+        .await,
+        "namespace",
+    );
+    assert_nothing_written(&mut c).await;
+
+    let mut data = std::collections::HashMap::new();
+    data.insert(huge.clone(), "v".to_owned());
+    let status = assert_code(
+        sessions
+            .create_session(pb::CreateSessionRequest {
+                user_id: "u".into(),
+                data,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    let message = status.message();
+    assert!(message.starts_with("data[\"\\u{1}"), "{message:?}");
+    assert!(
+        message.contains(&format!("({} bytes)", huge.len())),
+        "the full length is stated: {message:?}"
+    );
+    assert!(message.len() <= 512, "{} bytes", message.len());
+
+    // RateLimitService takes messages of up to 4 MiB.
+    assert_short_invalid(
+        limits
+            .check(pb::CheckRequest {
+                policy: "\u{1}".repeat(3 << 20),
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await,
+        "policy",
+    );
+}

@@ -333,13 +333,17 @@ def session_revoke_user(user_id: str, except_session_id: str) -> Call[int]:
     )
 
 
-def session_list(user_id: str) -> Call[SessionList]:
+def session_list(user_id: str, page_size: int = 0, page_token: str = "") -> Call[SessionList]:
     return Call(
         "ListSessions",
         session_pb2.ListSessionsRequest,
-        {"user_id": user_id},
+        {"user_id": user_id, "page_size": page_size, "page_token": page_token},
         True,
-        lambda r: SessionList([Session._from_pb(s) for s in r.sessions], bool(r.truncated)),
+        lambda r: SessionList(
+            [Session._from_pb(s) for s in r.sessions],
+            bool(r.truncated),
+            str(r.next_page_token),
+        ),
     )
 
 

@@ -51,10 +51,15 @@ class Session:
 
 @dataclass(frozen=True)
 class SessionList:
-    """A user's live sessions; ``truncated`` says the server returned only the first ones."""
+    """One page of a user's live sessions, newest first.
+
+    ``truncated`` says older sessions follow; pass ``next_page_token`` (empty on the last page)
+    as ``page_token`` to ``sessions.list`` to get them.
+    """
 
     sessions: list[Session] = field(default_factory=list)
     truncated: bool = False
+    next_page_token: str = ""
 
 
 @dataclass(frozen=True)

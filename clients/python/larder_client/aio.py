@@ -239,9 +239,20 @@ class Sessions(_Api):
         """Ends every session of ``user_id`` (but ``except_session_id``); returns how many."""
         return await self._run(_calls.session_revoke_user(user_id, except_session_id), timeout)
 
-    async def list(self, user_id: str, *, timeout: float | None = None) -> SessionList:
-        """The live sessions of ``user_id``."""
-        return await self._run(_calls.session_list(user_id), timeout)
+    async def list(
+        self,
+        user_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> SessionList:
+        """One page of the live sessions of ``user_id``, newest first.
+
+        ``page_size`` 0 is the server's maximum; ``page_token`` is the ``next_page_token`` of
+        the page before (empty for the first page).
+        """
+        return await self._run(_calls.session_list(user_id, page_size, page_token), timeout)
 
 
 class RateLimit(_Api):

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 use super::sql;
 use super::{CachedEntry, Counter, NewEntry, SetCondition};
 use crate::clock::{deadline_ms, remaining_ms};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 use crate::store::writer::{Effects, MemEffect, Pending, Reply, Writer};
 
 /// What a Set did.
@@ -447,13 +447,15 @@ impl Writer {
             Some((bytes, expires_at, _)) => {
                 let current = parse_counter(&bytes).ok_or_else(|| {
                     Error::FailedPrecondition(format!(
-                        "key {key:?} does not hold a base-10 64-bit signed integer"
+                        "key {} does not hold a base-10 64-bit signed integer",
+                        echo(key)
                     ))
                 })?;
                 let value = current.checked_add(delta).ok_or_else(|| {
                     Error::FailedPrecondition(format!(
-                        "incrementing key {key:?} ({current}) by {delta} would overflow a \
-                         64-bit signed integer"
+                        "incrementing key {} ({current}) by {delta} would overflow a \
+                         64-bit signed integer",
+                        echo(key)
                     ))
                 })?;
                 (value, expires_at as u64)

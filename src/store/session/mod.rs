@@ -331,12 +331,22 @@ pub(crate) fn encode_data(data: &BTreeMap<String, String>) -> String {
     serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned())
 }
 
+/// Most bytes of protobuf framing one listed session adds to its strings and data: tags and
+/// lengths of its fields, five 64-bit numbers at up to 11 bytes each, and its own tag and length
+/// in the list (about 85; rounded up).
+pub(crate) const LISTED_SESSION_FRAMING: usize = 96;
+
+/// Most bytes of protobuf framing one data entry adds to its key and value (entry, key and
+/// value tags, and lengths of up to 3 bytes each).
+pub(crate) const LISTED_ENTRY_FRAMING: usize = 12;
+
 /// One page of a user's sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionList {
     /// Live sessions, newest first.
     pub sessions: Vec<SessionRecord>,
-    /// Whether live sessions were left out to respect the bounds.
+    /// Whether live sessions were left out to respect the bounds (they follow the last one
+    /// listed).
     pub truncated: bool,
 }
 
@@ -510,16 +520,24 @@ impl Store {
         .await
     }
 
-    /// A user's live sessions, newest first: at most `max_sessions` of them and at most
-    /// `max_bytes` of their strings and data (always at least one, if any is live).
+    /// A user's live sessions, newest first (ties by session id, descending), after `after`
+    /// (the creation time and session id of the last session of the previous page; `None` =
+    /// from the newest): at most `max_sessions` of them, and at most `max_bytes` once answered
+    /// (their strings and data plus [`LISTED_SESSION_FRAMING`] and [`LISTED_ENTRY_FRAMING`];
+    /// always at least one, if any is live).
     pub async fn list_sessions(
         &self,
         user_id: &str,
+        after: Option<(u64, String)>,
         max_sessions: usize,
         max_bytes: usize,
     ) -> Result<SessionList> {
         let now = self.inner.clock.now_ms();
         let user = user_id.to_owned();
+        let (after_created, after_id) = match after {
+            Some((created, id)) => (created.min(i64::MAX as u64) as i64, id),
+            None => (i64::MAX, String::new()),
+        };
         let memory = self.inner.sessions.clone();
         self.scan(move |conn| {
             let mut stmt = conn
@@ -529,7 +547,9 @@ impl Store {
                 .query(params![
                     user,
                     now as i64,
-                    now.saturating_sub(SWEEP_GRACE_MS) as i64
+                    now.saturating_sub(SWEEP_GRACE_MS) as i64,
+                    after_created,
+                    after_id
                 ])
                 .map_err(Error::storage("listing sessions"))?;
             let mut list = SessionList::default();
@@ -546,7 +566,9 @@ impl Store {
                 if !record.live(now) {
                     continue;
                 }
-                bytes += record.size();
+                bytes += record.size()
+                    + LISTED_SESSION_FRAMING
+                    + LISTED_ENTRY_FRAMING * record.data.len();
                 if list.sessions.len() >= max_sessions
                     || (bytes > max_bytes && !list.sessions.is_empty())
                 {

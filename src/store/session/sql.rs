@@ -21,13 +21,17 @@ pub(crate) const SESSION: &str = concat!(
 pub(crate) const RECORD_AT: usize = 1;
 
 /// A user's (`?1`) sessions not past their absolute expiry (`?2`) nor past their idle expiry
-/// on disk by more than the sweeper's grace (`?3`), newest first: token hash, then record.
+/// on disk by more than the sweeper's grace (`?3`), newest first (ties by session id,
+/// descending) and after the cursor (creation time `?4`, session id `?5`: `?4` = i64::MAX for
+/// the first page): token hash, then record. The `created_at <= ?4` term lets the
+/// `sessions_by_user` index start at the cursor.
 pub(crate) const LIST_USER: &str = concat!(
     "SELECT token_hash, ",
     record_columns!(),
     " FROM sessions \
      WHERE user_id = ?1 AND absolute_expires_at > ?2 AND idle_expires_at > ?3 \
-     ORDER BY created_at DESC, id DESC"
+     AND created_at <= ?4 AND (created_at < ?4 OR session_id < ?5) \
+     ORDER BY created_at DESC, session_id DESC"
 );
 
 /// Where the token hash is in a row of [`LIST_USER`].
