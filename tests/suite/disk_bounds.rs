@@ -149,6 +149,7 @@ fn login(user: &str, data: HashMap<String, String>) -> pb::CreateSessionRequest 
 async fn live_ids(c: &mut crate::common::Sessions, user: &str) -> Vec<String> {
     c.list_sessions(pb::ListSessionsRequest {
         user_id: user.into(),
+        ..Default::default()
     })
     .await
     .expect("ListSessions")

@@ -125,7 +125,7 @@ mod tokens {
             "RotateSession" => s.rotate_session(call(pb::RotateSessionRequest { token: "lds_nope".into() }, token));
             "RevokeSession" => s.revoke_session(call(pb::RevokeSessionRequest { target: Some(pb::revoke_session_request::Target::SessionId("nope".into())) }, token));
             "RevokeUserSessions" => s.revoke_user_sessions(call(pb::RevokeUserSessionsRequest { user_id: "u1".into(), ..Default::default() }, token));
-            "ListSessions" => s.list_sessions(call(pb::ListSessionsRequest { user_id: "u1".into() }, token));
+            "ListSessions" => s.list_sessions(call(pb::ListSessionsRequest { user_id: "u1".into(), ..Default::default() }, token));
             "Check" => r.check(call(pb::CheckRequest { key: "ip:1".into(), limit: 10, period_ms: 60_000, ..Default::default() }, token));
             "Peek" => r.peek(call(pb::PeekRequest { key: "ip:1".into(), limit: 10, period_ms: 60_000, ..Default::default() }, token));
             "Reset" => r.reset(call(pb::ResetRequest { key: "ip:1".into(), ..Default::default() }, token));
