@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::server::ServerSettings;
-use crate::store::StoreConfig;
+use crate::store::{StoreConfig, WhenFull};
 use crate::store::schema::Synchronous;
 
 use super::file::{format_duration, format_size};
@@ -432,6 +432,38 @@ pub static RATELIMIT_MAX_MEMORY: Setting = Setting {
     help: "Memory for rate-limit state; idle keys past it are left on disk.",
 };
 
+/// `ratelimit.max_keys`.
+pub static RATELIMIT_MAX_KEYS: Setting = Setting {
+    key: "ratelimit.max_keys",
+    flag: "ratelimit-max-keys",
+    env: "LARDER_RATELIMIT_MAX_KEYS",
+    kind: Kind::Count,
+    range: Some((at(1), at(1 << 32))),
+    default: DefaultFrom::Component(|c| Value::Count(c.store.limit_max_keys)),
+    help: "Hard cap on rate-limit keys in memory, changed or not (while state cannot be written, \
+           nothing is evicted); new keys past it get ratelimit.when_full.",
+};
+
+/// `ratelimit.when_full`.
+pub static RATELIMIT_WHEN_FULL: Setting = Setting {
+    key: "ratelimit.when_full",
+    flag: "ratelimit-when-full",
+    env: "LARDER_RATELIMIT_WHEN_FULL",
+    kind: Kind::Choice(&["deny", "allow"]),
+    range: None,
+    default: DefaultFrom::Component(|c| {
+        Value::Text(
+            match c.store.limit_when_full {
+                WhenFull::Deny => "deny",
+                WhenFull::Allow => "allow",
+            }
+            .into(),
+        )
+    }),
+    help: "What a Check of a new key answers past ratelimit.max_keys: deny (not allowed, retry \
+           after one write-behind interval) or allow (admitted, not remembered).",
+};
+
 /// `server.drain_timeout`.
 pub static DRAIN_TIMEOUT: Setting = Setting {
     key: "server.drain_timeout",
@@ -559,7 +591,7 @@ pub static LOG_LEVEL: Setting = Setting {
 
 /// Every setting, in the order of the config file, `check-config` and the docs table. The
 /// sections of the file follow the first appearance of their keys here.
-pub static SETTINGS: [&Setting; 28] = [
+pub static SETTINGS: [&Setting; 30] = [
     &DATA_DIR,
     &LISTEN,
     &UNIX_SOCKET,
@@ -577,6 +609,8 @@ pub static SETTINGS: [&Setting; 28] = [
     &SESSION_MAX_MEMORY,
     &RATELIMIT_WRITE_BEHIND,
     &RATELIMIT_MAX_MEMORY,
+    &RATELIMIT_MAX_KEYS,
+    &RATELIMIT_WHEN_FULL,
     &DRAIN_TIMEOUT,
     &REQUEST_TIMEOUT,
     &MAX_CONCURRENT_REQUESTS,

@@ -62,7 +62,7 @@ use writer::{Op, Reply, WriteQueue, Writer, WriterParts, WriterSettings};
 pub use cache::{CacheStats, Counter, Found, NewEntry, SetCondition};
 pub use config::StoreConfig;
 pub use observe::{COMMIT_SECONDS_BUCKETS, PolicyChecks, WriterMetrics};
-pub use ratelimit::SLOT_OVERHEAD;
+pub use ratelimit::{SLOT_OVERHEAD, WhenFull};
 pub use schema::{SCHEMA_VERSION, Synchronous};
 pub use session::{
     DataLimits, MAX_PERSIST_WINDOW_MS, NewSession, SWEEP_GRACE_MS, SessionList, SessionRecord,
@@ -205,6 +205,11 @@ impl Store {
         ));
         let limits = Arc::new(ratelimit::LimitTable::new(
             config.limit_memory_bytes as usize,
+            ratelimit::KeyCap {
+                max_keys: usize::try_from(config.limit_max_keys).unwrap_or(usize::MAX),
+                when_full: config.limit_when_full,
+                retry_after_ms: config.write_behind.as_millis().try_into().unwrap_or(u64::MAX),
+            },
         ));
         let write_behind = Arc::new(ratelimit::WriteBehind::new(
             limits.clone(),
