@@ -97,6 +97,8 @@ struct Inner {
     memory: Arc<EntryCache>,
     /// The LRU of sessions by token hash; written by the writer, filled by readers.
     sessions: Arc<session::SessionCache>,
+    /// User revocations in progress, which readers honour; changed by the writer.
+    revocations: Arc<session::revoke::Revocations>,
     /// Rate-limit state; the truth for every key it holds.
     limits: Arc<ratelimit::LimitTable>,
     /// Writes rate-limit state behind.
@@ -173,6 +175,7 @@ impl Store {
             config.session_memory_bytes as usize,
         ));
         let stats = Arc::new(StatsRegistry::default());
+        let revocations = Arc::new(session::revoke::Revocations::default());
         let monitor = observe::Monitor::new(db_path.clone());
         let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
@@ -181,6 +184,7 @@ impl Store {
             WriterParts {
                 memory: memory.clone(),
                 sessions: session_memory.clone(),
+                revocations: revocations.clone(),
                 stats: stats.clone(),
                 clock: clock.clone(),
                 checkpoint_hint,
@@ -235,6 +239,7 @@ impl Store {
                 clock,
                 memory,
                 sessions: session_memory,
+                revocations,
                 limits,
                 write_behind,
                 stats,
