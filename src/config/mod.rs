@@ -31,8 +31,8 @@ use crate::server::tls::TlsSettings;
 use crate::service::RequestLimits as Limits;
 use crate::service::ratelimit::RateLimitSettings;
 use crate::service::session::SessionSettings;
-use crate::store::{StoreConfig, WhenFull};
 use crate::store::schema::Synchronous;
+use crate::store::{StoreConfig, WhenFull};
 
 /// The flag of every setting, for `serve` and `check-config` (each also read from its
 /// `LARDER_*` variable).
@@ -389,12 +389,11 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         "full" => Synchronous::Full,
         _ => Synchronous::Normal,
     };
-    let when_full = match choice(&RATELIMIT_WHEN_FULL, &filled(f.text(&RATELIMIT_WHEN_FULL)))?
-        .as_str()
-    {
-        "allow" => WhenFull::Allow,
-        _ => WhenFull::Deny,
-    };
+    let when_full =
+        match choice(&RATELIMIT_WHEN_FULL, &filled(f.text(&RATELIMIT_WHEN_FULL)))?.as_str() {
+            "allow" => WhenFull::Allow,
+            _ => WhenFull::Deny,
+        };
     let metrics_listen = address(&METRICS_LISTEN, &filled(f.text(&METRICS_LISTEN)))?;
     let log_format = match choice(&LOG_FORMAT, &filled(f.text(&LOG_FORMAT)))?.as_str() {
         "json" => LogFormat::Json,

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::server::ServerSettings;
-use crate::store::{StoreConfig, WhenFull};
 use crate::store::schema::Synchronous;
+use crate::store::{StoreConfig, WhenFull};
 
 use super::file::{format_duration, format_size};
 

@@ -212,7 +212,11 @@ impl Store {
             ratelimit::KeyCap {
                 max_keys: usize::try_from(config.limit_max_keys).unwrap_or(usize::MAX),
                 when_full: config.limit_when_full,
-                retry_after_ms: config.write_behind.as_millis().try_into().unwrap_or(u64::MAX),
+                retry_after_ms: config
+                    .write_behind
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
             },
         ));
         let write_behind = Arc::new(ratelimit::WriteBehind::new(

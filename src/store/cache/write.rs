@@ -124,8 +124,7 @@ impl CacheOp {
             CacheOp::SetMany { reply, .. } => reply,
             CacheOp::Touch { reply, .. } => reply,
             CacheOp::Increment { reply, .. } => reply,
-            CacheOp::Delete { reply, .. }
-            | CacheOp::DeleteIfVersion { reply, .. } => reply,
+            CacheOp::Delete { reply, .. } | CacheOp::DeleteIfVersion { reply, .. } => reply,
             CacheOp::DeleteRange { reply, .. } => reply,
         }
     }

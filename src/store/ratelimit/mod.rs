@@ -519,7 +519,13 @@ impl Store {
             .await?;
         let decision = match decision {
             Some(decision) => decision,
-            None => when_full(&self.inner.limits.cap(), rule, clock.now_ms(), cost, consume),
+            None => when_full(
+                &self.inner.limits.cap(),
+                rule,
+                clock.now_ms(),
+                cost,
+                consume,
+            ),
         };
         if consume {
             self.inner.monitor.checks.count(policy, decision.allowed);
@@ -738,13 +744,21 @@ mod tests {
         // Every shard holds one dirty key: a new key finds no room, wherever it falls.
         for i in 0..100 {
             let newcomer = (String::new(), format!("new{i}"));
-            assert!(matches!(table.with(&newcomer, |_| ((), None)), Access::Full));
+            assert!(matches!(
+                table.with(&newcomer, |_| ((), None)),
+                Access::Full
+            ));
         }
         assert_eq!(table.refused(), 100);
         assert_eq!(table.len(), SHARDS, "refused keys take no slot");
         // A key in memory keeps being checked and changed.
-        let next = Some(State::Gcra { tat_ns: u64::MAX - 1 });
-        assert!(matches!(table.with(&keys[0], |_| ((), next)), Access::Done(())));
+        let next = Some(State::Gcra {
+            tat_ns: u64::MAX - 1,
+        });
+        assert!(matches!(
+            table.with(&keys[0], |_| ((), next)),
+            Access::Done(())
+        ));
 
         // Once the keys are written (clean), a new key takes a clean key's slot.
         let taken: Vec<(LimitKey, u64)> = table
@@ -764,13 +778,25 @@ mod tests {
     fn a_refused_key_is_denied_with_a_retry_after_or_allowed_unremembered() {
         let clock = ManualClock::new(1_000_000);
         let rule = Rule::new(Algorithm::Gcra, 10, 60_000, 0).unwrap();
-        let deny = when_full(&capped(WhenFull::Deny).cap(), &rule, clock.now_ms(), 1, true);
+        let deny = when_full(
+            &capped(WhenFull::Deny).cap(),
+            &rule,
+            clock.now_ms(),
+            1,
+            true,
+        );
         assert!(!deny.allowed);
         assert_eq!(deny.remaining, 0);
         assert_eq!(deny.retry_after_ms, 1000, "one write-behind interval");
         assert_eq!(deny.limit, 10);
         clock.advance_ms(5_000);
-        let allow = when_full(&capped(WhenFull::Allow).cap(), &rule, clock.now_ms(), 3, true);
+        let allow = when_full(
+            &capped(WhenFull::Allow).cap(),
+            &rule,
+            clock.now_ms(),
+            3,
+            true,
+        );
         let (fresh, _) = limiter::decide(&rule, None, clock.now_ms(), 3, true);
         assert_eq!(allow, fresh, "a fresh budget, as for a key with no state");
         assert!(allow.allowed);

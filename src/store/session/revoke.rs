@@ -142,7 +142,11 @@ mod tests {
         assert!(!marks.covers(&session("u", "keep", 50)));
         assert!(!marks.covers(&session("v", "a", 50)));
         assert!(!marks.covers(&session("u", "c", 101)));
-        assert_eq!(marks.created_after("u", 100), 101, "a new session is not covered");
+        assert_eq!(
+            marks.created_after("u", 100),
+            101,
+            "a new session is not covered"
+        );
         assert_eq!(marks.created_after("u", 200), 200);
         assert_eq!(marks.created_after("v", 100), 100);
         let before = marks.generation();
