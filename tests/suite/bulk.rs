@@ -281,7 +281,7 @@ async fn a_daemon_killed_during_a_large_clear_restarts_with_a_prefix_of_the_keys
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_delete_prefix_across_chunks_keeps_keys_written_meanwhile_and_other_prefixes() {
+async fn a_delete_prefix_across_chunks_deletes_its_keys_and_no_other() {
     let server = TestServer::start().await;
     let mut c = server.client().await;
     let n = 3 * CHUNK + 10;
