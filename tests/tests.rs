@@ -15,6 +15,7 @@ mod suite {
     mod bench;
     mod binary;
     mod bounds;
+    mod bulk;
     mod concurrency;
     mod conditions;
     mod config;

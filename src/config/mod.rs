@@ -31,8 +31,8 @@ use crate::server::tls::TlsSettings;
 use crate::service::RequestLimits as Limits;
 use crate::service::ratelimit::RateLimitSettings;
 use crate::service::session::SessionSettings;
-use crate::store::StoreConfig;
 use crate::store::schema::Synchronous;
+use crate::store::{StoreConfig, WhenFull};
 
 /// The flag of every setting, for `serve` and `check-config` (each also read from its
 /// `LARDER_*` variable).
@@ -389,6 +389,11 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         "full" => Synchronous::Full,
         _ => Synchronous::Normal,
     };
+    let when_full =
+        match choice(&RATELIMIT_WHEN_FULL, &filled(f.text(&RATELIMIT_WHEN_FULL)))?.as_str() {
+            "allow" => WhenFull::Allow,
+            _ => WhenFull::Deny,
+        };
     let metrics_listen = address(&METRICS_LISTEN, &filled(f.text(&METRICS_LISTEN)))?;
     let log_format = match choice(&LOG_FORMAT, &filled(f.text(&LOG_FORMAT)))?.as_str() {
         "json" => LogFormat::Json,
@@ -449,6 +454,8 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
     store.session_memory_bytes = filled(f.bytes(&SESSION_MAX_MEMORY));
     store.limit_memory_bytes = filled(f.bytes(&RATELIMIT_MAX_MEMORY));
     store.write_behind = filled(f.duration(&RATELIMIT_WRITE_BEHIND));
+    store.limit_max_keys = filled(f.count(&RATELIMIT_MAX_KEYS));
+    store.limit_when_full = when_full;
     let defaults = ServerSettings::default();
     let server = ServerSettings {
         limits: Limits {

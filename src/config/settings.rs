@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::server::ServerSettings;
-use crate::store::StoreConfig;
 use crate::store::schema::Synchronous;
+use crate::store::{StoreConfig, WhenFull};
 
 use super::file::{format_duration, format_size};
 
@@ -455,6 +455,38 @@ pub static RATELIMIT_MAX_MEMORY: Setting = Setting {
     help: "Memory for rate-limit state; idle keys past it are left on disk.",
 };
 
+/// `ratelimit.max_keys`.
+pub static RATELIMIT_MAX_KEYS: Setting = Setting {
+    key: "ratelimit.max_keys",
+    flag: "ratelimit-max-keys",
+    env: "LARDER_RATELIMIT_MAX_KEYS",
+    kind: Kind::Count,
+    range: Some((at(1), at(1 << 32))),
+    default: DefaultFrom::Component(|c| Value::Count(c.store.limit_max_keys)),
+    help: "Hard cap on rate-limit keys in memory, changed or not (while state cannot be written, \
+           nothing is evicted); new keys past it get ratelimit.when_full.",
+};
+
+/// `ratelimit.when_full`.
+pub static RATELIMIT_WHEN_FULL: Setting = Setting {
+    key: "ratelimit.when_full",
+    flag: "ratelimit-when-full",
+    env: "LARDER_RATELIMIT_WHEN_FULL",
+    kind: Kind::Choice(&["deny", "allow"]),
+    range: None,
+    default: DefaultFrom::Component(|c| {
+        Value::Text(
+            match c.store.limit_when_full {
+                WhenFull::Deny => "deny",
+                WhenFull::Allow => "allow",
+            }
+            .into(),
+        )
+    }),
+    help: "What a Check of a new key answers past ratelimit.max_keys: deny (not allowed, retry \
+           after one write-behind interval) or allow (admitted, not remembered).",
+};
+
 /// `server.drain_timeout`.
 pub static DRAIN_TIMEOUT: Setting = Setting {
     key: "server.drain_timeout",
@@ -687,6 +719,8 @@ pub static SETTINGS: &[&Setting] = &[
     &SESSION_MAX_DISK,
     &RATELIMIT_WRITE_BEHIND,
     &RATELIMIT_MAX_MEMORY,
+    &RATELIMIT_MAX_KEYS,
+    &RATELIMIT_WHEN_FULL,
     &DRAIN_TIMEOUT,
     &REQUEST_TIMEOUT,
     &MAX_CONCURRENT_REQUESTS,

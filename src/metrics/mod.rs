@@ -304,6 +304,12 @@ impl Metrics {
             Unit::Bytes,
             ConstGauge::new(bytes as u64),
         );
+        reg.register(
+            "larder_ratelimit_keys_refused",
+            "New rate-limit keys answered by ratelimit.when_full because memory held \
+             ratelimit.max_keys keys",
+            ConstCounter::new(self.store.rate_limit_keys_refused()),
+        );
 
         let w = self.store.writer_metrics();
         reg.register(

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::ratelimit::WhenFull;
 use super::schema::Synchronous;
 
 /// How the store is set up.
@@ -23,6 +24,11 @@ pub struct StoreConfig {
     /// Byte budget of rate-limit state in memory (idle keys past it are evicted; disk keeps
     /// them).
     pub limit_memory_bytes: u64,
+    /// Hard cap on rate-limit keys in memory, dirty or clean: while write-behinds fail no key
+    /// becomes evictable, and this is what bounds memory then.
+    pub limit_max_keys: u64,
+    /// What a new rate-limit key is answered past `limit_max_keys`.
+    pub limit_when_full: WhenFull,
     /// Longest time a rate-limit change stays in memory only: what a crash can lose.
     pub write_behind: Duration,
     /// Read-only connections in the reader pool.
@@ -43,6 +49,11 @@ impl StoreConfig {
             max_disk_bytes: 4 << 30,
             session_memory_bytes: 64 << 20,
             limit_memory_bytes: 32 << 20,
+            // A quarter of a million keys: about 50 MiB charged at typical key lengths, and
+            // about five times what the fastest Check rate can add in one write-behind
+            // interval, so only failing write-behinds ever reach it.
+            limit_max_keys: 1 << 18,
+            limit_when_full: WhenFull::Deny,
             write_behind: Duration::from_secs(1),
             reader_connections: 4,
             sweep_interval: Duration::from_secs(1),

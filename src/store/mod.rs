@@ -62,7 +62,7 @@ use writer::{Op, Reply, WriteQueue, Writer, WriterParts, WriterSettings};
 pub use cache::{CacheStats, Counter, Found, NewEntry, SetCondition};
 pub use config::StoreConfig;
 pub use observe::{COMMIT_SECONDS_BUCKETS, PolicyChecks, WriterMetrics};
-pub use ratelimit::SLOT_OVERHEAD;
+pub use ratelimit::{SLOT_OVERHEAD, WhenFull};
 pub use schema::{SCHEMA_VERSION, Synchronous};
 pub use session::{
     DataLimits, MAX_PERSIST_WINDOW_MS, NewSession, SWEEP_GRACE_MS, SessionBounds, SessionList,
@@ -97,6 +97,8 @@ struct Inner {
     memory: Arc<EntryCache>,
     /// The LRU of sessions by token hash; written by the writer, filled by readers.
     sessions: Arc<session::SessionCache>,
+    /// User revocations in progress, which readers honour; changed by the writer.
+    revocations: Arc<session::revoke::Revocations>,
     /// Rate-limit state; the truth for every key it holds.
     limits: Arc<ratelimit::LimitTable>,
     /// Writes rate-limit state behind.
@@ -173,6 +175,7 @@ impl Store {
             config.session_memory_bytes as usize,
         ));
         let stats = Arc::new(StatsRegistry::default());
+        let revocations = Arc::new(session::revoke::Revocations::default());
         let monitor = observe::Monitor::new(db_path.clone());
         let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
@@ -181,6 +184,7 @@ impl Store {
             WriterParts {
                 memory: memory.clone(),
                 sessions: session_memory.clone(),
+                revocations: revocations.clone(),
                 stats: stats.clone(),
                 clock: clock.clone(),
                 checkpoint_hint,
@@ -205,6 +209,15 @@ impl Store {
         ));
         let limits = Arc::new(ratelimit::LimitTable::new(
             config.limit_memory_bytes as usize,
+            ratelimit::KeyCap {
+                max_keys: usize::try_from(config.limit_max_keys).unwrap_or(usize::MAX),
+                when_full: config.limit_when_full,
+                retry_after_ms: config
+                    .write_behind
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            },
         ));
         let write_behind = Arc::new(ratelimit::WriteBehind::new(
             limits.clone(),
@@ -230,6 +243,7 @@ impl Store {
                 clock,
                 memory,
                 sessions: session_memory,
+                revocations,
                 limits,
                 write_behind,
                 stats,

@@ -347,27 +347,58 @@ impl Store {
         Ok(deleted > 0)
     }
 
-    /// Deletes every key starting with `prefix`.
+    /// Deletes every key starting with `prefix` that was written before the call; returns how
+    /// many live ones there were. Deletes in chunks of [`write::DELETE_CHUNK`] keys, one
+    /// transaction each, so that other writes go on between two (see [`Store::delete_range`]).
     pub async fn delete_prefix(&self, namespace: &str, prefix: &str) -> Result<u64> {
-        self.write(|reply| {
-            Op::Cache(CacheOp::DeletePrefix {
-                namespace: namespace.to_owned(),
-                prefix: prefix.to_owned(),
-                reply,
-            })
-        })
-        .await
+        self.delete_range(namespace, prefix).await
     }
 
-    /// Deletes every key of a namespace.
+    /// Deletes every key of a namespace written before the call, in chunks like
+    /// [`Store::delete_prefix`].
     pub async fn clear(&self, namespace: &str) -> Result<u64> {
-        self.write(|reply| {
-            Op::Cache(CacheOp::Clear {
-                namespace: namespace.to_owned(),
-                reply,
-            })
-        })
-        .await
+        self.delete_range(namespace, "").await
+    }
+
+    /// Deletes the keys of `namespace` starting with `prefix` and written before this call,
+    /// one chunk per writer command, in key order, and answers when the last chunk committed.
+    ///
+    /// A reader meanwhile sees each chunk's keys go at its commit: some keys of the range
+    /// gone and the rest still there, never a deleted key back. A key written after the call
+    /// began is never deleted by it. The chunks run on a task of their own, so that a caller
+    /// who goes away does not leave the delete half done; a crash (or a failed chunk) does,
+    /// and repeating the call finishes it.
+    async fn delete_range(&self, namespace: &str, prefix: &str) -> Result<u64> {
+        let store = self.clone();
+        let namespace = namespace.to_owned();
+        let prefix = prefix.to_owned();
+        let chunks = async move {
+            let mut live = 0;
+            let mut from = None;
+            let mut before_version = None;
+            loop {
+                let chunk = store
+                    .write(|reply| {
+                        Op::Cache(CacheOp::DeleteRange {
+                            namespace: namespace.clone(),
+                            prefix: prefix.clone(),
+                            from: from.take(),
+                            before_version,
+                            reply,
+                        })
+                    })
+                    .await?;
+                live += chunk.live;
+                before_version = Some(chunk.before_version);
+                match chunk.next {
+                    Some(next) => from = Some(next),
+                    None => return Ok(live),
+                }
+            }
+        };
+        tokio::spawn(chunks)
+            .await
+            .map_err(|e| Error::Internal(format!("a bulk delete failed: {e}")))?
     }
 
     /// Gives a live key a new TTL; returns whether it was found.

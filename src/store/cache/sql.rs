@@ -44,17 +44,21 @@ pub(super) const DELETE_IF_VERSION: &str = "DELETE FROM cache_entries \
      WHERE namespace = ?1 AND key = ?2 AND version = ?3 \
      RETURNING key, expires_at, size";
 
-/// Deletes the keys in `?2 <= key < ?3`.
-pub(super) const DELETE_RANGE: &str = "DELETE FROM cache_entries \
-     WHERE namespace = ?1 AND key >= ?2 AND key < ?3 \
+/// One chunk of a DeletePrefix or Clear: deletes up to `?5` rows with `?2 <= key < ?3` and a
+/// version below `?4` (written before the call began), the first ones in key order, so that
+/// the next chunk goes on from the greatest key returned.
+pub(super) const DELETE_RANGE_CHUNK: &str = "DELETE FROM cache_entries WHERE id IN ( \
+       SELECT id FROM cache_entries \
+       WHERE namespace = ?1 AND key >= ?2 AND key < ?3 AND version < ?4 \
+       ORDER BY key LIMIT ?5) \
      RETURNING key, expires_at, size";
 
-/// Deletes the keys from `?2` on (a prefix without an upper bound).
-pub(super) const DELETE_FROM: &str = "DELETE FROM cache_entries WHERE namespace = ?1 AND key >= ?2 \
-     RETURNING key, expires_at, size";
-
-/// Deletes a namespace.
-pub(super) const DELETE_NAMESPACE: &str = "DELETE FROM cache_entries WHERE namespace = ?1 \
+/// [`DELETE_RANGE_CHUNK`] without an upper bound: up to `?4` rows with `key >= ?2` and a
+/// version below `?3` (a Clear, or a prefix no string is above).
+pub(super) const DELETE_FROM_CHUNK: &str = "DELETE FROM cache_entries WHERE id IN ( \
+       SELECT id FROM cache_entries \
+       WHERE namespace = ?1 AND key >= ?2 AND version < ?3 \
+       ORDER BY key LIMIT ?4) \
      RETURNING key, expires_at, size";
 
 /// Records read times collected in memory (never moving one back).

@@ -20,6 +20,21 @@ pub(crate) struct Stored {
     pub(crate) version: u64,
 }
 
+/// Rows a DeletePrefix or Clear deletes per transaction: the longest it holds up the writer,
+/// and the most rows (key, expiry, size) it holds in memory at once.
+pub(crate) const DELETE_CHUNK: usize = 1000;
+
+/// What one chunk of a DeletePrefix or Clear did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RangeChunk {
+    /// Live keys it deleted.
+    pub(crate) live: u64,
+    /// Versions from this one on were written after the delete began, and are kept.
+    pub(crate) before_version: u64,
+    /// Where the next chunk starts, or `None` when every key of the range is deleted.
+    pub(crate) next: Option<String>,
+}
+
 /// A command on the cache table, with its reply.
 #[derive(Debug)]
 pub(crate) enum CacheOp {
@@ -51,16 +66,15 @@ pub(crate) enum CacheOp {
         version: u64,
         reply: Reply<u64>,
     },
-    /// Delete every key starting with a prefix.
-    DeletePrefix {
+    /// One chunk of a DeletePrefix (or, with an empty prefix, a Clear): deletes up to
+    /// [`DELETE_CHUNK`] keys starting with `prefix`, from `from` on in key order, that were
+    /// written before `before_version` (`None`: before this first chunk).
+    DeleteRange {
         namespace: String,
         prefix: String,
-        reply: Reply<u64>,
-    },
-    /// Delete every key of a namespace.
-    Clear {
-        namespace: String,
-        reply: Reply<u64>,
+        from: Option<String>,
+        before_version: Option<u64>,
+        reply: Reply<RangeChunk>,
     },
     /// Give a live key a new TTL; answers whether it was live.
     Touch {
@@ -98,7 +112,7 @@ impl CacheOp {
             CacheOp::Delete { keys, .. } => keys.len() > 1,
             // One DELETE … RETURNING: SQLite deletes every row on its first step, so a failure
             // while the later rows are collected must undo the deletes with them.
-            CacheOp::DeletePrefix { .. } | CacheOp::Clear { .. } => true,
+            CacheOp::DeleteRange { .. } => true,
             _ => false,
         }
     }
@@ -110,10 +124,8 @@ impl CacheOp {
             CacheOp::SetMany { reply, .. } => reply,
             CacheOp::Touch { reply, .. } => reply,
             CacheOp::Increment { reply, .. } => reply,
-            CacheOp::Delete { reply, .. }
-            | CacheOp::DeleteIfVersion { reply, .. }
-            | CacheOp::DeletePrefix { reply, .. }
-            | CacheOp::Clear { reply, .. } => reply,
+            CacheOp::Delete { reply, .. } | CacheOp::DeleteIfVersion { reply, .. } => reply,
+            CacheOp::DeleteRange { reply, .. } => reply,
         }
     }
 }
@@ -231,40 +243,20 @@ impl Writer {
                 fx.count(namespace).deletes += deleted;
                 reply.hold(deleted);
             }
-            CacheOp::DeletePrefix {
+            CacheOp::DeleteRange {
                 namespace,
                 prefix,
+                from,
+                before_version,
                 reply,
             } => {
-                let deleted = match prefix_upper_bound(prefix) {
-                    Some(upper) => self.delete_rows(
-                        sql::DELETE_RANGE,
-                        params![namespace.as_str(), prefix.as_str(), upper],
-                        namespace,
-                        now,
-                        fx,
-                    )?,
-                    None => self.delete_rows(
-                        sql::DELETE_FROM,
-                        params![namespace.as_str(), prefix.as_str()],
-                        namespace,
-                        now,
-                        fx,
-                    )?,
-                };
-                fx.count(namespace).deletes += deleted;
-                reply.hold(deleted);
-            }
-            CacheOp::Clear { namespace, reply } => {
-                let deleted = self.delete_rows(
-                    sql::DELETE_NAMESPACE,
-                    params![namespace.as_str()],
-                    namespace,
-                    now,
-                    fx,
-                )?;
-                fx.count(namespace).deletes += deleted;
-                reply.hold(deleted);
+                // The first chunk fixes the range's end in time: every version handed out
+                // before it; what is written later, even mid-way, is kept.
+                let before = before_version.unwrap_or_else(|| self.version_floor());
+                let from = from.as_deref().unwrap_or(prefix);
+                let chunk = self.delete_chunk(namespace, prefix, from, before, now, fx)?;
+                fx.count(namespace).deletes += chunk.live;
+                reply.hold(chunk);
             }
             CacheOp::Touch {
                 namespace,
@@ -474,6 +466,71 @@ impl Writer {
             version,
             existed,
         })
+    }
+
+    /// Deletes up to [`DELETE_CHUNK`] keys of `namespace` starting with `prefix`, from `from`
+    /// on in key order, written before version `before`; records their effects.
+    fn delete_chunk(
+        &mut self,
+        namespace: &str,
+        prefix: &str,
+        from: &str,
+        before: u64,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<RangeChunk> {
+        let limit = DELETE_CHUNK as i64;
+        let before_sql = i64::try_from(before).unwrap_or(i64::MAX);
+        let mut last = None;
+        let (live, rows) = match prefix_upper_bound(prefix) {
+            Some(upper) => self.delete_rows_noting_last(
+                sql::DELETE_RANGE_CHUNK,
+                params![namespace, from, upper, before_sql, limit],
+                namespace,
+                now,
+                fx,
+                &mut last,
+            )?,
+            None => self.delete_rows_noting_last(
+                sql::DELETE_FROM_CHUNK,
+                params![namespace, from, before_sql, limit],
+                namespace,
+                now,
+                fx,
+                &mut last,
+            )?,
+        };
+        Ok(RangeChunk {
+            live,
+            before_version: before,
+            // A short chunk found no more rows in the range: the delete is complete.
+            next: last.filter(|_| rows >= DELETE_CHUNK),
+        })
+    }
+
+    /// [`Writer::delete_rows`], noting the greatest key deleted in `last`; returns the live
+    /// rows deleted and all rows deleted.
+    fn delete_rows_noting_last(
+        &mut self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        namespace: &str,
+        now: u64,
+        fx: &mut Effects,
+        last: &mut Option<String>,
+    ) -> Result<(u64, usize)> {
+        let before = fx.memory.len();
+        let live = self.delete_rows(sql, params, namespace, now, fx)?;
+        let deleted = &fx.memory[before..];
+        *last = deleted
+            .iter()
+            .filter_map(|e| match e {
+                MemEffect::Remove(_, key) => Some(key),
+                _ => None,
+            })
+            .max()
+            .cloned();
+        Ok((live, deleted.len()))
     }
 
     /// Runs a `DELETE … RETURNING key, expires_at, size` and records its effects; returns how

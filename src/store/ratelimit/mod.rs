@@ -17,13 +17,23 @@
 //! be overrun by at most what one write-behind interval dirties. The table is the store's one
 //! sharded LRU ([`super::lru`]), with each shard's dirty list under the shard's lock.
 //!
+//! While writes fail (a full disk), no key becomes clean and that overrun would grow without
+//! end, so the number of keys in memory also has a hard cap ([`KeyCap`], `ratelimit.max_keys`,
+//! enforced per shard). A key already in memory is always checked; a key that would need a new
+//! slot past the cap, once no clean key can make room, is answered by the cap's policy
+//! ([`WhenFull`]): denied with a retry-after of one write-behind interval (fail closed, the
+//! default), or admitted against a fresh budget that is not remembered (fail open). Each such
+//! key is counted ([`LimitTable::refused`]) and a warning is logged at most every
+//! [`REFUSAL_LOG_EVERY`].
+//!
 //! The writer's command is [`write`](mod@write), every statement on the table [`sql`].
 
 pub(crate) mod sql;
 pub(crate) mod write;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::watch;
@@ -53,6 +63,30 @@ const EVICTION_SCAN: usize = 32;
 
 /// Rows per command sent to the writer by one write-behind.
 const FLUSH_CHUNK: usize = 1000;
+
+/// Shortest time between two warnings that keys were refused for the key cap.
+pub(crate) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What a Check of a key that has no room in memory (past `ratelimit.max_keys`) answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Not allowed, retry after one write-behind interval (fail closed).
+    #[default]
+    Deny,
+    /// Allowed against a fresh budget that is not remembered (fail open).
+    Allow,
+}
+
+/// The hard cap on rate-limit keys in memory, and what new keys get past it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyCap {
+    /// Most keys in memory, dirty or clean (at least one per shard).
+    pub(crate) max_keys: usize,
+    /// The answer for a key that finds no room.
+    pub(crate) when_full: WhenFull,
+    /// The retry-after of a denied key: when the next write-behind may have made room.
+    pub(crate) retry_after_ms: u64,
+}
 
 /// One row for the writer: a key and its state, or `None` to delete the row.
 #[derive(Debug, Clone)]
@@ -106,6 +140,8 @@ pub(crate) enum Access<T> {
     Done(T),
     /// Another caller is loading the key: wait for `changed()` to end, then try again.
     Wait(watch::Receiver<()>),
+    /// The key is not in memory and the key cap leaves no room for it.
+    Full,
     /// The key was not in memory: load it from disk and [`Load::fill`] it, then try again.
     Load(Load),
 }
@@ -146,6 +182,14 @@ impl Drop for Load {
 #[derive(Debug)]
 pub(crate) struct LimitTable {
     table: ShardedLru<LimitKey, Slot, Vec<LimitKey>>,
+    /// The hard cap on keys, and its policy.
+    cap: KeyCap,
+    /// Most keys in one shard: the cap divided among the shards, rounded up.
+    shard_max_keys: usize,
+    /// Keys refused a slot for the key cap since start.
+    refused: AtomicU64,
+    /// When refusals were last logged, and how many came since.
+    refusal_log: Mutex<(Option<Instant>, u64)>,
 }
 
 /// Bytes charged for a key, whatever its slot holds (a state is a few fixed-size numbers).
@@ -154,13 +198,71 @@ fn charge((policy, key): &LimitKey) -> usize {
 }
 
 impl LimitTable {
-    /// A table holding at most about `budget_bytes` of clean keys.
-    pub(crate) fn new(budget_bytes: usize) -> Self {
+    /// A table holding at most about `budget_bytes` of clean keys, and never more keys than
+    /// `cap` allows.
+    pub(crate) fn new(budget_bytes: usize, cap: KeyCap) -> Self {
         Self {
             // The shard's invariants hold between statements that cannot panic: a poisoned
             // shard is used as it is.
             table: ShardedLru::new(budget_bytes, SHARDS, |k, _| charge(k), Vec::new, |_| {}),
+            cap,
+            shard_max_keys: cap.max_keys.div_ceil(SHARDS).max(1),
+            refused: AtomicU64::new(0),
+            refusal_log: Mutex::new((None, 0)),
         }
+    }
+
+    /// The key cap and its policy.
+    pub(crate) fn cap(&self) -> KeyCap {
+        self.cap
+    }
+
+    /// Keys refused a slot for the key cap since start.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a key refused for the cap, and warns, at most once per [`REFUSAL_LOG_EVERY`],
+    /// with how many were refused since the last warning.
+    fn refuse(&self, key: &LimitKey) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.1 += 1;
+        if log.0.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) {
+            return;
+        }
+        let refused = std::mem::take(&mut log.1);
+        log.0 = Some(Instant::now());
+        drop(log);
+        tracing::warn!(
+            refused,
+            max_keys = self.cap.max_keys,
+            policy = %key.0,
+            when_full = ?self.cap.when_full,
+            "rate-limit memory is full (ratelimit.max_keys): new keys are answered by \
+             ratelimit.when_full until write-behinds succeed again"
+        );
+    }
+
+    /// Frees a slot in a shard at its key cap by evicting clean keys from the cold end
+    /// (looking at no more than [`EVICTION_SCAN`] slots); returns whether there is room.
+    fn make_room(&self, shard: &mut Shard) -> bool {
+        let need = (shard.len() + 1).saturating_sub(self.shard_max_keys);
+        if need == 0 {
+            return true;
+        }
+        let gone: Vec<LimitKey> = shard
+            .coldest()
+            .take(EVICTION_SCAN)
+            .filter(|(_, slot)| matches!(slot, Slot::Ready(e) if e.clean()))
+            .map(|(k, _)| k.clone())
+            .take(need)
+            .collect();
+        let room = gone.len() == need;
+        for key in gone {
+            shard.remove(&key);
+        }
+        room
     }
 
     fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, Shard> {
@@ -176,6 +278,10 @@ impl LimitTable {
     ) -> Access<T> {
         let mut shard = self.shard(key);
         let shard = &mut *shard;
+        if shard.peek(key).is_none() && !self.make_room(shard) {
+            self.refuse(key);
+            return Access::Full;
+        }
         match shard.get(key) {
             Some(Slot::Ready(entry)) => {
                 let (answer, next) = f(entry.state.as_ref());
@@ -411,6 +517,16 @@ impl Store {
                 limiter::decide(rule, state, clock.now_ms(), cost, consume)
             })
             .await?;
+        let decision = match decision {
+            Some(decision) => decision,
+            None => when_full(
+                &self.inner.limits.cap(),
+                rule,
+                clock.now_ms(),
+                cost,
+                consume,
+            ),
+        };
         if consume {
             self.inner.monitor.checks.count(policy, decision.allowed);
         }
@@ -418,7 +534,8 @@ impl Store {
     }
 
     /// Forgets a key's state and waits until that is on disk; returns whether the key had
-    /// state that still counted.
+    /// state that still counted. A key not in memory while the key cap leaves no room for it
+    /// is `UNAVAILABLE` (its state cannot be read into memory to be forgotten).
     pub async fn reset_rate_limit(&self, policy: &str, key: &str) -> Result<bool> {
         let clock = &self.inner.clock;
         let existed = self
@@ -428,7 +545,13 @@ impl Store {
                     None,
                 )
             })
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                Error::Unavailable(
+                    "rate-limit memory is full (ratelimit.max_keys); retry once state is written"
+                        .into(),
+                )
+            })?;
         self.inner.write_behind.flush().await?;
         Ok(existed)
     }
@@ -444,17 +567,25 @@ impl Store {
         (self.inner.limits.len(), self.inner.limits.bytes())
     }
 
-    /// Runs `f` on the key's state in memory, loading it from disk first if needed.
+    /// New rate-limit keys refused a slot in memory for `ratelimit.max_keys` since start
+    /// (answered by `ratelimit.when_full`).
+    pub fn rate_limit_keys_refused(&self) -> u64 {
+        self.inner.limits.refused()
+    }
+
+    /// Runs `f` on the key's state in memory, loading it from disk first if needed; `None`
+    /// when the key is not in memory and the key cap leaves no room for it.
     async fn with_limit<T>(
         &self,
         policy: &str,
         key: &str,
         f: impl Fn(Option<&State>) -> (T, Option<State>),
-    ) -> Result<T> {
+    ) -> Result<Option<T>> {
         let id: LimitKey = (policy.to_owned(), key.to_owned());
         loop {
             match self.inner.limits.with(&id, &f) {
-                Access::Done(answer) => return Ok(answer),
+                Access::Done(answer) => return Ok(Some(answer)),
+                Access::Full => return Ok(None),
                 Access::Wait(mut loading) => {
                     // Ends (with an error) when the loading caller is done, either way.
                     let _ = loading.changed().await;
@@ -472,6 +603,23 @@ impl Store {
                 }
             }
         }
+    }
+}
+
+/// The answer to a Check of a key that found no room in memory: under [`WhenFull::Deny`], not
+/// allowed, nothing remaining, retry after one write-behind interval; under
+/// [`WhenFull::Allow`], what a key with no state would be answered (nothing is remembered).
+fn when_full(cap: &KeyCap, rule: &Rule, now_ms: u64, cost: u32, consume: bool) -> Decision {
+    let (fresh, _) = limiter::decide(rule, None, now_ms, cost, consume);
+    match cap.when_full {
+        WhenFull::Allow => fresh,
+        WhenFull::Deny => Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: cap.retry_after_ms.max(1),
+            reset_after_ms: fresh.reset_after_ms.max(cap.retry_after_ms),
+            ..fresh
+        },
     }
 }
 
@@ -505,6 +653,8 @@ fn load_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::limiter::Algorithm;
 
     fn key(i: usize) -> LimitKey {
         (String::new(), format!("k{i:06}"))
@@ -519,11 +669,20 @@ mod tests {
         assert!(matches!(table.with(key, |_| ((), next)), Access::Done(())));
     }
 
+    /// A cap that no test of the byte budget reaches.
+    fn no_cap() -> KeyCap {
+        KeyCap {
+            max_keys: usize::MAX,
+            when_full: WhenFull::Deny,
+            retry_after_ms: 1000,
+        }
+    }
+
     #[test]
     fn a_write_behind_evicts_every_clean_key_over_the_budget_and_no_dirty_one() {
         let one = charge(&key(0));
         let budget = SHARDS * 2 * one;
-        let table = Arc::new(LimitTable::new(budget));
+        let table = Arc::new(LimitTable::new(budget, no_cap()));
         // Far more keys per shard than one eviction scan looks at.
         let keys: Vec<LimitKey> = (0..SHARDS * 100).map(key).collect();
         for k in &keys {
@@ -551,5 +710,95 @@ mod tests {
             matches!(kept, Access::Done(state) if state == latest),
             "the dirty key was evicted"
         );
+    }
+
+    /// A table of one key per shard, with `when_full`.
+    fn capped(when_full: WhenFull) -> Arc<LimitTable> {
+        let cap = KeyCap {
+            max_keys: SHARDS,
+            when_full,
+            retry_after_ms: 1000,
+        };
+        // A byte budget far above the cap: only the cap is at work.
+        Arc::new(LimitTable::new(1 << 30, cap))
+    }
+
+    /// Keys `0..n` of which none shares a shard with another.
+    fn one_per_shard(table: &LimitTable) -> Vec<LimitKey> {
+        let mut seen = std::collections::HashSet::new();
+        (0..)
+            .map(key)
+            .filter(|k| seen.insert(table.table.shard_of(k)))
+            .take(SHARDS)
+            .collect()
+    }
+
+    #[test]
+    fn past_the_key_cap_new_keys_are_refused_and_keys_in_memory_are_still_checked() {
+        let table = capped(WhenFull::Deny);
+        let keys = one_per_shard(&table);
+        for k in &keys {
+            change(&table, k, u64::MAX);
+        }
+        assert_eq!(table.len(), SHARDS);
+        // Every shard holds one dirty key: a new key finds no room, wherever it falls.
+        for i in 0..100 {
+            let newcomer = (String::new(), format!("new{i}"));
+            assert!(matches!(
+                table.with(&newcomer, |_| ((), None)),
+                Access::Full
+            ));
+        }
+        assert_eq!(table.refused(), 100);
+        assert_eq!(table.len(), SHARDS, "refused keys take no slot");
+        // A key in memory keeps being checked and changed.
+        let next = Some(State::Gcra {
+            tat_ns: u64::MAX - 1,
+        });
+        assert!(matches!(
+            table.with(&keys[0], |_| ((), next)),
+            Access::Done(())
+        ));
+
+        // Once the keys are written (clean), a new key takes a clean key's slot.
+        let taken: Vec<(LimitKey, u64)> = table
+            .take_dirty()
+            .into_iter()
+            .map(|(k, version, _)| (k, version))
+            .collect();
+        table.persisted(&taken, 0);
+        let newcomer = (String::new(), "after".to_owned());
+        let access = table.with(&newcomer, |_| ((), None));
+        assert!(matches!(access, Access::Load(_)), "{access:?}");
+        assert_eq!(table.len(), SHARDS, "the cap still holds");
+        assert_eq!(table.refused(), 100);
+    }
+
+    #[test]
+    fn a_refused_key_is_denied_with_a_retry_after_or_allowed_unremembered() {
+        let clock = ManualClock::new(1_000_000);
+        let rule = Rule::new(Algorithm::Gcra, 10, 60_000, 0).unwrap();
+        let deny = when_full(
+            &capped(WhenFull::Deny).cap(),
+            &rule,
+            clock.now_ms(),
+            1,
+            true,
+        );
+        assert!(!deny.allowed);
+        assert_eq!(deny.remaining, 0);
+        assert_eq!(deny.retry_after_ms, 1000, "one write-behind interval");
+        assert_eq!(deny.limit, 10);
+        clock.advance_ms(5_000);
+        let allow = when_full(
+            &capped(WhenFull::Allow).cap(),
+            &rule,
+            clock.now_ms(),
+            3,
+            true,
+        );
+        let (fresh, _) = limiter::decide(&rule, None, clock.now_ms(), 3, true);
+        assert_eq!(allow, fresh, "a fresh budget, as for a key with no state");
+        assert!(allow.allowed);
     }
 }

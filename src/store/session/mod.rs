@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{OptionalExtension, Row, params};
 
+pub(crate) mod revoke;
 pub(crate) mod sql;
 pub(crate) mod write;
 
@@ -419,9 +420,24 @@ impl Store {
     /// Looks a live session up and slides its idle expiry. The new last-seen time stays in
     /// memory and is written in the background once per coalescing window.
     pub async fn get_session(&self, hash: &TokenHash) -> Result<Option<SessionRecord>> {
+        loop {
+            // A revocation that ended while this read looked may have deleted, after the
+            // snapshot read, a session it found: look again (see `revoke.rs`).
+            let marks = self.inner.revocations.generation();
+            let found = self.find_session(hash).await?;
+            if self.inner.revocations.generation() == marks {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// [`Store::get_session`], once.
+    async fn find_session(&self, hash: &TokenHash) -> Result<Option<SessionRecord>> {
+        let revocations = &self.inner.revocations;
         let now = self.inner.clock.now_ms();
         // The session, and how stale its disk copy may get before this use is written.
         let (cached, window) = match self.inner.sessions.get(hash, now) {
+            Lookup::Hit(cached) if revocations.covers(&cached.record) => return Ok(None),
             Lookup::Hit(cached) => {
                 let window = persist_window(cached.record.idle_ttl_ms);
                 (cached, window)
@@ -439,7 +455,7 @@ impl Store {
                             .map_err(Error::storage("reading a session"))
                     })
                     .await?;
-                let Some(record) = row.filter(|r| r.live(now)) else {
+                let Some(record) = row.filter(|r| r.live(now) && !revocations.covers(r)) else {
                     return Ok(None);
                 };
                 let read = Arc::new(CachedSession::new(record));
@@ -508,16 +524,38 @@ impl Store {
     }
 
     /// Ends every session of a user except `except` (a session id); returns how many were
-    /// live.
+    /// live. Deletes in chunks of [`revoke::REVOKE_CHUNK`], one transaction each, while
+    /// readers see every covered session gone from the first chunk's commit on (see
+    /// `revoke.rs`); answers once the last chunk is committed.
     pub async fn revoke_user_sessions(&self, user_id: &str, except: Option<String>) -> Result<u64> {
-        self.write(|reply| {
-            Op::Session(Box::new(SessionOp::RevokeUser {
-                user_id: user_id.to_owned(),
-                except,
-                reply,
-            }))
-        })
-        .await
+        let store = self.clone();
+        let user_id = user_id.to_owned();
+        let chunks = async move {
+            let mut live = 0;
+            let mut mark = None;
+            loop {
+                let chunk = store
+                    .write(|reply| {
+                        Op::Session(Box::new(SessionOp::RevokeUser {
+                            user_id: user_id.clone(),
+                            except: except.clone(),
+                            mark: mark.take(),
+                            reply,
+                        }))
+                    })
+                    .await?;
+                live += chunk.live;
+                match chunk.more {
+                    Some(more) => mark = Some(more),
+                    None => return Ok(live),
+                }
+            }
+        };
+        // On a task of its own: a caller who goes away does not leave the mark up and the
+        // sessions half deleted.
+        tokio::spawn(chunks)
+            .await
+            .map_err(|e| Error::Internal(format!("revoking a user's sessions failed: {e}")))?
     }
 
     /// A user's live sessions, newest first (ties by session id, descending), after `after`
@@ -539,6 +577,7 @@ impl Store {
             None => (i64::MAX, String::new()),
         };
         let memory = self.inner.sessions.clone();
+        let revocations = self.inner.revocations.clone();
         self.scan(move |conn| {
             let mut stmt = conn
                 .prepare_cached(sql::LIST_USER)
@@ -563,7 +602,7 @@ impl Store {
                 let mut record = record_from_row(row, sql::LIST_RECORD_AT)
                     .map_err(Error::storage("listing sessions"))?;
                 record.last_seen_at_ms = latest_use(&memory, &hash, record.last_seen_at_ms);
-                if !record.live(now) {
+                if !record.live(now) || revocations.covers(&record) {
                     continue;
                 }
                 bytes += record.size()

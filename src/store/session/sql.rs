@@ -71,9 +71,12 @@ pub(crate) const DELETE_BY_ID: &str = concat!(
     deleted_columns!()
 );
 
-/// Deletes user `?1`'s sessions but the one with id `?2` (if any).
-pub(crate) const DELETE_USER: &str = concat!(
-    "DELETE FROM sessions WHERE user_id = ?1 AND session_id IS NOT ?2",
+/// Deletes up to `?4` of user `?1`'s sessions created by `?3`, but the one with id `?2` (if
+/// any): one chunk of a RevokeUserSessions.
+pub(crate) const DELETE_USER_CHUNK: &str = concat!(
+    "DELETE FROM sessions WHERE id IN ( \
+       SELECT id FROM sessions \
+       WHERE user_id = ?1 AND session_id IS NOT ?2 AND created_at <= ?3 LIMIT ?4)",
     deleted_columns!()
 );
 

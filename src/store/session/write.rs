@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
 
+use super::revoke::{REVOKE_CHUNK, Revocation};
 use super::sql;
 use super::{
     CachedSession, DataLimits, NewSession, SWEEP_GRACE_MS, SessionBounds, SessionRecord,
@@ -47,11 +48,14 @@ pub(crate) enum SessionOp {
         target: SessionTarget,
         reply: Reply<bool>,
     },
-    /// End a user's sessions, but one; answers how many were live.
+    /// One chunk of ending a user's sessions, but one: deletes up to [`REVOKE_CHUNK`] of
+    /// those `mark` covers (`None`: the first chunk, which covers the sessions created so far,
+    /// and marks them revoked if it cannot delete them all).
     RevokeUser {
         user_id: String,
         except: Option<String>,
-        reply: Reply<u64>,
+        mark: Option<Arc<Revocation>>,
+        reply: Reply<RevokeChunk>,
     },
     /// Record sessions' last uses seen by reads (coalesced, in the background, and at close);
     /// answers how many.
@@ -59,6 +63,15 @@ pub(crate) enum SessionOp {
         uses: Vec<(TokenHash, u64)>,
         reply: Reply<u64>,
     },
+}
+
+/// What one chunk of a RevokeUserSessions did.
+#[derive(Debug)]
+pub(crate) struct RevokeChunk {
+    /// Live sessions it deleted.
+    pub(crate) live: u64,
+    /// The revocation to go on with, or `None` when every covered session is deleted.
+    pub(crate) more: Option<Arc<Revocation>>,
 }
 
 impl SessionOp {
@@ -78,6 +91,9 @@ impl SessionOp {
             // for the table's bound.
             SessionOp::Create { .. } => true,
             SessionOp::RecordUses { uses, .. } => uses.len() > 1,
+            // One DELETE … RETURNING of many rows: a failure while they are collected must
+            // undo the deletes with them.
+            SessionOp::RevokeUser { .. } => true,
             _ => false,
         }
     }
@@ -88,7 +104,8 @@ impl SessionOp {
             SessionOp::Create { reply, .. } => reply,
             SessionOp::Update { reply, .. } | SessionOp::Rotate { reply, .. } => reply,
             SessionOp::Revoke { reply, .. } => reply,
-            SessionOp::RevokeUser { reply, .. } | SessionOp::RecordUses { reply, .. } => reply,
+            SessionOp::RevokeUser { reply, .. } => reply,
+            SessionOp::RecordUses { reply, .. } => reply,
         }
     }
 }
@@ -145,15 +162,11 @@ impl Writer {
             SessionOp::RevokeUser {
                 user_id,
                 except,
+                mark,
                 reply,
             } => {
-                let live = self.delete_sessions(
-                    sql::DELETE_USER,
-                    params![user_id.as_str(), except.as_deref()],
-                    now,
-                    fx,
-                )?;
-                reply.hold(live);
+                let chunk = self.revoke_user_chunk(user_id, except, mark.take(), now, fx)?;
+                reply.hold(chunk);
             }
             SessionOp::RecordUses { uses, reply } => {
                 for (hash, last_seen_ms) in uses.iter() {
@@ -175,6 +188,8 @@ impl Writer {
         now: u64,
         fx: &mut Effects,
     ) -> Result<SessionRecord> {
+        // Created after any revocation of the user in progress, which must not cover it.
+        let now = self.revocations.created_after(&new.user_id, now);
         let record = SessionRecord {
             session_id: new.session_id.clone(),
             user_id: new.user_id.clone(),
@@ -230,7 +245,61 @@ impl Writer {
                 record.last_seen_at_ms = latest_use(&self.sessions, hash, record.last_seen_at_ms);
                 (id, record)
             })
-            .filter(|(_, record)| record.live(now)))
+            .filter(|(_, record)| record.live(now) && !self.revocations.covers(record)))
+    }
+
+    /// Deletes up to [`REVOKE_CHUNK`] of the sessions `mark` covers (the first chunk, with no
+    /// mark: user `user_id`'s sessions created by `now`, but `except`). When sessions are
+    /// left, the answer carries the mark, shown to readers from this chunk's commit on (see
+    /// `revoke.rs`); the chunk that deletes the last ones removes it.
+    fn revoke_user_chunk(
+        &mut self,
+        user_id: &str,
+        except: &Option<String>,
+        mark: Option<Arc<Revocation>>,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<RevokeChunk> {
+        let first = mark.is_none();
+        let mark = mark.unwrap_or_else(|| {
+            Arc::new(Revocation {
+                user_id: user_id.to_owned(),
+                except: except.clone(),
+                created_by: now,
+            })
+        });
+        let before = fx.memory.len();
+        let live = self.delete_sessions(
+            sql::DELETE_USER_CHUNK,
+            params![
+                mark.user_id.as_str(),
+                mark.except.as_deref(),
+                i64::try_from(mark.created_by).unwrap_or(i64::MAX),
+                REVOKE_CHUNK as i64
+            ],
+            now,
+            fx,
+        )?;
+        let complete = fx.memory.len() - before < REVOKE_CHUNK;
+        Ok(match (first, complete) {
+            // All in one transaction: nothing to mark.
+            (true, true) => RevokeChunk { live, more: None },
+            (true, false) => {
+                fx.memory.push(MemEffect::MarkRevoked(mark.clone()));
+                RevokeChunk {
+                    live,
+                    more: Some(mark),
+                }
+            }
+            (false, true) => {
+                fx.memory.push(MemEffect::UnmarkRevoked(mark));
+                RevokeChunk { live, more: None }
+            }
+            (false, false) => RevokeChunk {
+                live,
+                more: Some(mark),
+            },
+        })
     }
 
     /// Rewrites a session's row from `record` (a use at `now`), under `hash`.

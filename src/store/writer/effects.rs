@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::store::cache::{CachedEntry, EntryCache};
+use crate::store::session::revoke::{Revocation, Revocations};
 use crate::store::session::{CachedSession, SessionCache, TokenHash};
 use crate::store::stats::{CounterValues, StatsRegistry};
 
@@ -21,6 +22,10 @@ pub(crate) enum MemEffect {
     PutSession(TokenHash, Arc<CachedSession>),
     /// A session ended or moved to another token hash.
     RemoveSession(TokenHash),
+    /// A user's sessions are being revoked in chunks: readers see them gone from now on.
+    MarkRevoked(Arc<Revocation>),
+    /// The last chunk of that revocation is committed.
+    UnmarkRevoked(Arc<Revocation>),
 }
 
 /// Everything a command changes besides the database, held back until commit.
@@ -57,6 +62,7 @@ impl Effects {
         self,
         memory: &EntryCache,
         sessions: &SessionCache,
+        revocations: &Revocations,
         stats: &StatsRegistry,
         commit_number: Option<u64>,
     ) {
@@ -70,6 +76,9 @@ impl Effects {
                 }
                 MemEffect::PutSession(hash, session) => sessions.put(hash, session),
                 MemEffect::RemoveSession(hash) => sessions.remove(&hash),
+                MemEffect::MarkRevoked(mark) => revocations.add(mark),
+                // After the chunk's own removals, which come before it in the list.
+                MemEffect::UnmarkRevoked(mark) => revocations.remove(&mark),
             }
         }
         memory.end_publish();

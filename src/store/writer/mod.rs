@@ -30,6 +30,7 @@ use crate::store::files::OpenFiles;
 use crate::store::observe::WriterMetrics;
 use crate::store::schema::WRITER_CHECKPOINT_PAGES;
 use crate::store::session::SessionCache;
+use crate::store::session::revoke::Revocations;
 use crate::store::stats::StatsRegistry;
 pub(crate) use command::{Command, Op, Pending, Reply, WriteQueue};
 pub(crate) use effects::{Effects, MemEffect};
@@ -62,6 +63,8 @@ pub(crate) struct WriterParts {
     pub(crate) memory: Arc<EntryCache>,
     /// The memory of sessions, changed only after COMMIT.
     pub(crate) sessions: Arc<SessionCache>,
+    /// User revocations in progress, added and removed after COMMIT.
+    pub(crate) revocations: Arc<Revocations>,
     /// Per-namespace counters, added to after COMMIT.
     pub(crate) stats: Arc<StatsRegistry>,
     /// Where "now" comes from.
@@ -75,6 +78,7 @@ pub(crate) struct Writer {
     pub(in crate::store) conn: Connection,
     pub(in crate::store) memory: Arc<EntryCache>,
     pub(in crate::store) sessions: Arc<SessionCache>,
+    pub(in crate::store) revocations: Arc<Revocations>,
     stats: Arc<StatsRegistry>,
     pub(in crate::store) clock: Arc<dyn Clock>,
     pub(in crate::store) settings: WriterSettings,
@@ -150,6 +154,7 @@ impl Writer {
             conn,
             memory: parts.memory,
             sessions: parts.sessions,
+            revocations: parts.revocations,
             stats: parts.stats,
             clock: parts.clock,
             settings,
@@ -323,7 +328,13 @@ impl Writer {
         self.memory.set_access_tracking(self.eviction_in_sight());
         // In the same synchronous step as the COMMIT: no caller's cancellation can come
         // between the database and memory.
-        effects.publish(&self.memory, &self.sessions, &self.stats, commit_number);
+        effects.publish(
+            &self.memory,
+            &self.sessions,
+            &self.revocations,
+            &self.stats,
+            commit_number,
+        );
         for mut op in batch.drain(..) {
             // The caller may have gone (cancelled request); the write stands regardless.
             op.pending().answer();
@@ -454,6 +465,11 @@ impl Writer {
             .and_then(|mut s| s.execute([lease as i64]))
             .map_err(Error::storage("saving the version lease"))?;
         Ok(Some(lease))
+    }
+
+    /// Every version handed out so far is below this one (and every later one is not).
+    pub(in crate::store) fn version_floor(&self) -> u64 {
+        self.next_version
     }
 
     /// The next version: unique across the store, never reused (a failed batch skips its).
