@@ -129,13 +129,15 @@ impl TokenSet {
         // The line each token was first read from, to name it in a conflict.
         let mut lines = Vec::new();
         for (index, line) in text.split(|b| *b == b'\n').enumerate() {
-            let mut words = line
+            let words: Vec<&[u8]> = line
                 .split(u8::is_ascii_whitespace)
                 .filter(|w| !w.is_empty())
                 // A word starting with # after the token starts a comment.
                 .enumerate()
                 .take_while(|(i, w)| *i == 0 || !w.starts_with(b"#"))
-                .map(|(_, w)| w);
+                .map(|(_, w)| w)
+                .collect();
+            let mut words = words.into_iter();
             let Some(token) = words.next().filter(|t| !t.starts_with(b"#")) else {
                 continue;
             };
@@ -144,9 +146,13 @@ impl TokenSet {
                 line: index + 1,
                 problem,
             };
-            if !line
+            // The token and its scope words, not a trailing comment, which may say anything
+            // ("# José's laptop").
+            if !words
+                .as_slice()
                 .iter()
-                .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+                .chain([&token])
+                .all(|w| w.iter().all(u8::is_ascii_graphic))
             {
                 return Err(bad(TokenProblem::BadCharacter));
             }
@@ -681,6 +687,12 @@ mod tests {
                 assert!(!msg.contains(secret), "{msg}");
             }
         }
+    }
+
+    #[test]
+    fn a_trailing_comment_may_hold_any_text() {
+        let f = file(format!("{GOOD} read_only   # José's laptop \u{7}\n").as_bytes());
+        assert_eq!(count_tokens(f.path()).unwrap(), 1);
     }
 
     #[test]

@@ -317,7 +317,15 @@ async fn a_delete_prefix_across_chunks_deletes_its_keys_and_no_other() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revoking_more_sessions_than_a_chunk_is_atomic_for_readers() {
-    let server = TestServer::start().await;
+    // One user with more sessions than a chunk: above `session.max_per_user`'s default.
+    let settings = larder::ServerSettings {
+        sessions: larder::SessionSettings {
+            max_per_user: 10_000,
+            ..larder::SessionSettings::default()
+        },
+        ..larder::ServerSettings::default()
+    };
+    let server = TestServer::start_with(|_| {}, settings).await;
     let mut s = server.session_client().await;
     let n = 2 * CHUNK + 100;
     let mut tokens = Vec::with_capacity(n);
