@@ -72,6 +72,8 @@ async def test_sessions_and_rate_limits(client: aio.Larder) -> None:
     assert await client.sessions.get(token) is None
     listed = await client.sessions.list(user)
     assert [s.session_id for s in listed.sessions] == [session.session_id]
+    first = await client.sessions.list(user, page_size=1)
+    assert first.next_page_token == "" and not first.truncated
     assert await client.sessions.revoke(new_token) is True
     assert await client.sessions.revoke_user(user) == 0
 

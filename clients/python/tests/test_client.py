@@ -212,6 +212,26 @@ def test_sessions_revoke_user_and_by_id(client: Larder) -> None:
         client.sessions.revoke()
 
 
+def test_sessions_are_listed_a_page_at_a_time(client: Larder) -> None:
+    user = fresh("user")
+    created = [client.sessions.create(user)[1].session_id for _ in range(5)]
+    seen: list[str] = []
+    page_token = ""
+    pages = 0
+    while True:
+        page = client.sessions.list(user, page_size=2, page_token=page_token)
+        assert len(page.sessions) <= 2
+        seen += [s.session_id for s in page.sessions]
+        pages += 1
+        if not page.next_page_token:
+            assert page.truncated is False
+            break
+        assert page.truncated is True
+        page_token = page.next_page_token
+    assert pages == 3
+    assert sorted(seen) == sorted(created) and len(seen) == len(set(seen))
+
+
 def test_ratelimit_until_denied_with_headers(client: Larder) -> None:
     key = fresh("ip")
     seen = []
