@@ -432,7 +432,7 @@ async fn until_served(cache: &mut CacheServiceClient<Channel>, token: &str) {
 }
 
 /// Waits, a bounded number of times, until the log holds `line`.
-async fn until_logged(log: &Path, line: &str) -> String {
+pub(crate) async fn until_logged(log: &Path, line: &str) -> String {
     for _ in 0..POLLS {
         let text = read_log(log);
         if text.contains(line) {

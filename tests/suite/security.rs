@@ -24,6 +24,7 @@ mod tokens {
     use tonic::{Code, Request, Status};
 
     use crate::common::{TestServer, assert_code, health};
+    use crate::suite::auth::until_logged;
     use crate::suite::binary::{Daemon, POLL_PAUSE, POLLS, larder, read_log};
 
     /// A bare line: full access.
@@ -476,17 +477,6 @@ mod tokens {
             tokio::time::sleep(POLL_PAUSE).await;
         }
         panic!("a Get never ended with {want:?}");
-    }
-
-    async fn until_logged(log: &Path, line: &str) -> String {
-        for _ in 0..POLLS {
-            let text = read_log(log);
-            if text.contains(line) {
-                return text;
-            }
-            tokio::time::sleep(POLL_PAUSE).await;
-        }
-        panic!("{line:?} never logged:\n{}", read_log(log));
     }
 
     #[tokio::test(flavor = "multi_thread")]
