@@ -348,8 +348,8 @@ impl Store {
     }
 
     /// Deletes every key starting with `prefix` that was written before the call; returns how
-    /// many live ones there were. Deletes in chunks of [`write::DELETE_CHUNK`] keys, one
-    /// transaction each, so that other writes go on between two (see [`Store::delete_range`]).
+    /// many live ones there were. Deletes in chunks of `DELETE_CHUNK` keys, one
+    /// transaction each, so that other writes go on between two (see `Store::delete_range`).
     pub async fn delete_prefix(&self, namespace: &str, prefix: &str) -> Result<u64> {
         self.delete_range(namespace, prefix).await
     }

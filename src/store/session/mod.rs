@@ -119,7 +119,7 @@ pub(crate) fn disk_charge(record: &SessionRecord) -> u64 {
 pub struct SessionBounds {
     /// Most sessions one user may hold: creating one more revokes that user's oldest.
     pub max_per_user: usize,
-    /// Bound on the sum of [`disk_charge`] over the table: past it, creating a session or
+    /// Bound on the sum of `disk_charge` over the table: past it, creating a session or
     /// growing one's data is refused with `RESOURCE_EXHAUSTED` (sessions are never evicted).
     pub max_disk_bytes: u64,
 }
@@ -524,7 +524,7 @@ impl Store {
     }
 
     /// Ends every session of a user except `except` (a session id); returns how many were
-    /// live. Deletes in chunks of [`revoke::REVOKE_CHUNK`], one transaction each, while
+    /// live. Deletes in chunks of `revoke::REVOKE_CHUNK`, one transaction each, while
     /// readers see every covered session gone from the first chunk's commit on (see
     /// `revoke.rs`); answers once the last chunk is committed.
     pub async fn revoke_user_sessions(&self, user_id: &str, except: Option<String>) -> Result<u64> {
@@ -561,7 +561,7 @@ impl Store {
     /// A user's live sessions, newest first (ties by session id, descending), after `after`
     /// (the creation time and session id of the last session of the previous page; `None` =
     /// from the newest): at most `max_sessions` of them, and at most `max_bytes` once answered
-    /// (their strings and data plus [`LISTED_SESSION_FRAMING`] and [`LISTED_ENTRY_FRAMING`];
+    /// (their strings and data plus `LISTED_SESSION_FRAMING` and `LISTED_ENTRY_FRAMING`;
     /// always at least one, if any is live).
     pub async fn list_sessions(
         &self,
