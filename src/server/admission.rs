@@ -320,15 +320,12 @@ impl<IO> Limited<IO> {
                 "the server is shutting down",
             ));
         }
-        if let Some(silent) = self.silent.as_mut()
-            && silent.as_mut().poll(cx).is_ready()
-        {
-            return Some(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not send the HTTP/2 preface in time",
-            ));
-        }
-        self.lifetime.ended(cx)
+        passed(
+            &mut self.silent,
+            cx,
+            "the client did not send the HTTP/2 preface in time",
+        )
+        .or_else(|| self.lifetime.ended(cx))
     }
 }
 
@@ -455,24 +452,34 @@ impl Lifetime {
         if self.unproven.is_some() && self.in_use.is_set() {
             self.unproven = None;
         }
-        if let Some(unproven) = self.unproven.as_mut()
-            && unproven.as_mut().poll(cx).is_ready()
-        {
-            return Some(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no authenticated call within server.auth_timeout of connecting",
-            ));
-        }
-        if let Some(expires) = self.expires.as_mut()
-            && expires.as_mut().poll(cx).is_ready()
-        {
-            return Some(io::Error::new(
-                io::ErrorKind::TimedOut,
+        passed(
+            &mut self.unproven,
+            cx,
+            "no authenticated call within server.auth_timeout of connecting",
+        )
+        .or_else(|| {
+            passed(
+                &mut self.expires,
+                cx,
                 "the connection outlived server.max_connection_age and its grace",
-            ));
-        }
-        None
+            )
+        })
     }
+}
+
+/// A `TimedOut` error saying `why` once `deadline` (if any) has passed; polling registers
+/// the task to be woken then.
+fn passed(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+    why: &'static str,
+) -> Option<io::Error> {
+    let deadline = deadline.as_mut()?;
+    deadline
+        .as_mut()
+        .poll(cx)
+        .is_ready()
+        .then(|| io::Error::new(io::ErrorKind::TimedOut, why))
 }
 
 /// Whether a connection has started a real call: shared by the connection and every call it

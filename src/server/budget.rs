@@ -238,6 +238,17 @@ impl AsRef<[u8]> for Charged {
 }
 
 /// `data` charged `charge` until its last slice is dropped.
+/// `frame` with its data (if it is a data frame) charged to `budget`; `None` when the data
+/// does not fit.
+fn charge_frame(budget: &ByteBudget, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
+    match frame.into_data() {
+        Ok(data) => budget
+            .try_charge(data.len())
+            .map(|charge| Frame::data(charged(data, charge))),
+        Err(frame) => Some(frame),
+    }
+}
+
 fn charged(data: Bytes, charge: Charge) -> Bytes {
     Bytes::from_owner(Charged {
         data,
@@ -333,12 +344,9 @@ async fn encode_now(response: http::Response<Body>, budget: ByteBudget) -> http:
     let first = match first {
         None => None,
         Some(None) => return http::Response::from_parts(parts, Body::empty()),
-        Some(Some(Ok(frame))) => match frame.into_data() {
-            Ok(data) => match budget.try_charge(data.len()) {
-                Some(charge) => Some(Ok(Frame::data(charged(data, charge)))),
-                None => return budget.refuse(Refusal::Response).into_http(),
-            },
-            Err(frame) => Some(Ok(frame)),
+        Some(Some(Ok(frame))) => match charge_frame(&budget, frame) {
+            Some(frame) => Some(Ok(frame)),
+            None => return budget.refuse(Refusal::Response).into_http(),
         },
         Some(Some(Err(e))) => Some(Err(e)),
     };
@@ -381,16 +389,13 @@ impl HttpBody for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => frame,
             other => return other,
         };
-        Poll::Ready(Some(Ok(match frame.into_data() {
-            Ok(data) => match self.budget.try_charge(data.len()) {
-                Some(charge) => Frame::data(charged(data, charge)),
-                None => {
-                    self.done = true;
-                    let _ = self.budget.refuse(Refusal::Response);
-                    Frame::trailers(ByteBudget::refusal_trailers())
-                }
-            },
-            Err(frame) => frame,
+        Poll::Ready(Some(Ok(match charge_frame(&self.budget, frame) {
+            Some(frame) => frame,
+            None => {
+                self.done = true;
+                let _ = self.budget.refuse(Refusal::Response);
+                Frame::trailers(ByteBudget::refusal_trailers())
+            }
         })))
     }
 
