@@ -11,7 +11,14 @@
 #   results.jsonl     one `larder bench --json` line per system, op, transport and concurrency,
 #                     with "transport" added
 #   report.md         the tables, the targets and the machine (scripts/bench-report.py)
-#   ops-per-sec.svg   the chart of ops/s per op, Larder vs Redis, 64 callers (or the most run)
+#   ops-per-sec.svg   the chart of ops/s per op, Larder, the bare tonic server and Redis side by
+#                     side, 64 callers (or the most run)
+#
+# Beside Larder and Redis, each TCP cell also drives the bare tonic server (`larder bench
+# --bare-server`, one worker thread: a HashMap behind tonic, the ceiling of any gRPC server
+# here) with the cell's get and set; and, when the binary has `larder bench --pipeline`, each
+# cell of more than one caller runs get and set pipelined: Larder's calls over
+# PipelineService/Run on one connection, Redis's 16 commands a round trip (`--redis-pipeline`).
 #
 # Environment: BENCH_OPS (comma list, default every op), BENCH_DURATION (seconds measured per
 # run, 5), BENCH_WARMUP (seconds, 1), BENCH_KEYS (10000), BENCH_VALUE_SIZE (100),
@@ -72,10 +79,24 @@ fi
     "Larder gRPC worker threads $workers, one Redis connection per caller"
 } | tee -a "$out/machine.txt"
 
-# Starts Redis and Larder for one cell; sets redis_pid, larder_pid, and the targets of both
-# transports.
+# The pipelined path and its Redis twin arrived after the rest of `larder bench`: an older binary
+# runs the matrix without them.
+bench_help="$("$larder_bin" bench --help)"
+has_flag() { grep -qE -- "(^|[[:space:]])$1([[:space:]]|$)" <<<"$bench_help"; }
+bare_ops="$(printf '%s' "$ops" | tr ',' '\n' | grep -xE 'get|set' | paste -sd, - || true)"
+pipeline_ops="$bare_ops"
+pipeline_flags=()
+if ! has_flag --pipeline; then
+  pipeline_ops=
+  echo "bench-vs-redis: this build has no --pipeline; the pipelined rows are left out" >&2
+elif has_flag --redis-pipeline; then
+  pipeline_flags=(--redis-pipeline 16)
+fi
+
+# Starts Redis and Larder for one cell (and with $2 = bare, the bare tonic server, TCP only);
+# sets redis_pid, larder_pid, bare_pid, and the targets of both transports.
 start_both() {
-  local cell="$1" redis_port larder_port
+  local cell="$1" redis_port larder_port bare_port
   redis_port="$(free_port)"
   larder_port="$(free_port)"
   mkdir -p "$tmp/$cell/redis" "$tmp/$cell/larder"
@@ -90,17 +111,30 @@ start_both() {
     >"$tmp/$cell/larder.log" 2>&1 &
   larder_pid=$!
   pids+=("$larder_pid")
+  bare_pid=
+  if [ "${2:-}" = bare ]; then
+    bare_port="$(free_port)"
+    "$larder_bin" bench --bare-server "127.0.0.1:$bare_port" --bare-worker-threads "$workers" \
+      >"$tmp/$cell/bare.log" 2>&1 &
+    bare_pid=$!
+    pids+=("$bare_pid")
+    wait_for_port "$bare_port" "$bare_pid" "$tmp/$cell/bare.log"
+    bare_tcp="http://127.0.0.1:$bare_port"
+  fi
   wait_for_port "$redis_port" "$redis_pid" "$tmp/$cell/redis.log"
   wait_for_port "$larder_port" "$larder_pid" "$tmp/$cell/larder.log"
+  # Each listener comes up on its own: the TCP port says nothing of the Unix socket.
+  wait_for_socket "$tmp/$cell/redis.sock" "$redis_pid" "$tmp/$cell/redis.log"
+  wait_for_socket "$tmp/$cell/larder.sock" "$larder_pid" "$tmp/$cell/larder.log"
   larder_tcp="http://127.0.0.1:$larder_port"
   larder_unix="unix:$tmp/$cell/larder.sock"
   redis_tcp="redis://127.0.0.1:$redis_port"
   redis_unix="unix+redis:$tmp/$cell/redis.sock"
 }
 
-# Stops the cell's two servers (Larder with SIGTERM, so it shuts down as in production).
+# Stops the cell's servers (Larder with SIGTERM, so it shuts down as in production).
 stop_both() {
-  stop_pids "$larder_pid" "$redis_pid"
+  stop_pids "${pids[@]}"
   pids=()
 }
 
@@ -119,18 +153,54 @@ run_cell() {
   else
     larder_target="$larder_tcp" redis_target="$redis_tcp"
   fi
-  if ! timeout "$cell_limit" "$larder_bin" bench --target "$larder_target" \
-    --redis "$redis_target" "$@" --duration "${duration}s" --warmup "${warmup}s" \
-    --keys "$keys" --value-size "$value_size" --server-pid "$larder_pid" \
-    --redis-pid "$redis_pid" --json >"$tmp/$cell.jsonl" 2>"$tmp/$cell.err"; then
+  cell_bench "$cell" "$transport" --target "$larder_target" --redis "$redis_target" "$@" \
+    --server-pid "$larder_pid" --redis-pid "$redis_pid"
+  stop_both
+  rm -rf "${tmp:?}/$cell"
+}
+
+# One `larder bench --json` of cell $1 over transport $2, with the flags after them; its JSON
+# lines, with the transport added, appended to the results.
+cell_bench() {
+  local cell="$1" transport="$2"
+  shift 2
+  if ! timeout "$cell_limit" "$larder_bin" bench "$@" --duration "${duration}s" \
+    --warmup "${warmup}s" --keys "$keys" --value-size "$value_size" \
+    --json >"$tmp/$cell.jsonl" 2>"$tmp/$cell.err"; then
     cat "$tmp/$cell.err" >&2
     echo "bench-vs-redis: the $cell run failed; the servers' logs:" >&2
-    cat "$tmp/$cell/larder.log" "$tmp/$cell/redis.log" >&2
+    cat "$tmp/$cell"/*.log >&2
     exit 1
   fi
   # What the client said beside the figures (failed calls, cache counters).
   grep -v '^bench: .* \.\.\.$' "$tmp/$cell.err" >&2 || true
   sed "s/^{/{\"transport\":\"$transport\",/" "$tmp/$cell.jsonl" | tee -a "$results"
+}
+
+# A closed-loop cell: Larder and Redis; over TCP the bare tonic server's get and set; with more
+# than one caller and a binary that has it, the pipelined path (on one connection).
+matrix_cell() {
+  local cell="$1" transport="$2" c="$3" larder_target redis_target
+  # The bare server listens on TCP only, and answers get and set only.
+  start_both "$cell" "$([ "$transport" = tcp ] && [ -n "$bare_ops" ] && echo bare)"
+  if [ "$transport" = unix ]; then
+    larder_target="$larder_unix" redis_target="$redis_unix"
+  else
+    larder_target="$larder_tcp" redis_target="$redis_tcp"
+  fi
+  cell_bench "$cell" "$transport" --target "$larder_target" --redis "$redis_target" \
+    --ops "$ops" --concurrency "$c" --connections "$((c < connections ? c : connections))" \
+    --server-pid "$larder_pid" --redis-pid "$redis_pid"
+  if [ -n "$bare_pid" ]; then
+    cell_bench "$cell" "$transport" --target "$bare_tcp" --system bare --ops "$bare_ops" \
+      --concurrency "$c" --connections "$((c < connections ? c : connections))" \
+      --server-pid "$bare_pid"
+  fi
+  if [ -n "$pipeline_ops" ] && [ "$c" -gt 1 ]; then
+    cell_bench "$cell" "$transport" --target "$larder_target" --redis "$redis_target" \
+      --pipeline "${pipeline_flags[@]}" --ops "$pipeline_ops" --concurrency "$c" \
+      --connections 1 --server-pid "$larder_pid" --redis-pid "$redis_pid"
+  fi
   stop_both
   rm -rf "${tmp:?}/$cell"
 }
@@ -138,8 +208,7 @@ run_cell() {
 for transport in $transports; do
   for c in $concurrencies; do
     section "$transport, $c callers"
-    run_cell "$transport-c$c" "$transport" --ops "$ops" --concurrency "$c" \
-      --connections "$((c < connections ? c : connections))"
+    matrix_cell "$transport-c$c" "$transport" "$c"
   done
 done
 
