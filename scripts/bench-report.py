@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""bench-report.py: turns the JSON lines of `larder bench --json` (with a "transport" field
-added by scripts/bench-vs-redis.sh) into the Markdown report (tables per transport, the
-project's performance targets with a verdict each, the machine) and an SVG chart of ops/s per
-op, Larder vs Redis. Standard library only, so it runs wherever Python 3 does.
+"""bench-report.py: turns the JSON lines of `larder bench --json` (with "transport" added by
+scripts/bench-vs-redis.sh, and "round" too by scripts/bench-targets.sh) into Markdown and an
+SVG chart. It owns the project's performance targets (TARGETS): what each compares, its bound,
+and the figure it started from. Standard library only, so it runs wherever Python 3 does.
 
     bench-report.py --results results.jsonl [--machine machine.txt]
-                    [--markdown report.md] [--chart chart.svg] [--check]
+                    [--markdown report.md] [--chart chart.svg]
+        the matrix's report (the targets its runs answer, tables per transport, the machine)
+        and the chart of ops/s per op: Larder, the bare tonic server and Redis side by side
+    bench-report.py --targets --results results.jsonl [--skipped PART=REASON ...]
+                    [--markdown targets.md]
+        the table of every target (bench-targets.sh): each round measured on its own, the
+        median round reported with the spread; a target whose part did not run says why
 
 --check runs the module's own tests of its maths and exits.
 """
@@ -16,13 +22,15 @@ import argparse
 import json
 import sys
 import unittest
+from collections.abc import Callable
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 OPS = ["get", "set", "incr", "getmany", "session_get", "ratelimit_sliding", "ratelimit_gcra"]
 SINGLE_KEY_OPS = [op for op in OPS if op != "getmany"]
 OTHER_CORES_WARNING = 0.25
-# The single-key ops of the open-loop target, and the systems of the pipelined path.
+# The systems of the pipelined path, as `larder bench --pipeline` and `--redis-pipeline N`
+# label their JSON lines, and the Redis depth the targets are stated for.
 LARDER_PIPELINE = "larder-pipeline"
 REDIS_PIPELINE = "redis-pipeline"
 REDIS_PIPELINE_DEPTH = 16
@@ -43,6 +51,7 @@ class Sel:
 
 
 def pick(runs: list[dict], s: Sel) -> dict | None:
+    """The first run that `s` selects (the first part of a round that ran it)."""
     for run in runs:
         if (
             run["system"] == s.system
@@ -56,7 +65,12 @@ def pick(runs: list[dict], s: Sel) -> dict | None:
     return None
 
 
-def field_ratio(field: str, num: Sel, den: Sel):
+# What a target reads from one round's runs: (its figure, the figures it came from), or None
+# when the round lacks them.
+Measure = Callable[[list[dict]], "tuple[float, str] | None"]
+
+
+def field_ratio(field: str, num: Sel, den: Sel) -> Measure:
     """A target measured as num's `field` over den's, with both figures as its detail."""
 
     def measure(runs: list[dict]) -> tuple[float, str] | None:
@@ -72,7 +86,7 @@ def field_ratio(field: str, num: Sel, den: Sel):
     return measure
 
 
-def worst_open(field: str):
+def worst_open(field: str) -> Measure:
     """The open-loop target: the worst `field` (p99 or p99.9) over every single-key op of
     Larder, with Redis's worst beside it."""
 
@@ -103,6 +117,7 @@ def lone_commit(runs: list[dict]) -> tuple[float, str] | None:
 
 
 def rss_after_fill(runs: list[dict]) -> tuple[float, str] | None:
+    """Larder's RSS right after the footprint's bulk fill, with its peak."""
     for run in runs:
         if run.get("rss_mib") is not None and run.get("state") == "filled":
             return run["rss_mib"], f"peak {fmt_num(run.get('peak_rss_mib'))} MiB"
@@ -118,7 +133,7 @@ class Target:
     now: str
     goal: float
     at_least: bool
-    measure: object
+    measure: Measure
     unit: str = "×"
     # The figure must be below the goal, not merely at most it.
     strict: bool = False
@@ -126,8 +141,9 @@ class Target:
     part: str = "closed"
 
 
-def closed_ratio(op: str, redis_op: str | None = None) -> object:
-    return field_ratio("ops_per_sec", Sel("larder", op), Sel("redis", redis_op or op))
+def closed_ratio(op: str) -> Measure:
+    """Larder's calls a second over Redis's, closed loop, 64 callers over TCP."""
+    return field_ratio("ops_per_sec", Sel("larder", op), Sel("redis", op))
 
 
 TARGETS = [
