@@ -25,11 +25,13 @@
 #                   "transport" (and "footprint") added; bench-report.py reads it
 #   targets.md      the table
 #   machine.txt     the machine, commit, versions and settings
+#   footprint.log   bench-footprint.sh's output (with BENCH_FOOTPRINT=1)
 #
-# Environment: BENCH_ROUNDS (3; 0 with BENCH_FOOTPRINT=1 runs the footprint alone), BENCH_DURATION (seconds measured per run, 5), BENCH_WARMUP
-# (seconds, 1), BENCH_KEYS (10000), BENCH_OPEN_RATE (calls a second of the open loop, 5000),
-# BENCH_FOOTPRINT=1 (the footprint rows), LARDER_BIN (a larder binary to use instead of building
-# the release one: CI's smoke run passes the debug build; its figures mean nothing).
+# Environment: BENCH_ROUNDS (3; 0 with BENCH_FOOTPRINT=1 runs the footprint alone),
+# BENCH_DURATION (seconds measured per run, 5), BENCH_WARMUP (seconds, 1), BENCH_KEYS (10000),
+# BENCH_OPEN_RATE (calls a second of the open loop, 5000), BENCH_FOOTPRINT=1 (the footprint
+# rows), LARDER_BIN (a larder binary to use instead of building the release one: CI's smoke run
+# passes the debug build; its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
