@@ -272,6 +272,10 @@ where
         let result = ready!(this.inner.poll(cx));
         let call = this.call.take();
         Poll::Ready(match result {
+            // Metrics off: the headers are not even looked at.
+            Ok(response) if call.is_none() => {
+                Ok(response.map(|inner| ObservedBody { inner, call: None }))
+            }
             Ok(response) => {
                 let call = match (call, response.headers().get("grpc-status")) {
                     (Some(call), Some(status)) => {
@@ -316,6 +320,9 @@ impl<B: Body> Body for ObservedBody<B> {
     ) -> Poll<Option<std::result::Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
+        if this.call.is_none() {
+            return Poll::Ready(frame);
+        }
         let code = match &frame {
             Some(Ok(f)) => f.trailers_ref().map(|t| code_name(t.get("grpc-status"))),
             // The body ended or failed without trailers: no status reached the client.

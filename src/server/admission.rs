@@ -42,7 +42,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -242,6 +242,8 @@ impl Admission {
         Limited {
             io,
             _permit: self.permit,
+            cut_token: self.cut.clone(),
+            registered: None,
             cut: Box::pin(self.cut.cancelled_owned()),
             silent: Some(self.deadline),
             received: 0,
@@ -255,10 +257,21 @@ impl Admission {
 }
 
 /// A connection counted against [`ConnectionLimit`]; its place is freed when it is dropped.
+///
+/// Its deadlines and the server's cut are registered with the connection's task only when a
+/// read or write is about to wait (it returned `Pending`) with a waker they do not hold yet:
+/// that is when the task needs them to wake it, and a connection's task keeps one waker. Every
+/// other read or write checks them without registering (a clock read and a flag), so a busy
+/// connection ends as promptly, and a call does not pay for re-registering two timers and a
+/// cancellation waiter on each of its reads and writes.
 #[derive(Debug)]
 pub(crate) struct Limited<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
+    /// The server's cut, for the check that registers nothing.
+    cut_token: CancellationToken,
+    /// The waker the deadlines and the cut were last registered with.
+    registered: Option<Waker>,
     /// Ready once the server cuts every connection.
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Until [`PREFACE_BYTES`] have arrived: the deadline for them.
@@ -311,9 +324,42 @@ impl WriteDeadline {
 }
 
 impl<IO> Limited<IO> {
-    /// An error once the connection must end (cut at shutdown, or silent too long); polling
-    /// here also registers the task to be woken when that happens.
+    /// An error once the connection must end (cut at shutdown, or silent too long), checked
+    /// without registering the task for any of it: for a read or write that did not wait.
+    fn ended_now(&mut self) -> Option<io::Error> {
+        if self.cut_token.is_cancelled() {
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server is shutting down",
+            ));
+        }
+        let now = tokio::time::Instant::now();
+        passed_at(
+            &self.silent,
+            now,
+            "the client did not send the HTTP/2 preface in time",
+        )
+        .or_else(|| self.lifetime.ended_at(now))
+    }
+
+    /// An error once the connection must end (cut at shutdown, or silent too long), for a
+    /// read that is about to wait: the task is registered to be woken when that happens,
+    /// unless it already is (the same waker).
     fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return self.ended_now();
+        }
+        let ended = self.register(cx);
+        self.registered = Some(cx.waker().clone());
+        ended
+    }
+
+    /// Polls the cut and every deadline, which registers the task with each.
+    fn register(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.cut.as_mut().poll(cx).is_ready() {
             return Some(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
@@ -326,6 +372,24 @@ impl<IO> Limited<IO> {
             "the client did not send the HTTP/2 preface in time",
         )
         .or_else(|| self.lifetime.ended(cx))
+    }
+}
+
+impl<IO> Limited<IO> {
+    /// Whether the server has cut every connection; registers the task to be woken by the
+    /// cut (and the deadlines) only when the write it follows is about to wait.
+    fn cut_now(&mut self, cx: &mut Context<'_>, waiting: bool) -> bool {
+        if waiting
+            && !self
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            // The deadlines are left to the reads, which end the connection on them.
+            let _ = self.register(cx);
+            self.registered = Some(cx.waker().clone());
+        }
+        self.cut_token.is_cancelled()
     }
 }
 
@@ -346,11 +410,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(e) = self.ended(cx) {
-            return Poll::Ready(Err(e));
-        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        // Registered only when the task is about to wait; otherwise checked (see `Limited`).
+        let ended = match polled {
+            Poll::Pending => self.ended(cx),
+            Poll::Ready(_) => self.ended_now(),
+        };
+        if let Some(e) = ended {
+            return Poll::Ready(Err(e));
+        }
         if self.silent.is_some() && matches!(polled, Poll::Ready(Ok(()))) {
             self.received += buf.filled().len() - before;
             if self.received >= PREFACE_BYTES {
@@ -367,10 +436,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.cut.as_mut().poll(cx).is_ready() {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if self.cut_now(cx, polled.is_pending()) {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
         }
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         self.writes.check(cx, polled)
     }
 
@@ -379,10 +448,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.cut.as_mut().poll(cx).is_ready() {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if self.cut_now(cx, polled.is_pending()) {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
         }
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.writes.check(cx, polled)
     }
 
@@ -447,11 +516,33 @@ impl Lifetime {
         self
     }
 
-    /// An error once the connection must end; polling registers the task for the deadlines.
-    fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+    /// An error once the connection must end at `now`, registering nothing.
+    fn ended_at(&mut self, now: tokio::time::Instant) -> Option<io::Error> {
+        self.forget_proven();
+        passed_at(
+            &self.unproven,
+            now,
+            "no authenticated call within server.auth_timeout of connecting",
+        )
+        .or_else(|| {
+            passed_at(
+                &self.expires,
+                now,
+                "the connection outlived server.max_connection_age and its grace",
+            )
+        })
+    }
+
+    /// Drops the auth deadline once a real call has started.
+    fn forget_proven(&mut self) {
         if self.unproven.is_some() && self.in_use.is_set() {
             self.unproven = None;
         }
+    }
+
+    /// An error once the connection must end; polling registers the task for the deadlines.
+    fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.forget_proven();
         passed(
             &mut self.unproven,
             cx,
@@ -479,6 +570,20 @@ fn passed(
         .as_mut()
         .poll(cx)
         .is_ready()
+        .then(|| io::Error::new(io::ErrorKind::TimedOut, why))
+}
+
+/// A `TimedOut` error saying `why` if `deadline` (if any) is at or before `now`; registers
+/// nothing.
+fn passed_at(
+    deadline: &Option<Pin<Box<Sleep>>>,
+    now: tokio::time::Instant,
+    why: &'static str,
+) -> Option<io::Error> {
+    let deadline = deadline.as_ref()?;
+    // A deadline the timer has fired is passed whatever the clock says (it woke the task
+    // once, and will not again).
+    (deadline.is_elapsed() || deadline.deadline() <= now)
         .then(|| io::Error::new(io::ErrorKind::TimedOut, why))
 }
 
@@ -1137,5 +1242,42 @@ mod tests {
             err.to_string().contains("server.max_connection_age"),
             "{err}"
         );
+    }
+
+    /// Deadlines and the cut are registered only when a read or write waits; a connection
+    /// whose reads and writes never wait (the peer keeps data coming and reads everything)
+    /// still ends at its age, and at the cut.
+    #[tokio::test]
+    async fn a_connection_that_never_waits_still_ends_at_its_age_and_at_the_cut() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let age = Duration::from_millis(50);
+        let limit = ConnectionLimit::new(2, HANDSHAKE_TIMEOUT).with_max_age(age, Duration::ZERO);
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let mut aged = limit.admit().unwrap().wrap(a);
+        aged.silent = None;
+        let mut buf = [0u8; 1];
+        a_peer.write_all(&[1]).await.unwrap();
+        aged.read_exact(&mut buf).await.unwrap();
+        tokio::time::sleep(age * 2).await;
+        // Data is ready, so the read does not wait: the age is checked all the same.
+        a_peer.write_all(&[2]).await.unwrap();
+        let err = aged.read(&mut buf).await.unwrap_err();
+        assert!(
+            err.to_string().contains("server.max_connection_age"),
+            "{err}"
+        );
+
+        let limit = ConnectionLimit::new(2, HANDSHAKE_TIMEOUT);
+        let (b, mut b_peer) = tokio::io::duplex(64);
+        let mut cut = limit.admit().unwrap().wrap(b);
+        cut.silent = None;
+        cut.write_all(&[1]).await.unwrap();
+        b_peer.write_all(&[1]).await.unwrap();
+        limit.cut();
+        let err = cut.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+        let err = cut.write(&[1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
     }
 }

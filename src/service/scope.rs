@@ -14,6 +14,8 @@
 //! import `server`.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -298,15 +300,29 @@ fn check<T>(
 #[derive(Debug, Clone)]
 pub(crate) struct Scoped<S>(pub(crate) S);
 
-/// One delegating method per CacheService call: check, then call the wrapped service.
+/// The future every CacheService method returns (the shape `async_trait` gives the trait).
+type CallFuture<'a, T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send + 'a>>;
+
+/// One delegating method per CacheService call: check, then hand over the wrapped service's
+/// own future. Written without `async_trait`, which would box a second future around the
+/// wrapped one on every call (auth off included) only to await it; a refused call boxes its
+/// ready error instead.
 macro_rules! scoped {
     ($($method:ident($req:ty) -> $resp:ty, $all_if_empty:expr;)*) => {
-        #[tonic::async_trait]
         impl<S: CacheService> CacheService for Scoped<S> {
             $(
-                async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
-                    check(&req, |r| &r.namespace, $all_if_empty)?;
-                    self.0.$method(req).await
+                fn $method<'life0, 'async_trait>(
+                    &'life0 self,
+                    req: Request<$req>,
+                ) -> CallFuture<'async_trait, $resp>
+                where
+                    'life0: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    match check(&req, |r| &r.namespace, $all_if_empty) {
+                        Ok(()) => self.0.$method(req),
+                        Err(refused) => Box::pin(std::future::ready(Err(refused))),
+                    }
                 }
             )*
         }
