@@ -78,6 +78,10 @@ const REFLECTION_PREFIXES: [&str; 2] = [
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
+/// Calls to PipelineService pass the path check: what matters is each call on the stream,
+/// which `service::pipeline` checks with [`Scope::admits`] by its unary twin's path.
+const PIPELINE_PREFIX: &str = "/larder.v1.PipelineService/";
+
 /// What one token may do. The default (a bare token line) may do everything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Scope {
@@ -224,6 +228,11 @@ impl Scope {
         if REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Ok(());
         }
+        // A pipeline stream carries calls of every service; each call on it is checked
+        // against the scope, by its unary twin's path, when it is decoded.
+        if path.starts_with(PIPELINE_PREFIX) {
+            return Ok(());
+        }
         let found = Service::ALL
             .into_iter()
             .find_map(|s| path.strip_prefix(s.path_prefix()).map(|m| (s, m)));
@@ -368,6 +377,7 @@ mod tests {
             s.admits("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             Ok(())
         );
+        assert_eq!(s.admits("/larder.v1.PipelineService/Run"), Ok(()));
     }
 
     #[test]
