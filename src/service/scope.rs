@@ -7,7 +7,9 @@
 //! can only be read from the decoded request, so [`Scoped`] wraps the CacheService and checks
 //! every call's namespace with [`Scope::admits_namespace`] before the call reaches
 //! validation or the store: a refused call writes nothing, a batch included (each batch
-//! call has one namespace for all its items). A call that carries no scope (auth off, or a
+//! call has one namespace for all its items). A PipelineService stream passes the path
+//! check; each call on it is checked with [`Scope::admits`] by its unary twin's path, then
+//! goes through [`Scoped`] like the twin. A call that carries no scope (auth off, or a
 //! Unix socket that needs no token) is not restricted.
 //!
 //! The type lives here, not in `server`, because both layers use it and `service` must not
@@ -80,7 +82,7 @@ const REFLECTION_PREFIXES: [&str; 2] = [
 
 /// Calls to PipelineService pass the path check: what matters is each call on the stream,
 /// which `service::pipeline` checks with [`Scope::admits`] by its unary twin's path.
-const PIPELINE_PREFIX: &str = "/larder.v1.PipelineService/";
+pub(crate) const PIPELINE_PREFIX: &str = "/larder.v1.PipelineService/";
 
 /// What one token may do. The default (a bare token line) may do everything.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,6 +78,9 @@ pub struct RunReport {
     pub allowed_fraction: Option<f64>,
     /// Open loop (`--rate`): the calls a second asked for; `null` for a closed loop.
     pub target_rate: Option<f64>,
+    /// Redis pipelining (`--redis-pipeline N`): commands per round trip; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline_depth: Option<usize>,
 }
 
 /// What one run measured, before it is turned into figures.
@@ -99,6 +102,8 @@ pub struct Measured<'a> {
     pub machine_ns: Option<u64>,
     /// Open loop: the calls a second asked for.
     pub target_rate: Option<f64>,
+    /// Redis pipelining: commands per round trip.
+    pub pipeline_depth: Option<usize>,
 }
 
 impl RunReport {
@@ -144,6 +149,7 @@ impl RunReport {
             allowed_fraction: (m.op.is_rate_limit() && m.ops > 0)
                 .then(|| round((m.ops - m.misses) as f64 / m.ops as f64, 4)),
             target_rate: m.target_rate,
+            pipeline_depth: m.pipeline_depth,
         }
     }
 
@@ -231,6 +237,7 @@ mod tests {
             client_ns: Some(500_000_000),
             machine_ns: Some(2_000_000_000),
             target_rate: None,
+            pipeline_depth: None,
         }
     }
 
