@@ -196,16 +196,16 @@ async fn run(
     }
 }
 
-type Running = Pin<Box<dyn Future<Output = pb::RunResponse> + Send>>;
-
-/// The answer stream of one Run: reads calls, runs them, yields their answers.
-struct Answers {
+/// The answer stream of one Run: reads calls, starts each with `start`, yields their answers.
+/// Generic over the call's future so that the calls in flight are held unboxed.
+struct Answers<F, S> {
     services: Arc<Services>,
     scope: Option<Scope>,
+    start: S,
     /// The calls still to read; `None` once the client half-closed, the stream failed, or
     /// shutdown began.
     requests: Option<Streaming<pb::RunRequest>>,
-    running: FuturesUnordered<Running>,
+    running: FuturesUnordered<F>,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     stopped: bool,
     /// How the stream ends once every call read has been answered (`None`: OK).
@@ -213,7 +213,11 @@ struct Answers {
     ended: bool,
 }
 
-impl Stream for Answers {
+impl<F, S> Stream for Answers<F, S>
+where
+    F: Future<Output = pb::RunResponse>,
+    S: Fn(Arc<Services>, Option<Scope>, pb::RunRequest) -> F + Unpin,
+{
     type Item = Result<pb::RunResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -233,8 +237,8 @@ impl Stream for Answers {
             };
             match Pin::new(requests).poll_next(cx) {
                 Poll::Ready(Some(Ok(req))) => {
-                    let call = run(this.services.clone(), this.scope.clone(), req);
-                    this.running.push(Box::pin(call));
+                    let call = (this.start)(this.services.clone(), this.scope.clone(), req);
+                    this.running.push(call);
                 }
                 Poll::Ready(Some(Err(status))) => {
                     this.requests = None;
@@ -267,6 +271,7 @@ impl PipelineService for PipelineApi {
         let answers = Answers {
             services: self.services.clone(),
             scope,
+            start: run,
             requests: Some(req.into_inner()),
             running: FuturesUnordered::new(),
             stopping: Box::pin(self.stop.clone().cancelled_owned()),
