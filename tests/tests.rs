@@ -31,6 +31,7 @@ mod suite {
     mod metrics;
     mod ops;
     mod persistence;
+    mod pipeline;
     mod ratelimit;
     mod rpc;
     mod security;

@@ -486,6 +486,7 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
         max_connection_age: filled(f.duration(&MAX_CONNECTION_AGE)),
         max_connection_age_grace: filled(f.duration(&MAX_CONNECTION_AGE_GRACE)),
         max_health_watches: filled(f.count(&MAX_HEALTH_WATCHES)) as usize,
+        max_pipeline_inflight: filled(f.count(&MAX_PIPELINE_INFLIGHT)) as usize,
         auth,
         tls,
         ..defaults

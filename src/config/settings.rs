@@ -616,6 +616,19 @@ pub static MAX_HEALTH_WATCHES: Setting = Setting {
            with RESOURCE_EXHAUSTED.",
 };
 
+/// `server.max_pipeline_inflight`.
+pub static MAX_PIPELINE_INFLIGHT: Setting = Setting {
+    key: "server.max_pipeline_inflight",
+    flag: "max-pipeline-inflight",
+    env: "LARDER_MAX_PIPELINE_INFLIGHT",
+    kind: Kind::Count,
+    range: Some((at(1), at(1 << 16))),
+    default: DefaultFrom::Component(|c| Value::Count(c.server.max_pipeline_inflight as u64)),
+    help: "Most calls of one PipelineService/Run stream in flight at once; past it the server \
+           stops reading the stream until an answer is sent (HTTP/2 flow control then slows \
+           the client), and never refuses.",
+};
+
 /// `auth.token_file`.
 pub static AUTH_TOKEN_FILE: Setting = Setting {
     key: "auth.token_file",
@@ -732,6 +745,7 @@ pub static SETTINGS: &[&Setting] = &[
     &MAX_CONNECTION_AGE,
     &MAX_CONNECTION_AGE_GRACE,
     &MAX_HEALTH_WATCHES,
+    &MAX_PIPELINE_INFLIGHT,
     &AUTH_TOKEN_FILE,
     &AUTH_UNIX_SOCKET,
     &TLS_CERT,

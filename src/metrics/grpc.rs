@@ -24,6 +24,7 @@ use prost::Message;
 
 use super::budget::BudgetMetrics;
 use crate::error::{Error, Result};
+use crate::service::pipeline::CallObserver;
 use crate::store::observe::COMMIT_SECONDS_BUCKETS;
 
 /// Upper bounds of the call-duration buckets, in seconds: 50 µs to 1 s, the range from a
@@ -148,6 +149,23 @@ impl GrpcMetrics {
     }
 }
 
+impl CallObserver for GrpcMetrics {
+    fn finished(&self, path: &str, code: tonic::Code, elapsed: std::time::Duration) {
+        let labels = self.methods.get(path).unwrap_or(&self.unknown);
+        let code = CODE_NAMES.get(code as usize).copied().unwrap_or(UNKNOWN);
+        self.requests
+            .get_or_create(&CallLabels {
+                service: labels.service.clone(),
+                method: labels.method.clone(),
+                code,
+            })
+            .inc();
+        self.durations
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 /// A call in progress. Dropping it records it, with the code set by [`Call::finish`] or, if
 /// the call never got that far, `Canceled`.
 #[derive(Debug)]
@@ -200,6 +218,14 @@ impl GrpcMetricsLayer {
     /// Records nothing (metrics are off).
     pub(crate) fn off() -> Self {
         Self::default()
+    }
+
+    /// Where pipelined calls are reported, each under its unary twin's method (none when
+    /// metrics are off).
+    pub(crate) fn calls(&self) -> Option<Arc<dyn CallObserver>> {
+        self.metrics
+            .as_ref()
+            .map(|m| m.clone() as Arc<dyn CallObserver>)
     }
 
     /// The handles the byte budget keeps its figures in: those a scrape reads, or

@@ -7,7 +7,9 @@
 //! its cache namespaces must start with. The layer refuses a call outside the token's
 //! services or a write under `read_only` (`PERMISSION_DENIED`) before the request is
 //! decoded, and puts a namespace-limited scope into the request's extensions for the cache
-//! service to check once decoded (`service::scope::Scoped`).
+//! service to check once decoded (`service::scope::Scoped`); a PipelineService stream gets
+//! any restricting scope there, since each call on it is checked by its own path
+//! (`service::pipeline`).
 //!
 //! Tokens are kept only as SHA-256 digests. A presented token is hashed and compared with
 //! every configured digest in constant time, with no early exit, and its scope is picked by
@@ -39,7 +41,7 @@ use tower::{Layer, Service};
 
 use super::throttle::Throttled;
 use crate::metrics::auth::AuthRefusals;
-use crate::service::scope::{Refusal, Scope, ScopeProblem};
+use crate::service::scope::{PIPELINE_PREFIX, Refusal, Scope, ScopeProblem};
 
 /// Bearer-token authentication: where the tokens are, and whether the Unix socket needs one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -507,6 +509,9 @@ where
             }
             // The common case: nothing to check once the request is decoded.
             Ok(scope) if !scope.limits_namespace() => {
+                if !scope.is_full() && request.uri().path().starts_with(PIPELINE_PREFIX) {
+                    request.extensions_mut().insert(scope);
+                }
                 Either::Right(NamespaceWatch::off(self.inner.call(request)))
             }
             Ok(scope) => {

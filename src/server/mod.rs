@@ -154,17 +154,27 @@ impl Server {
         };
         let calls = RequestLimitLayer::new(settings.max_concurrent_requests)
             .with_watch_limit(settings.max_health_watches);
-        let (router, health) =
-            match Router::new(&store, &settings, observe, auth.clone(), calls).await {
-                Ok(routes) => routes,
-                Err(e) => {
-                    teardown::abandon(store, listeners).await;
-                    return Err(e);
-                }
-            };
+        // Cancelled when shutdown begins: the accept loops stop, and pipeline streams answer
+        // what they have read and end.
+        let stop_accepting = CancellationToken::new();
+        let (router, health) = match Router::new(
+            &store,
+            &settings,
+            observe,
+            auth.clone(),
+            calls,
+            stop_accepting.clone(),
+        )
+        .await
+        {
+            Ok(routes) => routes,
+            Err(e) => {
+                teardown::abandon(store, listeners).await;
+                return Err(e);
+            }
+        };
         let metrics = metrics.map(|(listener, metrics)| MetricsServer::start(listener, metrics));
 
-        let stop_accepting = CancellationToken::new();
         let connections =
             ConnectionLimit::new(settings.max_connections, settings.handshake_timeout)
                 .with_write_timeout(settings.write_timeout)

@@ -1,6 +1,6 @@
 //! What the server answers, and the layers every call passes through: gRPC health (one status
 //! per Larder service and one for the server as a whole), reflection v1 and v1alpha, and the
-//! three services, behind one layer stack per listener (metrics → auth → the call bound → the
+//! three services with the pipeline that multiplexes their calls, behind one layer stack per listener (metrics → auth → the call bound → the
 //! in-flight byte budget) with the same deadline, HTTP/2 bounds, keepalive and maximum
 //! connection age whichever way a client comes in.
 //!
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
@@ -25,9 +26,11 @@ use crate::error::{Error, Result};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::pb;
 use crate::pb::cache_service_server::CacheServiceServer;
+use crate::pb::pipeline_service_server::PipelineServiceServer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::service::cache::CacheApi;
+use crate::service::pipeline::PipelineApi;
 use crate::service::ratelimit::RateLimitApi;
 use crate::service::scope::Scoped;
 use crate::service::session::SessionApi;
@@ -60,15 +63,17 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    /// Health, reflection and the three services over `store`; calls are counted by
-    /// `observe`, checked against `auth` (when on) and bounded by `calls`. Also returns the
-    /// health reporter, whose statuses start as SERVING.
+    /// Health, reflection, the three services over `store` and the pipeline; calls are
+    /// counted by `observe`, checked against `auth` (when on) and bounded by `calls`; pipeline
+    /// streams wind down when `stopping` is cancelled. Also returns the health reporter, whose
+    /// statuses start as SERVING.
     pub(crate) async fn new(
         store: &Store,
         settings: &ServerSettings,
         observe: GrpcMetricsLayer,
         auth: Option<Authenticator>,
         calls: RequestLimitLayer,
+        stopping: CancellationToken,
     ) -> Result<(Self, HealthReporter)> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let health_service = health_service.max_decoding_message_size(HEALTH_MAX_MESSAGE);
@@ -91,29 +96,42 @@ impl Router {
 
         let max_message = settings.limits.max_message_bytes();
         // Scoped: a token limited to a namespace prefix is checked once the request is decoded.
-        let cache = CacheApi::new(store.clone(), settings.limits.clone());
-        let cache = CacheServiceServer::new(Scoped(cache))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
-        let sessions = SessionServiceServer::new(SessionApi::new(
-            store.clone(),
-            settings.sessions.clone(),
-            max_message,
-        ))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-        let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
+        let cache = Scoped(CacheApi::new(store.clone(), settings.limits.clone()));
+        let session_api = SessionApi::new(store.clone(), settings.sessions.clone(), max_message);
+        let ratelimit_api = RateLimitApi::new(
             store.clone(),
             settings.ratelimit.clone(),
             settings.limits.max_key_bytes,
-        ));
+        );
+        // The pipeline hands each call to the same services; a call's message is its twin's
+        // plus its id and tag, within the slack `max_message_bytes` already has.
+        let pipeline = PipelineServiceServer::new(
+            PipelineApi::new(
+                cache.clone(),
+                session_api.clone(),
+                ratelimit_api.clone(),
+                settings.max_pipeline_inflight,
+                stopping,
+            )
+            .with_observer(observe.calls()),
+        )
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+        let cache = CacheServiceServer::new(cache)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let sessions = SessionServiceServer::new(session_api)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let ratelimit = RateLimitServiceServer::new(ratelimit_api);
         let observe_budget = observe.budget();
         let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(cache)
             .add_service(sessions)
-            .add_service(ratelimit);
+            .add_service(ratelimit)
+            .add_service(pipeline);
         let router = Self {
             routes,
             observe,
@@ -183,6 +201,7 @@ pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
         <CacheServiceServer<CacheApi> as NamedService>::NAME,
         <SessionServiceServer<SessionApi> as NamedService>::NAME,
         <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
+        <PipelineServiceServer<PipelineApi> as NamedService>::NAME,
     ] {
         health.set_service_status(name, status).await;
     }

@@ -52,6 +52,9 @@ pub struct ServerSettings {
     /// Most health Watch streams open at once over all connections; more answer
     /// `RESOURCE_EXHAUSTED`.
     pub max_health_watches: usize,
+    /// Most calls of one PipelineService/Run stream in flight at once; past it the stream is
+    /// not read until an answer has been sent.
+    pub max_pipeline_inflight: usize,
     /// Bearer-token authentication, if on.
     pub auth: Option<AuthSettings>,
     /// TLS on the TCP listener, if on.
@@ -85,6 +88,11 @@ impl Default for ServerSettings {
             max_connections_per_peer: 128,
             // Health Watch is for a few load balancers or supervisors, not per client.
             max_health_watches: 64,
+            // Four times the 64 callers a busy app process multiplexes on one connection, so
+            // they never wait on the bound, and enough writes at once to fill a commit;
+            // small enough that one stream holds a bounded share of the in-flight byte
+            // budget (256 ordinary answers are a few hundred kilobytes).
+            max_pipeline_inflight: 256,
             auth: None,
             tls: None,
         }

@@ -3,10 +3,13 @@
 //! - [`cache`] serves `larder.v1.CacheService`.
 //! - [`session`] serves `larder.v1.SessionService`; [`token`] makes and checks its tokens.
 //! - [`ratelimit`] serves `larder.v1.RateLimitService`.
+//! - [`pipeline`] serves `larder.v1.PipelineService`: calls of the three above, multiplexed on
+//!   one stream.
 //! - [`scope`]: what one bearer token may call, and the cache namespace check.
 //! - [`status`] turns an error into the gRPC status the client gets.
 
 pub(crate) mod cache;
+pub(crate) mod pipeline;
 pub(crate) mod ratelimit;
 pub(crate) mod scope;
 pub(crate) mod session;

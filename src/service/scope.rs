@@ -7,7 +7,9 @@
 //! can only be read from the decoded request, so [`Scoped`] wraps the CacheService and checks
 //! every call's namespace with [`Scope::admits_namespace`] before the call reaches
 //! validation or the store: a refused call writes nothing, a batch included (each batch
-//! call has one namespace for all its items). A call that carries no scope (auth off, or a
+//! call has one namespace for all its items). A PipelineService stream passes the path
+//! check; each call on it is checked with [`Scope::admits`] by its unary twin's path, then
+//! goes through [`Scoped`] like the twin. A call that carries no scope (auth off, or a
 //! Unix socket that needs no token) is not restricted.
 //!
 //! The type lives here, not in `server`, because both layers use it and `service` must not
@@ -79,6 +81,10 @@ const REFLECTION_PREFIXES: [&str; 2] = [
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
+
+/// Calls to PipelineService pass the path check: what matters is each call on the stream,
+/// which `service::pipeline` checks with [`Scope::admits`] by its unary twin's path.
+pub(crate) const PIPELINE_PREFIX: &str = "/larder.v1.PipelineService/";
 
 /// What one token may do. The default (a bare token line) may do everything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +230,11 @@ impl Scope {
     /// refused to a token limited by `services=` or `read_only` (fail closed).
     pub(crate) fn admits(&self, path: &str) -> Result<(), Refusal> {
         if REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Ok(());
+        }
+        // A pipeline stream carries calls of every service; each call on it is checked
+        // against the scope, by its unary twin's path, when it is decoded.
+        if path.starts_with(PIPELINE_PREFIX) {
             return Ok(());
         }
         let found = Service::ALL
@@ -384,6 +395,7 @@ mod tests {
             s.admits("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             Ok(())
         );
+        assert_eq!(s.admits("/larder.v1.PipelineService/Run"), Ok(()));
     }
 
     #[test]

@@ -14,12 +14,14 @@
 //!
 //! - [`ops`]: the operations, their names, and the connections to both systems.
 //! - [`report`]: histogram merge, ratios, the JSON line and the human table.
+//! - [`pipeline`]: `--pipeline`, Larder's calls multiplexed on one Run stream per connection.
 //! - [`cpu`]: CPU time of the server, the client and the machine over the measured window.
 //! - `bare`: the bare tonic baseline `scripts/bench.sh` compares Larder with.
 
 mod bare;
 pub mod cpu;
 pub mod ops;
+mod pipeline;
 pub mod report;
 
 use std::io::Write as _;
@@ -83,6 +85,15 @@ pub struct BenchArgs {
         default_value = "get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra"
     )]
     pub ops: OpList,
+    /// Send Larder's calls on PipelineService/Run: one stream per connection, which the
+    /// callers of that connection multiplex their calls on (rows say larder-pipeline).
+    #[arg(long)]
+    pub pipeline: bool,
+    /// Each Redis caller sends this many commands per round trip (pipelining); each counts
+    /// as an op, timed by its batch's round trip (rows say redis-pipeline) [default: one at
+    /// a time].
+    #[arg(long, value_name = "N")]
+    pub redis_pipeline: Option<usize>,
     /// Callers issuing calls back to back (calls in flight).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -190,11 +201,23 @@ struct Plan {
     preload: bool,
 }
 
+/// The label a system's rows carry when `--system` does not give one.
+fn default_label(redis: bool, args: &BenchArgs) -> &'static str {
+    match (redis, args.pipeline, args.redis_pipeline) {
+        (true, _, Some(_)) => "redis-pipeline",
+        (true, _, None) => "redis",
+        (false, true, _) => "larder-pipeline",
+        (false, false, _) => "larder",
+    }
+}
+
 /// One system the ops run against.
 struct System {
     label: String,
     sut: Sut,
     pid: Option<u32>,
+    /// Whether its calls are pipelined (`--pipeline` for Larder, `--redis-pipeline` for Redis).
+    pipelined: bool,
 }
 
 /// Runs `larder bench` (or, with `--bare-server`, the baseline server).
@@ -226,6 +249,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.no_preload && args.ops.0.contains(&Op::SessionGet) {
         bail!("--no-preload cannot run session_get: its session tokens come from the preload");
     }
+    if args.redis_pipeline == Some(0) {
+        bail!("--redis-pipeline must be at least 1");
+    }
+    if args.redis_pipeline.is_some() && args.rate.is_some() {
+        bail!("--redis-pipeline sends calls in batches, which an open loop (--rate) cannot time");
+    }
     if args.redis.is_some() && Sut::is_redis_url(&args.target) {
         bail!("--redis is the second system next to a Larder --target; --target is Redis too");
     }
@@ -255,24 +284,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn bench(args: BenchArgs, plan: Plan) -> anyhow::Result<()> {
     let mut systems = Vec::with_capacity(2);
+    let depth = args.redis_pipeline.unwrap_or(1);
+    let label = |redis| {
+        args.system
+            .clone()
+            .unwrap_or_else(|| default_label(redis, &args).to_owned())
+    };
     if Sut::is_redis_url(&args.target) {
         systems.push(System {
-            label: args.system.clone().unwrap_or_else(|| "redis".to_owned()),
-            sut: Sut::redis(&args.target).await?,
+            label: label(true),
+            sut: Sut::redis(&args.target, depth).await?,
             pid: args.server_pid,
+            pipelined: args.redis_pipeline.is_some(),
         });
     } else {
+        let sut = Sut::grpc(
+            &args.target,
+            plan.connections,
+            bearer(&args)?,
+            args.pipeline,
+        );
         systems.push(System {
-            label: args.system.clone().unwrap_or_else(|| "larder".to_owned()),
-            sut: Sut::grpc(&args.target, plan.connections, bearer(&args)?).await?,
+            label: label(false),
+            sut: sut.await?,
             pid: args.server_pid,
+            pipelined: args.pipeline,
         });
     }
     if let Some(url) = &args.redis {
         systems.push(System {
-            label: "redis".to_owned(),
-            sut: Sut::redis(url).await?,
+            label: default_label(true, &args).to_owned(),
+            sut: Sut::redis(url, depth).await?,
             pid: args.redis_pid,
+            pipelined: args.redis_pipeline.is_some(),
         });
     }
 
@@ -370,6 +414,7 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
             )
         });
         let caller = Caller {
+            depth: sut.depth(),
             workload: workload.clone(),
             seed: task as u64,
             from,
@@ -454,6 +499,10 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
             Sut::Grpc { channels, .. } => channels.len(),
             Sut::Redis { .. } => plan.concurrency,
         },
+        pipeline_depth: match sut {
+            Sut::Redis { depth, .. } if system.pipelined => Some(*depth),
+            _ => None,
+        },
         hist: &hist,
         ops,
         errors,
@@ -468,6 +517,8 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
 
 /// One closed-loop caller of a run.
 struct Caller {
+    /// Calls per round trip: more than one for Redis pipelining, each batch timed as one.
+    depth: usize,
     workload: Arc<Workload>,
     seed: u64,
     /// Calls that start at or after `from` are measured.
@@ -532,11 +583,15 @@ impl Caller {
         };
         // Unique per call of the run: the task in the high bits, its call count in the low ones.
         let mut nonce = self.seed << 40;
-        let mut many = [0u64; GETMANY_KEYS];
+        let depth = self.depth.max(1);
+        let mut batch = vec![0u64; depth];
+        let mut many = vec![[0u64; GETMANY_KEYS]; if w.op == Op::GetMany { depth } else { 0 }];
         loop {
-            let i = rng.below(w.keys);
-            if w.op == Op::GetMany {
-                for k in &mut many {
+            for i in &mut batch {
+                *i = rng.below(w.keys);
+            }
+            for keys in &mut many {
+                for k in keys {
                     *k = rng.below(w.keys);
                 }
             }
@@ -559,28 +614,28 @@ impl Caller {
                     break;
                 }
                 if let Some((started, total)) = &self.budget
-                    && started.fetch_add(1, Ordering::Relaxed) >= *total
+                    && started.fetch_add(depth as u64, Ordering::Relaxed) >= *total
                 {
                     break;
                 }
             }
-            nonce += 1;
-            let outcome = conn.call(w, i, &many, nonce).await;
+            nonce += depth as u64;
+            let outcome = conn.call_batch(w, &batch, &many, nonce).await;
             let elapsed = t0.elapsed();
             if !measured {
                 continue;
             }
-            // A fast error would flatter both the rate and the latencies.
+            // A fast error would flatter both the rate and the latencies. A batch counts as
+            // `depth` calls, each taking the batch's round trip.
+            let n = depth as u64;
             match outcome {
                 Ok(answered) => {
-                    r.ops += 1;
-                    r.hist.saturating_record(elapsed.as_nanos() as u64);
-                    if !answered {
-                        r.misses += 1;
-                    }
+                    r.ops += n;
+                    r.hist.saturating_record_n(elapsed.as_nanos() as u64, n);
+                    r.misses += n.saturating_sub(answered);
                 }
                 Err(error) => {
-                    r.errors += 1;
+                    r.errors += n;
                     r.first_error.get_or_insert(error);
                 }
             }
@@ -618,7 +673,38 @@ impl XorShift {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Due, Schedule, XorShift};
+    use clap::Parser;
+
+    use super::{BenchArgs, Due, Schedule, XorShift, default_label};
+
+    /// `larder bench` flags, as clap parses them.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .expect("valid flags")
+            .args
+    }
+
+    #[test]
+    fn pipelined_systems_are_labelled_by_what_they_pipeline() {
+        let plain = args(&[]);
+        assert_eq!(default_label(false, &plain), "larder");
+        assert_eq!(default_label(true, &plain), "redis");
+        let both = args(&["--pipeline", "--redis-pipeline", "16"]);
+        assert_eq!(both.redis_pipeline, Some(16));
+        assert_eq!(default_label(false, &both), "larder-pipeline");
+        assert_eq!(default_label(true, &both), "redis-pipeline");
+        // Each flag pipelines its own side only.
+        let larder_only = args(&["--pipeline"]);
+        assert_eq!(default_label(true, &larder_only), "redis");
+        let redis_only = args(&["--redis-pipeline", "4"]);
+        assert_eq!(default_label(false, &redis_only), "larder");
+    }
 
     #[test]
     fn an_open_loop_schedule_times_late_calls_from_when_they_were_due() {

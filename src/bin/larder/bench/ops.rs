@@ -13,11 +13,16 @@
 //! | `ratelimit_sliding` | RateLimitService.Check, sliding window | `MULTI; ZREMRANGEBYSCORE; ZADD; ZCARD; PEXPIRE; EXEC` |
 //! | `ratelimit_gcra` | RateLimitService.Check, GCRA | `EVALSHA` of a GCRA Lua script |
 //!
+//! With `--pipeline` every Larder call goes as the same request on a PipelineService/Run
+//! stream (one per connection, see [`super::pipeline`]); with `--redis-pipeline N` each Redis
+//! caller sends N of its op's commands per round trip.
+//!
 //! The rate-limit ops check `rl:sliding:{i}` or `rl:gcra:{i}` against `--rl-limit` units per
 //! `--rl-period-ms`, with no preload; a denied answer is a successful call.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,7 +35,11 @@ use tonic::transport::{Channel, Endpoint};
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
 use larder::pb::rate_limit_service_client::RateLimitServiceClient;
+use larder::pb::run_request::Call;
+use larder::pb::run_response::Result as Outcome;
 use larder::pb::session_service_client::SessionServiceClient;
+
+use super::pipeline::Pipe;
 
 /// Bound on connecting to either system.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -184,16 +193,20 @@ return {1, math.floor(room / interval), 0, math.ceil(reset_after)}
 /// A system under test: Larder (or the bare baseline) over gRPC, or Redis.
 pub(crate) enum Sut {
     /// `--connections` HTTP/2 connections, which the tasks share round-robin, and the bearer
-    /// token every call carries.
+    /// token every call carries; with `--pipeline`, one Run stream per connection, which
+    /// the measured calls go on.
     Grpc {
         channels: Vec<Channel>,
         bearer: Bearer,
+        pipes: Vec<Arc<Pipe>>,
     },
     /// A Redis client; every task opens a connection of its own, as web workers hold them.
     Redis {
         client: redis::Client,
         /// The URL as given, for messages.
         url: String,
+        /// Commands each caller sends per round trip (`--redis-pipeline`; 1: one at a time).
+        depth: usize,
     },
 }
 
@@ -225,6 +238,8 @@ pub(crate) struct GrpcConn {
     cache: CacheServiceClient<Authed>,
     sessions: SessionServiceClient<Authed>,
     rate_limits: RateLimitServiceClient<Authed>,
+    /// The connection's Run stream, with `--pipeline`: measured calls go there.
+    pipe: Option<Arc<Pipe>>,
 }
 
 /// Adds `authorization: Bearer <token>` to every call, when a token was given.
@@ -267,8 +282,9 @@ impl Sut {
     }
 
     /// Opens Redis at `url` and checks that it answers (a `PING`), so that a wrong URL stops
-    /// the benchmark before anything is measured.
-    pub(crate) async fn redis(url: &str) -> anyhow::Result<Self> {
+    /// the benchmark before anything is measured. Each caller sends `depth` commands per
+    /// round trip.
+    pub(crate) async fn redis(url: &str, depth: usize) -> anyhow::Result<Self> {
         // `unix+redis:/path` names Redis on a Unix socket (redis-rs spells it unix://).
         let open_url = match url.strip_prefix("unix+redis:") {
             Some(path) => format!("unix://{path}"),
@@ -279,6 +295,7 @@ impl Sut {
         let sut = Sut::Redis {
             client,
             url: url.to_owned(),
+            depth: depth.max(1),
         };
         let Conn::Redis(mut conn) = sut.conn(0).await? else {
             unreachable!("a Redis system under test makes Redis connections");
@@ -294,11 +311,13 @@ impl Sut {
     }
 
     /// Connects `connections` HTTP/2 connections to Larder at `target`: `http://host:port`,
-    /// or `unix:/path` for its Unix socket (with the authority `localhost`).
+    /// or `unix:/path` for its Unix socket (with the authority `localhost`); with `pipeline`,
+    /// opens one Run stream on each.
     pub(crate) async fn grpc(
         target: &str,
         connections: usize,
         bearer: Bearer,
+        pipeline: bool,
     ) -> anyhow::Result<Self> {
         let unix = target.strip_prefix("unix:").map(PathBuf::from);
         let uri = if unix.is_some() {
@@ -342,23 +361,54 @@ impl Sut {
                 .with_context(|| format!("cannot connect to {target}"))?;
             channels.push(channel);
         }
-        Ok(Sut::Grpc { channels, bearer })
+        let mut pipes = Vec::new();
+        if pipeline {
+            for channel in &channels {
+                let pipe = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    Pipe::open(channel.clone(), bearer.clone()),
+                )
+                .await
+                .with_context(|| format!("opening a Run stream on {target} timed out"))?
+                .map_err(|s| anyhow::anyhow!("cannot open a Run stream: {}", status_text(s)))?;
+                pipes.push(pipe);
+            }
+        }
+        Ok(Sut::Grpc {
+            channels,
+            bearer,
+            pipes,
+        })
+    }
+
+    /// Calls each caller sends per round trip: `--redis-pipeline` for Redis, else 1 (a
+    /// pipelined Larder caller still waits for each answer; its stream is shared).
+    pub(crate) fn depth(&self) -> usize {
+        match self {
+            Sut::Redis { depth, .. } => *depth,
+            Sut::Grpc { .. } => 1,
+        }
     }
 
     /// The connection of task `task`: a share of the gRPC channels, or a Redis connection of
     /// its own.
     pub(crate) async fn conn(&self, task: usize) -> anyhow::Result<Conn> {
         Ok(match self {
-            Sut::Grpc { channels, bearer } => {
+            Sut::Grpc {
+                channels,
+                bearer,
+                pipes,
+            } => {
                 let channel = channels[task % channels.len()].clone();
                 let authed = || InterceptedService::new(channel.clone(), bearer.clone());
                 Conn::Grpc(Box::new(GrpcConn {
                     cache: CacheServiceClient::new(authed()),
                     sessions: SessionServiceClient::new(authed()),
                     rate_limits: RateLimitServiceClient::new(authed()),
+                    pipe: (!pipes.is_empty()).then(|| pipes[task % pipes.len()].clone()),
                 }))
             }
-            Sut::Redis { client, url } => Conn::Redis(
+            Sut::Redis { client, url, .. } => Conn::Redis(
                 tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
                     .await
                     .with_context(|| format!("connecting to Redis at {url} timed out"))?
@@ -370,7 +420,10 @@ impl Sut {
     /// The server's cache counters, when it answers Stats (Larder does; the bare baseline
     /// and Redis do not).
     pub(crate) async fn stats(&self) -> Option<pb::StatsResponse> {
-        let Sut::Grpc { channels, bearer } = self else {
+        let Sut::Grpc {
+            channels, bearer, ..
+        } = self
+        else {
             return None;
         };
         let mut client =
@@ -563,6 +616,28 @@ impl Conn {
         Ok(())
     }
 
+    /// `depth` measured calls in one round trip (Redis pipelining), on the keys of `batch`
+    /// (`getmany`: `many[j]` for the j-th); how many found, stored or were allowed. One
+    /// gRPC call when `batch` holds one key.
+    pub(crate) async fn call_batch(
+        &mut self,
+        w: &Workload,
+        batch: &[u64],
+        many: &[[u64; GETMANY_KEYS]],
+        nonce: u64,
+    ) -> Result<u64, String> {
+        match self {
+            Conn::Redis(conn) if batch.len() > 1 => redis_batch(conn, w, batch, many, nonce)
+                .await
+                .map_err(|e| e.to_string()),
+            _ => {
+                let empty = [0; GETMANY_KEYS];
+                let many = many.first().unwrap_or(&empty);
+                self.call(w, batch[0], many, nonce).await.map(u64::from)
+            }
+        }
+    }
+
     /// One measured call on key, session or client `i` (`getmany`: `keys[0..16]`): whether
     /// it found (or stored) everything asked for or, for rate limits, was allowed. `nonce`
     /// differs between all calls of a run.
@@ -582,6 +657,61 @@ impl Conn {
     }
 }
 
+/// The request of a measured call, as a call on a Run stream: the same message the unary
+/// call sends.
+fn pipelined(w: &Workload, i: u64, many: &[u64; GETMANY_KEYS]) -> Call {
+    match w.op {
+        Op::Get => Call::Get(pb::GetRequest {
+            namespace: String::new(),
+            key: format!("key:{i}"),
+        }),
+        Op::Set => Call::Set(set_request(format!("key:{i}"), w.value.clone())),
+        Op::Incr => Call::Increment(pb::IncrementRequest {
+            namespace: String::new(),
+            key: format!("counter:{i}"),
+            delta: 1,
+            ttl_ms: 0,
+            ..Default::default()
+        }),
+        Op::GetMany => Call::GetMany(pb::GetManyRequest {
+            namespace: String::new(),
+            keys: many.iter().map(|k| format!("key:{k}")).collect(),
+        }),
+        Op::SessionGet => Call::GetSession(pb::GetSessionRequest {
+            token: w.tokens[i as usize].clone(),
+        }),
+        Op::RatelimitSliding | Op::RatelimitGcra => Call::Check(rate_limit_check(w, i)),
+    }
+}
+
+/// Whether a pipelined answer found, stored or allowed what was asked, as for the unary call.
+fn answered(outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Get(r) => r.found,
+        Outcome::Set(r) => r.stored,
+        Outcome::Increment(r) => r.value > 0,
+        Outcome::GetMany(r) => r.entries.iter().all(|e| e.found),
+        Outcome::GetSession(r) => r.found,
+        Outcome::Check(r) => r.allowed,
+        _ => true,
+    }
+}
+
+/// The Check of a rate-limit op on client `i`.
+fn rate_limit_check(w: &Workload, i: u64) -> pb::CheckRequest {
+    let algorithm = match w.op {
+        Op::RatelimitSliding => pb::Algorithm::SlidingWindow,
+        _ => pb::Algorithm::Gcra,
+    };
+    pb::CheckRequest {
+        key: rate_limit_key(w.op, i),
+        limit: w.rl_limit,
+        period_ms: w.rl_period_ms,
+        algorithm: algorithm as i32,
+        ..Default::default()
+    }
+}
+
 impl GrpcConn {
     async fn call(
         &mut self,
@@ -589,6 +719,9 @@ impl GrpcConn {
         i: u64,
         many: &[u64; GETMANY_KEYS],
     ) -> Result<bool, tonic::Status> {
+        if let Some(pipe) = &self.pipe {
+            return pipe.call(pipelined(w, i, many)).await.map(answered);
+        }
         match w.op {
             Op::Get => self
                 .cache
@@ -629,22 +762,11 @@ impl GrpcConn {
                 })
                 .await
                 .map(|r| r.into_inner().found),
-            Op::RatelimitSliding | Op::RatelimitGcra => {
-                let algorithm = match w.op {
-                    Op::RatelimitSliding => pb::Algorithm::SlidingWindow,
-                    _ => pb::Algorithm::Gcra,
-                };
-                self.rate_limits
-                    .check(pb::CheckRequest {
-                        key: rate_limit_key(w.op, i),
-                        limit: w.rl_limit,
-                        period_ms: w.rl_period_ms,
-                        algorithm: algorithm as i32,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|r| r.into_inner().allowed)
-            }
+            Op::RatelimitSliding | Op::RatelimitGcra => self
+                .rate_limits
+                .check(rate_limit_check(w, i))
+                .await
+                .map(|r| r.into_inner().allowed),
         }
     }
 }
@@ -695,10 +817,7 @@ async fn redis_call(
         Op::RatelimitSliding => {
             let key = rate_limit_key(Op::RatelimitSliding, i);
             // The client's clock, as the web apps keeping this log in Redis use.
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
+            let now_ms = now_ms();
             let period = w.rl_period_ms;
             redis::pipe()
                 .atomic()
@@ -735,6 +854,168 @@ async fn redis_call(
     }
 }
 
+/// The current time by the client's clock, in Unix milliseconds (the sliding-window log, as
+/// the web apps keeping it in Redis take it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Appends to `pipe` the commands one call of `w.op` on `i` sends (`many`: getmany's keys),
+/// exactly those [`redis_call`] sends, with a transaction's `MULTI` and `EXEC` spelled out.
+/// Gives how many replies they make.
+fn queue_commands(
+    pipe: &mut redis::Pipeline,
+    w: &Workload,
+    i: u64,
+    many: &[u64; GETMANY_KEYS],
+    nonce: u64,
+) -> usize {
+    match w.op {
+        Op::Get => {
+            pipe.cmd("GET").arg(format!("key:{i}"));
+            1
+        }
+        Op::Set => {
+            pipe.cmd("SET").arg(format!("key:{i}")).arg(&w.value[..]);
+            1
+        }
+        Op::Incr => {
+            pipe.cmd("INCR").arg(format!("counter:{i}"));
+            1
+        }
+        Op::GetMany => {
+            let mget = pipe.cmd("MGET");
+            for k in many {
+                mget.arg(format!("key:{k}"));
+            }
+            1
+        }
+        Op::SessionGet => {
+            let key = format!("session:{i}");
+            pipe.cmd("MULTI")
+                .cmd("HGETALL")
+                .arg(&key)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(SESSION_IDLE_MS)
+                .cmd("EXEC");
+            4
+        }
+        Op::RatelimitSliding => {
+            let key = rate_limit_key(Op::RatelimitSliding, i);
+            let (now, period) = (now_ms(), w.rl_period_ms);
+            pipe.cmd("MULTI")
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg(0)
+                .arg(now.saturating_sub(period))
+                .cmd("ZADD")
+                .arg(&key)
+                .arg(now)
+                .arg(format!("{now}-{nonce:x}"))
+                .cmd("ZCARD")
+                .arg(&key)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(period)
+                .cmd("EXEC");
+            6
+        }
+        Op::RatelimitGcra => {
+            pipe.cmd("EVALSHA")
+                .arg(w.gcra_sha.as_deref().unwrap_or_default())
+                .arg(1)
+                .arg(rate_limit_key(Op::RatelimitGcra, i))
+                .arg(w.rl_limit)
+                .arg(w.rl_limit)
+                .arg(w.rl_period_ms)
+                .arg(1);
+            1
+        }
+    }
+}
+
+/// Whether the last reply of one call (`EXEC`'s for a transaction) found, stored or allowed
+/// what was asked, as [`redis_call`] judges it.
+fn redis_answered(op: Op, rl_limit: u32, reply: &redis::Value) -> redis::RedisResult<bool> {
+    use redis::Value;
+    let bad = |what: &str| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unexpected reply",
+            format!("{}: {what}: {reply:?}", op.name()),
+        ))
+    };
+    if let Value::ServerError(e) = reply {
+        return Err(bad(&format!("{e:?}")));
+    }
+    let int = |v: &Value| match v {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    };
+    Ok(match op {
+        Op::Get => !matches!(reply, Value::Nil),
+        Op::Set => true,
+        Op::Incr => int(reply).ok_or_else(|| bad("not an integer"))? > 0,
+        Op::GetMany => match reply {
+            Value::Array(values) => values.iter().all(|v| !matches!(v, Value::Nil)),
+            _ => return Err(bad("not an array")),
+        },
+        Op::SessionGet => match reply {
+            Value::Array(replies) => match replies.first() {
+                Some(Value::Array(fields)) => !fields.is_empty(),
+                Some(Value::Map(fields)) => !fields.is_empty(),
+                _ => return Err(bad("no HGETALL reply")),
+            },
+            _ => return Err(bad("not an EXEC reply")),
+        },
+        Op::RatelimitSliding => match reply {
+            Value::Array(replies) => {
+                let count = replies
+                    .get(2)
+                    .and_then(int)
+                    .ok_or_else(|| bad("no ZCARD"))?;
+                count <= i64::from(rl_limit)
+            }
+            _ => return Err(bad("not an EXEC reply")),
+        },
+        Op::RatelimitGcra => match reply {
+            Value::Array(replies) => replies.first().and_then(int) == Some(1),
+            _ => return Err(bad("not an array")),
+        },
+    })
+}
+
+/// One round trip carrying a call of `w.op` for each key of `batch` (Redis pipelining); how
+/// many of them found, stored or were allowed.
+async fn redis_batch(
+    conn: &mut redis::aio::MultiplexedConnection,
+    w: &Workload,
+    batch: &[u64],
+    many: &[[u64; GETMANY_KEYS]],
+    nonce: u64,
+) -> redis::RedisResult<u64> {
+    let mut pipe = redis::pipe();
+    let empty = [0; GETMANY_KEYS];
+    let mut replies_per_call = 1;
+    for (j, &i) in batch.iter().enumerate() {
+        let keys = many.get(j).unwrap_or(&empty);
+        replies_per_call = queue_commands(&mut pipe, w, i, keys, nonce + j as u64);
+    }
+    let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let mut answered = 0;
+    for call in replies.chunks(replies_per_call) {
+        let last = call.last().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "a pipeline with no reply"))
+        })?;
+        answered += u64::from(redis_answered(w.op, w.rl_limit, last)?);
+    }
+    Ok(answered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +1045,135 @@ mod tests {
         assert!(message.contains("ratelimit_gcra"), "{message}");
         assert_eq!(parse_ops(""), Err(OpsError::Empty));
         assert_eq!(parse_ops("get,,set"), Err(OpsError::Empty));
+    }
+
+    fn workload(op: Op) -> Workload {
+        Workload {
+            op,
+            keys: 10,
+            value: Bytes::from_static(b"vvv"),
+            tokens: vec!["lds_t0".into(), "lds_t1".into()],
+            rl_limit: 5,
+            rl_period_ms: 1000,
+            gcra_sha: Some("abc".into()),
+        }
+    }
+
+    #[test]
+    fn a_pipelined_call_carries_the_unary_request_of_its_op() {
+        let many = [3; GETMANY_KEYS];
+        for op in ALL_OPS {
+            let w = workload(op);
+            let call = pipelined(&w, 1, &many);
+            match (op, call) {
+                (Op::Get, Call::Get(r)) => assert_eq!(r.key, "key:1"),
+                (Op::Set, Call::Set(r)) => {
+                    assert_eq!((r.key.as_str(), &r.value[..]), ("key:1", &b"vvv"[..]));
+                }
+                (Op::Incr, Call::Increment(r)) => {
+                    assert_eq!((r.key.as_str(), r.delta), ("counter:1", 1))
+                }
+                (Op::GetMany, Call::GetMany(r)) => assert_eq!(r.keys, vec!["key:3"; GETMANY_KEYS]),
+                (Op::SessionGet, Call::GetSession(r)) => assert_eq!(r.token, "lds_t1"),
+                (Op::RatelimitSliding, Call::Check(r)) => {
+                    assert_eq!(r, rate_limit_check(&w, 1));
+                    assert_eq!(r.algorithm, pb::Algorithm::SlidingWindow as i32);
+                }
+                (Op::RatelimitGcra, Call::Check(r)) => {
+                    assert_eq!(
+                        (r.key.as_str(), r.algorithm),
+                        ("rl:gcra:1", pb::Algorithm::Gcra as i32)
+                    );
+                }
+                (op, call) => panic!("{op:?} sent {call:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_pipelined_answer_counts_as_found_like_the_unary_one() {
+        let found = pb::GetResponse {
+            found: true,
+            ..Default::default()
+        };
+        assert!(answered(Outcome::Get(found)));
+        assert!(!answered(Outcome::Get(pb::GetResponse::default())));
+        assert!(!answered(Outcome::Set(pb::SetResponse::default())));
+        let partial = pb::GetManyResponse {
+            entries: vec![
+                pb::Entry {
+                    found: true,
+                    ..Default::default()
+                },
+                pb::Entry::default(),
+            ],
+        };
+        assert!(!answered(Outcome::GetMany(partial)));
+        assert!(!answered(Outcome::Check(pb::CheckResponse::default())));
+    }
+
+    #[test]
+    fn a_redis_batch_queues_each_calls_commands_and_reads_its_last_reply() {
+        use redis::Value;
+        let many = [0; GETMANY_KEYS];
+        for (op, replies) in [
+            (Op::Get, 1),
+            (Op::Set, 1),
+            (Op::Incr, 1),
+            (Op::GetMany, 1),
+            (Op::SessionGet, 4),
+            (Op::RatelimitSliding, 6),
+            (Op::RatelimitGcra, 1),
+        ] {
+            let mut pipe = redis::pipe();
+            let w = workload(op);
+            assert_eq!(
+                queue_commands(&mut pipe, &w, 1, &many, 7),
+                replies,
+                "{op:?}"
+            );
+            assert_eq!(
+                queue_commands(&mut pipe, &w, 2, &many, 8),
+                replies,
+                "{op:?}"
+            );
+            let commands = pipe.cmd_iter().count();
+            // MULTI and EXEC are commands of their own.
+            assert_eq!(commands, 2 * replies, "{op:?}");
+        }
+        let yes = |op, reply: Value| redis_answered(op, 5, &reply).unwrap();
+        assert!(yes(Op::Get, Value::BulkString(b"v".to_vec())));
+        assert!(!yes(Op::Get, Value::Nil));
+        assert!(yes(Op::Incr, Value::Int(3)));
+        assert!(!yes(
+            Op::GetMany,
+            Value::Array(vec![Value::Nil, Value::Okay])
+        ));
+        let exec = |first: Value, count: i64| {
+            Value::Array(vec![Value::Int(0), Value::Int(1), first, Value::Int(count)])
+        };
+        assert!(yes(
+            Op::SessionGet,
+            Value::Array(vec![Value::Array(vec![Value::Okay]), Value::Int(1)])
+        ));
+        assert!(!yes(
+            Op::SessionGet,
+            Value::Array(vec![Value::Array(vec![]), Value::Int(0)])
+        ));
+        assert!(yes(Op::RatelimitSliding, exec(Value::Int(5), 1)));
+        assert!(!yes(Op::RatelimitSliding, exec(Value::Int(6), 1)));
+        assert!(yes(
+            Op::RatelimitGcra,
+            Value::Array(vec![Value::Int(1), Value::Int(4)])
+        ));
+        assert!(!yes(
+            Op::RatelimitGcra,
+            Value::Array(vec![Value::Int(0), Value::Int(0)])
+        ));
+        assert!(
+            redis_answered(Op::Incr, 5, &Value::Nil).is_err(),
+            "a reply of the wrong type"
+        );
     }
 
     #[test]

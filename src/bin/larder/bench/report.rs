@@ -78,6 +78,9 @@ pub struct RunReport {
     pub allowed_fraction: Option<f64>,
     /// Open loop (`--rate`): the calls a second asked for; `null` for a closed loop.
     pub target_rate: Option<f64>,
+    /// Redis pipelining (`--redis-pipeline N`): commands per round trip; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline_depth: Option<usize>,
 }
 
 /// What one run measured, before it is turned into figures.
@@ -99,6 +102,8 @@ pub struct Measured<'a> {
     pub machine_ns: Option<u64>,
     /// Open loop: the calls a second asked for.
     pub target_rate: Option<f64>,
+    /// Redis pipelining: commands per round trip.
+    pub pipeline_depth: Option<usize>,
 }
 
 impl RunReport {
@@ -144,6 +149,7 @@ impl RunReport {
             allowed_fraction: (m.op.is_rate_limit() && m.ops > 0)
                 .then(|| round((m.ops - m.misses) as f64 / m.ops as f64, 4)),
             target_rate: m.target_rate,
+            pipeline_depth: m.pipeline_depth,
         }
     }
 
@@ -161,7 +167,7 @@ pub fn table(runs: &[RunReport]) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "{:<10} {:<18} {:>11} {:>11} {:>9} {:>9} {:>9} {:>7} {:>8}",
+        "{:<15} {:<18} {:>11} {:>11} {:>9} {:>9} {:>9} {:>7} {:>8}",
         "system", "op", "ops/s", "keys/s", "p50 µs", "p99 µs", "p99.9 µs", "errors", "ratio"
     );
     let first_system = runs.first().map(|r| r.system.as_str());
@@ -182,7 +188,7 @@ pub fn table(runs: &[RunReport]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:<18} {:>11.0} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>8}",
+            "{:<15} {:<18} {:>11.0} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>8}",
             run.system,
             run.op,
             run.ops_per_sec,
@@ -231,6 +237,7 @@ mod tests {
             client_ns: Some(500_000_000),
             machine_ns: Some(2_000_000_000),
             target_rate: None,
+            pipeline_depth: None,
         }
     }
 
@@ -284,8 +291,22 @@ mod tests {
         // Not a rate limit: no share allowed; a closed loop: no target rate.
         assert!(v["allowed_fraction"].is_null());
         assert!(v["target_rate"].is_null());
+        assert!(
+            v.get("pipeline_depth").is_none(),
+            "only Redis pipelining has a depth"
+        );
         let p50 = v["p50_us"].as_f64().unwrap();
         assert!((199.0..=201.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn a_redis_pipeline_row_carries_its_depth() {
+        let hist = histogram_of([100_000]);
+        let mut m = measured(&hist, "redis-pipeline", Op::Get, 3000);
+        m.pipeline_depth = Some(16);
+        let v: serde_json::Value = serde_json::from_str(&RunReport::new(&m).json_line()).unwrap();
+        assert_eq!(v["system"], "redis-pipeline");
+        assert_eq!(v["pipeline_depth"], 16);
     }
 
     #[test]

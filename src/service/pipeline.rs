@@ -1,0 +1,284 @@
+//! `larder.v1.PipelineService`: many unary calls, each tagged with an id, on one bidirectional
+//! stream. Each call is handed to the very service that answers its unary twin (the cache
+//! behind its namespace check, sessions, rate limits), after the path check the auth layer
+//! would have made of the twin, so validation, limits, scope, codes and messages are the
+//! twin's by construction: nothing here validates or stores anything itself.
+//!
+//! The calls of one stream run concurrently on the stream's own task (no task per call): the
+//! answer stream reads calls while fewer than `max_inflight` run, polls them together, and
+//! sends each answer as its call completes. Writes read from the stream together are therefore
+//! submitted to the writer together and share its commit. At the bound the stream stops
+//! reading until an answer has been taken, so HTTP/2 flow control slows the client; a client
+//! that does not read its answers stops being read from, and holds at most `max_inflight`
+//! calls and their answers.
+//!
+//! On shutdown the stream stops reading, answers the calls in flight, then ends with
+//! `UNAVAILABLE`; calls the client sent but the server had not read are not run.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, Stream};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::pb;
+use crate::pb::cache_service_server::CacheService;
+use crate::pb::pipeline_service_server::PipelineService;
+use crate::pb::rate_limit_service_server::RateLimitService;
+use crate::pb::run_request::Call;
+use crate::pb::run_response::Result as Outcome;
+use crate::pb::session_service_server::SessionService;
+use crate::service::cache::CacheApi;
+use crate::service::ratelimit::RateLimitApi;
+use crate::service::scope::{Scope, Scoped};
+use crate::service::session::SessionApi;
+
+/// Where each pipelined call is reported once answered, under its unary twin's path (for the
+/// per-method metrics, which live above this layer).
+pub(crate) trait CallObserver: Send + Sync + fmt::Debug {
+    /// The call to `path` (`/larder.v1.CacheService/Get`) ended with `code` after `elapsed`.
+    fn finished(&self, path: &str, code: Code, elapsed: Duration);
+}
+
+/// The path a call with no `call` set is reported under.
+const NO_CALL_PATH: &str = "/larder.v1.PipelineService/Run";
+
+/// What every stream shares.
+#[derive(Debug)]
+struct Services {
+    cache: Scoped<CacheApi>,
+    sessions: SessionApi,
+    ratelimit: RateLimitApi,
+    max_inflight: usize,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+/// The PipelineService implementation.
+#[derive(Debug, Clone)]
+pub(crate) struct PipelineApi {
+    services: Arc<Services>,
+    stop: CancellationToken,
+}
+
+impl PipelineApi {
+    /// Serves the calls of each stream with these services, at most `max_inflight` of one
+    /// stream at once; streams wind down when `stop` is cancelled.
+    pub(crate) fn new(
+        cache: Scoped<CacheApi>,
+        sessions: SessionApi,
+        ratelimit: RateLimitApi,
+        max_inflight: usize,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            services: Arc::new(Services {
+                cache,
+                sessions,
+                ratelimit,
+                max_inflight: max_inflight.max(1),
+                observer: None,
+            }),
+            stop,
+        }
+    }
+
+    /// Reports each answered call to `observer`.
+    pub(crate) fn with_observer(mut self, observer: Option<Arc<dyn CallObserver>>) -> Self {
+        if let Some(services) = Arc::get_mut(&mut self.services) {
+            services.observer = observer;
+        }
+        self
+    }
+}
+
+/// The twin's request, carrying the stream's scope the way the auth layer hands it to a
+/// unary call (the cache's namespace check reads it from there).
+fn request<T>(message: T, scope: Option<&Scope>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(scope) = scope {
+        request.extensions_mut().insert(scope.clone());
+    }
+    request
+}
+
+/// One arm per call kind: the twin's path, the service and the method that answer it.
+macro_rules! calls {
+    ($($variant:ident => $service:ident.$method:ident, $path:literal;)*) => {
+        /// Runs `call` as its unary twin; gives the twin's path and its answer.
+        async fn dispatch(
+            services: &Services,
+            scope: Option<&Scope>,
+            call: Call,
+        ) -> (&'static str, Result<Outcome, Status>) {
+            match call {
+                $(Call::$variant(message) => {
+                    let answer = match scope.map(|s| s.admits($path)) {
+                        Some(Err(refusal)) => Err(Status::from(refusal)),
+                        _ => services
+                            .$service
+                            .$method(request(message, scope))
+                            .await
+                            .map(|r| Outcome::$variant(r.into_inner())),
+                    };
+                    ($path, answer)
+                })*
+            }
+        }
+    };
+}
+
+calls! {
+    Get => cache.get, "/larder.v1.CacheService/Get";
+    Set => cache.set, "/larder.v1.CacheService/Set";
+    Delete => cache.delete, "/larder.v1.CacheService/Delete";
+    GetMany => cache.get_many, "/larder.v1.CacheService/GetMany";
+    SetMany => cache.set_many, "/larder.v1.CacheService/SetMany";
+    DeleteMany => cache.delete_many, "/larder.v1.CacheService/DeleteMany";
+    DeletePrefix => cache.delete_prefix, "/larder.v1.CacheService/DeletePrefix";
+    Touch => cache.touch, "/larder.v1.CacheService/Touch";
+    Increment => cache.increment, "/larder.v1.CacheService/Increment";
+    Clear => cache.clear, "/larder.v1.CacheService/Clear";
+    Stats => cache.stats, "/larder.v1.CacheService/Stats";
+    CreateSession => sessions.create_session, "/larder.v1.SessionService/CreateSession";
+    GetSession => sessions.get_session, "/larder.v1.SessionService/GetSession";
+    UpdateSession => sessions.update_session, "/larder.v1.SessionService/UpdateSession";
+    RotateSession => sessions.rotate_session, "/larder.v1.SessionService/RotateSession";
+    RevokeSession => sessions.revoke_session, "/larder.v1.SessionService/RevokeSession";
+    RevokeUserSessions => sessions.revoke_user_sessions,
+        "/larder.v1.SessionService/RevokeUserSessions";
+    ListSessions => sessions.list_sessions, "/larder.v1.SessionService/ListSessions";
+    Check => ratelimit.check, "/larder.v1.RateLimitService/Check";
+    Peek => ratelimit.peek, "/larder.v1.RateLimitService/Peek";
+    Reset => ratelimit.reset, "/larder.v1.RateLimitService/Reset";
+}
+
+/// Runs one call of a stream and makes its answer.
+async fn run(
+    services: Arc<Services>,
+    scope: Option<Scope>,
+    req: pb::RunRequest,
+) -> pb::RunResponse {
+    let started = services.observer.as_ref().map(|_| Instant::now());
+    let (path, answer) = match req.call {
+        Some(call) => dispatch(&services, scope.as_ref(), call).await,
+        None => (
+            NO_CALL_PATH,
+            Err(Status::from(Error::invalid(
+                "call",
+                "must be set (one of the call fields)",
+            ))),
+        ),
+    };
+    if let (Some(observer), Some(started)) = (&services.observer, started) {
+        let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        observer.finished(path, code, started.elapsed());
+    }
+    match answer {
+        Ok(result) => pb::RunResponse {
+            id: req.id,
+            error: None,
+            result: Some(result),
+        },
+        Err(status) => pb::RunResponse {
+            id: req.id,
+            error: Some(pb::CallError {
+                code: i32::from(status.code()),
+                message: status.message().to_owned(),
+            }),
+            result: None,
+        },
+    }
+}
+
+/// The answer stream of one Run: reads calls, starts each with `start`, yields their answers.
+/// Generic over the call's future so that the calls in flight are held unboxed.
+struct Answers<F, S> {
+    services: Arc<Services>,
+    scope: Option<Scope>,
+    start: S,
+    /// The calls still to read; `None` once the client half-closed, the stream failed, or
+    /// shutdown began.
+    requests: Option<Streaming<pb::RunRequest>>,
+    running: FuturesUnordered<F>,
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+    stopped: bool,
+    /// How the stream ends once every call read has been answered (`None`: OK).
+    end: Option<Status>,
+    ended: bool,
+}
+
+impl<F, S> Stream for Answers<F, S>
+where
+    F: Future<Output = pb::RunResponse>,
+    S: Fn(Arc<Services>, Option<Scope>, pb::RunRequest) -> F + Unpin,
+{
+    type Item = Result<pb::RunResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if !this.stopped && this.stopping.as_mut().poll(cx).is_ready() {
+            this.stopped = true;
+            if this.requests.take().is_some() {
+                this.end = Some(Status::unavailable("server shutting down"));
+            }
+        }
+        while this.running.len() < this.services.max_inflight {
+            let Some(requests) = this.requests.as_mut() else {
+                break;
+            };
+            match Pin::new(requests).poll_next(cx) {
+                Poll::Ready(Some(Ok(req))) => {
+                    let call = (this.start)(this.services.clone(), this.scope.clone(), req);
+                    this.running.push(call);
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    this.requests = None;
+                    this.end = Some(status);
+                }
+                Poll::Ready(None) => this.requests = None,
+                Poll::Pending => break,
+            }
+        }
+        if let Poll::Ready(Some(answer)) = Pin::new(&mut this.running).poll_next(cx) {
+            return Poll::Ready(Some(Ok(answer)));
+        }
+        if this.running.is_empty() && this.requests.is_none() {
+            this.ended = true;
+            return Poll::Ready(this.end.take().map(Err));
+        }
+        Poll::Pending
+    }
+}
+
+#[tonic::async_trait]
+impl PipelineService for PipelineApi {
+    type RunStream = Pin<Box<dyn Stream<Item = Result<pb::RunResponse, Status>> + Send>>;
+
+    async fn run(
+        &self,
+        req: Request<Streaming<pb::RunRequest>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let scope = req.extensions().get::<Scope>().cloned();
+        let answers = Answers {
+            services: self.services.clone(),
+            scope,
+            start: run,
+            requests: Some(req.into_inner()),
+            running: FuturesUnordered::new(),
+            stopping: Box::pin(self.stop.clone().cancelled_owned()),
+            stopped: false,
+            end: None,
+            ended: false,
+        };
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
