@@ -32,6 +32,7 @@ mod suite {
     mod ops;
     mod persistence;
     mod ratelimit;
+    mod reads;
     mod rpc;
     mod security;
     mod server;

@@ -31,7 +31,7 @@ pub struct StoreConfig {
     pub limit_when_full: WhenFull,
     /// Longest time a rate-limit change stays in memory only: what a crash can lose.
     pub write_behind: Duration,
-    /// Read-only connections in the reader pool.
+    /// Reader threads, each with its own read-only connection, for reads that miss memory.
     pub reader_connections: u32,
     /// How often expired rows are swept and read times recorded.
     pub sweep_interval: Duration,
