@@ -14,6 +14,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Durability of each commit.
     pub synchronous: Synchronous,
+    /// SQLite page cache of the writer connection, in bytes.
+    pub writer_cache_bytes: u64,
     /// Byte budget of the memory LRU.
     pub max_memory_bytes: u64,
     /// Bound on keys + values stored in the cache table.
@@ -45,6 +47,10 @@ impl StoreConfig {
         Self {
             data_dir: data_dir.into(),
             synchronous: Synchronous::Normal,
+            // Holds the interior pages of the cache table and its index for a store of a few
+            // million keys, so that a random-key write reads only its leaves. It is full after
+            // a bulk load: 2 MiB instead took RSS after 500k × 1 KiB from 145 to 113 MiB.
+            writer_cache_bytes: 32 << 20,
             max_memory_bytes: 256 << 20,
             max_disk_bytes: 4 << 30,
             session_memory_bytes: 64 << 20,

@@ -150,6 +150,12 @@ impl Store {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join(DB_FILE);
         let (conn, found_version) = schema::open_writer(&db_path, config.synchronous)?;
+        // After the schema's own settings, which this one overrides.
+        conn.execute_batch(&format!(
+            "PRAGMA cache_size = -{}",
+            (config.writer_cache_bytes >> 10).max(1)
+        ))
+        .map_err(Error::storage("sizing the writer's page cache"))?;
 
         let readers = Readers::start(
             &db_path,
