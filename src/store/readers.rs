@@ -202,10 +202,11 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
 /// Ends the read transaction open on `conn`, so that it never holds an old snapshot (and the
 /// WAL with it) while it waits for work.
 fn end_read(conn: &Connection) {
-    if conn.execute_batch("COMMIT").is_err() && !conn.is_autocommit() {
-        if let Err(e) = conn.execute_batch("ROLLBACK") {
-            tracing::error!(error = %e, "a reader could not end its read transaction");
-        }
+    if conn.execute_batch("COMMIT").is_err()
+        && !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "a reader could not end its read transaction");
     }
 }
 

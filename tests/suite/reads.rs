@@ -150,7 +150,7 @@ async fn concurrent_multi_key_misses_each_see_one_commit_and_survive_a_restart()
             assert!(entries.iter().all(|e| e.found), "{entries:?}");
             let first = &entries[0].value;
             assert!(
-                entries.iter().all(|e| &e.value == first),
+                entries.iter().all(|e| e.value == *first),
                 "a GetMany saw parts of two SetManys in round {round}: {entries:?}"
             );
         }
