@@ -318,8 +318,8 @@ pub static WRITER_CACHE: Setting = Setting {
     kind: Kind::Size,
     range: Some((at(1 << 20), at(1 << 40))),
     default: DefaultFrom::Component(|c| Value::Bytes(c.store.writer_cache_bytes)),
-    help: "SQLite page cache of the writer connection: it stays full after a bulk load; \
-           smaller saves that memory, at the cost of more page reads per write on large stores.",
+    help: "SQLite page cache of the writer connection. It stays full after a bulk load; the \
+           pages it saves reads of are in the OS page cache anyway.",
 };
 
 /// `cache.max_memory`.
