@@ -33,6 +33,7 @@ mod suite {
     mod persistence;
     mod pipeline;
     mod ratelimit;
+    mod reads;
     mod rpc;
     mod security;
     mod server;

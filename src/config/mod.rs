@@ -449,6 +449,7 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
 
     let mut store = StoreConfig::new(filled(f.path(&DATA_DIR)));
     store.synchronous = synchronous;
+    store.writer_cache_bytes = filled(f.bytes(&WRITER_CACHE));
     store.max_memory_bytes = filled(f.bytes(&MAX_MEMORY));
     store.max_disk_bytes = filled(f.bytes(&MAX_DISK));
     store.session_memory_bytes = filled(f.bytes(&SESSION_MAX_MEMORY));

@@ -310,6 +310,18 @@ pub static SYNCHRONOUS: Setting = Setting {
            a power loss).",
 };
 
+/// `storage.writer_cache`.
+pub static WRITER_CACHE: Setting = Setting {
+    key: "storage.writer_cache",
+    flag: "writer-cache",
+    env: "LARDER_WRITER_CACHE",
+    kind: Kind::Size,
+    range: Some((at(1 << 20), at(1 << 40))),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.store.writer_cache_bytes)),
+    help: "SQLite page cache of the writer connection. It stays full after a bulk load; the \
+           pages it saves reads of are in the OS page cache anyway.",
+};
+
 /// `cache.max_memory`.
 pub static MAX_MEMORY: Setting = Setting {
     key: "cache.max_memory",
@@ -719,6 +731,7 @@ pub static SETTINGS: &[&Setting] = &[
     &UNIX_SOCKET_MODE,
     &WORKER_THREADS,
     &SYNCHRONOUS,
+    &WRITER_CACHE,
     &MAX_MEMORY,
     &MAX_DISK,
     &MAX_VALUE,

@@ -124,6 +124,14 @@ fn listen_none_needs_a_socket() {
 }
 
 #[test]
+fn the_writer_cache_is_sized_by_flag_and_refused_below_a_mebibyte() {
+    assert_eq!(parse(&[]).unwrap().store.writer_cache_bytes, 2 << 20);
+    let c = parse(&["--writer-cache", "4MiB"]).unwrap();
+    assert_eq!(c.store.writer_cache_bytes, 4 << 20);
+    assert!(error(&["--writer-cache", "64KiB"]).contains("writer_cache"));
+}
+
+#[test]
 fn sizes_and_durations_are_human() {
     let c = parse(&["--max-memory", "1MiB", "--drain-timeout", "1500ms"]).unwrap();
     assert_eq!(c.store.max_memory_bytes, 1 << 20);

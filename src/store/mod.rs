@@ -7,6 +7,7 @@
 //!   every statement on its table (`sql.rs`).
 //! - `writer/`: the single writer thread with group commit, savepoints, the version lease and
 //!   the effects applied to memory after COMMIT; every mutation goes through it.
+//! - `readers.rs`: the reader threads that answer reads memory cannot.
 //! - `lru.rs`: the one sharded, byte-accounted LRU under every in-memory table; `memory.rs`:
 //!   the read-through cache on it that the writer keeps coherent with SQLite.
 //! - `upkeep.rs`: the periodic sweep of expired rows and eviction for the disk bound.
@@ -17,8 +18,9 @@
 //!   file or its WAL is deleted or replaced.
 //! - [`backup`]: `larder backup`, a consistent copy of a live store into a new file.
 //!
-//! Reads try memory, then a pool of read-only connections on blocking threads (WAL readers see
-//! the last commit and never take a lock the writer holds). A read answered from SQLite waits
+//! Reads try memory, then a few reader threads with a read-only connection each (`readers.rs`,
+//! which batches concurrent misses into one read transaction; WAL readers see the last commit
+//! and never take a lock the writer holds). A read answered from SQLite waits
 //! only for a commit in progress to reach memory, so that memory never shows less than a read
 //! already answered (see `MemoryCache::catch_up`). A read of several keys answers from one
 //! commit: from memory when no commit was being applied to it meanwhile, else from one SQLite
@@ -37,6 +39,7 @@ pub(crate) mod lru;
 pub(crate) mod memory;
 pub(crate) mod observe;
 pub(crate) mod ratelimit;
+pub(crate) mod readers;
 pub(crate) mod schema;
 pub(crate) mod session;
 pub(crate) mod stats;
@@ -47,8 +50,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::OpenFlags;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +57,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use cache::EntryCache;
 use lock::DataDirLock;
+use readers::Readers;
 use stats::StatsRegistry;
 use writer::{Op, Reply, WriteQueue, Writer, WriterParts, WriterSettings};
 
@@ -105,10 +107,10 @@ struct Inner {
     write_behind: Arc<ratelimit::WriteBehind>,
     /// Counters for Stats.
     stats: Arc<StatsRegistry>,
-    /// Read-only connections, used on blocking threads only.
-    readers: r2d2::Pool<SqliteConnectionManager>,
-    /// One read-only connection for table scans, apart from the point-read pool.
-    scanners: r2d2::Pool<SqliteConnectionManager>,
+    /// The reader threads, each with its read-only connection, for reads that miss memory.
+    readers: Readers,
+    /// One reader thread for table scans, apart from the point readers.
+    scanners: Readers,
     /// Queue to the writer thread.
     writer: WriteQueue,
     /// The writer thread and the maintenance task, taken by [`Store::close`].
@@ -148,27 +150,22 @@ impl Store {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let db_path = config.data_dir.join(DB_FILE);
         let (conn, found_version) = schema::open_writer(&db_path, config.synchronous)?;
+        // After the schema's own settings, which this one overrides.
+        conn.execute_batch(&format!(
+            "PRAGMA cache_size = -{}",
+            (config.writer_cache_bytes >> 10).max(1)
+        ))
+        .map_err(Error::storage("sizing the writer's page cache"))?;
 
-        let pool = |size: u32| {
-            r2d2::Pool::builder()
-                .max_size(size)
-                .min_idle(Some(1))
-                .connection_timeout(Duration::from_secs(5))
-                .build(
-                    SqliteConnectionManager::file(&db_path)
-                        .with_flags(
-                            OpenFlags::SQLITE_OPEN_READ_ONLY
-                                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                                | OpenFlags::SQLITE_OPEN_URI,
-                        )
-                        .with_init(schema::prepare_reader),
-                )
-                .map_err(|e| Error::Internal(format!("cannot open reader connections: {e}")))
-        };
-        let readers = pool(config.reader_connections.max(1))?;
-        // Scans (Stats) get a connection of their own, so that however many of them clients
+        let readers = Readers::start(
+            &db_path,
+            config.reader_connections.max(1) as usize,
+            "reader",
+            schema::prepare_reader,
+        )?;
+        // Scans (Stats) get a thread of their own, so that however many of them clients
         // send, point reads never wait behind one.
-        let scanners = pool(1)?;
+        let scanners = Readers::start(&db_path, 1, "scanner", schema::prepare_reader)?;
 
         let memory = Arc::new(EntryCache::new(config.max_memory_bytes as usize));
         let session_memory = Arc::new(session::SessionCache::new(
@@ -319,25 +316,25 @@ impl Store {
         self.inner.stats.counters(namespace)
     }
 
-    /// Runs `f` with a pooled read-only connection on a blocking thread; answers once memory
-    /// shows every commit `f` could have seen (see [`memory::MemoryCache::catch_up`]).
+    /// Runs `f` on a reader thread's read-only connection (see [`readers`]); answers once
+    /// memory shows every commit `f` could have seen (see [`memory::MemoryCache::catch_up`]).
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        let read = run_on(self.inner.readers.clone(), f).await?;
+        let read = self.inner.readers.run(f).await?;
         self.inner.memory.catch_up().await;
         Ok(read)
     }
 
-    /// Like [`Store::read`], on the connection kept for scans.
+    /// Like [`Store::read`], on the thread kept for scans.
     async fn scan<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
     {
-        let read = run_on(self.inner.scanners.clone(), f).await?;
+        let read = self.inner.scanners.run(f).await?;
         self.inner.memory.catch_up().await;
         Ok(read)
     }
@@ -348,7 +345,7 @@ impl Store {
         self.inner.writer.submit(make).await
     }
 
-    /// Answers once a pooled reader has read the database and the writer has taken a ping
+    /// Answers once a reader thread has read the database and the writer has taken a ping
     /// from its queue (so it has got through every batch queued before): a liveness check for
     /// the systemd watchdog that costs one tiny query and no write. A writer stuck in a batch
     /// never answers; one that fails its batches (a full disk) still does, since reads go on.
@@ -360,22 +357,6 @@ impl Store {
         .await?;
         self.inner.writer.ping().await
     }
-}
-
-/// Runs `f` on a connection of `pool`, on a blocking thread (never on the async runtime).
-async fn run_on<T, F>(pool: r2d2::Pool<SqliteConnectionManager>, f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
-{
-    tokio::task::spawn_blocking(move || {
-        let conn = pool
-            .get()
-            .map_err(|e| Error::Unavailable(format!("no database connection free: {e}")))?;
-        f(&conn)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
 }
 
 #[cfg(test)]

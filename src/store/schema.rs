@@ -380,7 +380,7 @@ fn migrate(conn: &Connection, path: &Path, version: i64) -> Result<()> {
     Ok(())
 }
 
-/// Settings for each read-only connection of the reader pool.
+/// Settings for each read-only connection of the reader threads.
 pub(crate) fn prepare_reader(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch("PRAGMA query_only = ON;")

@@ -5,7 +5,7 @@
 //! Each row is charged [`disk_charge`] against `cache.max_disk`: what it costs in the file,
 //! namespace and index entry included, not only the bytes the client sent.
 //!
-//! Reads try memory, then a pooled read-only connection (see [`Store::get_many`] for how a
+//! Reads try memory, then a reader thread's read-only connection (see [`Store::get_many`] for how a
 //! read of several keys answers from one commit). Writes go through the writer and answer
 //! once committed.
 
@@ -21,6 +21,7 @@ use crate::clock::remaining_ms;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::store::memory::{Cached, FillTicket, Lookup, MemoryCache};
+use crate::store::readers::in_one_snapshot;
 use crate::store::stats::CounterValues;
 use crate::store::writer::Op;
 
@@ -245,14 +246,10 @@ impl Store {
                     let rows = read_rows(conn, &cache_keys, max_bytes, too_large)?;
                     return Ok((cache_keys, rows));
                 }
-                // One read transaction, so that every key is read from the same commit. It
-                // rolls back when dropped, so that a failed read never returns the pooled
-                // connection still holding an old snapshot.
-                let snapshot = conn
-                    .unchecked_transaction()
-                    .map_err(Error::storage("starting a read"))?;
-                let rows = read_rows(&snapshot, &cache_keys, max_bytes, too_large)?;
-                snapshot.commit().map_err(Error::storage("ending a read"))?;
+                // One read transaction, so that every key is read from the same commit.
+                let rows = in_one_snapshot(conn, |conn| {
+                    read_rows(conn, &cache_keys, max_bytes, too_large)
+                })?;
                 Ok((cache_keys, rows))
             })
             .await?;

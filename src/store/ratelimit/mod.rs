@@ -40,9 +40,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::write::RateLimitOp;
+use super::Store;
 use super::lru::{LruShard, ShardedLru};
 use super::writer::{Op, WriteQueue};
-use super::{Store, run_on};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::limiter::{self, Decision, Rule, State};
@@ -593,12 +593,14 @@ impl Store {
                 Access::Load(load) => {
                     let (policy, key) = id.clone();
                     let now = self.inner.clock.now_ms();
-                    // Straight from the pool, without waiting for memory to show the commits
+                    // Straight from a reader, without waiting for memory to show the commits
                     // read (see `Store::read`): rate-limit state is never applied to memory
                     // by the writer, memory is its truth, and callers of this key wait here.
-                    let readers = self.inner.readers.clone();
-                    let state =
-                        run_on(readers, move |conn| load_state(conn, &policy, &key, now)).await?;
+                    let state = self
+                        .inner
+                        .readers
+                        .run(move |conn| load_state(conn, &policy, &key, now))
+                        .await?;
                     load.fill(state);
                 }
             }
