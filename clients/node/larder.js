@@ -222,6 +222,13 @@ function serviceError(code, details) {
   });
 }
 
+// How long one Run stream takes new calls. A stream that lived as long as its connection
+// would be cut with calls in flight when the daemon retires the connection
+// (server.max_connection_age: GOAWAY, then at most server.max_connection_age_grace, 30 s by
+// default, for the streams still open), which a unary call never is: after a GOAWAY a new
+// stream goes on a new connection.
+const STREAM_LIFETIME_MS = 1_000;
+
 /**
  * Auto-pipelining: the calls of one client on one PipelineService/Run stream. Each call is
  * written as a RunRequest with an id of its own; the reader matches each RunResponse to the
@@ -230,9 +237,10 @@ function serviceError(code, details) {
  * Answers come in any order. When the stream ends or breaks (the daemon restarted, the
  * connection dropped), the calls still waiting reject with its error (UNAVAILABLE when it
  * ended cleanly) and the next call opens a new stream. A call past its deadline rejects with
- * DEADLINE_EXCEEDED, and its answer, if it comes, is dropped. If the daemon answers the stream
- * UNIMPLEMENTED (a version without the service), the calls waiting on it are made unary (none
- * of them ran) and so is every later one.
+ * DEADLINE_EXCEEDED, and its answer, if it comes, is dropped. A stream takes new calls for
+ * STREAM_LIFETIME_MS, then is half-closed and the next call opens another. If the daemon
+ * answers the stream UNIMPLEMENTED (a version without the service), the calls waiting on it
+ * are made unary (none of them ran) and so is every later one.
  */
 class Pipeline {
   constructor(PipelineService, client, metadata, services) {
@@ -261,7 +269,12 @@ class Pipeline {
   /** Sends the `field` call with `request`; `unary` makes it unary instead (see the class). */
   call(field, request, ms, unary) {
     return new Promise((resolve, reject) => {
-      const stream = this.stream ?? this.open();
+      let stream = this.stream;
+      if (stream && Date.now() - stream.openedAt > STREAM_LIFETIME_MS) {
+        stream.call.end(); // half-closed: the daemon ends it once it has answered its calls
+        stream = null;
+      }
+      stream = stream ?? this.open();
       const id = String(this.nextId++);
       const timer = setTimeout(() => {
         if (stream.waiting.delete(id)) {
@@ -275,7 +288,7 @@ class Pipeline {
 
   open() {
     const call = this.client.Run(this.metadata.clone());
-    const stream = { call, waiting: new Map(), answered: false };
+    const stream = { call, waiting: new Map(), answered: false, openedAt: Date.now() };
     this.stream = stream;
     this.opened = (this.opened ?? 0) + 1;
     const end = (err) => {

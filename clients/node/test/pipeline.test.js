@@ -68,7 +68,7 @@ describe("auto-pipelining against a daemon", TIMEOUT, () => {
           Array.from({ length: 15 }, () => larder.ratelimit.Check(request)),
         );
         assert.equal(checks.filter((c) => c.allowed).length, 10);
-        assert.equal(larder.pipelineStreams(), 1);
+        assert.ok(larder.pipelineStreams() >= 1);
       } finally {
         larder.close();
       }
@@ -92,7 +92,7 @@ describe("auto-pipelining against a daemon", TIMEOUT, () => {
       assert.equal(bad.details, twin.details);
       assert.equal(bad.message, twin.message);
       assert.match(bad.details, /key/);
-      assert.equal(larder.pipelineStreams(), 1);
+      assert.ok(larder.pipelineStreams() >= 1);
       assert.equal(unary.pipelineStreams(), 0);
     } finally {
       larder.close();
@@ -127,7 +127,7 @@ describe("auto-pipelining across a daemon restart", TIMEOUT, () => {
     try {
       const key = fresh("kept");
       assert.equal((await larder.cache.Set({ key, value: Buffer.from("durable") })).stored, true);
-      assert.equal(larder.pipelineStreams(), 1);
+      assert.ok(larder.pipelineStreams() >= 1);
       // Stop the daemon and start another on the same socket path and data directory.
       assert.equal(await first.stop(), 0);
       const down = await settle(larder.cache.Get({ key }));
@@ -149,6 +149,36 @@ describe("auto-pipelining across a daemon restart", TIMEOUT, () => {
       } else {
         await first.cleanup();
       }
+    }
+  });
+});
+
+describe("auto-pipelining when the daemon retires connections", TIMEOUT, () => {
+  it("renews its stream before the connection is closed under it", async () => {
+    // GOAWAY 1 s after a connection opens, closed 3 s later with whatever streams are open on it.
+    const daemon = await startDaemon(["--max-connection-age", "1s",
+      "--max-connection-age-grace", "3s"]);
+    const larder = createClient(daemon.unixTarget, { timeoutMs: 5000, pipeline: true });
+    try {
+      // Writes (never retried) for longer than age plus grace: a stream kept for the
+      // connection's life would be cut with some of them in flight.
+      const stop = Date.now() + 8000;
+      let written = 0;
+      const writer = async (n) => {
+        const key = fresh(`aging${n}`);
+        while (Date.now() < stop) {
+          assert.equal((await larder.cache.Set({ key, value: Buffer.from("v") })).stored, true);
+          written += 1;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      };
+      await Promise.all(Array.from({ length: 8 }, (_, n) => writer(n)));
+      assert.ok(written > 100, `written: ${written}`);
+      assert.ok(larder.pipelineStreams() >= 2, `streams: ${larder.pipelineStreams()}`);
+    } finally {
+      larder.close();
+      assert.equal(await daemon.stop(), 0);
+      await daemon.cleanup();
     }
   });
 });
