@@ -8,13 +8,14 @@
 //! (the daemon restarts, the connection drops), every call still waiting on it fails with the
 //! UNAVAILABLE a unary call would get, and the next call opens a new stream. A call that is
 //! abandoned (its deadline passed, its Python task cancelled) leaves the stream alone: its
-//! answer, when it comes, is dropped. A daemon without the service (UNIMPLEMENTED on the
-//! stream) is remembered, and the calls go unary from then on.
+//! answer, when it comes, is dropped. Each stream takes new calls for `STREAM_LIFETIME`, then
+//! is half-closed and the next call opens another. A daemon without the service (UNIMPLEMENTED
+//! on the stream) is remembered, and the calls go unary from then on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -141,12 +142,26 @@ struct End {
 
 type Answer = Result<DynamicMessage, End>;
 
-/// One open Run stream: where calls are written, and who waits for which id.
+/// How long one stream takes new calls. After that the next call opens a new stream and the
+/// old one is half-closed, so it ends once its calls are answered. A stream that lived as long
+/// as its connection would be cut with calls in flight when the daemon retires the connection
+/// (`server.max_connection_age`: GOAWAY, then at most `server.max_connection_age_grace`, 30 s
+/// by default, for the streams still open), which a unary call never is: a new stream goes on
+/// a new connection after a GOAWAY.
+const STREAM_LIFETIME: Duration = Duration::from_secs(1);
+
+/// One Run stream: where calls are written, and who waits for which id.
 struct Stream {
-    outbound: mpsc::UnboundedSender<DynamicMessage>,
-    /// The calls sent and not yet answered; `None` once the stream has ended, so that no call
-    /// is registered on a stream that will never answer it.
-    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>,
+    opened: Instant,
+    state: Mutex<StreamState>,
+}
+
+struct StreamState {
+    /// Where calls are written; `None` once the stream is half-closed or has ended, so that no
+    /// call is sent on a stream that will not answer it.
+    outbound: Option<mpsc::UnboundedSender<DynamicMessage>>,
+    /// The calls sent and not yet answered.
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
 }
 
 impl Stream {
@@ -155,24 +170,32 @@ impl Stream {
             Some(Value::U64(id)) => id,
             _ => 0,
         };
-        let waiter = lock(&self.waiting).as_mut().and_then(|w| w.remove(&id));
+        let waiter = lock(&self.state).waiting.remove(&id);
         if let Some(waiter) = waiter {
             // Fails only when the call was abandoned: nobody wants the answer.
             let _ = waiter.send(Ok(response));
         }
     }
 
+    /// Takes no more calls: the request stream ends once what was written is sent, and the
+    /// daemon ends the stream once it has answered them.
+    fn half_close(&self) {
+        lock(&self.state).outbound = None;
+    }
+
     fn end(&self, end: End) {
-        let waiting = lock(&self.waiting).take().unwrap_or_default();
+        let waiting = {
+            let mut state = lock(&self.state);
+            state.outbound = None;
+            std::mem::take(&mut state.waiting)
+        };
         for (_, waiter) in waiting {
             let _ = waiter.send(Err(end.clone()));
         }
     }
 
     fn forget(&self, id: u64) {
-        if let Some(waiting) = lock(&self.waiting).as_mut() {
-            waiting.remove(&id);
-        }
+        lock(&self.state).waiting.remove(&id);
     }
 }
 
@@ -286,17 +309,21 @@ impl Pipeline {
         let mut tx = Some(tx);
         loop {
             let stream = self.stream();
-            {
-                let mut waiting = lock(&stream.waiting);
-                let Some(waiting) = waiting.as_mut() else {
-                    drop(waiting);
-                    self.retire(&stream);
-                    continue; // ended just now: open another
-                };
-                waiting.insert(id, tx.take().expect("registered once"));
-            }
-            if stream.outbound.send(message).is_err() {
-                // The stream's task is gone: `end` has answered (or will answer) the waiter.
+            let mut state = lock(&stream.state);
+            let Some(outbound) = state.outbound.clone() else {
+                drop(state);
+                self.retire(&stream);
+                continue; // closed just now: open another
+            };
+            state
+                .waiting
+                .insert(id, tx.take().expect("registered once"));
+            // Sent under the lock, so that a half-close or an end cannot come between the
+            // registration and the write.
+            let sent = outbound.send(message).is_ok();
+            drop(state);
+            if !sent {
+                // The stream's task is gone: `end` answers the waiter.
                 self.retire(&stream);
             }
             return (stream, rx);
@@ -307,12 +334,18 @@ impl Pipeline {
     fn stream(self: &Arc<Self>) -> Arc<Stream> {
         let mut current = lock(&self.current);
         if let Some(stream) = &*current {
-            return stream.clone();
+            if stream.opened.elapsed() < STREAM_LIFETIME {
+                return stream.clone();
+            }
+            stream.half_close();
         }
         let (outbound, inbound) = mpsc::unbounded_channel();
         let stream = Arc::new(Stream {
-            outbound,
-            waiting: Mutex::new(Some(HashMap::new())),
+            opened: Instant::now(),
+            state: Mutex::new(StreamState {
+                outbound: Some(outbound),
+                waiting: HashMap::new(),
+            }),
         });
         *current = Some(stream.clone());
         self.opened.fetch_add(1, Ordering::Relaxed);
