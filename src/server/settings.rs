@@ -88,9 +88,10 @@ impl Default for ServerSettings {
             max_connections_per_peer: 128,
             // Health Watch is for a few load balancers or supervisors, not per client.
             max_health_watches: 64,
-            // Four times what a benchmark's 64 callers keep in flight on one stream, enough to
-            // fill a commit batch; small enough that one stream holds a bounded share of the
-            // in-flight byte budget (256 ordinary answers, kilobytes each).
+            // Four times the 64 callers a busy app process multiplexes on one connection, so
+            // they never wait on the bound, and enough writes at once to fill a commit;
+            // small enough that one stream holds a bounded share of the in-flight byte
+            // budget (256 ordinary answers are a few hundred kilobytes).
             max_pipeline_inflight: 256,
             auth: None,
             tls: None,

@@ -105,6 +105,48 @@ async fn bench_runs_every_op_against_the_unix_socket_and_prints_a_json_line_each
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bench_pipeline_runs_every_op_on_run_streams() {
+    let server = TestServer::start().await;
+    let target = format!("unix:{}", server.socket_path().display());
+    let ops = ALL_OPS.join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--target",
+        &target,
+        "--pipeline",
+        "--ops",
+        &ops,
+        "--requests",
+        "200",
+        "--concurrency",
+        "8",
+        "--connections",
+        "2",
+        "--keys",
+        "100",
+        "--json",
+    ];
+    let (status, stdout, stderr) = bench(&args, dir.path()).await;
+    assert!(status.success(), "larder bench failed: {status}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), ALL_OPS.len(), "one line per op:\n{stdout}");
+    for (line, op) in lines.iter().zip(ALL_OPS) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["system"], "larder-pipeline", "{line}");
+        assert_eq!(v["op"], op, "{line}");
+        assert_eq!(
+            (&v["errors"], &v["ops"]),
+            (&0.into(), &200.into()),
+            "{line}\n{stderr}"
+        );
+        assert!(v.get("pipeline_depth").is_none(), "{line}");
+        if !op.starts_with("ratelimit") {
+            assert_eq!(v["misses"], 0, "{line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_redis_or_an_unknown_op_is_a_clear_error() {
     let server = TestServer::start().await;
     let target = format!("unix:{}", server.socket_path().display());

@@ -673,7 +673,38 @@ impl XorShift {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Due, Schedule, XorShift};
+    use clap::Parser;
+
+    use super::{BenchArgs, Due, Schedule, XorShift, default_label};
+
+    /// `larder bench` flags, as clap parses them.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .expect("valid flags")
+            .args
+    }
+
+    #[test]
+    fn pipelined_systems_are_labelled_by_what_they_pipeline() {
+        let plain = args(&[]);
+        assert_eq!(default_label(false, &plain), "larder");
+        assert_eq!(default_label(true, &plain), "redis");
+        let both = args(&["--pipeline", "--redis-pipeline", "16"]);
+        assert_eq!(both.redis_pipeline, Some(16));
+        assert_eq!(default_label(false, &both), "larder-pipeline");
+        assert_eq!(default_label(true, &both), "redis-pipeline");
+        // Each flag pipelines its own side only.
+        let larder_only = args(&["--pipeline"]);
+        assert_eq!(default_label(true, &larder_only), "redis");
+        let redis_only = args(&["--redis-pipeline", "4"]);
+        assert_eq!(default_label(false, &redis_only), "larder");
+    }
 
     #[test]
     fn an_open_loop_schedule_times_late_calls_from_when_they_were_due() {

@@ -1047,6 +1047,135 @@ mod tests {
         assert_eq!(parse_ops("get,,set"), Err(OpsError::Empty));
     }
 
+    fn workload(op: Op) -> Workload {
+        Workload {
+            op,
+            keys: 10,
+            value: Bytes::from_static(b"vvv"),
+            tokens: vec!["lds_t0".into(), "lds_t1".into()],
+            rl_limit: 5,
+            rl_period_ms: 1000,
+            gcra_sha: Some("abc".into()),
+        }
+    }
+
+    #[test]
+    fn a_pipelined_call_carries_the_unary_request_of_its_op() {
+        let many = [3; GETMANY_KEYS];
+        for op in ALL_OPS {
+            let w = workload(op);
+            let call = pipelined(&w, 1, &many);
+            match (op, call) {
+                (Op::Get, Call::Get(r)) => assert_eq!(r.key, "key:1"),
+                (Op::Set, Call::Set(r)) => {
+                    assert_eq!((r.key.as_str(), &r.value[..]), ("key:1", &b"vvv"[..]));
+                }
+                (Op::Incr, Call::Increment(r)) => {
+                    assert_eq!((r.key.as_str(), r.delta), ("counter:1", 1))
+                }
+                (Op::GetMany, Call::GetMany(r)) => assert_eq!(r.keys, vec!["key:3"; GETMANY_KEYS]),
+                (Op::SessionGet, Call::GetSession(r)) => assert_eq!(r.token, "lds_t1"),
+                (Op::RatelimitSliding, Call::Check(r)) => {
+                    assert_eq!(r, rate_limit_check(&w, 1));
+                    assert_eq!(r.algorithm, pb::Algorithm::SlidingWindow as i32);
+                }
+                (Op::RatelimitGcra, Call::Check(r)) => {
+                    assert_eq!(
+                        (r.key.as_str(), r.algorithm),
+                        ("rl:gcra:1", pb::Algorithm::Gcra as i32)
+                    );
+                }
+                (op, call) => panic!("{op:?} sent {call:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_pipelined_answer_counts_as_found_like_the_unary_one() {
+        let found = pb::GetResponse {
+            found: true,
+            ..Default::default()
+        };
+        assert!(answered(Outcome::Get(found)));
+        assert!(!answered(Outcome::Get(pb::GetResponse::default())));
+        assert!(!answered(Outcome::Set(pb::SetResponse::default())));
+        let partial = pb::GetManyResponse {
+            entries: vec![
+                pb::Entry {
+                    found: true,
+                    ..Default::default()
+                },
+                pb::Entry::default(),
+            ],
+        };
+        assert!(!answered(Outcome::GetMany(partial)));
+        assert!(!answered(Outcome::Check(pb::CheckResponse::default())));
+    }
+
+    #[test]
+    fn a_redis_batch_queues_each_calls_commands_and_reads_its_last_reply() {
+        use redis::Value;
+        let many = [0; GETMANY_KEYS];
+        for (op, replies) in [
+            (Op::Get, 1),
+            (Op::Set, 1),
+            (Op::Incr, 1),
+            (Op::GetMany, 1),
+            (Op::SessionGet, 4),
+            (Op::RatelimitSliding, 6),
+            (Op::RatelimitGcra, 1),
+        ] {
+            let mut pipe = redis::pipe();
+            let w = workload(op);
+            assert_eq!(
+                queue_commands(&mut pipe, &w, 1, &many, 7),
+                replies,
+                "{op:?}"
+            );
+            assert_eq!(
+                queue_commands(&mut pipe, &w, 2, &many, 8),
+                replies,
+                "{op:?}"
+            );
+            let commands = pipe.cmd_iter().count();
+            // MULTI and EXEC are commands of their own.
+            assert_eq!(commands, 2 * replies, "{op:?}");
+        }
+        let yes = |op, reply: Value| redis_answered(op, 5, &reply).unwrap();
+        assert!(yes(Op::Get, Value::BulkString(b"v".to_vec())));
+        assert!(!yes(Op::Get, Value::Nil));
+        assert!(yes(Op::Incr, Value::Int(3)));
+        assert!(!yes(
+            Op::GetMany,
+            Value::Array(vec![Value::Nil, Value::Okay])
+        ));
+        let exec = |first: Value, count: i64| {
+            Value::Array(vec![Value::Int(0), Value::Int(1), first, Value::Int(count)])
+        };
+        assert!(yes(
+            Op::SessionGet,
+            Value::Array(vec![Value::Array(vec![Value::Okay]), Value::Int(1)])
+        ));
+        assert!(!yes(
+            Op::SessionGet,
+            Value::Array(vec![Value::Array(vec![]), Value::Int(0)])
+        ));
+        assert!(yes(Op::RatelimitSliding, exec(Value::Int(5), 1)));
+        assert!(!yes(Op::RatelimitSliding, exec(Value::Int(6), 1)));
+        assert!(yes(
+            Op::RatelimitGcra,
+            Value::Array(vec![Value::Int(1), Value::Int(4)])
+        ));
+        assert!(!yes(
+            Op::RatelimitGcra,
+            Value::Array(vec![Value::Int(0), Value::Int(0)])
+        ));
+        assert!(
+            redis_answered(Op::Incr, 5, &Value::Nil).is_err(),
+            "a reply of the wrong type"
+        );
+    }
+
     #[test]
     fn only_getmany_reads_many_keys() {
         for op in ALL_OPS {

@@ -167,7 +167,7 @@ pub fn table(runs: &[RunReport]) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "{:<10} {:<18} {:>11} {:>11} {:>9} {:>9} {:>9} {:>7} {:>8}",
+        "{:<15} {:<18} {:>11} {:>11} {:>9} {:>9} {:>9} {:>7} {:>8}",
         "system", "op", "ops/s", "keys/s", "p50 µs", "p99 µs", "p99.9 µs", "errors", "ratio"
     );
     let first_system = runs.first().map(|r| r.system.as_str());
@@ -188,7 +188,7 @@ pub fn table(runs: &[RunReport]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:<18} {:>11.0} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>8}",
+            "{:<15} {:<18} {:>11.0} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>8}",
             run.system,
             run.op,
             run.ops_per_sec,
@@ -291,8 +291,22 @@ mod tests {
         // Not a rate limit: no share allowed; a closed loop: no target rate.
         assert!(v["allowed_fraction"].is_null());
         assert!(v["target_rate"].is_null());
+        assert!(
+            v.get("pipeline_depth").is_none(),
+            "only Redis pipelining has a depth"
+        );
         let p50 = v["p50_us"].as_f64().unwrap();
         assert!((199.0..=201.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn a_redis_pipeline_row_carries_its_depth() {
+        let hist = histogram_of([100_000]);
+        let mut m = measured(&hist, "redis-pipeline", Op::Get, 3000);
+        m.pipeline_depth = Some(16);
+        let v: serde_json::Value = serde_json::from_str(&RunReport::new(&m).json_line()).unwrap();
+        assert_eq!(v["system"], "redis-pipeline");
+        assert_eq!(v["pipeline_depth"], 16);
     }
 
     #[test]
