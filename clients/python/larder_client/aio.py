@@ -321,7 +321,8 @@ class Larder(Connection):
     exceptions, deadlines and retries); a call that waits for ready (``wait_for_ready=True``)
     and the health check go unary, and so does every call to a daemon older than the service.
     ``pipeline=False`` makes every call unary. On grpcio (``core="grpc"``) calls are always
-    unary: multiplexing them in Python cost more CPU per call than it saved."""
+    unary: multiplexing them in Python cost more CPU per call than it saved.
+    ``larder.pipeline`` says whether this client's calls are pipelined."""
 
     cache: Cache
     sessions: Sessions
@@ -340,6 +341,7 @@ class Larder(Connection):
         super().__init__(target, token, timeout, **kwargs)
 
     def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
+        self.pipeline = self.pipeline and transport.core == "native"
         self._binding: Binding = transport.aio_binding(self.pipeline)
         self._call = AsyncInvoker(**invoker, ready=self._binding.ready)
         self.cache = Cache(self._binding, self._call)

@@ -125,6 +125,14 @@ async def test_a_restart_breaks_the_stream_and_the_next_call_reconnects(
         assert values == [b"durable"] * 50
 
 
+async def test_grpcio_calls_stay_unary(daemon: Daemon) -> None:
+    async with aio.Larder(daemon.addr, timeout=5.0, core="grpc", pipeline=True) as larder:
+        assert larder.pipeline is False
+        key = fresh("grpcio")
+        assert await larder.cache.set(key, b"g") is True
+        assert await larder.cache.get(key) == b"g"
+
+
 async def test_pipeline_off_makes_every_call_unary(daemon: Daemon) -> None:
     async with aio.Larder(daemon.addr, timeout=5.0, core="native", pipeline=False) as larder:
         assert larder.pipeline is False
