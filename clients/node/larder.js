@@ -6,7 +6,9 @@
 // `authorization: Bearer <token>` metadata. The channel is plaintext unless `tls: true`; a token
 // is sent in cleartext only to this machine (loopback or a Unix socket) unless the caller says
 // otherwise. A failed call rejects with grpc-js's ServiceError (`err.code` is a `grpc.status`
-// value, `err.details` the server's message). Nothing is retried.
+// value, `err.details` the server's message). Nothing is retried. With `pipeline: true`, the
+// calls of the three services go, each tagged with an id, on one PipelineService/Run stream
+// instead of one HTTP/2 stream each (auto-pipelining, as ioredis does; see `Pipeline`).
 "use strict";
 
 const net = require("node:net");
@@ -18,6 +20,7 @@ const PROTO_FILES = [
   "larder/v1/cache.proto",
   "larder/v1/session.proto",
   "larder/v1/ratelimit.proto",
+  "larder/v1/pipeline.proto",
 ];
 
 // How messages look in JavaScript. keepCase: fields are spelled as in the .proto (ttl_ms), like
@@ -26,6 +29,9 @@ const PROTO_FILES = [
 // gives "CONDITION_IF_ABSENT" rather than 2. defaults: a miss answers { found: false, ... }
 // instead of leaving the field out.
 const LOADER_OPTIONS = { keepCase: true, longs: String, enums: String, defaults: true };
+
+// Whether a client pipelines its calls unless told (`createClient(target, { pipeline })`).
+const PIPELINE = true;
 
 /** The directory holding larder/v1/*.proto: $LARDER_PROTO_DIR, else the repository's proto/. */
 function defaultProtoDir() {
@@ -181,21 +187,144 @@ function channelCredentials(target, options) {
 /**
  * Wraps every unary method of a grpc-js client as `method(request, { timeoutMs }) -> Promise`.
  * The service's own method names are used (the keys of its definition), so this covers every
- * RPC the .proto declares, including ones added later.
+ * RPC the .proto declares, including ones added later. With `pipeline`, each method that a Run
+ * stream carries goes on it (the rest, and every call once the daemon is known to lack the
+ * service, stay unary).
  */
-function promisify(client, Service, metadata, timeoutMs) {
+function promisify(client, Service, metadata, timeoutMs, pipeline = null) {
   const api = {};
   for (const name of Object.keys(Service.service)) {
-    api[name] = (request = {}, callOptions = {}) => {
-      const ms = callOptions.timeoutMs ?? timeoutMs;
-      return new Promise((resolve, reject) => {
+    const unary = (request, ms) =>
+      new Promise((resolve, reject) => {
         client[name](request, metadata.clone(), { deadline: Date.now() + ms }, (err, response) =>
           err ? reject(err) : resolve(response),
         );
       });
+    const field = pipeline && pipeline.field(Service.service[name].path);
+    api[name] = (request = {}, callOptions = {}) => {
+      const ms = callOptions.timeoutMs ?? timeoutMs;
+      if (field && pipeline.supported) {
+        return pipeline.call(field, request, ms, () => unary(request, ms));
+      }
+      return unary(request, ms);
     };
   }
   return api;
+}
+
+/** A grpc-js ServiceError of status `code`, as a failed unary call rejects with. */
+function serviceError(code, details) {
+  const name = Object.keys(grpc.status).find((k) => grpc.status[k] === code) ?? "UNKNOWN";
+  return Object.assign(new Error(`${code} ${name}: ${details}`), {
+    code,
+    details,
+    metadata: new grpc.Metadata(),
+  });
+}
+
+// How long one Run stream takes new calls. A stream that lived as long as its connection
+// would be cut with calls in flight when the daemon retires the connection
+// (server.max_connection_age: GOAWAY, then at most server.max_connection_age_grace, 30 s by
+// default, for the streams still open), which a unary call never is: after a GOAWAY a new
+// stream goes on a new connection.
+const STREAM_LIFETIME_MS = 1_000;
+
+/**
+ * Auto-pipelining: the calls of one client on one PipelineService/Run stream. Each call is
+ * written as a RunRequest with an id of its own; the reader matches each RunResponse to the
+ * call's promise by that id, resolving it with the result (the field named as the call) or
+ * rejecting it with the ServiceError its unary twin would have given (the answer's CallError).
+ * Answers come in any order. When the stream ends or breaks (the daemon restarted, the
+ * connection dropped), the calls still waiting reject with its error (UNAVAILABLE when it
+ * ended cleanly) and the next call opens a new stream. A call past its deadline rejects with
+ * DEADLINE_EXCEEDED, and its answer, if it comes, is dropped. A stream takes new calls for
+ * STREAM_LIFETIME_MS, then is half-closed and the next call opens another. If the daemon
+ * answers the stream UNIMPLEMENTED (a version without the service), the calls waiting on it
+ * are made unary (none of them ran) and so is every later one.
+ */
+class Pipeline {
+  constructor(PipelineService, client, metadata, services) {
+    this.client = client;
+    this.metadata = metadata;
+    this.supported = true;
+    this.stream = null;
+    this.nextId = 1;
+    // The gRPC path of each method a Run stream carries -> its field in RunRequest (the
+    // method's name in snake_case, as pipeline.proto names them).
+    const calls = new Set(PipelineService.service.Run.requestType.type.field.map((f) => f.name));
+    this.fields = new Map();
+    for (const Service of services) {
+      for (const [name, method] of Object.entries(Service.service)) {
+        const field = name.replace(/[A-Z]/g, (c, i) => (i ? "_" : "") + c.toLowerCase());
+        if (calls.has(field)) this.fields.set(method.path, field);
+      }
+    }
+  }
+
+  /** The RunRequest field of the method at `path`, or undefined when a stream does not carry it. */
+  field(path) {
+    return this.fields.get(path);
+  }
+
+  /** Sends the `field` call with `request`; `unary` makes it unary instead (see the class). */
+  call(field, request, ms, unary) {
+    return new Promise((resolve, reject) => {
+      let stream = this.stream;
+      if (stream && Date.now() - stream.openedAt > STREAM_LIFETIME_MS) {
+        stream.call.end(); // half-closed: the daemon ends it once it has answered its calls
+        stream = null;
+      }
+      stream = stream ?? this.open();
+      const id = String(this.nextId++);
+      const timer = setTimeout(() => {
+        if (stream.waiting.delete(id)) {
+          reject(serviceError(grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded"));
+        }
+      }, ms);
+      stream.waiting.set(id, { field, resolve, reject, timer, unary });
+      stream.call.write({ id, [field]: request });
+    });
+  }
+
+  open() {
+    const call = this.client.Run(this.metadata.clone());
+    const stream = { call, waiting: new Map(), answered: false, openedAt: Date.now() };
+    this.stream = stream;
+    this.opened = (this.opened ?? 0) + 1;
+    const end = (err) => {
+      if (this.stream === stream) this.stream = null;
+      const waiting = [...stream.waiting.values()];
+      stream.waiting.clear();
+      const unimplemented = err.code === grpc.status.UNIMPLEMENTED && !stream.answered;
+      if (unimplemented) this.supported = false;
+      for (const w of waiting) {
+        clearTimeout(w.timer);
+        if (unimplemented) w.unary().then(w.resolve, w.reject);
+        else w.reject(err);
+      }
+    };
+    stream.call.on("data", (response) => {
+      stream.answered = true;
+      const w = stream.waiting.get(response.id);
+      if (!w) return; // past its deadline: nobody waits for it
+      stream.waiting.delete(response.id);
+      clearTimeout(w.timer);
+      if (response.error) {
+        w.reject(serviceError(response.error.code, response.error.message));
+      } else {
+        w.resolve(response[w.field]);
+      }
+    });
+    stream.call.on("error", end);
+    stream.call.on("end", () =>
+      end(serviceError(grpc.status.UNAVAILABLE, "the daemon closed the pipeline stream")),
+    );
+    return stream;
+  }
+
+  close() {
+    if (this.stream) this.stream.call.cancel();
+  }
 }
 
 /**
@@ -228,6 +357,10 @@ function promisify(client, Service, metadata, timeoutMs) {
  *   own `{ timeoutMs }` as second argument.
  * @param {object} [options.channelOptions] extra grpc-js channel options.
  * @param {string} [options.protoDir] the directory holding larder/v1/*.proto.
+ * @param {boolean} [options.pipeline=PIPELINE] auto-pipelining: every call of the three
+ *   services goes, tagged with an id, on one PipelineService/Run stream, and its answer is
+ *   matched back to it (see `Pipeline`). Each call resolves and rejects as it would unary.
+ *   `false` makes every call its own unary RPC.
  * @returns {{cache: object, sessions: object, ratelimit: object, close: function(): void}}
  */
 function createClient(target, options = {}) {
@@ -248,17 +381,45 @@ function createClient(target, options = {}) {
     credentials,
     channelOptions(target, options.channelOptions),
   );
+  const { pipeline = PIPELINE } = options;
+  if (typeof pipeline !== "boolean") {
+    throw new TypeError("pipeline must be true or false");
+  }
+  const services = [v1.CacheService, v1.SessionService, v1.RateLimitService];
+  const runner = pipeline
+    ? new Pipeline(
+        v1.PipelineService,
+        new v1.PipelineService(target, credentials, { channelOverride: channel }),
+        metadata,
+        services,
+      )
+    : null;
   const make = (Service) => {
     const client = new Service(target, credentials, { channelOverride: channel });
-    return promisify(client, Service, metadata, timeoutMs);
+    return promisify(client, Service, metadata, timeoutMs, runner);
   };
+  const [cache, sessions, ratelimit] = services.map(make);
   return {
-    cache: make(v1.CacheService),
-    sessions: make(v1.SessionService),
-    ratelimit: make(v1.RateLimitService),
+    cache,
+    sessions,
+    ratelimit,
+    /** Whether calls are pipelined (`options.pipeline`). */
+    pipeline,
+    /** How many Run streams have been opened (one more after each broken stream). */
+    pipelineStreams: () => runner?.opened ?? 0,
     /** Closes the channel; calls after this fail. */
-    close: () => channel.close(),
+    close: () => {
+      runner?.close();
+      channel.close();
+    },
   };
 }
 
-module.exports = { createClient, channelOptions, isLocalTarget, loadLarderV1, status: grpc.status };
+module.exports = {
+  createClient,
+  channelOptions,
+  isLocalTarget,
+  loadLarderV1,
+  PIPELINE,
+  status: grpc.status,
+};

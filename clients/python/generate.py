@@ -8,8 +8,10 @@ How the imports are made to work inside the package: protoc derives a generated 
 import path from the .proto file's path relative to its ``-I`` root. The protos are therefore
 copied into a scratch tree as ``larder_client/_gen/larder/v1/*.proto`` and compiled with that
 tree as the only ``-I``, so the generated ``*_pb2_grpc.py`` says
-``from larder_client._gen.larder.v1 import cache_pb2`` by itself. Nothing rewrites generated
-text and nothing touches sys.path (putting ``_gen`` on sys.path would expose a top-level
+``from larder_client._gen.larder.v1 import cache_pb2`` by itself. A proto that imports another
+(``pipeline.proto`` imports ``larder/v1/cache.proto``) has that import line's path given the
+same prefix in its staged copy, so each file is compiled once, under one name. Nothing
+rewrites generated text and nothing touches sys.path (putting ``_gen`` on sys.path would expose a top-level
 ``larder`` package that could shadow, or be shadowed by, an application's own stubs). The
 protobuf package (``larder.v1``) and so every message and service name on the wire are
 unchanged; only the descriptor's file name carries the prefix.
@@ -21,7 +23,6 @@ The protos are read from ``../../proto`` (override with LARDER_PROTO_DIR).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -54,7 +55,11 @@ def generate(out_root: Path) -> list[Path]:
         staged = Path(scratch) / PACKAGE_DIR
         staged.mkdir(parents=True)
         for proto in protos:
-            shutil.copy(proto, staged / proto.name)
+            text = proto.read_text(encoding="utf-8")
+            (staged / proto.name).write_text(
+                text.replace('import "larder/v1/', f'import "{PACKAGE_DIR.as_posix()}/'),
+                encoding="utf-8",
+            )
         include = str(Path(protoc.__file__).parent / "_proto")  # google/protobuf/*.proto
         args = [
             "grpc_tools.protoc",

@@ -25,14 +25,16 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /**
  * Starts `larder serve` with `extraArgs` added; resolves once it listens on TCP and on its
  * socket. The result has `addr` ("127.0.0.1:PORT"), `unixTarget` ("unix:/tmp/.../larder.sock"),
- * `dir` (its temporary directory), `log()`, `stop()` (SIGTERM, resolves to the exit status)
- * and `cleanup()` (kills it if still running, removes the directory).
+ * `dir` (its temporary directory), `pid`, `log()`, `stop()` (SIGTERM, resolves to the exit status)
+ * and `cleanup()` (kills it if still running, removes the directory). With `options.dir`
+ * (the `dir` of a daemon stopped before), it runs on that directory: the same data and socket
+ * path, as a restart.
  */
-async function startDaemon(extraArgs = []) {
+async function startDaemon(extraArgs = [], options = {}) {
   const binary = larderBin();
   fs.accessSync(binary, fs.constants.X_OK); // a missing build fails here, naming the path
   // A short directory under /tmp: a Unix socket path must fit in 108 bytes.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "larder-node-"));
+  const dir = options.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "larder-node-"));
   const socket = path.join(dir, "larder.sock");
   const logPath = path.join(dir, "larder.log");
   const logFd = fs.openSync(logPath, "w");
@@ -95,7 +97,7 @@ async function startDaemon(extraArgs = []) {
     }
     return exited.code;
   };
-  return { addr, unixTarget: `unix:${socket}`, socket, dir, log, stop, cleanup };
+  return { addr, unixTarget: `unix:${socket}`, socket, dir, pid: child.pid, log, stop, cleanup };
 }
 
 module.exports = { startDaemon };

@@ -139,10 +139,15 @@ class Transport:
             return _nativecore.NativeBinding(self.native)
         return GrpcBinding(self.channel())
 
-    def aio_binding(self) -> AsyncGrpcBinding | _nativecore.AsyncNativeBinding:
-        """The asyncio client's binding (``larder_client.aio.Larder``)."""
+    def aio_binding(
+        self, pipeline: bool = False
+    ) -> AsyncGrpcBinding | _nativecore.AsyncNativeBinding:
+        """The asyncio client's binding (``larder_client.aio.Larder``). With ``pipeline``, the
+        native core sends its calls on one ``PipelineService/Run`` stream; grpcio makes each
+        call unary either way (multiplexing in Python over a grpc.aio stream cost more client
+        and daemon CPU per call than it saved: see docs/clients.md)."""
         if self.native is not None:
-            return _nativecore.AsyncNativeBinding(self.native)
+            return _nativecore.AsyncNativeBinding(self.native, pipeline)
         return AsyncGrpcBinding(self.aio_channel())
 
     def _credentials(self) -> grpc.ChannelCredentials:

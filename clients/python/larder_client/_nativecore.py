@@ -133,11 +133,17 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class AsyncNativeBinding(_Binding):
     """Runs the asyncio client's calls on a native core: each call is an asyncio future
     that the core's thread settles through the loop's ``call_soon_threadsafe``, so the
-    event loop never blocks."""
+    event loop never blocks. With ``pipeline``, the core sends the calls that a
+    ``PipelineService/Run`` stream carries on one such stream (``native/src/pipeline.rs``)."""
+
+    def __init__(self, core: Any, pipeline: bool = False) -> None:
+        super().__init__(core)
+        self.pipeline = pipeline
 
     def method(self, service: str, stub: type, name: str) -> Callable[..., Awaitable[Any]]:
         path = f"/{service}/{name}"
         start = self._core.start
+        pipelined = self.pipeline
 
         async def invoke(
             request: dict[str, Any], *, timeout: float, metadata: object, wait_for_ready: bool
@@ -145,7 +151,9 @@ class AsyncNativeBinding(_Binding):
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             settle = functools.partial(_settle, future)
-            start(path, request, timeout, wait_for_ready, loop.call_soon_threadsafe, settle)
+            start(
+                path, request, timeout, wait_for_ready, loop.call_soon_threadsafe, settle, pipelined
+            )
             return await future
 
         return invoke

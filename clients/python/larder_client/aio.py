@@ -33,6 +33,10 @@ T = TypeVar("T")
 
 Binding = AsyncGrpcBinding | AsyncNativeBinding
 
+# Whether an asyncio client pipelines its calls unless told (``Larder(pipeline=...)``): on,
+# because the native core's pipelined calls cost less client and daemon CPU (docs/clients.md).
+PIPELINE = True
+
 
 class _Api(ApiBase):
     """A sub-API of the asyncio client."""
@@ -307,14 +311,38 @@ class Larder(Connection):
     """An asyncio connection to a Larder daemon; see ``larder_client.Larder`` for the
     arguments (``target``, ``token``, ``timeout``, ``retries``, ``options``, ``core`` and the
     TLS ones), which mean the same here. On the native core a call is an asyncio future that
-    the core settles from its own thread: the event loop never blocks. Close it with ``await close()`` or ``async with``."""
+    the core settles from its own thread: the event loop never blocks. Close it with ``await close()`` or ``async with``.
+
+    ``pipeline`` (default ``PIPELINE``, on) is auto-pipelining, on the native core: the calls
+    of all the tasks that share this client go on one ``larder.v1.PipelineService/Run``
+    stream, each tagged with an id and matched back to its awaiting task, instead of one
+    HTTP/2 stream per call (less client and daemon CPU per call, measured: see
+    docs/clients.md). Each call answers and fails exactly as it would unary (same results,
+    exceptions, deadlines and retries); a call that waits for ready (``wait_for_ready=True``)
+    and the health check go unary, and so does every call to a daemon older than the service.
+    ``pipeline=False`` makes every call unary. On grpcio (``core="grpc"``) calls are always
+    unary: multiplexing them in Python cost more CPU per call than it saved.
+    ``larder.pipeline`` says whether this client's calls are pipelined."""
 
     cache: Cache
     sessions: Sessions
     ratelimit: RateLimit
 
+    def __init__(
+        self,
+        target: str = "127.0.0.1:7379",
+        token: str | None = None,
+        timeout: float = 1.0,
+        *,
+        pipeline: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.pipeline = PIPELINE if pipeline is None else pipeline
+        super().__init__(target, token, timeout, **kwargs)
+
     def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
-        self._binding: Binding = transport.aio_binding()
+        self.pipeline = self.pipeline and transport.core == "native"
+        self._binding: Binding = transport.aio_binding(self.pipeline)
         self._call = AsyncInvoker(**invoker, ready=self._binding.ready)
         self.cache = Cache(self._binding, self._call)
         self.sessions = Sessions(self._binding, self._call)

@@ -171,6 +171,33 @@ pub struct Failure {
     pub never_sent: bool,
 }
 
+/// A unary call of `path` before its request is made.
+pub struct Unary {
+    pub grpc: Grpc<Channel>,
+    pub address: Address,
+    pub authorization: Option<AsciiMetadataValue>,
+    pub path: PathAndQuery,
+    pub output: MessageDescriptor,
+    pub timeout: Duration,
+    pub wait_for_ready: bool,
+}
+
+impl Unary {
+    /// The call, sending `request`.
+    pub fn with(self, request: DynamicMessage) -> UnaryCall {
+        UnaryCall {
+            grpc: self.grpc,
+            address: self.address,
+            authorization: self.authorization,
+            path: self.path,
+            request,
+            output: self.output,
+            timeout: self.timeout,
+            wait_for_ready: self.wait_for_ready,
+        }
+    }
+}
+
 /// One unary call of `path` with `request`, within `timeout`. With `wait_for_ready`, a call
 /// that finds no connection waits for the daemon (within the deadline) instead of failing.
 pub struct UnaryCall {
@@ -263,7 +290,7 @@ impl UnaryCall {
 }
 
 /// What grpcio answers a call whose deadline passed.
-fn deadline_exceeded() -> Status {
+pub fn deadline_exceeded() -> Status {
     Status::deadline_exceeded("Deadline Exceeded")
 }
 
@@ -301,7 +328,7 @@ pub fn reachable(address: &Address, wait: Duration) -> bool {
 
 /// Whether `status` is a failure to connect: the request was never written to the daemon.
 /// Only a refused or impossible connect counts; a connection lost later may have carried it.
-fn never_sent(status: &Status) -> bool {
+pub fn never_sent(status: &Status) -> bool {
     if status.code() != Code::Unavailable {
         return false;
     }
@@ -320,7 +347,7 @@ fn never_sent(status: &Status) -> bool {
 /// (TLS refused, the peer is not HTTP/2, the connection dropped), which tonic reports as
 /// UNKNOWN or CANCELLED with the transport's error as source, is UNAVAILABLE. A status the
 /// daemon sent has no source and is kept as it is.
-fn as_grpcio(status: Status) -> Status {
+pub fn as_grpcio(status: Status) -> Status {
     match status.source() {
         Some(source) if matches!(status.code(), Code::Unknown | Code::Cancelled) => {
             Status::unavailable(format!("{}: {source}", status.message()))

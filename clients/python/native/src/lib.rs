@@ -8,14 +8,17 @@ mod codec;
 mod conn;
 mod convert;
 mod live;
+mod pipeline;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use prost_reflect::{DescriptorPool, MessageDescriptor};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -159,7 +162,10 @@ impl Core {
 
     /// Starts the call (as `call`) and returns at once; when it ends, `schedule(settle, ok,
     /// value)` is called from the core's thread: `loop.call_soon_threadsafe` and a function
-    /// that settles the asyncio future awaiting it.
+    /// that settles the asyncio future awaiting it. With `pipelined`, a call that a
+    /// `PipelineService/Run` stream carries goes on the one stream this runtime shares
+    /// (see `pipeline`), unless it waits for ready (which only a unary call can).
+    #[pyo3(signature = (path, fields, timeout, wait_for_ready, schedule, settle, pipelined=false))]
     #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
@@ -169,14 +175,37 @@ impl Core {
         wait_for_ready: bool,
         schedule: Py<PyAny>,
         settle: Py<PyAny>,
+        pipelined: bool,
     ) -> PyResult<()> {
         let live = self.live()?;
         let driven = live.spawned().map_err(PyRuntimeError::new_err)?;
-        let call = self.prepare(driven, path, fields, timeout, wait_for_ready)?;
         let error = Python::attach(|py| self.error.clone_ref(py));
         let keep = live.clone(); // a close() meanwhile does not drop the runtime under the call
+        let piped = match (&driven.pipeline, pipeline::slot(path)) {
+            (Some(pipe), Some(slot)) if pipelined && !wait_for_ready && pipe.supported() => {
+                Some((pipe.clone(), slot))
+            }
+            _ => None,
+        };
+        let future = match piped {
+            Some((pipe, slot)) => {
+                let (_, request) = request(path, fields)?;
+                let timeout = duration(timeout)?;
+                let unary = self.unary(driven, path, timeout, wait_for_ready)?;
+                futures_boxed(async move {
+                    match pipe.call(slot, request, timeout).await {
+                        pipeline::Outcome::Done(result) => result,
+                        pipeline::Outcome::Unary(request) => unary.with(request).run().await,
+                    }
+                })
+            }
+            None => {
+                let call = self.prepare(driven, path, fields, timeout, wait_for_ready)?;
+                futures_boxed(call.run())
+            }
+        };
         driven.runtime.spawn(async move {
-            let result = call.run().await;
+            let result = future.await;
             drop(keep);
             Python::attach(|py| {
                 let (ok, value) = match result {
@@ -201,6 +230,15 @@ impl Core {
         Ok(py.detach(|| conn::reachable(address, wait)))
     }
 
+    /// How many `PipelineService/Run` streams this process's asyncio calls have opened: one,
+    /// and one more each time a stream broke and a later call opened another.
+    fn pipeline_streams(&self) -> u64 {
+        self.live
+            .load_full()
+            .filter(|live| live.generation == live::generation())
+            .map_or(0, |live| live.pipeline_streams())
+    }
+
     /// Closes the channel; calls after this raise `ValueError`.
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -220,18 +258,31 @@ impl Core {
         timeout: f64,
         wait_for_ready: bool,
     ) -> PyResult<conn::UnaryCall> {
-        let (method, request) = request(path, fields)?;
-        let call = conn::UnaryCall {
+        let (_, request) = request(path, fields)?;
+        let unary = self.unary(driven, path, duration(timeout)?, wait_for_ready)?;
+        Ok(unary.with(request))
+    }
+
+    /// A unary call of `path` on this process's channel, waiting for its request.
+    fn unary(
+        &self,
+        driven: &live::Driven,
+        path: &str,
+        timeout: Duration,
+        wait_for_ready: bool,
+    ) -> PyResult<conn::Unary> {
+        let method = METHODS.get(path).ok_or_else(|| {
+            PyValueError::new_err(format!("no method {path:?} in larder's protos"))
+        })?;
+        Ok(conn::Unary {
             grpc: driven.grpc.clone(),
             address: self.settings.address.clone(),
             authorization: self.settings.authorization.clone(),
             path: method.path.clone(),
-            request,
             output: method.output.clone(),
-            timeout: duration(timeout)?,
+            timeout,
             wait_for_ready,
-        };
-        Ok(call)
+        })
     }
 
     /// This process's runtime and channel, opened on first use (and again in a forked child,
@@ -305,6 +356,16 @@ fn default_roots() -> PyResult<Option<Vec<u8>>> {
         }),
         _ => Ok(None),
     }
+}
+
+/// A call's future, boxed so that both kinds of call spawn as one type.
+fn futures_boxed<F>(
+    future: F,
+) -> Pin<Box<dyn Future<Output = Result<DynamicMessage, Failure>> + Send>>
+where
+    F: Future<Output = Result<DynamicMessage, Failure>> + Send + 'static,
+{
+    Box::pin(future)
 }
 
 /// The method of `path` and its request built from `fields`.

@@ -18,6 +18,7 @@ use tonic::client::Grpc;
 use tonic::transport::Channel;
 
 use crate::conn::{Settings, open_channel};
+use crate::pipeline::Pipeline;
 
 /// How often an idle blocking runtime is turned over.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -45,6 +46,8 @@ impl Drop for Rt {
 pub struct Driven {
     pub runtime: Arc<Rt>,
     pub grpc: Grpc<Channel>,
+    /// The Run stream that pipelined calls share (asyncio runtime only).
+    pub pipeline: Option<Arc<Pipeline>>,
 }
 
 /// How many times this process has been forked into the one running now: 0 in the process
@@ -107,7 +110,12 @@ impl Live {
         let runtime = Arc::new(Rt(ManuallyDrop::new(runtime)));
         let grpc = open_channel(&self.settings, &runtime)?;
         let weak = Arc::downgrade(&runtime);
-        if self.blocking.set(Driven { runtime, grpc }).is_ok() {
+        let driven = Driven {
+            runtime,
+            grpc,
+            pipeline: None,
+        };
+        if self.blocking.set(driven).is_ok() {
             let stop = self.stop.clone();
             std::thread::Builder::new()
                 .name("larder-client-idle".to_owned())
@@ -133,11 +141,26 @@ impl Live {
             .map_err(|e| format!("starting the client's runtime: {e}"))?;
         let runtime = Arc::new(Rt(ManuallyDrop::new(runtime)));
         let grpc = open_channel(&self.settings, &runtime)?;
-        let _ = self.spawned.set(Driven { runtime, grpc });
+        let pipeline = Pipeline::new(grpc.clone(), self.settings.authorization.clone());
+        let _ = self.spawned.set(Driven {
+            runtime,
+            grpc,
+            pipeline: Some(Arc::new(pipeline)),
+        });
         Ok(self
             .spawned
             .get()
             .expect("set just now, by this thread or another"))
+    }
+}
+
+impl Live {
+    /// How many Run streams the asyncio runtime's pipeline has opened (0 before any).
+    pub fn pipeline_streams(&self) -> u64 {
+        self.spawned
+            .get()
+            .and_then(|driven| driven.pipeline.as_ref())
+            .map_or(0, |pipeline| pipeline.opened())
     }
 }
 
