@@ -18,6 +18,9 @@ pub const SCHEMA_VERSION: i64 = 5;
 /// checkpointer normally keeps the WAL far below this).
 pub(crate) const WRITER_CHECKPOINT_PAGES: i32 = 8192;
 
+/// Prepared statements the writer connection keeps.
+const WRITER_STATEMENTS: usize = 64;
+
 /// How long a connection waits for a lock before answering busy.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,6 +163,9 @@ pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> Result<(Conn
     .map_err(|e| file_error(path, "opening the database", e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(Error::storage("setting busy_timeout"))?;
+    // Every statement of the writer stays prepared (rusqlite keeps 16 by default, fewer than
+    // the cache, session, rate-limit and upkeep statements together).
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
     // SQLite falls back to read-only when the file is not writable, and would only say so at
     // the first write.
     if conn

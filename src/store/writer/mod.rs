@@ -257,7 +257,13 @@ impl Writer {
             }
             return;
         }
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        // Prepared once and kept, as every statement of the writer: `execute_batch` would
+        // parse BEGIN and COMMIT again for every batch.
+        if let Err(e) = self
+            .conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
             self.settings.metrics.failed_batches.inc();
             fail_all(batch, "starting a write transaction", &e);
             return;
@@ -303,7 +309,9 @@ impl Writer {
                 // loads a count that includes it.
                 commit_number = Some(self.memory.begin_commit());
                 self.conn
-                    .execute_batch("COMMIT")
+                    .prepare_cached("COMMIT")
+                    .and_then(|mut s| s.execute([]))
+                    .map(|_| ())
                     .map_err(Error::storage("committing a write batch"))
                     .map(|()| new_lease)
             });
