@@ -12,7 +12,7 @@
 //!   - `clock`: [`Clock`], the wall clock [`SystemClock`] and the [`ManualClock`] tests use.
 //!   - [`limiter`]: the rate-limit algorithms, as pure functions.
 //!   - [`pb`]: code generated from `proto/larder/v1/*.proto`, and its descriptor sets.
-//! - [`store`]: the storage engine: memory LRU, reader pool, group-commit writer, sweeper.
+//! - [`store`]: the storage engine: memory LRU, reader threads, group-commit writer, sweeper.
 //! - `service`: the gRPC services (validation, proto ⇄ store; no SQL here), and the one
 //!   mapping of an [`Error`] to a gRPC status ([`status_code`]).
 //! - `metrics`: Prometheus metrics: the gRPC call layer and the `/metrics` HTTP endpoint.

@@ -164,7 +164,7 @@ async fn reserve_listeners(config: &ServeConfig) -> larder::Result<Reservation> 
 /// between the blocked main thread and the worker, or its idle/searching bookkeeping on each
 /// park. Per one-caller Get that was fewer instructions in the daemon (callgrind) and fewer
 /// thread wake-ups. SQLite still runs on its own threads (the writer, the checkpointer and
-/// `spawn_blocking`'s pool), which wake tasks here as any other thread would.
+/// the readers), which wake tasks here as any other thread would.
 fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
