@@ -195,7 +195,11 @@ impl Core {
                 futures_boxed(async move {
                     match pipe.call(slot, request, timeout).await {
                         pipeline::Outcome::Done(result) => result,
-                        pipeline::Outcome::Unary(request) => unary.with(request).run().await,
+                        pipeline::Outcome::Unary(request, left) => {
+                            let mut unary = unary;
+                            unary.timeout = left;
+                            unary.with(request).run().await
+                        }
                     }
                 })
             }
@@ -237,6 +241,15 @@ impl Core {
             .load_full()
             .filter(|live| live.generation == live::generation())
             .map_or(0, |live| live.pipeline_streams())
+    }
+
+    /// The most asyncio calls that have waited at once to be written on one Run stream (at
+    /// most the pipeline's bound; calls past it went unary).
+    fn pipeline_queue_peak(&self) -> usize {
+        self.live
+            .load_full()
+            .filter(|live| live.generation == live::generation())
+            .map_or(0, |live| live.pipeline_queue_peak())
     }
 
     /// Closes the channel; calls after this raise `ValueError`.
