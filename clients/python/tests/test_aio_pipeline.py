@@ -245,3 +245,19 @@ async def test_the_calls_waiting_to_be_written_are_bounded(stalling: Daemon) -> 
         peak = larder._binding._core.pipeline_queue_peak()
         assert 0 < peak <= QUEUE_BOUND
         assert await larder.cache.get(keys[-1]) == value
+
+
+async def test_a_call_cancelled_before_it_is_written_never_runs(stalling: Daemon) -> None:
+    async with aio.Larder(stalling.unix_target, timeout=30.0, core="native") as larder:
+        value = b"c" * 4096
+        # The daemon reads one call at a time: these keep the stream's writer busy for long
+        # after the increment below is queued behind them.
+        sets = [asyncio.ensure_future(larder.cache.set(fresh("c"), value)) for _ in range(1000)]
+        counter = fresh("cancelled")
+        task = asyncio.ensure_future(larder.cache.increment(counter))
+        await asyncio.sleep(0)  # every call is started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await asyncio.gather(*sets) == [True] * len(sets)
+        assert await larder.cache.get(counter) is None

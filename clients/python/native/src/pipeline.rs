@@ -11,8 +11,7 @@
 //! opens a new stream. A call whose encoded request is past `MAX_PIPELINED_BYTES` goes unary,
 //! so that no call can be too large for the stream that others share. A call that is
 //! abandoned (its deadline passed, its Python task cancelled) leaves the stream alone: its
-//! answer, when it comes, is dropped, and one whose deadline passed is not written if it was
-//! still queued. At most
+//! answer, when it comes, is dropped, and it is not written if it was still queued. At most
 //! `MAX_QUEUED` calls wait to be written on a stream; past that a call goes unary. Each stream
 //! takes new calls for `STREAM_LIFETIME`, then is half-closed and the next call opens another.
 //! A daemon without the service (UNIMPLEMENTED on the stream) is remembered, and the calls go
@@ -234,6 +233,27 @@ impl Stream {
     }
 }
 
+/// Forgets a call on its stream when dropped armed.
+struct Forget<'a> {
+    stream: &'a Arc<Stream>,
+    id: u64,
+    armed: bool,
+}
+
+impl Forget<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stream.forget(self.id);
+        }
+    }
+}
+
 /// The mutexes here guard a map or a pointer for a few instructions, never across an await;
 /// a panic while one is held cannot leave them half-changed, so a poisoned one is used as is.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -322,15 +342,25 @@ impl Pipeline {
                 _ => unreachable!("the call's field was set above"),
             },
         };
+        // Dropped before the answer (the awaiting task was cancelled), the call is forgotten,
+        // so that the stream's writer skips it if it is still queued.
+        let forget = Forget {
+            stream: &stream,
+            id,
+            armed: true,
+        };
         let answer = match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(answer)) => {
+                forget.disarm();
+                answer
+            }
             // The waiter was dropped unanswered: the runtime is going away.
             Ok(Err(_)) => Err(End {
                 status: Status::unavailable("the pipeline stream closed"),
                 never_sent: false,
             }),
             Err(_) => {
-                stream.forget(id);
+                drop(forget);
                 return Outcome::Done(Err(Failure {
                     status: deadline_exceeded(),
                     never_sent: false,
