@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import grpc
 import pytest
 from conftest import Daemon
 
@@ -261,3 +263,37 @@ async def test_a_call_cancelled_before_it_is_written_never_runs(stalling: Daemon
             await task
         assert await asyncio.gather(*sets) == [True] * len(sets)
         assert await larder.cache.get(counter) is None
+
+
+async def test_the_unary_rerun_after_unimplemented_gets_what_is_left_of_the_timeout() -> None:
+    remaining: list[float] = []
+
+    async def run(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        # A daemon without the service, slow to say so.
+        await asyncio.sleep(1.0)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no PipelineService")
+
+    async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining.append(context.time_remaining() or 0.0)
+        return b""  # a miss
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "larder.v1.PipelineService", {"Run": grpc.stream_stream_rpc_method_handler(run)}
+            ),
+            grpc.method_handlers_generic_handler(
+                "larder.v1.CacheService", {"Get": grpc.unary_unary_rpc_method_handler(get)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio.Larder(f"127.0.0.1:{port}", timeout=3.0, core="native") as larder:
+            assert await larder.cache.get(fresh("old")) is None
+        # The rerun carried the deadline the call had left, not a fresh 3 s.
+        assert len(remaining) == 1 and remaining[0] < 2.5
+    finally:
+        await server.stop(None)
