@@ -8,7 +8,9 @@ const { after, before, describe, it } = require("node:test");
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");
 
-const { PIPELINE, PIPELINE_MAX_QUEUED, createClient, status } = require("../larder");
+const {
+  PIPELINE, PIPELINE_MAX_QUEUED, createClient, loadLarderV1, status,
+} = require("../larder");
 const { startDaemon } = require("./daemon");
 
 const TIMEOUT = { timeout: 60_000 };
@@ -187,6 +189,42 @@ describe("auto-pipelining against a daemon that stalls the stream", TIMEOUT, () 
       larder.close();
       assert.equal(await daemon.stop(), 0);
       await daemon.cleanup();
+    }
+  });
+});
+
+describe("auto-pipelining with a daemon without the service", TIMEOUT, () => {
+  it("reruns the call unary with what is left of its timeout", async () => {
+    const grpc = require("@grpc/grpc-js");
+    const v1 = loadLarderV1();
+    const remaining = [];
+    const server = new grpc.Server();
+    server.addService(v1.PipelineService.service, {
+      Run: (call) => {
+        // Slow to say it lacks the service.
+        setTimeout(() => call.emit("error", {
+          code: status.UNIMPLEMENTED, details: "no PipelineService",
+        }), 1000);
+      },
+    });
+    server.addService(v1.CacheService.service, {
+      Get: (call, callback) => {
+        remaining.push(call.getDeadline() - Date.now());
+        callback(null, {});
+      },
+    });
+    const port = await new Promise((resolve, reject) => server.bindAsync("127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const larder = createClient(`127.0.0.1:${port}`, { timeoutMs: 3000, pipeline: true });
+    try {
+      const got = await larder.cache.Get({ key: fresh("old") });
+      assert.equal(got.found, false);
+      // The rerun carried the deadline the call had left, not a fresh 3 s.
+      assert.equal(remaining.length, 1);
+      assert.ok(remaining[0] < 2500, `remaining: ${remaining[0]} ms`);
+    } finally {
+      larder.close();
+      server.forceShutdown();
     }
   });
 });
