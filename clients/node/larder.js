@@ -204,7 +204,7 @@ function promisify(client, Service, metadata, timeoutMs, pipeline = null) {
     api[name] = (request = {}, callOptions = {}) => {
       const ms = callOptions.timeoutMs ?? timeoutMs;
       if (field && pipeline.supported) {
-        return pipeline.call(field, request, ms, () => unary(request, ms));
+        return pipeline.call(field, request, ms, (left) => unary(request, left));
       }
       return unary(request, ms);
     };
@@ -229,18 +229,48 @@ function serviceError(code, details) {
 // stream goes on a new connection.
 const STREAM_LIFETIME_MS = 1_000;
 
+// The largest call (the bytes of its request's strings and buffers) that goes on the stream; a
+// larger one goes unary. The daemon's message limit (max_message_bytes) is its largest value
+// plus a batch of keys plus 64 KiB of slack, so a call this small fits it however the daemon is
+// configured, whereas a larger one may not, and a message past the limit ends the whole stream
+// (every call on it). For calls this large, one HTTP/2 stream more costs little beside the bytes.
+const MAX_PIPELINED_BYTES = 64 * 1024;
+
+// The most calls held back while the stream does not take more (write() returned false: the
+// daemon stops reading a stream at server.max_pipeline_inflight calls in flight); a call past
+// it goes unary, so that a stall does not grow the client's memory without bound.
+const MAX_QUEUED = 1024;
+
+/** The bytes of the strings and buffers in `value`, stopping once past `limit`. */
+function payloadBytes(value, limit) {
+  let total = 0;
+  const pending = [value];
+  while (pending.length > 0 && total <= limit) {
+    const v = pending.pop();
+    if (typeof v === "string") total += Buffer.byteLength(v);
+    else if (v instanceof Uint8Array) total += v.byteLength;
+    else if (v !== null && typeof v === "object") pending.push(...Object.values(v));
+  }
+  return total;
+}
+
 /**
  * Auto-pipelining: the calls of one client on one PipelineService/Run stream. Each call is
  * written as a RunRequest with an id of its own; the reader matches each RunResponse to the
  * call's promise by that id, resolving it with the result (the field named as the call) or
  * rejecting it with the ServiceError its unary twin would have given (the answer's CallError).
  * Answers come in any order. When the stream ends or breaks (the daemon restarted, the
- * connection dropped), the calls still waiting reject with its error (UNAVAILABLE when it
- * ended cleanly) and the next call opens a new stream. A call past its deadline rejects with
- * DEADLINE_EXCEEDED, and its answer, if it comes, is dropped. A stream takes new calls for
- * STREAM_LIFETIME_MS, then is half-closed and the next call opens another. If the daemon
- * answers the stream UNIMPLEMENTED (a version without the service), the calls waiting on it
- * are made unary (none of them ran) and so is every later one.
+ * connection dropped, the stream failed), the calls still waiting reject with UNAVAILABLE, as
+ * a unary call does when its connection drops (the stream's own status belongs to no one call;
+ * only the daemon's refusal of the stream before its headers, UNAUTHENTICATED say, which each
+ * call would have got unary too, is passed on), and the next call opens a new stream. A call larger than
+ * MAX_PIPELINED_BYTES goes unary. While the stream takes no more (write() returned false), calls
+ * wait in a queue of at most MAX_QUEUED (past it they go unary); one whose deadline passes
+ * there is never written. A call past its deadline rejects with DEADLINE_EXCEEDED, and its
+ * answer, if it comes, is dropped. A stream takes new calls for STREAM_LIFETIME_MS, then is
+ * half-closed and the next call opens another. If the daemon answers the stream UNIMPLEMENTED
+ * (a version without the service), the calls waiting on it are made unary (none of them ran),
+ * each with what is left of its timeout, and so is every later one.
  */
 class Pipeline {
   constructor(PipelineService, client, metadata, services) {
@@ -266,43 +296,121 @@ class Pipeline {
     return this.fields.get(path);
   }
 
-  /** Sends the `field` call with `request`; `unary` makes it unary instead (see the class). */
+  /**
+   * Sends the `field` call with `request`; `unary(ms)` makes it unary instead, within `ms`
+   * (see the class).
+   */
   call(field, request, ms, unary) {
+    if (payloadBytes(request, MAX_PIPELINED_BYTES) > MAX_PIPELINED_BYTES) {
+      return unary(ms);
+    }
+    let stream = this.stream;
+    if (stream && Date.now() - stream.openedAt > STREAM_LIFETIME_MS) {
+      // Half-closed once its queue is written: the daemon ends it once it has answered them.
+      stream.ending = true;
+      if (stream.queue.length === 0) this.halfClose(stream);
+      this.stream = null;
+      stream = null;
+    }
+    stream = stream ?? this.open();
+    if (stream.queue.length >= MAX_QUEUED) {
+      return unary(ms);
+    }
     return new Promise((resolve, reject) => {
-      let stream = this.stream;
-      if (stream && Date.now() - stream.openedAt > STREAM_LIFETIME_MS) {
-        stream.call.end(); // half-closed: the daemon ends it once it has answered its calls
-        stream = null;
-      }
-      stream = stream ?? this.open();
       const id = String(this.nextId++);
+      const deadline = Date.now() + ms;
       const timer = setTimeout(() => {
         if (stream.waiting.delete(id)) {
           reject(serviceError(grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded"));
         }
       }, ms);
-      stream.waiting.set(id, { field, resolve, reject, timer, unary });
-      stream.call.write({ id, [field]: request });
+      stream.waiting.set(id, { field, resolve, reject, timer, unary, deadline });
+      stream.queue.push({ id, [field]: request });
+      if (!stream.blocked) this.flush(stream);
     });
+  }
+
+  /**
+   * Writes the queued calls of `stream` until it takes no more, skipping each one that is no
+   * longer waited on (its deadline passed, or the stream ended): it must not run after its
+   * caller was told it failed.
+   */
+  flush(stream) {
+    stream.blocked = false;
+    while (stream.queue.length > 0) {
+      const message = stream.queue.shift();
+      const w = stream.waiting.get(message.id);
+      if (!w) continue;
+      if (Date.now() >= w.deadline) {
+        stream.waiting.delete(message.id);
+        clearTimeout(w.timer);
+        w.reject(serviceError(grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded"));
+        continue;
+      }
+      if (!stream.call.write(message)) {
+        stream.blocked = true; // "drain" resumes
+        return;
+      }
+    }
+    if (stream.ending) this.halfClose(stream);
+  }
+
+  /** Ends the request side of `stream`, once. */
+  halfClose(stream) {
+    if (stream.halfClosed) return;
+    stream.halfClosed = true;
+    stream.call.end();
   }
 
   open() {
     const call = this.client.Run(this.metadata.clone());
-    const stream = { call, waiting: new Map(), answered: false, openedAt: Date.now() };
+    const stream = {
+      call,
+      waiting: new Map(),
+      queue: [],
+      blocked: false,
+      ending: false,
+      halfClosed: false,
+      accepted: false,
+      answered: false,
+      cancelled: false,
+      openedAt: Date.now(),
+    };
     this.stream = stream;
     this.opened = (this.opened ?? 0) + 1;
     const end = (err) => {
       if (this.stream === stream) this.stream = null;
       const waiting = [...stream.waiting.values()];
       stream.waiting.clear();
+      stream.queue = [];
       const unimplemented = err.code === grpc.status.UNIMPLEMENTED && !stream.answered;
       if (unimplemented) this.supported = false;
+      // What each call would have got unary: the daemon's refusal of the stream before it
+      // answered its headers (credentials, authority), or the close() its caller asked
+      // for; a failure after that is the stream's, not any one call's.
+      const shared =
+        !stream.accepted ||
+        (stream.cancelled && err.code === grpc.status.CANCELLED) ||
+        err.code === grpc.status.UNAVAILABLE;
+      const failure = shared
+        ? err
+        : serviceError(
+            grpc.status.UNAVAILABLE,
+            `the pipeline stream broke: ${err.details ?? err.message}`,
+          );
       for (const w of waiting) {
         clearTimeout(w.timer);
-        if (unimplemented) w.unary().then(w.resolve, w.reject);
-        else w.reject(err);
+        const left = w.deadline - Date.now();
+        if (unimplemented && left > 0) w.unary(left).then(w.resolve, w.reject);
+        else if (unimplemented) {
+          w.reject(serviceError(grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded"));
+        } else w.reject(failure);
       }
     };
+    stream.call.on("drain", () => this.flush(stream));
+    stream.call.on("metadata", () => {
+      stream.accepted = true;
+    });
     stream.call.on("data", (response) => {
       stream.answered = true;
       const w = stream.waiting.get(response.id);
@@ -323,7 +431,10 @@ class Pipeline {
   }
 
   close() {
-    if (this.stream) this.stream.call.cancel();
+    if (this.stream) {
+      this.stream.cancelled = true;
+      this.stream.call.cancel();
+    }
   }
 }
 
@@ -407,6 +518,8 @@ function createClient(target, options = {}) {
     pipeline,
     /** How many Run streams have been opened (one more after each broken stream). */
     pipelineStreams: () => runner?.opened ?? 0,
+    /** How many calls wait to be written on the Run stream (at most PIPELINE_MAX_QUEUED). */
+    pipelineQueued: () => runner?.stream?.queue.length ?? 0,
     /** Closes the channel; calls after this fail. */
     close: () => {
       runner?.close();
@@ -421,5 +534,6 @@ module.exports = {
   isLocalTarget,
   loadLarderV1,
   PIPELINE,
+  PIPELINE_MAX_QUEUED: MAX_QUEUED,
   status: grpc.status,
 };

@@ -8,7 +8,9 @@ const { after, before, describe, it } = require("node:test");
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");
 
-const { PIPELINE, createClient, status } = require("../larder");
+const {
+  PIPELINE, PIPELINE_MAX_QUEUED, createClient, loadLarderV1, status,
+} = require("../larder");
 const { startDaemon } = require("./daemon");
 
 const TIMEOUT = { timeout: 60_000 };
@@ -100,6 +102,56 @@ describe("auto-pipelining against a daemon", TIMEOUT, () => {
     }
   });
 
+  it("fails an oversized call alone, with its unary twin's error", async () => {
+    const larder = createClient(daemon.unixTarget, { timeoutMs: 10000, pipeline: true });
+    const unary = createClient(daemon.unixTarget, { timeoutMs: 10000, pipeline: false });
+    try {
+      // Two values within the daemon's value limit (16 MiB) whose SetMany is past its message
+      // limit: on the shared stream it would end the stream, and every call with it.
+      const entries = [
+        { key: fresh("big"), value: Buffer.alloc(9 << 20, "x") },
+        { key: fresh("big"), value: Buffer.alloc(9 << 20, "y") },
+      ];
+      const keys = Array.from({ length: 50 }, () => fresh("small"));
+      await Promise.all(keys.map((key) => larder.cache.Set({ key, value: Buffer.from("v") })));
+      const calls = keys.map((key) => larder.cache.Get({ key }));
+      calls.splice(25, 0, larder.cache.SetMany({ entries }));
+      const answers = await Promise.all(calls.map(settle));
+      const [, bad] = answers.splice(25, 1)[0];
+      assert.ok(answers.every(([r, e]) => e === undefined && r.value.toString() === "v"));
+      const [, twin] = await settle(unary.cache.SetMany({ entries }));
+      // Past the message limit (tonic's decoder answers OUT_OF_RANGE), not UNAVAILABLE.
+      assert.ok([status.OUT_OF_RANGE, status.RESOURCE_EXHAUSTED].includes(bad?.code), bad);
+      assert.equal(bad.code, twin?.code);
+      assert.equal(bad.details, twin.details);
+      const again = await Promise.all(keys.map((key) => larder.cache.Get({ key })));
+      assert.ok(again.every((g) => g.value.toString() === "v"));
+    } finally {
+      larder.close();
+      unary.close();
+    }
+  });
+
+  it("never writes a call whose deadline passed while it waited to be written", async () => {
+    const larder = createClient(daemon.unixTarget, { timeoutMs: 10000, pipeline: true });
+    try {
+      const value = Buffer.alloc(4096, "w");
+      const sets = Array.from({ length: 300 }, () => larder.cache.Set({ key: fresh("w"), value }));
+      const counter = fresh("late");
+      const late = larder.cache.Increment({ key: counter, delta: 1 }, { timeoutMs: 1 });
+      assert.ok(larder.pipelineQueued() > 0, "the increment waits behind the sets");
+      const until = Date.now() + 5;
+      while (Date.now() < until); // its deadline passes before the stream takes more
+      const [, err] = await settle(late);
+      assert.equal(err?.code, status.DEADLINE_EXCEEDED);
+      await Promise.all(sets);
+      const got = await larder.cache.Get({ key: counter });
+      assert.equal(got.found, false, "the timed-out increment was applied later");
+    } finally {
+      larder.close();
+    }
+  });
+
   it("makes every call unary with pipeline: false", async () => {
     const larder = createClient(daemon.addr, { timeoutMs: 5000, pipeline: false });
     try {
@@ -116,6 +168,64 @@ describe("auto-pipelining against a daemon", TIMEOUT, () => {
 
   it("rejects a non-boolean pipeline option", () => {
     assert.throws(() => createClient(daemon.addr, { pipeline: "yes" }), /pipeline must be/);
+  });
+});
+
+describe("auto-pipelining against a daemon that stalls the stream", TIMEOUT, () => {
+  it("holds at most PIPELINE_MAX_QUEUED calls back, and sends the rest unary", async () => {
+    const daemon = await startDaemon(["--max-pipeline-inflight", "1"]);
+    const larder = createClient(daemon.unixTarget, { timeoutMs: 30000, pipeline: true });
+    try {
+      const value = Buffer.alloc(4096, "q");
+      const keys = Array.from({ length: 3000 }, () => fresh("queued"));
+      const sets = keys.map((key) => larder.cache.Set({ key, value }));
+      assert.equal(larder.pipelineQueued(), PIPELINE_MAX_QUEUED);
+      const stored = await Promise.all(sets);
+      assert.ok(stored.every((s) => s.stored === true));
+      assert.equal(larder.pipelineQueued(), 0);
+      const got = await larder.cache.Get({ key: keys[keys.length - 1] });
+      assert.equal(got.value.toString(), value.toString());
+    } finally {
+      larder.close();
+      assert.equal(await daemon.stop(), 0);
+      await daemon.cleanup();
+    }
+  });
+});
+
+describe("auto-pipelining with a daemon without the service", TIMEOUT, () => {
+  it("reruns the call unary with what is left of its timeout", async () => {
+    const grpc = require("@grpc/grpc-js");
+    const v1 = loadLarderV1();
+    const remaining = [];
+    const server = new grpc.Server();
+    server.addService(v1.PipelineService.service, {
+      Run: (call) => {
+        // Slow to say it lacks the service.
+        setTimeout(() => call.emit("error", {
+          code: status.UNIMPLEMENTED, details: "no PipelineService",
+        }), 1000);
+      },
+    });
+    server.addService(v1.CacheService.service, {
+      Get: (call, callback) => {
+        remaining.push(call.getDeadline() - Date.now());
+        callback(null, {});
+      },
+    });
+    const port = await new Promise((resolve, reject) => server.bindAsync("127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const larder = createClient(`127.0.0.1:${port}`, { timeoutMs: 3000, pipeline: true });
+    try {
+      const got = await larder.cache.Get({ key: fresh("old") });
+      assert.equal(got.found, false);
+      // The rerun carried the deadline the call had left, not a fresh 3 s.
+      assert.equal(remaining.length, 1);
+      assert.ok(remaining[0] < 2500, `remaining: ${remaining[0]} ms`);
+    } finally {
+      larder.close();
+      server.forceShutdown();
+    }
   });
 });
 

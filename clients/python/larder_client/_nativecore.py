@@ -130,6 +130,13 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+def _cancel_with(pending: Any, future: asyncio.Future[Any]) -> None:
+    # A cancelled task drops its call in the core: a pipelined call not yet written is then
+    # never written (it must not run after its caller gave up on it).
+    if future.cancelled():
+        pending.cancel()
+
+
 class AsyncNativeBinding(_Binding):
     """Runs the asyncio client's calls on a native core: each call is an asyncio future
     that the core's thread settles through the loop's ``call_soon_threadsafe``, so the
@@ -151,9 +158,10 @@ class AsyncNativeBinding(_Binding):
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             settle = functools.partial(_settle, future)
-            start(
+            pending = start(
                 path, request, timeout, wait_for_ready, loop.call_soon_threadsafe, settle, pipelined
             )
+            future.add_done_callback(functools.partial(_cancel_with, pending))
             return await future
 
         return invoke

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import grpc
 import pytest
 from conftest import Daemon
 
@@ -181,3 +183,117 @@ async def test_streams_are_renewed_before_the_daemon_retires_their_connection(
         await asyncio.gather(*(writer(n) for n in range(8)))
         assert written > 100
         assert streams(larder) >= 2
+
+
+async def test_an_oversized_call_fails_alone_with_its_unary_error(
+    piped: aio.Larder, daemon: Daemon
+) -> None:
+    # Two values within the daemon's value limit (16 MiB) whose SetMany is past its message
+    # limit: on the shared stream it would end the stream, and every call with it.
+    big = {fresh("big"): b"x" * (9 << 20), fresh("big"): b"y" * (9 << 20)}
+    keys = [fresh("small") for _ in range(50)]
+    await asyncio.gather(*(piped.cache.set(k, b"v") for k in keys))
+    calls = [piped.cache.get(k) for k in keys]
+    calls.insert(25, piped.cache.set_many(big))
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    bad = answers.pop(25)
+    assert answers == [b"v"] * len(keys)
+    async with aio.Larder(daemon.unix_target, timeout=5.0, core="native", pipeline=False) as unary:
+        with pytest.raises(Exception) as unary_err:
+            await unary.cache.set_many(big)
+    assert isinstance(bad, type(unary_err.value))
+    assert bad.code() == unary_err.value.code()
+    # Past the daemon's message limit (its decoder answers OUT_OF_RANGE), not UNAVAILABLE.
+    assert bad.code().name in ("OUT_OF_RANGE", "RESOURCE_EXHAUSTED")
+    assert await asyncio.gather(*(piped.cache.get(k) for k in keys)) == [b"v"] * len(keys)
+
+
+async def test_a_call_past_its_deadline_before_it_is_written_never_runs(
+    piped: aio.Larder,
+) -> None:
+    await piped.cache.set(fresh("open"), b"v")  # the stream is open
+    counter = fresh("late")
+    for _ in range(20):
+        # Its deadline passes before the stream's writer can take it: it must fail, and
+        # never be applied afterwards (a retry would then count it twice).
+        with pytest.raises(Exception) as err:
+            await piped.cache.increment(counter, timeout=1e-6)
+        assert err.value.code().name == "DEADLINE_EXCEEDED"
+    # A later call on the same stream is answered after any earlier one was read.
+    await asyncio.gather(*(piped.cache.get(counter) for _ in range(10)))
+    assert await piped.cache.get(counter) is None
+
+
+@pytest.fixture(scope="module")
+def stalling() -> Iterator[Daemon]:
+    """A daemon that reads a Run stream one call at a time."""
+    daemon = Daemon(["--max-pipeline-inflight", "1"])
+    try:
+        yield daemon
+        daemon.stop()
+    finally:
+        daemon.cleanup()
+
+
+QUEUE_BOUND = 1024  # the native core's MAX_QUEUED
+
+
+async def test_the_calls_waiting_to_be_written_are_bounded(stalling: Daemon) -> None:
+    async with aio.Larder(stalling.unix_target, timeout=30.0, core="native") as larder:
+        keys = [fresh("queued") for _ in range(3000)]
+        value = b"q" * 4096
+        stored = await asyncio.gather(*(larder.cache.set(k, value) for k in keys))
+        assert stored == [True] * len(keys)
+        peak = larder._binding._core.pipeline_queue_peak()
+        assert 0 < peak <= QUEUE_BOUND
+        assert await larder.cache.get(keys[-1]) == value
+
+
+async def test_a_call_cancelled_before_it_is_written_never_runs(stalling: Daemon) -> None:
+    async with aio.Larder(stalling.unix_target, timeout=30.0, core="native") as larder:
+        value = b"c" * 4096
+        # The daemon reads one call at a time: these keep the stream's writer busy for long
+        # after the increment below is queued behind them.
+        sets = [asyncio.ensure_future(larder.cache.set(fresh("c"), value)) for _ in range(1000)]
+        counter = fresh("cancelled")
+        task = asyncio.ensure_future(larder.cache.increment(counter))
+        await asyncio.sleep(0)  # every call is started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await asyncio.gather(*sets) == [True] * len(sets)
+        assert await larder.cache.get(counter) is None
+
+
+async def test_the_unary_rerun_after_unimplemented_gets_what_is_left_of_the_timeout() -> None:
+    remaining: list[float] = []
+
+    async def run(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        # A daemon without the service, slow to say so.
+        await asyncio.sleep(1.0)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no PipelineService")
+
+    async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining.append(context.time_remaining() or 0.0)
+        return b""  # a miss
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "larder.v1.PipelineService", {"Run": grpc.stream_stream_rpc_method_handler(run)}
+            ),
+            grpc.method_handlers_generic_handler(
+                "larder.v1.CacheService", {"Get": grpc.unary_unary_rpc_method_handler(get)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio.Larder(f"127.0.0.1:{port}", timeout=3.0, core="native") as larder:
+            assert await larder.cache.get(fresh("old")) is None
+        # The rerun carried the deadline the call had left, not a fresh 3 s.
+        assert len(remaining) == 1 and remaining[0] < 2.5
+    finally:
+        await server.stop(None)

@@ -164,7 +164,8 @@ impl Core {
     /// value)` is called from the core's thread: `loop.call_soon_threadsafe` and a function
     /// that settles the asyncio future awaiting it. With `pipelined`, a call that a
     /// `PipelineService/Run` stream carries goes on the one stream this runtime shares
-    /// (see `pipeline`), unless it waits for ready (which only a unary call can).
+    /// (see `pipeline`), unless it waits for ready (which only a unary call can). Returns a
+    /// `Pending` whose `cancel()` drops the call (its awaiting task was cancelled).
     #[pyo3(signature = (path, fields, timeout, wait_for_ready, schedule, settle, pipelined=false))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -176,7 +177,7 @@ impl Core {
         schedule: Py<PyAny>,
         settle: Py<PyAny>,
         pipelined: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<Pending> {
         let live = self.live()?;
         let driven = live.spawned().map_err(PyRuntimeError::new_err)?;
         let error = Python::attach(|py| self.error.clone_ref(py));
@@ -195,7 +196,11 @@ impl Core {
                 futures_boxed(async move {
                     match pipe.call(slot, request, timeout).await {
                         pipeline::Outcome::Done(result) => result,
-                        pipeline::Outcome::Unary(request) => unary.with(request).run().await,
+                        pipeline::Outcome::Unary(request, left) => {
+                            let mut unary = unary;
+                            unary.timeout = left;
+                            unary.with(request).run().await
+                        }
                     }
                 })
             }
@@ -204,8 +209,11 @@ impl Core {
                 futures_boxed(call.run())
             }
         };
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
         driven.runtime.spawn(async move {
-            let result = future.await;
+            let Some(result) = unless_cancelled(future, cancelled).await else {
+                return; // nobody awaits the answer
+            };
             drop(keep);
             Python::attach(|py| {
                 let (ok, value) = match result {
@@ -219,7 +227,9 @@ impl Core {
                 let _ = schedule.call1(py, (settle, ok, value));
             });
         });
-        Ok(())
+        Ok(Pending {
+            cancel: std::sync::Mutex::new(Some(cancel)),
+        })
     }
 
     /// Whether the daemon accepts a connection within `seconds` (waiting with the GIL
@@ -237,6 +247,15 @@ impl Core {
             .load_full()
             .filter(|live| live.generation == live::generation())
             .map_or(0, |live| live.pipeline_streams())
+    }
+
+    /// The most asyncio calls that have waited at once to be written on one Run stream (at
+    /// most the pipeline's bound; calls past it went unary).
+    fn pipeline_queue_peak(&self) -> usize {
+        self.live
+            .load_full()
+            .filter(|live| live.generation == live::generation())
+            .map_or(0, |live| live.pipeline_queue_peak())
     }
 
     /// Closes the channel; calls after this raise `ValueError`.
@@ -358,6 +377,49 @@ fn default_roots() -> PyResult<Option<Vec<u8>>> {
     }
 }
 
+/// A call started by `Core.start`.
+#[pyclass(module = "larder_client._native")]
+struct Pending {
+    cancel: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+#[pymethods]
+impl Pending {
+    /// Drops the call: a pipelined one not yet written is then never written, a unary one is
+    /// cancelled. Called when the task awaiting it is cancelled.
+    fn cancel(&self) {
+        let sender = self
+            .cancel
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+}
+
+/// The output of `future`, or `None` once `cancelled` fires first (a `Pending` dropped
+/// without `cancel()` lets the call run to its end).
+async fn unless_cancelled<F: Future + Unpin>(
+    mut future: F,
+    cancelled: tokio::sync::oneshot::Receiver<()>,
+) -> Option<F::Output> {
+    let mut cancelled = Some(cancelled);
+    std::future::poll_fn(|cx| {
+        if let Some(receiver) = cancelled.as_mut() {
+            match Pin::new(receiver).poll(cx) {
+                std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready(None),
+                // The `Pending` was dropped: not cancelled, and never will be.
+                std::task::Poll::Ready(Err(_)) => cancelled = None,
+                std::task::Poll::Pending => {}
+            }
+        }
+        Pin::new(&mut future).poll(cx).map(Some)
+    })
+    .await
+}
+
 /// A call's future, boxed so that both kinds of call spawn as one type.
 fn futures_boxed<F>(
     future: F,
@@ -405,5 +467,6 @@ fn failure_value(py: Python<'_>, error: &Py<PyAny>, failure: Failure) -> Py<PyAn
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     live::count_forks().map_err(PyRuntimeError::new_err)?;
     m.add_class::<Core>()?;
+    m.add_class::<Pending>()?;
     Ok(())
 }

@@ -162,6 +162,14 @@ impl Live {
             .and_then(|driven| driven.pipeline.as_ref())
             .map_or(0, |pipeline| pipeline.opened())
     }
+
+    /// The most calls the asyncio runtime's pipeline has held queued on one stream at once.
+    pub fn pipeline_queue_peak(&self) -> usize {
+        self.spawned
+            .get()
+            .and_then(|driven| driven.pipeline.as_ref())
+            .map_or(0, |pipeline| pipeline.queue_peak())
+    }
 }
 
 impl Drop for Live {

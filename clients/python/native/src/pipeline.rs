@@ -5,20 +5,27 @@
 //!
 //! What a caller sees is what its unary twin would give: the answer, or a `Failure` with the
 //! status the unary call would have had (a `CallError` carries it). When the stream breaks
-//! (the daemon restarts, the connection drops), every call still waiting on it fails with the
-//! UNAVAILABLE a unary call would get, and the next call opens a new stream. A call that is
+//! (the daemon restarts, the connection drops, or it ends with an error of its own), every
+//! call still waiting on it fails with the UNAVAILABLE a unary call gets when its connection
+//! drops, never with the stream's status (which belongs to no one call), and the next call
+//! opens a new stream. A call whose encoded request is past `MAX_PIPELINED_BYTES` goes unary,
+//! so that no call can be too large for the stream that others share. A call that is
 //! abandoned (its deadline passed, its Python task cancelled) leaves the stream alone: its
-//! answer, when it comes, is dropped. Each stream takes new calls for `STREAM_LIFETIME`, then
-//! is half-closed and the next call opens another. A daemon without the service (UNIMPLEMENTED
-//! on the stream) is remembered, and the calls go unary from then on.
+//! answer, when it comes, is dropped, and it is not written if it was still queued. At most
+//! `MAX_QUEUED` calls wait to be written on a stream; past that a call goes unary. Each stream
+//! takes new calls for `STREAM_LIFETIME`, then is half-closed and the next call opens another.
+//! A daemon without the service (UNIMPLEMENTED on the stream) is remembered, and the calls go
+//! unary from then on, each with what is left of its timeout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -150,6 +157,21 @@ type Answer = Result<DynamicMessage, End>;
 /// a new connection after a GOAWAY.
 const STREAM_LIFETIME: Duration = Duration::from_secs(1);
 
+/// The largest call (its request, encoded) that goes on the stream; a larger one goes unary.
+/// The daemon's message limit (`max_message_bytes`) is its largest value plus a batch of keys
+/// plus 64 KiB of slack, so a call of at most 64 KiB fits it however the daemon is
+/// configured, whereas a larger one may not, and a message past the limit ends the whole
+/// stream. For calls this large, one HTTP/2 stream more costs little beside the bytes.
+pub const MAX_PIPELINED_BYTES: usize = 64 * 1024;
+
+/// The most calls queued on one stream and not yet taken by its writer; a call past it goes
+/// unary. The daemon stops reading a stream that has `server.max_pipeline_inflight` calls in
+/// flight, so under a stall the queue would otherwise grow without bound.
+pub const MAX_QUEUED: usize = 1024;
+
+/// A call queued for writing: its id, its deadline and its `RunRequest`.
+type Queued = (u64, tokio::time::Instant, DynamicMessage);
+
 /// One Run stream: where calls are written, and who waits for which id.
 struct Stream {
     opened: Instant,
@@ -159,9 +181,11 @@ struct Stream {
 struct StreamState {
     /// Where calls are written; `None` once the stream is half-closed or has ended, so that no
     /// call is sent on a stream that will not answer it.
-    outbound: Option<mpsc::UnboundedSender<DynamicMessage>>,
+    outbound: Option<mpsc::UnboundedSender<Queued>>,
     /// The calls sent and not yet answered.
     waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    /// How many calls are queued and not yet taken by the writer (at most `MAX_QUEUED`).
+    queued: usize,
 }
 
 impl Stream {
@@ -197,6 +221,37 @@ impl Stream {
     fn forget(&self, id: u64) {
         lock(&self.state).waiting.remove(&id);
     }
+
+    /// Whether the queued call `id` is still to be written: it is still waited on (not timed
+    /// out, not cancelled) and its deadline has not passed. Counts it out of the queue.
+    fn take(&self, id: u64, deadline: tokio::time::Instant) -> bool {
+        let mut state = lock(&self.state);
+        state.queued = state.queued.saturating_sub(1);
+        // Past its deadline, its caller gets DEADLINE_EXCEEDED (its timer forgets it): the call
+        // must not run after that.
+        tokio::time::Instant::now() < deadline && state.waiting.contains_key(&id)
+    }
+}
+
+/// Forgets a call on its stream when dropped armed.
+struct Forget<'a> {
+    stream: &'a Arc<Stream>,
+    id: u64,
+    armed: bool,
+}
+
+impl Forget<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.stream.forget(self.id);
+        }
+    }
 }
 
 /// The mutexes here guard a map or a pointer for a few instructions, never across an await;
@@ -215,6 +270,8 @@ pub struct Pipeline {
     next_id: AtomicU64,
     /// How many streams have been opened (what `Core.pipeline_streams` reports).
     opened: AtomicU64,
+    /// The most calls queued on one stream at once (what `Core.pipeline_queue_peak` reports).
+    queue_peak: AtomicUsize,
     /// A stream has opened once: the daemon has the service.
     confirmed: AtomicBool,
     /// The daemon answered the stream with UNIMPLEMENTED: calls go unary.
@@ -224,8 +281,10 @@ pub struct Pipeline {
 /// What a pipelined call gives its caller.
 pub enum Outcome {
     Done(Result<DynamicMessage, Failure>),
-    /// The daemon has no PipelineService: make the call unary, with this request.
-    Unary(DynamicMessage),
+    /// Make the call unary, with this request and this timeout (what is left of the call's):
+    /// the daemon has no PipelineService, the call is too large for the stream, or too many
+    /// calls wait to be written.
+    Unary(DynamicMessage, Duration),
 }
 
 impl Pipeline {
@@ -236,6 +295,7 @@ impl Pipeline {
             current: Mutex::new(None),
             next_id: AtomicU64::new(1),
             opened: AtomicU64::new(0),
+            queue_peak: AtomicUsize::new(0),
             confirmed: AtomicBool::new(false),
             unsupported: AtomicBool::new(false),
         }
@@ -244,6 +304,11 @@ impl Pipeline {
     /// How many Run streams have been opened so far.
     pub fn opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
+    }
+
+    /// The most calls queued on one stream at once so far (at most `MAX_QUEUED`).
+    pub fn queue_peak(&self) -> usize {
+        self.queue_peak.load(Ordering::Relaxed)
     }
 
     /// Whether calls still go on the stream (the daemon is not known to lack the service).
@@ -260,6 +325,9 @@ impl Pipeline {
         timeout: Duration,
     ) -> Outcome {
         let deadline = tokio::time::Instant::now() + timeout;
+        if request.encoded_len() > MAX_PIPELINED_BYTES {
+            return Outcome::Unary(request, timeout);
+        }
         // Until a stream has opened, the request is kept for a unary retry in case the
         // daemon turns out to lack the service (it then never ran the call).
         let fallback = (!self.confirmed.load(Ordering::Relaxed)).then(|| request.clone());
@@ -267,16 +335,32 @@ impl Pipeline {
         let mut message = DynamicMessage::new(SHAPE.request.clone());
         message.set_field(&SHAPE.id, Value::U64(id));
         message.set_field(&slot.call, Value::Message(request));
-        let (stream, answer) = self.send(id, message);
+        let (stream, answer) = match self.send(id, deadline, message) {
+            Ok(sent) => sent,
+            Err(mut message) => match message.take_field(&slot.call) {
+                Some(Value::Message(request)) => return Outcome::Unary(request, timeout),
+                _ => unreachable!("the call's field was set above"),
+            },
+        };
+        // Dropped before the answer (the awaiting task was cancelled), the call is forgotten,
+        // so that the stream's writer skips it if it is still queued.
+        let forget = Forget {
+            stream: &stream,
+            id,
+            armed: true,
+        };
         let answer = match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(answer)) => {
+                forget.disarm();
+                answer
+            }
             // The waiter was dropped unanswered: the runtime is going away.
             Ok(Err(_)) => Err(End {
                 status: Status::unavailable("the pipeline stream closed"),
                 never_sent: false,
             }),
             Err(_) => {
-                stream.forget(id);
+                drop(forget);
                 return Outcome::Done(Err(Failure {
                     status: deadline_exceeded(),
                     never_sent: false,
@@ -286,7 +370,16 @@ impl Pipeline {
         Outcome::Done(match answer {
             Ok(response) => result(response, slot),
             Err(end) if end.status.code() == Code::Unimplemented => match fallback {
-                Some(request) => return Outcome::Unary(request),
+                Some(request) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Outcome::Done(Err(Failure {
+                            status: deadline_exceeded(),
+                            never_sent: true,
+                        }));
+                    }
+                    return Outcome::Unary(request, left);
+                }
                 None => Err(Failure {
                     status: end.status,
                     never_sent: false,
@@ -299,12 +392,15 @@ impl Pipeline {
         })
     }
 
-    /// Registers `id` on the open stream (or a new one) and writes `message` to it.
+    /// Registers `id` on the open stream (or a new one) and queues `message` on it; gives
+    /// `message` back when `MAX_QUEUED` calls already wait to be written.
+    #[allow(clippy::result_large_err)]
     fn send(
         self: &Arc<Self>,
         id: u64,
+        deadline: tokio::time::Instant,
         message: DynamicMessage,
-    ) -> (Arc<Stream>, oneshot::Receiver<Answer>) {
+    ) -> Result<(Arc<Stream>, oneshot::Receiver<Answer>), DynamicMessage> {
         let (tx, rx) = oneshot::channel();
         let mut tx = Some(tx);
         loop {
@@ -315,18 +411,23 @@ impl Pipeline {
                 self.retire(&stream);
                 continue; // closed just now: open another
             };
+            if state.queued >= MAX_QUEUED {
+                return Err(message);
+            }
+            state.queued += 1;
+            self.queue_peak.fetch_max(state.queued, Ordering::Relaxed);
             state
                 .waiting
                 .insert(id, tx.take().expect("registered once"));
             // Sent under the lock, so that a half-close or an end cannot come between the
             // registration and the write.
-            let sent = outbound.send(message).is_ok();
+            let sent = outbound.send((id, deadline, message)).is_ok();
             drop(state);
             if !sent {
                 // The stream's task is gone: `end` answers the waiter.
                 self.retire(&stream);
             }
-            return (stream, rx);
+            return Ok((stream, rx));
         }
     }
 
@@ -345,6 +446,7 @@ impl Pipeline {
             state: Mutex::new(StreamState {
                 outbound: Some(outbound),
                 waiting: HashMap::new(),
+                queued: 0,
             }),
         });
         *current = Some(stream.clone());
@@ -366,10 +468,14 @@ impl Pipeline {
     async fn drive(
         self: Arc<Self>,
         stream: Arc<Stream>,
-        outbound: mpsc::UnboundedReceiver<DynamicMessage>,
+        outbound: mpsc::UnboundedReceiver<Queued>,
     ) {
         let mut grpc = self.grpc.clone();
-        let mut request = Request::new(UnboundedReceiverStream::new(outbound));
+        // Each call is looked at as the writer takes it: one abandoned meanwhile is skipped.
+        let gate = stream.clone();
+        let outbound = UnboundedReceiverStream::new(outbound)
+            .filter_map(move |(id, deadline, message)| gate.take(id, deadline).then_some(message));
+        let mut request = Request::new(outbound);
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
@@ -411,9 +517,15 @@ impl Pipeline {
                                 never_sent: false,
                             };
                         }
+                        // The stream's own status (RESOURCE_EXHAUSTED for a message past the
+                        // daemon's limit, say) is no one waiting call's: each gets what a
+                        // unary call gets when its connection drops.
                         Err(status) => {
                             break End {
-                                status: as_grpcio(status),
+                                status: Status::unavailable(format!(
+                                    "the pipeline stream broke: {}",
+                                    as_grpcio(status).message()
+                                )),
                                 never_sent: false,
                             };
                         }
