@@ -4,13 +4,17 @@
 //! would have made of the twin, so validation, limits, scope, codes and messages are the
 //! twin's by construction: nothing here validates or stores anything itself.
 //!
-//! The calls of one stream run concurrently on the stream's own task (no task per call): the
-//! answer stream reads calls while fewer than `max_inflight` run, polls them together, and
-//! sends each answer as its call completes. Writes read from the stream together are therefore
-//! submitted to the writer together and share its commit. At the bound the stream stops
-//! reading until an answer has been taken, so HTTP/2 flow control slows the client; a client
-//! that does not read its answers stops being read from, and holds at most `max_inflight`
-//! calls and their answers.
+//! Each call of a stream runs as its own task, so that it makes progress whatever the client
+//! reads: the response body is polled only while HTTP/2 lets the server send, and a call
+//! polled only from there would stop mid-way, holding what it holds (a rate-limit write-behind
+//! lock, a key being loaded) against every other client. The answer stream reads calls while
+//! fewer than `max_inflight` are running or answered but not yet sent, and sends each answer
+//! as its call completes. Writes read from the stream together are therefore submitted to the
+//! writer together and share its commit. At the bound the stream stops reading until an
+//! answer has been taken, so HTTP/2 flow control slows the client; a client that does not read
+//! its answers stops being read from, and holds at most `max_inflight` calls and their
+//! answers. When the stream is dropped (the client went away) its calls' tasks are aborted, as
+//! a unary call's future is dropped when its client goes.
 //!
 //! On shutdown the stream stops reading, answers the calls in flight, then ends with
 //! `UNAVAILABLE`; calls the client sent but the server had not read are not run.
@@ -23,6 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, Stream};
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -196,8 +201,48 @@ async fn run(
     }
 }
 
+/// One call running as its own task; aborted when dropped unanswered.
+struct Spawned {
+    id: u64,
+    task: JoinHandle<pb::RunResponse>,
+}
+
+impl Future for Spawned {
+    type Output = pb::RunResponse;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<pb::RunResponse> {
+        let id = self.id;
+        Pin::new(&mut self.task).poll(cx).map(|joined| {
+            // A call's task ends unanswered only if it panicked: that call alone fails, as
+            // its unary twin would.
+            joined.unwrap_or_else(|_| pb::RunResponse {
+                id,
+                error: Some(pb::CallError {
+                    code: i32::from(Code::Internal),
+                    message: "internal error".to_owned(),
+                }),
+                result: None,
+            })
+        })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts one call on its own task.
+fn spawn(services: Arc<Services>, scope: Option<Scope>, req: pb::RunRequest) -> Spawned {
+    Spawned {
+        id: req.id,
+        task: tokio::spawn(run(services, scope, req)),
+    }
+}
+
 /// The answer stream of one Run: reads calls, starts each with `start`, yields their answers.
-/// Generic over the call's future so that the calls in flight are held unboxed.
+/// `running` holds the calls started and not yet answered to the client (finished or not).
 struct Answers<F, S> {
     services: Arc<Services>,
     scope: Option<Scope>,
@@ -271,7 +316,7 @@ impl PipelineService for PipelineApi {
         let answers = Answers {
             services: self.services.clone(),
             scope,
-            start: run,
+            start: spawn,
             requests: Some(req.into_inner()),
             running: FuturesUnordered::new(),
             stopping: Box::pin(self.stop.clone().cancelled_owned()),

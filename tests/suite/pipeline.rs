@@ -747,3 +747,74 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     s.read_to_string(&mut body).await.unwrap();
     body
 }
+
+/// A Run stream over a connection whose client grants only HTTP/2's default 64 KiB window and
+/// never reads, so no WINDOW_UPDATE ever reaches the server.
+async fn stingy_pipe(server: &TestServer) -> Pipe {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.tcp_addr()))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    Pipe::open(channel).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_of_a_client_that_grants_no_window_still_finish_and_release_what_they_hold() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    crate::common::set(&mut c, "", "big", vec![b'v'; 64 * 1024], 0).await;
+    let mut limits = server.rate_limits().await;
+    let check = |key: &str| pb::CheckRequest {
+        key: key.into(),
+        limit: 10,
+        period_ms: 60_000,
+        ..Default::default()
+    };
+    limits.check(check("held")).await.unwrap();
+
+    // The big answers exhaust the window; the Reset and the Check of a key the server must
+    // load are read with them and must still run to their end.
+    let stuck = stingy_pipe(&server).await;
+    stuck
+        .send(
+            0,
+            Some(Call::Reset(pb::ResetRequest {
+                key: "held".into(),
+                ..Default::default()
+            })),
+        )
+        .await;
+    stuck.send(1, Some(Call::Check(check("cold")))).await;
+    for id in 2..5 {
+        stuck.send(id, Some(get_call("big"))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Failure detector only: another client's Reset and Check are answered.
+    let other = tokio::time::timeout(Duration::from_secs(20), async {
+        limits
+            .reset(pb::ResetRequest {
+                key: "held".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        limits.check(check("cold")).await.unwrap();
+        limits
+            .reset(pb::ResetRequest {
+                key: "cold".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(
+        other.is_ok(),
+        "a stream its client stopped reading held up other clients' calls"
+    );
+    drop(stuck);
+}
