@@ -818,3 +818,45 @@ async fn calls_of_a_client_that_grants_no_window_still_finish_and_release_what_t
     );
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_run_stream_counts_as_one_call_in_progress() {
+    let server = TestServer::with_settings(ServerSettings {
+        max_concurrent_requests: 1,
+        ..ServerSettings::default()
+    })
+    .await;
+    let mut c = server.client().await;
+    let mut pipe = Pipe::open(server.channel().await).await;
+    assert!(pipe.one(set("k", "v")).await.error.is_none());
+
+    // The stream holds the only place, between calls as well as during them.
+    let busy = c
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await;
+    crate::common::assert_code(busy, Code::Unavailable);
+
+    // Ended, it gives the place back.
+    let Pipe { calls, mut answers } = pipe;
+    drop(calls);
+    assert!(answers.next().await.is_none());
+    drop(answers);
+    let mut freed = false;
+    for _ in 0..100 {
+        let again = c
+            .get(pb::GetRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
+        if again.is_ok_and(|r| r.into_inner().found) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the place came back once the stream ended");
+}
