@@ -51,6 +51,18 @@ pub(crate) trait CallObserver: Send + Sync + fmt::Debug {
     fn finished(&self, path: &str, code: Code, elapsed: Duration);
 }
 
+/// The token a stream was opened with, as the auth layer (which sits above this layer) can
+/// check it again once the accepted tokens change.
+pub(crate) trait Credentials: Send + Sync + fmt::Debug {
+    /// The generation of the accepted tokens the stream was admitted under.
+    fn admitted(&self) -> u64;
+    /// The generation of the accepted tokens now; changes on each reload.
+    fn generation(&self) -> u64;
+    /// The token's scope under the tokens now (`None`: full access), or the status that ends
+    /// the stream (the token is no longer accepted, or no longer for this service).
+    fn recheck(&self) -> Result<Option<Scope>, Status>;
+}
+
 /// The path a call with no `call` set is reported under.
 const NO_CALL_PATH: &str = "/larder.v1.PipelineService/Run";
 
@@ -246,6 +258,9 @@ fn spawn(services: Arc<Services>, scope: Option<Scope>, req: pb::RunRequest) -> 
 struct Answers<F, S> {
     services: Arc<Services>,
     scope: Option<Scope>,
+    /// The stream's token and the generation its scope was last checked under (`None`: no
+    /// auth on this listener).
+    credentials: Option<(Arc<dyn Credentials>, u64)>,
     start: S,
     /// The calls still to read; `None` once the client half-closed, the stream failed, or
     /// shutdown began.
@@ -282,6 +297,22 @@ where
             };
             match Pin::new(requests).poll_next(cx) {
                 Poll::Ready(Some(Ok(req))) => {
+                    // One atomic load per call; the token is checked again only after a
+                    // reload, and a refusal ends the stream before this call runs.
+                    if let Some((credentials, seen)) = &mut this.credentials {
+                        let now = credentials.generation();
+                        if now != *seen {
+                            *seen = now;
+                            match credentials.recheck() {
+                                Ok(scope) => this.scope = scope,
+                                Err(status) => {
+                                    this.requests = None;
+                                    this.end = Some(status);
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     let call = (this.start)(this.services.clone(), this.scope.clone(), req);
                     this.running.push(call);
                 }
@@ -313,9 +344,14 @@ impl PipelineService for PipelineApi {
         req: Request<Streaming<pb::RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let scope = req.extensions().get::<Scope>().cloned();
+        let credentials = req
+            .extensions()
+            .get::<Arc<dyn Credentials>>()
+            .map(|c| (c.clone(), c.admitted()));
         let answers = Answers {
             services: self.services.clone(),
             scope,
+            credentials,
             start: spawn,
             requests: Some(req.into_inner()),
             running: FuturesUnordered::new(),

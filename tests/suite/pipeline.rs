@@ -860,3 +860,63 @@ async fn an_open_run_stream_counts_as_one_call_in_progress() {
     }
     assert!(freed, "the place came back once the stream ended");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_reaches_open_streams_revoking_or_narrowing_their_token() {
+    use crate::suite::binary::{Daemon, POLL_PAUSE, POLLS};
+    const KEPT: &str = "kept-0123456789abcdefghijklmnop";
+    const GONE: &str = "gone-0123456789abcdefghijklmnop";
+    const NEW: &str = "new-0123456789abcdefghijklmnopq";
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("l.sock");
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, format!("{KEPT}\n{GONE}\n")).unwrap();
+    let flags = ["--auth-token-file".as_ref(), tokens.as_os_str()];
+    let log = tmp.path().join("serve.log");
+    let mut daemon = Daemon::spawn_with(&tmp.path().join("data"), &socket, log, &flags);
+    let channel = daemon.channel(&socket).await;
+    let mut gone = Pipe::open_with(channel.clone(), Some(GONE)).await;
+    let mut kept = Pipe::open_with(channel.clone(), Some(KEPT)).await;
+    assert_eq!(gone.one(set("k", "v")).await.error, None);
+    assert_eq!(kept.one(set("k", "v")).await.error, None);
+
+    // GONE is revoked and KEPT narrowed to reads; NEW being served shows the reload is done.
+    let next = tmp.path().join("tokens.new");
+    std::fs::write(&next, format!("{KEPT} read_only\n{NEW}\n")).unwrap();
+    std::fs::rename(&next, &tokens).unwrap();
+    daemon.send("-HUP");
+    let mut cache = pb::cache_service_client::CacheServiceClient::new(channel.clone());
+    let mut reloaded = false;
+    for _ in 0..POLLS {
+        let mut req = Request::new(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        });
+        let value = format!("Bearer {NEW}").parse().unwrap();
+        req.metadata_mut().insert("authorization", value);
+        if cache.get(req).await.is_ok() {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    assert!(reloaded, "the new token file was never read");
+
+    // The revoked token's stream ends at its next call, which is not run.
+    gone.send(1, Some(set("k", "by a revoked token"))).await;
+    let ended = gone.answers.next().await.expect("the stream ends with a status");
+    assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+    // The narrowed token's stream goes on under its new scope.
+    let refused = kept.one(set("k", "by a read-only token")).await;
+    assert_eq!(
+        refused.error.map(|e| e.code),
+        Some(Code::PermissionDenied as i32)
+    );
+    let Some(Outcome::Get(g)) = kept.one(get_call("k")).await.result else {
+        panic!("a read is still served");
+    };
+    assert_eq!(&g.value[..], b"v", "neither write after the reload was made");
+
+    drop((gone, kept, cache, channel));
+    daemon.terminate().await;
+}
