@@ -16,6 +16,11 @@
 //! answers. When the stream is dropped (the client went away) its calls' tasks are aborted, as
 //! a unary call's future is dropped when its client goes.
 //!
+//! Each call read is charged to the server's in-flight byte budget, by its encoded size, until
+//! its answer is taken (the request frames themselves are charged only until decoded, so a
+//! long-lived stream holds only what it has not answered); a call that does not fit is
+//! answered `UNAVAILABLE` alone, as its unary twin would be refused.
+//!
 //! On shutdown the stream stops reading, answers the calls in flight, then ends with
 //! `UNAVAILABLE`; calls the client sent but the server had not read are not run.
 
@@ -27,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, Stream};
+use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -61,6 +67,17 @@ pub(crate) trait Credentials: Send + Sync + fmt::Debug {
     /// The token's scope under the tokens now (`None`: full access), or the status that ends
     /// the stream (the token is no longer accepted, or no longer for this service).
     fn recheck(&self) -> Result<Option<Scope>, Status>;
+}
+
+/// Where a stream's calls are charged from when they are read until their answers are taken:
+/// the server's in-flight byte budget, which sits above this layer.
+pub(crate) trait CallBudget: Send + Sync + fmt::Debug {
+    /// Charges `bytes` if they fit; `false` when the budget is full.
+    fn charge(&self, bytes: usize) -> bool;
+    /// Returns `bytes` charged before.
+    fn release(&self, bytes: usize);
+    /// Counts a call refused for want of room; the status it is answered with.
+    fn refused(&self) -> Status;
 }
 
 /// The path a call with no `call` set is reported under.
@@ -213,35 +230,47 @@ async fn run(
     }
 }
 
-/// One call running as its own task; aborted when dropped unanswered.
+/// One call running as its own task (aborted when dropped unanswered), or answered at once;
+/// with the bytes it is charged.
 struct Spawned {
     id: u64,
-    task: JoinHandle<pb::RunResponse>,
+    charged: usize,
+    task: Option<JoinHandle<pb::RunResponse>>,
+    ready: Option<pb::RunResponse>,
 }
 
 impl Future for Spawned {
-    type Output = pb::RunResponse;
+    type Output = (pb::RunResponse, usize);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<pb::RunResponse> {
-        let id = self.id;
-        Pin::new(&mut self.task).poll(cx).map(|joined| {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (id, charged) = (self.id, self.charged);
+        if let Some(answer) = self.ready.take() {
+            return Poll::Ready((answer, charged));
+        }
+        let Some(task) = self.task.as_mut() else {
+            return Poll::Pending;
+        };
+        Pin::new(task).poll(cx).map(|joined| {
             // A call's task ends unanswered only if it panicked: that call alone fails, as
             // its unary twin would.
-            joined.unwrap_or_else(|_| pb::RunResponse {
+            let answer = joined.unwrap_or_else(|_| pb::RunResponse {
                 id,
                 error: Some(pb::CallError {
                     code: i32::from(Code::Internal),
                     message: "internal error".to_owned(),
                 }),
                 result: None,
-            })
+            });
+            (answer, charged)
         })
     }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -249,23 +278,28 @@ impl Drop for Spawned {
 fn spawn(services: Arc<Services>, scope: Option<Scope>, req: pb::RunRequest) -> Spawned {
     Spawned {
         id: req.id,
-        task: tokio::spawn(run(services, scope, req)),
+        charged: 0,
+        task: Some(tokio::spawn(run(services, scope, req))),
+        ready: None,
     }
 }
 
-/// The answer stream of one Run: reads calls, starts each with `start`, yields their answers.
+/// The answer stream of one Run: reads calls, starts each with `spawn`, yields their answers.
 /// `running` holds the calls started and not yet answered to the client (finished or not).
-struct Answers<F, S> {
+struct Answers {
     services: Arc<Services>,
     scope: Option<Scope>,
+    /// Where the calls read are charged until answered (`None`: not bounded).
+    budget: Option<Arc<dyn CallBudget>>,
+    /// What the calls in `running` are charged, all told.
+    charged: usize,
     /// The stream's token and the generation its scope was last checked under (`None`: no
     /// auth on this listener).
     credentials: Option<(Arc<dyn Credentials>, u64)>,
-    start: S,
     /// The calls still to read; `None` once the client half-closed, the stream failed, or
     /// shutdown began.
     requests: Option<Streaming<pb::RunRequest>>,
-    running: FuturesUnordered<F>,
+    running: FuturesUnordered<Spawned>,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     stopped: bool,
     /// How the stream ends once every call read has been answered (`None`: OK).
@@ -273,11 +307,7 @@ struct Answers<F, S> {
     ended: bool,
 }
 
-impl<F, S> Stream for Answers<F, S>
-where
-    F: Future<Output = pb::RunResponse>,
-    S: Fn(Arc<Services>, Option<Scope>, pb::RunRequest) -> F + Unpin,
-{
+impl Stream for Answers {
     type Item = Result<pb::RunResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -313,7 +343,35 @@ where
                             }
                         }
                     }
-                    let call = (this.start)(this.services.clone(), this.scope.clone(), req);
+                    let call = match &this.budget {
+                        None => spawn(this.services.clone(), this.scope.clone(), req),
+                        Some(budget) => {
+                            let bytes = req.encoded_len();
+                            if budget.charge(bytes) {
+                                this.charged += bytes;
+                                let mut call =
+                                    spawn(this.services.clone(), this.scope.clone(), req);
+                                call.charged = bytes;
+                                call
+                            } else {
+                                // Refused alone, as its unary twin would be.
+                                let status = budget.refused();
+                                Spawned {
+                                    id: req.id,
+                                    charged: 0,
+                                    task: None,
+                                    ready: Some(pb::RunResponse {
+                                        id: req.id,
+                                        error: Some(pb::CallError {
+                                            code: i32::from(status.code()),
+                                            message: status.message().to_owned(),
+                                        }),
+                                        result: None,
+                                    }),
+                                }
+                            }
+                        }
+                    };
                     this.running.push(call);
                 }
                 Poll::Ready(Some(Err(status))) => {
@@ -324,7 +382,11 @@ where
                 Poll::Pending => break,
             }
         }
-        if let Poll::Ready(Some(answer)) = Pin::new(&mut this.running).poll_next(cx) {
+        if let Poll::Ready(Some((answer, charged))) = Pin::new(&mut this.running).poll_next(cx) {
+            if let Some(budget) = &this.budget {
+                this.charged -= charged;
+                budget.release(charged);
+            }
             return Poll::Ready(Some(Ok(answer)));
         }
         if this.running.is_empty() && this.requests.is_none() {
@@ -332,6 +394,15 @@ where
             return Poll::Ready(this.end.take().map(Err));
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        // The calls not answered (aborted with the stream) give their bytes back.
+        if let Some(budget) = &self.budget {
+            budget.release(self.charged);
+        }
     }
 }
 
@@ -352,7 +423,8 @@ impl PipelineService for PipelineApi {
             services: self.services.clone(),
             scope,
             credentials,
-            start: spawn,
+            budget: req.extensions().get::<Arc<dyn CallBudget>>().cloned(),
+            charged: 0,
             requests: Some(req.into_inner()),
             running: FuturesUnordered::new(),
             stopping: Box::pin(self.stop.clone().cancelled_owned()),

@@ -904,7 +904,11 @@ async fn a_reload_reaches_open_streams_revoking_or_narrowing_their_token() {
 
     // The revoked token's stream ends at its next call, which is not run.
     gone.send(1, Some(set("k", "by a revoked token"))).await;
-    let ended = gone.answers.next().await.expect("the stream ends with a status");
+    let ended = gone
+        .answers
+        .next()
+        .await
+        .expect("the stream ends with a status");
     assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
     // The narrowed token's stream goes on under its new scope.
     let refused = kept.one(set("k", "by a read-only token")).await;
@@ -915,8 +919,34 @@ async fn a_reload_reaches_open_streams_revoking_or_narrowing_their_token() {
     let Some(Outcome::Get(g)) = kept.one(get_call("k")).await.result else {
         panic!("a read is still served");
     };
-    assert_eq!(&g.value[..], b"v", "neither write after the reload was made");
+    assert_eq!(
+        &g.value[..],
+        b"v",
+        "neither write after the reload was made"
+    );
 
     drop((gone, kept, cache, channel));
     daemon.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_stream_sends_far_more_than_the_byte_budget_and_unary_calls_beside_it_are_served() {
+    const BUDGET: u64 = 256 << 10;
+    let server = TestServer::with_settings(ServerSettings {
+        max_inflight_bytes: BUDGET,
+        ..ServerSettings::default()
+    })
+    .await;
+    let mut c = server.client().await;
+    let mut pipe = Pipe::open(server.channel().await).await;
+    let value = "v".repeat(8 << 10);
+    // Eight times the budget in all, a call at a time, each answer read as it comes.
+    for i in 0..(8 * BUDGET as usize / value.len()) {
+        let answer = pipe.one(set(&format!("k{}", i % 8), &value)).await;
+        assert_eq!(answer.error, None, "call {i}");
+        if i % 64 == 0 {
+            assert!(get(&mut c, "", "k0").await.found, "unary beside call {i}");
+        }
+    }
+    assert!(get(&mut c, "", "k0").await.found);
 }
