@@ -950,3 +950,30 @@ async fn a_long_stream_sends_far_more_than_the_byte_budget_and_unary_calls_besid
     }
     assert!(get(&mut c, "", "k0").await.found);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_call_ends_the_stream_after_the_calls_read_before_it() {
+    let limits = larder::RequestLimits {
+        max_value_bytes: 1024,
+        max_batch: 1,
+        ..larder::RequestLimits::default()
+    };
+    let too_big = limits.max_message_bytes() + 1;
+    let server = TestServer::with_limits(limits).await;
+    let mut c = server.client().await;
+    let mut pipe = Pipe::open(server.channel().await).await;
+    assert_eq!(pipe.one(set("before", "v")).await.error, None);
+    pipe.send(1, Some(set("big", &"v".repeat(too_big)))).await;
+    pipe.send(2, Some(set("after", "v"))).await;
+    let ended = loop {
+        match pipe.answers.next().await.expect("the stream ends with a status") {
+            Ok(a) => assert_ne!(a.id, 1, "the oversized call is not answered"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::OutOfRange, "{ended:?}");
+    assert!(ended.message().contains("too large"), "{ended:?}");
+    assert!(get(&mut c, "", "before").await.found);
+    assert!(!get(&mut c, "", "big").await.found);
+    assert!(!get(&mut c, "", "after").await.found, "calls behind it are not run");
+}
