@@ -966,7 +966,12 @@ async fn an_oversized_call_ends_the_stream_after_the_calls_read_before_it() {
     pipe.send(1, Some(set("big", &"v".repeat(too_big)))).await;
     pipe.send(2, Some(set("after", "v"))).await;
     let ended = loop {
-        match pipe.answers.next().await.expect("the stream ends with a status") {
+        match pipe
+            .answers
+            .next()
+            .await
+            .expect("the stream ends with a status")
+        {
             Ok(a) => assert_ne!(a.id, 1, "the oversized call is not answered"),
             Err(status) => break status,
         }
@@ -975,5 +980,8 @@ async fn an_oversized_call_ends_the_stream_after_the_calls_read_before_it() {
     assert!(ended.message().contains("too large"), "{ended:?}");
     assert!(get(&mut c, "", "before").await.found);
     assert!(!get(&mut c, "", "big").await.found);
-    assert!(!get(&mut c, "", "after").await.found, "calls behind it are not run");
+    assert!(
+        !get(&mut c, "", "after").await.found,
+        "calls behind it are not run"
+    );
 }
