@@ -4,8 +4,8 @@
 //! would have made of the twin, so validation, limits, scope, codes and messages are the
 //! twin's by construction: nothing here validates or stores anything itself.
 //!
-//! Each call of a stream runs as its own task, so that it makes progress whatever the client
-//! reads: the response body is polled only while HTTP/2 lets the server send, and a call
+//! Each call of a stream that does not complete when first polled runs as its own task, so
+//! that it makes progress whatever the client reads: the response body is polled only while HTTP/2 lets the server send, and a call
 //! polled only from there would stop mid-way, holding what it holds (a rate-limit write-behind
 //! lock, a key being loaded) against every other client. The answer stream reads calls while
 //! fewer than `max_inflight` are running or answered but not yet sent, and sends each answer
@@ -274,13 +274,25 @@ impl Drop for Spawned {
     }
 }
 
-/// Starts one call on its own task.
-fn spawn(services: Arc<Services>, scope: Option<Scope>, req: pb::RunRequest) -> Spawned {
+/// Starts one call: polled once here, and only if that does not answer it (a read from
+/// memory usually does) handed to a task of its own, which is what it costs.
+fn spawn(
+    services: Arc<Services>,
+    scope: Option<Scope>,
+    req: pb::RunRequest,
+    cx: &mut Context<'_>,
+) -> Spawned {
+    let id = req.id;
+    let mut call = Box::pin(run(services, scope, req));
+    let (task, ready) = match call.as_mut().poll(cx) {
+        Poll::Ready(answer) => (None, Some(answer)),
+        Poll::Pending => (Some(tokio::spawn(call)), None),
+    };
     Spawned {
-        id: req.id,
+        id,
         charged: 0,
-        task: Some(tokio::spawn(run(services, scope, req))),
-        ready: None,
+        task,
+        ready,
     }
 }
 
@@ -344,13 +356,13 @@ impl Stream for Answers {
                         }
                     }
                     let call = match &this.budget {
-                        None => spawn(this.services.clone(), this.scope.clone(), req),
+                        None => spawn(this.services.clone(), this.scope.clone(), req, cx),
                         Some(budget) => {
                             let bytes = req.encoded_len();
                             if budget.charge(bytes) {
                                 this.charged += bytes;
                                 let mut call =
-                                    spawn(this.services.clone(), this.scope.clone(), req);
+                                    spawn(this.services.clone(), this.scope.clone(), req, cx);
                                 call.charged = bytes;
                                 call
                             } else {
