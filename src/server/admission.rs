@@ -63,6 +63,10 @@ pub(crate) const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// The health service's streaming method, whose streams are bounded apart.
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 
+/// The pipeline's streaming method: one call for `max_concurrent_requests` for as long as
+/// its stream is open, so its place is held by the response body.
+const PIPELINE_RUN: &str = "/larder.v1.PipelineService/Run";
+
 /// How long an accepted connection may go without starting a real call (see the module
 /// docs). Long enough for a client to connect, finish TLS and send its first call on a slow
 /// link; short enough that idle connections cannot keep the table full.
@@ -926,12 +930,27 @@ where
             }
         };
         // The service that was polled ready is the one to call; leave a fresh clone behind.
+        let streams = path == PIPELINE_RUN;
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let response = inner.call(request).await;
-            drop(permit);
-            response
+            match (permit, streams) {
+                // A Run stream counts as one call until its stream ends or is reset, or its
+                // connection closes.
+                (Some(permit), true) => response.map(|r| {
+                    r.map(|body| {
+                        Body::new(Holding {
+                            body,
+                            _permit: permit,
+                        })
+                    })
+                }),
+                (permit, _) => {
+                    drop(permit);
+                    response
+                }
+            }
         })
     }
 }

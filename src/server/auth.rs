@@ -28,6 +28,7 @@ use std::future::{Future, Ready, ready};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
@@ -41,6 +42,7 @@ use tower::{Layer, Service};
 
 use super::throttle::Throttled;
 use crate::metrics::auth::AuthRefusals;
+use crate::service::pipeline::Credentials;
 use crate::service::scope::{PIPELINE_PREFIX, Refusal, Scope, ScopeProblem};
 
 /// Bearer-token authentication: where the tokens are, and whether the Unix socket needs one.
@@ -205,6 +207,9 @@ struct Shared {
     /// The tokens of the last good reading. A std lock: it is held only to compare digests
     /// or to swap in a new set, never across an `.await`.
     tokens: RwLock<TokenSet>,
+    /// Counts the readings swapped in, so that an open Run stream sees cheaply that its
+    /// token must be checked again.
+    generation: AtomicU64,
     /// Refused calls, by reason.
     refusals: AuthRefusals,
     /// One throttled warning per reason, in the order of [`Refused::REASONS`].
@@ -238,6 +243,7 @@ impl Authenticator {
                 path: config.token_file.clone(),
                 unix_socket: config.unix_socket,
                 tokens: RwLock::new(tokens),
+                generation: AtomicU64::new(0),
                 refusals: AuthRefusals::default(),
                 warnings: Refused::REASONS.map(|_| Throttled::new("call refused")),
             }),
@@ -276,6 +282,7 @@ impl Authenticator {
             .tokens
             .write()
             .unwrap_or_else(PoisonError::into_inner) = fresh;
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
         Ok(count)
     }
 
@@ -293,6 +300,11 @@ impl Authenticator {
         let Some(token) = bearer_token(headers) else {
             return Err(Refused::Missing);
         };
+        self.check_token(token, path)
+    }
+
+    /// Checks `token` and `path` against the token's scope; gives the scope.
+    fn check_token(&self, token: &[u8], path: &str) -> Result<Scope, Refused> {
         let scope = self.tokens().find(token).cloned().ok_or(Refused::Invalid)?;
         scope.admits(path).map_err(Refused::Scope)?;
         Ok(scope)
@@ -501,6 +513,8 @@ where
         if request.uri().path().starts_with(HEALTH_PREFIX) {
             return Either::Right(NamespaceWatch::off(self.inner.call(request)));
         }
+        // Read before the check, so that a reload racing with it is seen by the stream.
+        let generation = auth.shared.generation.load(Ordering::Acquire);
         match auth.check(request.headers(), request.uri().path()) {
             Err(refused) => {
                 let call = CallInfo::of(request.extensions(), request.uri().path(), self.transport);
@@ -509,18 +523,84 @@ where
             }
             // The common case: nothing to check once the request is decoded.
             Ok(scope) if !scope.limits_namespace() => {
-                if !scope.is_full() && request.uri().path().starts_with(PIPELINE_PREFIX) {
-                    request.extensions_mut().insert(scope);
+                if request.uri().path().starts_with(PIPELINE_PREFIX) {
+                    StreamToken::attach(auth, generation, self.transport, &mut request);
+                    if !scope.is_full() {
+                        request.extensions_mut().insert(scope);
+                    }
                 }
                 Either::Right(NamespaceWatch::off(self.inner.call(request)))
             }
             Ok(scope) => {
                 let call = CallInfo::of(request.extensions(), request.uri().path(), self.transport);
+                if request.uri().path().starts_with(PIPELINE_PREFIX) {
+                    StreamToken::attach(auth, generation, self.transport, &mut request);
+                }
                 request.extensions_mut().insert(scope);
                 Either::Right(NamespaceWatch {
                     inner: self.inner.call(request),
                     watch: Some((auth.clone(), call)),
                 })
+            }
+        }
+    }
+}
+
+/// The token a Run stream was opened with, kept so that each call read after a reload is
+/// checked against the tokens then loaded (see `service::pipeline`).
+struct StreamToken {
+    auth: Authenticator,
+    /// The presented token, never logged nor shown.
+    token: Box<[u8]>,
+    /// The generation the stream was admitted under.
+    admitted: u64,
+    call: CallInfo,
+}
+
+impl StreamToken {
+    /// Puts the credentials of the Run stream `request` opens into its extensions.
+    fn attach<B>(
+        auth: &Authenticator,
+        admitted: u64,
+        transport: Transport,
+        request: &mut Request<B>,
+    ) {
+        let Some(token) = bearer_token(request.headers()) else {
+            return;
+        };
+        let credentials: Arc<dyn Credentials> = Arc::new(Self {
+            auth: auth.clone(),
+            token: token.into(),
+            admitted,
+            call: CallInfo::of(request.extensions(), request.uri().path(), transport),
+        });
+        request.extensions_mut().insert(credentials);
+    }
+}
+
+impl fmt::Debug for StreamToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamToken")
+            .field("admitted", &self.admitted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials for StreamToken {
+    fn admitted(&self) -> u64 {
+        self.admitted
+    }
+
+    fn generation(&self) -> u64 {
+        self.auth.shared.generation.load(Ordering::Acquire)
+    }
+
+    fn recheck(&self) -> Result<Option<Scope>, Status> {
+        match self.auth.check_token(&self.token, &self.call.method) {
+            Ok(scope) => Ok((!scope.is_full()).then_some(scope)),
+            Err(refused) => {
+                self.auth.refused(&refused, &self.call);
+                Err(refused.status())
             }
         }
     }

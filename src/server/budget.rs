@@ -15,6 +15,10 @@
 //!   exactly when nothing in the server holds them any more.
 //! - **A request body**, its bytes as they arrive, until the body has been read to its end
 //!   (for a unary call, before the handler runs) or dropped.
+//! - **A Run stream's calls** (`PipelineService/Run`): each frame's bytes only until the
+//!   decoder has taken them (a long-lived stream would otherwise hold all it ever sent), then
+//!   each decoded call, by its encoded size, until its answer has been taken
+//!   (`service::pipeline`); a call that does not fit is answered `UNAVAILABLE` alone.
 //!
 //! Nothing is ever charged past the budget, except one frame when nothing else is held (so a
 //! message as large as the budget always passes; the configuration keeps the budget at least
@@ -50,11 +54,15 @@ use tonic::body::Body;
 use super::admission::HEALTH_PREFIX;
 use super::throttle::Throttled;
 use crate::metrics::budget::{BudgetMetrics, Refusal};
+use crate::service::pipeline::CallBudget;
 
 /// How long a new call waits for room in a full budget before it is refused: long enough to
 /// ride over answers being written at the time (a 16 MiB answer takes milliseconds over
 /// loopback), short enough that a client's own deadline rarely passes first.
 pub(crate) const ADMISSION_WAIT: Duration = Duration::from_millis(250);
+
+/// The pipeline's streaming method, whose request body is charged call by call.
+const PIPELINE_RUN: &str = "/larder.v1.PipelineService/Run";
 
 /// The message a refused call gets.
 const EXHAUSTED: &str = "server busy: its in-flight byte budget (server.max_inflight_bytes) is \
@@ -115,19 +123,23 @@ impl ByteBudget {
     /// large as the whole budget can always pass).
     fn try_charge(&self, n: usize) -> Option<Charge> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.try_add(n).then(|| Charge {
+            budget: self.clone(),
+            bytes: n,
+        })
+    }
+
+    /// Adds `n` to the bytes held if they fit (as [`Self::try_charge`]); the caller releases
+    /// them.
+    fn try_add(&self, n: i64) -> bool {
         let held = self.held_bytes();
         let mut now = held.load(Ordering::SeqCst);
         loop {
             if now > 0 && now.saturating_add(n) > self.shared.capacity {
-                return None;
+                return false;
             }
             match held.compare_exchange_weak(now, now + n, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => {
-                    return Some(Charge {
-                        budget: self.clone(),
-                        bytes: n,
-                    });
-                }
+                Ok(_) => return true,
                 Err(actual) => now = actual,
             }
         }
@@ -185,6 +197,20 @@ impl ByteBudget {
         );
         trailers.insert("grpc-message", HeaderValue::from_static("server%20busy"));
         trailers
+    }
+}
+
+impl CallBudget for ByteBudget {
+    fn charge(&self, bytes: usize) -> bool {
+        self.try_add(i64::try_from(bytes).unwrap_or(i64::MAX))
+    }
+
+    fn release(&self, bytes: usize) {
+        ByteBudget::release(self, i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    fn refused(&self) -> Status {
+        self.refuse(Refusal::Request)
     }
 }
 
@@ -311,17 +337,23 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let budget = self.budget.clone();
+        let streams = request.uri().path() == PIPELINE_RUN;
         Box::pin(async move {
             if !budget.admit().await {
                 return Ok(budget.refuse(Refusal::Call).into_http());
             }
-            let request = request.map(|body| {
+            let mut request = request.map(|body| {
                 Body::new(RequestBody {
                     inner: body,
                     budget: budget.clone(),
                     charge: None,
+                    streams,
                 })
             });
+            if streams {
+                let calls: Arc<dyn CallBudget> = Arc::new(budget.clone());
+                request.extensions_mut().insert(calls);
+            }
             let response = inner.call(request).await?;
             Ok(encode_now(response, budget).await)
         })
@@ -412,12 +444,16 @@ impl HttpBody for ResponseBody {
     }
 }
 
-/// A request body charged as it arrives, until it has been read to its end or is dropped.
+/// A request body charged as it arrives, until it has been read to its end or is dropped;
+/// a Run stream's frames each until the decoder has taken its bytes.
 struct RequestBody {
     inner: Body,
     budget: ByteBudget,
     /// What its frames so far are charged.
     charge: Option<Charge>,
+    /// A Run stream: each frame carries its own charge, and its calls are charged once
+    /// decoded.
+    streams: bool,
 }
 
 impl HttpBody for RequestBody {
@@ -429,6 +465,15 @@ impl HttpBody for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.streams {
+            return match frame {
+                Poll::Ready(Some(Ok(frame))) => match charge_frame(&self.budget, frame) {
+                    Some(frame) => Poll::Ready(Some(Ok(frame))),
+                    None => Poll::Ready(Some(Err(self.budget.refuse(Refusal::Request)))),
+                },
+                other => other,
+            };
+        }
         match &frame {
             Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| !d.is_empty()) => {
                 let n = f.data_ref().map_or(0, Bytes::len);

@@ -135,8 +135,12 @@ impl Readers {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            // The caller may have gone (a cancelled request): nothing to answer then.
-            let _ = tx.send(f(conn));
+            // The caller may have gone (a cancelled request, a client that went away): then
+            // nobody wants the read, so it is not made. Should the caller go while it runs,
+            // the answer is dropped.
+            if !tx.is_closed() {
+                let _ = tx.send(f(conn));
+            }
         });
         {
             let mut state = self.lock();
@@ -295,6 +299,44 @@ mod tests {
             .await;
         assert!(panicked.is_err());
         assert_eq!(readers.run(|c| value(c, 2)).await.unwrap(), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_whose_caller_has_gone_is_not_made() {
+        use futures_util::FutureExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_with_rows(dir.path());
+        let readers = Arc::new(Readers::start(&path, 1, "test", no_setup).unwrap());
+        // Hold the only reader so that the next read waits in the queue.
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let holding = {
+            let readers = readers.clone();
+            tokio::spawn(async move {
+                readers
+                    .run(move |_| {
+                        let _ = gate.recv();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        let made = Arc::new(AtomicBool::new(false));
+        let flag = made.clone();
+        // Queued by its first poll, then dropped: its caller is gone.
+        let gone = readers
+            .run(move |_| {
+                flag.store(true, Ordering::SeqCst);
+                Ok(())
+            })
+            .now_or_never();
+        assert!(gone.is_none());
+        open.send(()).unwrap();
+        holding.await.unwrap().unwrap();
+        // Jobs are taken in order: once this one is answered, the dropped one was passed.
+        assert_eq!(readers.run(|c| value(c, 1)).await.unwrap(), 10);
+        assert!(!made.load(Ordering::SeqCst), "the abandoned read was made");
     }
 
     #[tokio::test]

@@ -747,3 +747,241 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     s.read_to_string(&mut body).await.unwrap();
     body
 }
+
+/// A Run stream over a connection whose client grants only HTTP/2's default 64 KiB window and
+/// never reads, so no WINDOW_UPDATE ever reaches the server.
+async fn stingy_pipe(server: &TestServer) -> Pipe {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.tcp_addr()))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    Pipe::open(channel).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_of_a_client_that_grants_no_window_still_finish_and_release_what_they_hold() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    crate::common::set(&mut c, "", "big", vec![b'v'; 64 * 1024], 0).await;
+    let mut limits = server.rate_limits().await;
+    let check = |key: &str| pb::CheckRequest {
+        key: key.into(),
+        limit: 10,
+        period_ms: 60_000,
+        ..Default::default()
+    };
+    limits.check(check("held")).await.unwrap();
+
+    // The big answers exhaust the window; the Reset and the Check of a key the server must
+    // load are read with them and must still run to their end.
+    let stuck = stingy_pipe(&server).await;
+    stuck
+        .send(
+            0,
+            Some(Call::Reset(pb::ResetRequest {
+                key: "held".into(),
+                ..Default::default()
+            })),
+        )
+        .await;
+    stuck.send(1, Some(Call::Check(check("cold")))).await;
+    for id in 2..5 {
+        stuck.send(id, Some(get_call("big"))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Failure detector only: another client's Reset and Check are answered.
+    let other = tokio::time::timeout(Duration::from_secs(20), async {
+        limits
+            .reset(pb::ResetRequest {
+                key: "held".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        limits.check(check("cold")).await.unwrap();
+        limits
+            .reset(pb::ResetRequest {
+                key: "cold".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(
+        other.is_ok(),
+        "a stream its client stopped reading held up other clients' calls"
+    );
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_run_stream_counts_as_one_call_in_progress() {
+    let server = TestServer::with_settings(ServerSettings {
+        max_concurrent_requests: 1,
+        ..ServerSettings::default()
+    })
+    .await;
+    let mut c = server.client().await;
+    let mut pipe = Pipe::open(server.channel().await).await;
+    assert!(pipe.one(set("k", "v")).await.error.is_none());
+
+    // The stream holds the only place, between calls as well as during them.
+    let busy = c
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await;
+    crate::common::assert_code(busy, Code::Unavailable);
+
+    // Ended, it gives the place back.
+    let Pipe { calls, mut answers } = pipe;
+    drop(calls);
+    assert!(answers.next().await.is_none());
+    drop(answers);
+    let mut freed = false;
+    for _ in 0..100 {
+        let again = c
+            .get(pb::GetRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
+        if again.is_ok_and(|r| r.into_inner().found) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the place came back once the stream ended");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_reaches_open_streams_revoking_or_narrowing_their_token() {
+    use crate::suite::binary::{Daemon, POLL_PAUSE, POLLS};
+    const KEPT: &str = "kept-0123456789abcdefghijklmnop";
+    const GONE: &str = "gone-0123456789abcdefghijklmnop";
+    const NEW: &str = "new-0123456789abcdefghijklmnopq";
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("l.sock");
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, format!("{KEPT}\n{GONE}\n")).unwrap();
+    let flags = ["--auth-token-file".as_ref(), tokens.as_os_str()];
+    let log = tmp.path().join("serve.log");
+    let mut daemon = Daemon::spawn_with(&tmp.path().join("data"), &socket, log, &flags);
+    let channel = daemon.channel(&socket).await;
+    let mut gone = Pipe::open_with(channel.clone(), Some(GONE)).await;
+    let mut kept = Pipe::open_with(channel.clone(), Some(KEPT)).await;
+    assert_eq!(gone.one(set("k", "v")).await.error, None);
+    assert_eq!(kept.one(set("k", "v")).await.error, None);
+
+    // GONE is revoked and KEPT narrowed to reads; NEW being served shows the reload is done.
+    let next = tmp.path().join("tokens.new");
+    std::fs::write(&next, format!("{KEPT} read_only\n{NEW}\n")).unwrap();
+    std::fs::rename(&next, &tokens).unwrap();
+    daemon.send("-HUP");
+    let mut cache = pb::cache_service_client::CacheServiceClient::new(channel.clone());
+    let mut reloaded = false;
+    for _ in 0..POLLS {
+        let mut req = Request::new(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        });
+        let value = format!("Bearer {NEW}").parse().unwrap();
+        req.metadata_mut().insert("authorization", value);
+        if cache.get(req).await.is_ok() {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    assert!(reloaded, "the new token file was never read");
+
+    // The revoked token's stream ends at its next call, which is not run.
+    gone.send(1, Some(set("k", "by a revoked token"))).await;
+    let ended = gone
+        .answers
+        .next()
+        .await
+        .expect("the stream ends with a status");
+    assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+    // The narrowed token's stream goes on under its new scope.
+    let refused = kept.one(set("k", "by a read-only token")).await;
+    assert_eq!(
+        refused.error.map(|e| e.code),
+        Some(Code::PermissionDenied as i32)
+    );
+    let Some(Outcome::Get(g)) = kept.one(get_call("k")).await.result else {
+        panic!("a read is still served");
+    };
+    assert_eq!(
+        &g.value[..],
+        b"v",
+        "neither write after the reload was made"
+    );
+
+    drop((gone, kept, cache, channel));
+    daemon.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_stream_sends_far_more_than_the_byte_budget_and_unary_calls_beside_it_are_served() {
+    const BUDGET: u64 = 256 << 10;
+    let server = TestServer::with_settings(ServerSettings {
+        max_inflight_bytes: BUDGET,
+        ..ServerSettings::default()
+    })
+    .await;
+    let mut c = server.client().await;
+    let mut pipe = Pipe::open(server.channel().await).await;
+    let value = "v".repeat(8 << 10);
+    // Eight times the budget in all, a call at a time, each answer read as it comes.
+    for i in 0..(8 * BUDGET as usize / value.len()) {
+        let answer = pipe.one(set(&format!("k{}", i % 8), &value)).await;
+        assert_eq!(answer.error, None, "call {i}");
+        if i % 64 == 0 {
+            assert!(get(&mut c, "", "k0").await.found, "unary beside call {i}");
+        }
+    }
+    assert!(get(&mut c, "", "k0").await.found);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_call_ends_the_stream_after_the_calls_read_before_it() {
+    let limits = larder::RequestLimits {
+        max_value_bytes: 1024,
+        max_batch: 1,
+        ..larder::RequestLimits::default()
+    };
+    let too_big = limits.max_message_bytes() + 1;
+    let server = TestServer::with_limits(limits).await;
+    let mut c = server.client().await;
+    let mut pipe = Pipe::open(server.channel().await).await;
+    assert_eq!(pipe.one(set("before", "v")).await.error, None);
+    pipe.send(1, Some(set("big", &"v".repeat(too_big)))).await;
+    pipe.send(2, Some(set("after", "v"))).await;
+    let ended = loop {
+        match pipe
+            .answers
+            .next()
+            .await
+            .expect("the stream ends with a status")
+        {
+            Ok(a) => assert_ne!(a.id, 1, "the oversized call is not answered"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::OutOfRange, "{ended:?}");
+    assert!(ended.message().contains("too large"), "{ended:?}");
+    assert!(get(&mut c, "", "before").await.found);
+    assert!(!get(&mut c, "", "big").await.found);
+    assert!(
+        !get(&mut c, "", "after").await.found,
+        "calls behind it are not run"
+    );
+}
