@@ -2,16 +2,11 @@
 //! for copying the WAL into the database file (and its fsyncs) on the path of a write.
 //!
 //! The writer hints after each commit; the checkpointer runs a PASSIVE checkpoint (which never
-//! blocks the writer or readers) at most once per 200 ms, and once per 5 s without hints.
-//! It publishes how far each checkpoint copied in the [`WalProgress`] it shares with the
-//! writer, which closes the last small gap itself so that the WAL restarts under a steady
-//! write load (see `writer/wal.rs`). While the WAL is long and the gap left is larger than
-//! the writer takes, it runs again at once instead of pausing: each such run copies only what
-//! arrived during the one before. It stops when the writer drops its end of the channel.
+//! blocks the writer or readers) at most once per 200 ms, and once per
+//! 5 s without hints. It stops when the writer drops its end of the channel.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,16 +14,15 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 use crate::store::schema::BUSY_TIMEOUT;
-use crate::store::writer::wal::{CheckpointLink, WalProgress, run_again};
 
 /// Shortest time between two checkpoints under load.
 const MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest time between two checkpoints.
 const IDLE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Starts the checkpointer thread on `db_path`; returns the writer's end (hints and shared
-/// progress) and the thread's handle.
-pub(crate) fn spawn(db_path: &Path) -> Result<(CheckpointLink, JoinHandle<()>)> {
+/// Starts the checkpointer thread on `db_path`; returns the hint sender for the writer and the
+/// thread's handle.
+pub(crate) fn spawn(db_path: &Path) -> Result<(SyncSender<()>, JoinHandle<()>)> {
     let conn = Connection::open_with_flags(
         db_path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -37,26 +31,19 @@ pub(crate) fn spawn(db_path: &Path) -> Result<(CheckpointLink, JoinHandle<()>)> 
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(Error::storage("setting busy_timeout"))?;
     let (hint, hints) = sync_channel(1);
-    let progress = Arc::new(WalProgress::default());
-    let shared = progress.clone();
     let thread = std::thread::Builder::new()
         .name("larder-checkpoint".into())
-        .spawn(move || run(conn, hints, &shared))
+        .spawn(move || run(conn, hints))
         .map_err(|e| Error::Internal(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok((CheckpointLink { hint, progress }, thread))
+    Ok((hint, thread))
 }
 
-fn run(conn: Connection, hints: Receiver<()>, progress: &WalProgress) {
-    let mut again = false;
+fn run(conn: Connection, hints: Receiver<()>) {
     loop {
-        if !again {
-            match hints.recv_timeout(IDLE_INTERVAL) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+        match hints.recv_timeout(IDLE_INTERVAL) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
-        again = false;
-        let generation = progress.generation();
         let started = Instant::now();
         let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((
@@ -69,19 +56,12 @@ fn run(conn: Connection, hints: Receiver<()>, progress: &WalProgress) {
             // Its length (the fsyncs, mostly) is the figure to look at when write latency
             // has a tail: a PASSIVE checkpoint holds no lock the writer or readers wait for,
             // but a long one leaves more of the WAL for the writer's own backstop.
-            Ok((busy, wal_frames, copied)) => {
+            Ok((_, wal_frames, copied)) => {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tracing::debug!(wal_frames, copied, micros, "checkpoint");
-                // Busy: the writer held the checkpoint lock, and the figures are -1.
-                if busy == 0 {
-                    progress.copied(generation, copied);
-                    again = run_again(progress.frames(), wal_frames, copied);
-                }
             }
             Err(e) => tracing::warn!(error = %e, "background checkpoint failed"),
         }
-        if !again {
-            std::thread::sleep(MIN_INTERVAL);
-        }
+        std::thread::sleep(MIN_INTERVAL);
     }
 }

@@ -174,7 +174,7 @@ impl Store {
         let stats = Arc::new(StatsRegistry::default());
         let revocations = Arc::new(session::revoke::Revocations::default());
         let monitor = observe::Monitor::new(db_path.clone());
-        let (checkpoint_link, checkpointer) = checkpoint::spawn(&db_path)?;
+        let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
         let writer = Writer::new(
             conn,
             &db_path,
@@ -184,7 +184,7 @@ impl Store {
                 revocations: revocations.clone(),
                 stats: stats.clone(),
                 clock: clock.clone(),
-                checkpointer: checkpoint_link,
+                checkpoint_hint,
             },
             WriterSettings {
                 max_disk_bytes: config.max_disk_bytes,

@@ -14,9 +14,8 @@ use crate::error::{Error, Result};
 /// Larder and is refused rather than misread.
 pub const SCHEMA_VERSION: i64 = 5;
 
-/// WAL pages after which the writer checkpoints whatever is left, after a commit: the backstop
-/// for when readers hold the WAL back or checkpoints fall behind. Normally the writer restarts
-/// the WAL well before this by copying a small tail itself (see `writer/wal.rs`).
+/// WAL pages after which the writer checkpoints itself, after a commit (the background
+/// checkpointer normally keeps the WAL far below this).
 pub(crate) const WRITER_CHECKPOINT_PAGES: i32 = 8192;
 
 /// Prepared statements the writer connection keeps.
@@ -192,9 +191,9 @@ pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> Result<(Conn
     }
     // Routine checkpoints run on their own connection (see checkpoint.rs). SQLite's automatic
     // checkpoint is off: it would run inside COMMIT, while readers of SQLite wait for memory
-    // to show the commit. The writer checkpoints after the commit instead (a small tail, or the
-    // backstop at `WRITER_CHECKPOINT_PAGES`), which lets the WAL wrap around under a
-    // continuous write load. The WAL file is truncated back to 64 MiB after it wraps.
+    // to show the commit. The writer checkpoints as a backstop after the commit instead (see
+    // `WRITER_CHECKPOINT_PAGES`), which lets the WAL wrap around under a continuous write
+    // load. The WAL file is truncated back to 64 MiB after it wraps.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
          PRAGMA wal_autocheckpoint = 0; \

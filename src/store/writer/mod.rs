@@ -13,10 +13,10 @@
 
 pub(crate) mod command;
 pub(crate) mod effects;
-pub(crate) mod wal;
 
 use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use rusqlite::Connection;
@@ -28,12 +28,12 @@ use crate::error::{Error, Result};
 use crate::store::cache::EntryCache;
 use crate::store::files::OpenFiles;
 use crate::store::observe::WriterMetrics;
+use crate::store::schema::WRITER_CHECKPOINT_PAGES;
 use crate::store::session::SessionCache;
 use crate::store::session::revoke::Revocations;
 use crate::store::stats::StatsRegistry;
 pub(crate) use command::{Command, Op, Pending, Reply, WriteQueue};
 pub(crate) use effects::{Effects, MemEffect};
-use wal::{CheckpointLink, WalAction};
 
 /// Most commands folded into one transaction.
 const MAX_BATCH: usize = 1024;
@@ -69,8 +69,8 @@ pub(crate) struct WriterParts {
     pub(crate) stats: Arc<StatsRegistry>,
     /// Where "now" comes from.
     pub(crate) clock: Arc<dyn Clock>,
-    /// Hints the checkpointer after a commit; shares the WAL's length and checkpoint progress.
-    pub(crate) checkpointer: CheckpointLink,
+    /// Tells the checkpointer a commit happened (never blocks: a pending hint is enough).
+    pub(crate) checkpoint_hint: SyncSender<()>,
 }
 
 /// The writer's state; lives on its own thread.
@@ -92,8 +92,8 @@ pub(crate) struct Writer {
     /// cache's commands: the disk bound is enforced, and the total saved, once per batch,
     /// inside its transaction.
     pub(in crate::store) cache_bytes: u64,
-    /// Hints the checkpointer after a commit; shares the WAL's length and checkpoint progress.
-    checkpointer: CheckpointLink,
+    /// Tells the checkpointer a commit happened (never blocks: a pending hint is enough).
+    checkpoint_hint: SyncSender<()>,
     /// Set when a savepoint could not be closed: the batch's transaction is then abandoned.
     savepoint_failed: bool,
     /// The database file and WAL this connection has open; checked before every batch.
@@ -161,7 +161,7 @@ impl Writer {
             next_version: (lease_end.max(1) as u64).max(version_floor),
             lease_end: lease_end.max(1) as u64,
             cache_bytes: cache_bytes.max(0) as u64,
-            checkpointer: parts.checkpointer,
+            checkpoint_hint: parts.checkpoint_hint,
             savepoint_failed: false,
             files: OpenFiles::record(db_path),
         })
@@ -328,7 +328,7 @@ impl Writer {
         if let Some(lease) = new_lease {
             self.lease_end = lease;
         }
-        let _ = self.checkpointer.hint.try_send(());
+        let _ = self.checkpoint_hint.try_send(());
         self.cache_bytes = cache_bytes;
         self.settings
             .metrics
@@ -347,12 +347,8 @@ impl Writer {
             // The caller may have gone (cancelled request); the write stands regardless.
             op.pending().answer();
         }
-        let action = self
-            .checkpointer
-            .progress
-            .committed(i64::from(WAL_FRAMES.get()));
-        if action != WalAction::None {
-            self.writer_checkpoint(action);
+        if WAL_FRAMES.get() >= WRITER_CHECKPOINT_PAGES {
+            self.backstop_checkpoint();
         }
     }
 
@@ -372,39 +368,19 @@ impl Writer {
         }
     }
 
-    /// Checkpoints on the writer's own connection (see [`wal`]): the small tail the
-    /// background checkpointer left, so that the next transaction restarts the WAL, or, as a
-    /// backstop, whatever is left once the WAL reached `WRITER_CHECKPOINT_PAGES` (readers
-    /// held it back, or the checkpointer fell behind). After the commit is answered and shown
-    /// in memory, so that neither its writes nor the readers waiting for memory wait for it.
-    fn writer_checkpoint(&mut self, action: WalAction) {
+    /// Checkpoints on the writer's own connection, once the background checkpointer has let
+    /// the WAL grow past [`WRITER_CHECKPOINT_PAGES`] (readers held it back, or it fell
+    /// behind): after the commit is answered and shown in memory, so that neither its writes
+    /// nor the readers waiting for memory wait for it.
+    fn backstop_checkpoint(&mut self) {
         WAL_FRAMES.set(0);
-        let progress = &self.checkpointer.progress;
-        let generation = progress.generation();
-        let started = Instant::now();
         match self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             }) {
-            Ok((busy, wal_frames, copied)) => {
-                // Busy: the checkpointer holds the lock; the next commit tries again.
-                if busy == 0 {
-                    progress.copied(generation, copied);
-                }
-                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                tracing::debug!(
-                    ?action,
-                    busy,
-                    wal_frames,
-                    copied,
-                    micros,
-                    "writer checkpoint"
-                );
+            Ok((wal_frames, copied)) => {
+                tracing::debug!(wal_frames, copied, "writer checkpoint");
             }
             Err(e) => tracing::warn!(error = %e, "writer checkpoint failed"),
         }
