@@ -56,29 +56,40 @@ const ALL_OPS: [&str; 7] = [
     "ratelimit_gcra",
 ];
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bench_runs_every_op_against_the_unix_socket_and_prints_a_json_line_each() {
+/// Runs `larder bench` over every op (200 calls each, 100 keys, JSON lines) against a fresh
+/// daemon's Unix socket, with `extra` arguments; checks it succeeded with one line per op and
+/// answers its stdout and stderr.
+async fn bench_every_op(extra: &[&str]) -> (String, String) {
     let server = TestServer::start().await;
     let target = format!("unix:{}", server.socket_path().display());
     let ops = ALL_OPS.join(",");
     let dir = tempfile::tempdir().unwrap();
-    let args = [
+    let mut args = vec![
         "--target",
         &target,
         "--ops",
         &ops,
         "--requests",
         "200",
-        "--concurrency",
-        "4",
         "--keys",
         "100",
         "--json",
     ];
+    args.extend_from_slice(extra);
     let (status, stdout, stderr) = bench(&args, dir.path()).await;
     assert!(status.success(), "larder bench failed: {status}\n{stderr}");
+    assert_eq!(
+        stdout.lines().count(),
+        ALL_OPS.len(),
+        "one line per op:\n{stdout}"
+    );
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_runs_every_op_against_the_unix_socket_and_prints_a_json_line_each() {
+    let (stdout, stderr) = bench_every_op(&["--concurrency", "4"]).await;
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), ALL_OPS.len(), "one line per op:\n{stdout}");
     for (line, op) in lines.iter().zip(ALL_OPS) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -106,30 +117,9 @@ async fn bench_runs_every_op_against_the_unix_socket_and_prints_a_json_line_each
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_pipeline_runs_every_op_on_run_streams() {
-    let server = TestServer::start().await;
-    let target = format!("unix:{}", server.socket_path().display());
-    let ops = ALL_OPS.join(",");
-    let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--target",
-        &target,
-        "--pipeline",
-        "--ops",
-        &ops,
-        "--requests",
-        "200",
-        "--concurrency",
-        "8",
-        "--connections",
-        "2",
-        "--keys",
-        "100",
-        "--json",
-    ];
-    let (status, stdout, stderr) = bench(&args, dir.path()).await;
-    assert!(status.success(), "larder bench failed: {status}\n{stderr}");
+    let (stdout, stderr) =
+        bench_every_op(&["--pipeline", "--concurrency", "8", "--connections", "2"]).await;
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), ALL_OPS.len(), "one line per op:\n{stdout}");
     for (line, op) in lines.iter().zip(ALL_OPS) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["system"], "larder-pipeline", "{line}");
