@@ -16,6 +16,8 @@
 #                             fails unless 127.0.0.1:PORT accepts within 10 s while PID lives
 #   wait_for_socket PATH PID LOG
 #                             the same for a Unix socket at PATH
+#   bench_out_dir PREFIX      $out ($BENCH_OUT_DIR or a new PREFIX.XXXXXX), an empty
+#                             $out/results.jsonl in $results, and $out/machine.txt
 #   bench_binary              the larder binary: $LARDER_BIN if set (it must exist), else the
 #                             release build, made now
 #   port_free PORT            fails if something already listens on 127.0.0.1:PORT
@@ -160,4 +162,17 @@ machine_facts() {
       echo ' (work tree has changes)'
   )"
   echo "kernel: $(uname -r)"
+}
+
+# bench_out_dir PREFIX: sets `out` to $BENCH_OUT_DIR (created if missing), or else a new
+# directory under $TMPDIR named PREFIX.XXXXXX, as an absolute path; sets `results` to an empty
+# $out/results.jsonl; and writes the machine's facts to $out/machine.txt (and stdout).
+bench_out_dir() {
+  out="${BENCH_OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")}"
+  mkdir -p "$out"
+  out="$(cd "$out" && pwd)"
+  results="$out/results.jsonl"
+  : >"$results"
+  section "machine"
+  machine_facts | tee "$out/machine.txt"
 }

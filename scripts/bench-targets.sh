@@ -64,14 +64,7 @@ case "$footprint" in 0 | 1) ;; *)
 esac
 
 bench_start targets
-out="${BENCH_OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/larder-targets.XXXXXX")}"
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
-results="$out/results.jsonl"
-: >"$results"
-
-section "machine"
-machine_facts | tee "$out/machine.txt"
+bench_out_dir larder-targets
 
 larder_bin="$(bench_binary)"
 if ! ensure_redis; then

@@ -57,14 +57,7 @@ for t in $transports; do
 done
 
 bench_start vs-redis
-out="${BENCH_OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/larder-vs-redis-report.XXXXXX")}"
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
-results="$out/results.jsonl"
-: >"$results"
-
-section "machine"
-machine_facts | tee "$out/machine.txt"
+bench_out_dir larder-vs-redis-report
 
 larder_bin="$(bench_binary)"
 if ! ensure_redis; then
