@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/larder/v1/session.proto",
         "proto/larder/v1/ratelimit.proto",
         "proto/larder/v1/pipeline.proto",
+        "proto/larder/v1/queue.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
