@@ -1,6 +1,7 @@
 //! `larder bench` as a user runs it: the built binary against a test server's Unix socket
 //! runs every op and prints one well-formed JSON line per op with no errors, and a Redis it
-//! cannot reach, or an op it does not know, is a clear error rather than a panic. A smoke run
+//! cannot reach, an op it does not know, a queue that runs dry during `dequeue_ack`, or a
+//! queue op asked to be pipelined, is a clear error rather than a panic or a figure. A smoke run
 //! of a few hundred calls: nothing here asserts how fast they were. The load generator is the
 //! cargo feature `bench` (`cargo test --features bench`); without it, `larder bench` says how to
 //! get it (`tests/suite/startup.rs`).
@@ -46,7 +47,20 @@ async fn bench(args: &[&str], dir: &Path) -> (ExitStatus, String, String) {
     );
 }
 
-const ALL_OPS: [&str; 7] = [
+const ALL_OPS: [&str; 9] = [
+    "get",
+    "set",
+    "incr",
+    "getmany",
+    "session_get",
+    "ratelimit_sliding",
+    "ratelimit_gcra",
+    "enqueue",
+    "dequeue_ack",
+];
+
+/// The ops PipelineService carries: all but the queue's.
+const PIPELINED_OPS: [&str; 7] = [
     "get",
     "set",
     "incr",
@@ -56,19 +70,19 @@ const ALL_OPS: [&str; 7] = [
     "ratelimit_gcra",
 ];
 
-/// Runs `larder bench` over every op (200 calls each, 100 keys, JSON lines) against a fresh
+/// Runs `larder bench` over `ops` (200 calls each, 100 keys, JSON lines) against a fresh
 /// daemon's Unix socket, with `extra` arguments; checks it succeeded with one line per op and
 /// answers its stdout and stderr.
-async fn bench_every_op(extra: &[&str]) -> (String, String) {
+async fn bench_every_op(ops: &[&str], extra: &[&str]) -> (String, String) {
     let server = TestServer::start().await;
     let target = format!("unix:{}", server.socket_path().display());
-    let ops = ALL_OPS.join(",");
+    let ops_arg = ops.join(",");
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec![
         "--target",
         &target,
         "--ops",
-        &ops,
+        &ops_arg,
         "--requests",
         "200",
         "--keys",
@@ -80,7 +94,7 @@ async fn bench_every_op(extra: &[&str]) -> (String, String) {
     assert!(status.success(), "larder bench failed: {status}\n{stderr}");
     assert_eq!(
         stdout.lines().count(),
-        ALL_OPS.len(),
+        ops.len(),
         "one line per op:\n{stdout}"
     );
     (stdout, stderr)
@@ -88,7 +102,7 @@ async fn bench_every_op(extra: &[&str]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_runs_every_op_against_the_unix_socket_and_prints_a_json_line_each() {
-    let (stdout, stderr) = bench_every_op(&["--concurrency", "4"]).await;
+    let (stdout, stderr) = bench_every_op(&ALL_OPS, &["--concurrency", "4"]).await;
     let lines: Vec<&str> = stdout.lines().collect();
     for (line, op) in lines.iter().zip(ALL_OPS) {
         let v: serde_json::Value =
@@ -117,10 +131,13 @@ async fn bench_runs_every_op_against_the_unix_socket_and_prints_a_json_line_each
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_pipeline_runs_every_op_on_run_streams() {
-    let (stdout, stderr) =
-        bench_every_op(&["--pipeline", "--concurrency", "8", "--connections", "2"]).await;
+    let (stdout, stderr) = bench_every_op(
+        &PIPELINED_OPS,
+        &["--pipeline", "--concurrency", "8", "--connections", "2"],
+    )
+    .await;
     let lines: Vec<&str> = stdout.lines().collect();
-    for (line, op) in lines.iter().zip(ALL_OPS) {
+    for (line, op) in lines.iter().zip(PIPELINED_OPS) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["system"], "larder-pipeline", "{line}");
         assert_eq!(v["op"], op, "{line}");
@@ -133,6 +150,49 @@ async fn bench_pipeline_runs_every_op_on_run_streams() {
         if !op.starts_with("ratelimit") {
             assert_eq!(v["misses"], 0, "{line}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_that_runs_dry_fails_the_run_and_queue_ops_are_not_pipelined() {
+    let server = TestServer::start().await;
+    let target = format!("unix:{}", server.socket_path().display());
+    let dir = tempfile::tempdir().unwrap();
+    // 50 jobs for 200 pairs: the run fails, at once, rather than report the empty answers.
+    let (status, stdout, stderr) = bench(
+        &[
+            "--target",
+            &target,
+            "--ops",
+            "dequeue_ack",
+            "--requests",
+            "200",
+            "--queue-jobs",
+            "50",
+            "--concurrency",
+            "4",
+            "--json",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the queue ran dry"), "{stderr}");
+    assert!(stderr.contains("50 were enqueued"), "{stderr}");
+    assert!(stdout.is_empty(), "nothing is reported:\n{stdout}");
+
+    for (flags, message) in [
+        (&["--pipeline"][..], "--pipeline cannot run enqueue"),
+        (
+            &["--redis-pipeline", "4"][..],
+            "--redis-pipeline cannot run dequeue_ack",
+        ),
+    ] {
+        let mut args = vec!["--target", &target, "--ops", "enqueue,dequeue_ack"];
+        args.extend_from_slice(flags);
+        let (status, _, stderr) = bench(&args, dir.path()).await;
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
     }
 }
 

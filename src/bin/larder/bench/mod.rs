@@ -27,7 +27,7 @@ pub mod report;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -37,7 +37,10 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
 use self::cpu::CpuSample;
-use self::ops::{Bearer, Conn, GETMANY_KEYS, Op, OpsError, Sut, Workload, parse_ops};
+use self::ops::{
+    Bearer, CallError, Conn, GETMANY_KEYS, Op, OpsError, QUEUE_WAIT_MS, Sut, Workload, parse_ops,
+    queue_name,
+};
 use self::report::{Measured, RunReport};
 
 /// How long a timed run may overrun its warmup + duration before its stuck tasks are
@@ -54,6 +57,12 @@ const MAX_RATE: f64 = 10_000_000.0;
 const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
 /// The measured time of a run when neither `--duration` nor `--requests` is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// Jobs done a second that the default fill of a closed-loop `dequeue_ack` run allows for,
+/// over its warmup and its measured time: twice the fastest seen on the 2-core machine the
+/// figures come from (Redis's BLMOVE + LREM, about 25,000 pairs a second at 16 and at 64
+/// callers), so that the queue never runs dry, while the default run (12 s) stays well under
+/// Larder's `queue.max_jobs` of 1,000,000.
+const DEQUEUE_RATE_BOUND: f64 = 50_000.0;
 
 /// The `--ops` list, parsed.
 #[derive(Debug, Clone)]
@@ -78,11 +87,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub redis: Option<String>,
     /// Ops to run, a comma list of: get, set, incr, getmany, session_get, ratelimit_sliding,
-    /// ratelimit_gcra (dashes work too).
+    /// ratelimit_gcra, enqueue, dequeue_ack (dashes work too).
     #[arg(
         long,
         value_parser = op_list,
-        default_value = "get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra"
+        default_value = "get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra,enqueue,dequeue_ack"
     )]
     pub ops: OpList,
     /// Send Larder's calls on PipelineService/Run: one stream per connection, which the
@@ -134,6 +143,11 @@ pub struct BenchArgs {
     /// Rate-limit ops: the period, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub rl_period_ms: u64,
+    /// dequeue_ack: jobs enqueued before the run for it to take; the run fails if they run
+    /// out [default: enough for warmup and run at --rate, or at 50,000 a second, plus
+    /// --requests and one per caller].
+    #[arg(long, value_name = "N")]
+    pub queue_jobs: Option<u64>,
     /// Worker threads of the client's own runtime [default: half the cores, at least one, so
     /// that a server on the same machine keeps the other half].
     #[arg(long)]
@@ -199,6 +213,25 @@ struct Plan {
     /// Open loop: calls a second in all.
     rate: Option<f64>,
     preload: bool,
+    /// `--queue-jobs`: the fill of a `dequeue_ack` run, when given.
+    queue_jobs: Option<u64>,
+}
+
+impl Plan {
+    /// Jobs to enqueue before a `dequeue_ack` run: `--queue-jobs`, or every call the run can
+    /// make, counted at its `--rate` (open loop) or at [`DEQUEUE_RATE_BOUND`] over the warmup
+    /// and a timed run, plus a `--requests` run's calls, plus one in flight per caller.
+    fn queue_fill(&self) -> u64 {
+        if let Some(jobs) = self.queue_jobs {
+            return jobs;
+        }
+        let (timed, measured) = match self.stop {
+            Stop::After(d) => (self.warmup + d, 0),
+            Stop::Requests(n) => (self.warmup, n),
+        };
+        let rate = self.rate.unwrap_or(DEQUEUE_RATE_BOUND);
+        (rate * timed.as_secs_f64()).ceil() as u64 + measured + self.concurrency as u64
+    }
 }
 
 /// The label a system's rows carry when `--system` does not give one.
@@ -255,6 +288,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.redis_pipeline.is_some() && args.rate.is_some() {
         bail!("--redis-pipeline sends calls in batches, which an open loop (--rate) cannot time");
     }
+    let queue_ops = args.ops.0.iter().filter(|op| op.is_queue());
+    if let Some(op) = queue_ops.clone().next()
+        && args.pipeline
+    {
+        bail!(
+            "--pipeline cannot run {}: PipelineService carries no QueueService calls",
+            op.name()
+        );
+    }
+    if args.redis_pipeline.is_some() && args.ops.0.contains(&Op::DequeueAck) {
+        bail!("--redis-pipeline cannot run dequeue_ack: its LREM needs BLMOVE's answer first");
+    }
+    if args.queue_jobs == Some(0) && args.ops.0.contains(&Op::DequeueAck) {
+        bail!("--queue-jobs must be at least 1 for dequeue_ack");
+    }
     if args.redis.is_some() && Sut::is_redis_url(&args.target) {
         bail!("--redis is the second system next to a Larder --target; --target is Redis too");
     }
@@ -278,6 +326,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rl_period_ms: args.rl_period_ms,
         rate: args.rate,
         preload: !args.no_preload,
+        queue_jobs: args.queue_jobs,
     };
     runtime.block_on(bench(args, plan))
 }
@@ -350,6 +399,8 @@ struct TaskResult {
     ops: u64,
     errors: u64,
     misses: u64,
+    /// `dequeue_ack` calls that found the queue empty, warmup included.
+    dry: u64,
     first_error: Option<String>,
 }
 
@@ -370,6 +421,25 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
         Op::RatelimitGcra => sut.load_gcra_script().await?,
         _ => None,
     };
+    let queue = if op.is_queue() {
+        queue_name(op, &system.label)
+    } else {
+        String::new()
+    };
+    let fill = if op == Op::DequeueAck {
+        plan.queue_fill()
+    } else {
+        0
+    };
+    if fill > 0 {
+        tokio::time::timeout(
+            PRELOAD_TIMEOUT + Duration::from_secs(fill / PRELOAD_KEYS_PER_SEC_FLOOR),
+            sut.fill_queue(&queue, fill, &plan.value, plan.concurrency),
+        )
+        .await
+        .with_context(|| format!("enqueueing the {fill} jobs of the run timed out"))?
+        .with_context(|| format!("enqueueing the {fill} jobs of the run"))?;
+    }
     let workload = Arc::new(Workload {
         op,
         keys: plan.keys,
@@ -378,6 +448,7 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
         rl_limit: plan.rl_limit,
         rl_period_ms: plan.rl_period_ms,
         gcra_sha,
+        queue: queue.clone(),
     });
     let stats_before = sut.stats().await;
     let mut conns = Vec::with_capacity(plan.concurrency);
@@ -402,6 +473,7 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
             CpuSample::take(pid)
         })
     });
+    let dry = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     for (task, conn) in conns.into_iter().enumerate() {
         // Open loop: each caller takes an equal share of the rate, the callers' schedules
@@ -421,6 +493,7 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
             until,
             budget: budget.clone(),
             schedule,
+            dry: dry.clone(),
         };
         tasks.spawn(caller.run(conn));
     }
@@ -458,9 +531,26 @@ async fn run_op(system: &System, op: Op, plan: &Plan) -> anyhow::Result<RunRepor
         Stop::Requests(_) => ended.saturating_duration_since(from),
     };
 
+    if op.is_queue()
+        && let Err(e) = sut.drop_queue(&queue).await
+    {
+        eprintln!(
+            "bench: {} {}: the run's queue {queue} could not be emptied: {e:#}",
+            system.label,
+            op.name()
+        );
+    }
     let hist = report::merge(results.iter().map(|r| &r.hist))?;
     let sum = |f: fn(&TaskResult) -> u64| results.iter().map(f).sum::<u64>();
     let (ops, errors, misses) = (sum(|r| r.ops), sum(|r| r.errors), sum(|r| r.misses));
+    let dry = sum(|r| r.dry);
+    if dry > 0 {
+        bail!(
+            "the queue ran dry: {dry} Dequeues found no job within {QUEUE_WAIT_MS} ms after \
+             {ops} jobs were done; {fill} were enqueued before the run: give more with \
+             --queue-jobs"
+        );
+    }
     if let Some(error) = results.iter().find_map(|r| r.first_error.as_deref()) {
         eprintln!(
             "bench: {} {}: {errors} calls failed; the first: {error}",
@@ -530,6 +620,9 @@ struct Caller {
     budget: Option<(Arc<AtomicU64>, u64)>,
     /// Open loop: when each call is due.
     schedule: Option<Schedule>,
+    /// Set by the first caller that finds the run's queue empty: every caller stops, since
+    /// each further call would only wait out [`QUEUE_WAIT_MS`] for the same answer.
+    dry: Arc<AtomicBool>,
 }
 
 /// An open-loop caller's timetable: one call every `interval` from a start time.
@@ -579,6 +672,7 @@ impl Caller {
             ops: 0,
             errors: 0,
             misses: 0,
+            dry: 0,
             first_error: None,
         };
         // Unique per call of the run: the task in the high bits, its call count in the low ones.
@@ -587,6 +681,9 @@ impl Caller {
         let mut batch = vec![0u64; depth];
         let mut many = vec![[0u64; GETMANY_KEYS]; if w.op == Op::GetMany { depth } else { 0 }];
         loop {
+            if self.dry.load(Ordering::Relaxed) {
+                break;
+            }
             for i in &mut batch {
                 *i = rng.below(w.keys);
             }
@@ -622,12 +719,17 @@ impl Caller {
             nonce += depth as u64;
             let outcome = conn.call_batch(w, &batch, &many, nonce).await;
             let elapsed = t0.elapsed();
+            let n = depth as u64;
+            // In the warmup too: a fill too small for the warmup is too small for the run.
+            if let Err(CallError::QueueEmpty) = outcome {
+                r.dry += n;
+                self.dry.store(true, Ordering::Relaxed);
+            }
             if !measured {
                 continue;
             }
             // A fast error would flatter both the rate and the latencies. A batch counts as
             // `depth` calls, each taking the batch's round trip.
-            let n = depth as u64;
             match outcome {
                 Ok(answered) => {
                     r.ops += n;
@@ -636,7 +738,7 @@ impl Caller {
                 }
                 Err(error) => {
                     r.errors += n;
-                    r.first_error.get_or_insert(error);
+                    r.first_error.get_or_insert_with(|| error.to_string());
                 }
             }
         }
@@ -675,7 +777,9 @@ mod tests {
 
     use clap::Parser;
 
-    use super::{BenchArgs, Due, Schedule, XorShift, default_label};
+    use bytes::Bytes;
+
+    use super::{BenchArgs, Due, Op, Plan, Schedule, Stop, XorShift, default_label};
 
     /// `larder bench` flags, as clap parses them.
     #[derive(Parser)]
@@ -723,6 +827,42 @@ mod tests {
         assert_eq!(s.take(after_stall), Due::At(start + ms(50)));
         // Exactly on time counts as due.
         assert_eq!(s.take(start + ms(60)), Due::Late(start + ms(60)));
+    }
+
+    fn plan(stop: Stop, warmup_secs: u64, rate: Option<f64>, queue_jobs: Option<u64>) -> Plan {
+        Plan {
+            ops: vec![Op::DequeueAck],
+            concurrency: 16,
+            connections: 4,
+            stop,
+            warmup: Duration::from_secs(warmup_secs),
+            keys: 10,
+            value: Bytes::from_static(b"v"),
+            rl_limit: 1,
+            rl_period_ms: 1,
+            rate,
+            preload: true,
+            queue_jobs,
+        }
+    }
+
+    #[test]
+    fn the_default_fill_covers_every_call_a_run_can_make() {
+        let secs = |n| Stop::After(Duration::from_secs(n));
+        // Closed loop: warmup and run at 50,000 a second, and one in flight per caller.
+        assert_eq!(plan(secs(5), 1, None, None).queue_fill(), 6 * 50_000 + 16);
+        // The default run stays under the server's 1,000,000 jobs per queue.
+        assert!(plan(secs(10), 2, None, None).queue_fill() < 1_000_000);
+        // Open loop: at its rate.
+        assert_eq!(plan(secs(5), 1, Some(5000.0), None).queue_fill(), 30_016);
+        // A counted run: its calls, and its warmup's.
+        assert_eq!(plan(Stop::Requests(200), 0, None, None).queue_fill(), 216);
+        assert_eq!(
+            plan(Stop::Requests(200), 1, None, None).queue_fill(),
+            50_216
+        );
+        // Given: as given.
+        assert_eq!(plan(secs(5), 1, None, Some(7)).queue_fill(), 7);
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! | `session_get` | SessionService.GetSession (sliding idle TTL) | `MULTI; HGETALL; PEXPIRE; EXEC` |
 //! | `ratelimit_sliding` | RateLimitService.Check, sliding window | `MULTI; ZREMRANGEBYSCORE; ZADD; ZCARD; PEXPIRE; EXEC` |
 //! | `ratelimit_gcra` | RateLimitService.Check, GCRA | `EVALSHA` of a GCRA Lua script |
+//! | `enqueue` | QueueService.Enqueue of a value-sized payload (durable ack) | `LPUSH` |
+//! | `dequeue_ack` | QueueService.Dequeue of one job with a lease, then Ack of the lease | `BLMOVE` to a processing list, then `LREM` of the job from it |
 //!
 //! With `--pipeline` every Larder call goes as the same request on a PipelineService/Run
 //! stream (one per connection, see [`super::pipeline`]); with `--redis-pipeline N` each Redis
@@ -19,6 +21,13 @@
 //!
 //! The rate-limit ops check `rl:sliding:{i}` or `rl:gcra:{i}` against `--rl-limit` units per
 //! `--rl-period-ms`, with no preload; a denied answer is a successful call.
+//!
+//! The queue ops use one queue of their own per run (see [`queue_name`]), emptied when the
+//! run ends. `dequeue_ack` takes jobs that [`Sut::fill_queue`] enqueued before the run, each
+//! with a payload of its own (Redis's `LREM` finds a job by its payload); one call is the
+//! whole pair, so its rate is of jobs done. A Dequeue (or `BLMOVE`) that finds the queue
+//! empty for [`QUEUE_WAIT_MS`] is [`CallError::QueueEmpty`], an error of the run: the fill
+//! was too small, and a fast empty answer must not pass for throughput.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +43,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::queue_service_client::QueueServiceClient;
 use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::run_request::Call;
 use larder::pb::run_response::Result as Outcome;
@@ -50,6 +60,15 @@ const SESSION_IDLE_MS: u64 = 30 * 60 * 1000;
 /// Cache keys per preload call (SetMany, MSET): well under the server's batch limit, and
 /// 256 KiB a call with 1 KiB values.
 const PRELOAD_BATCH: u64 = 256;
+/// Most jobs per fill call of `dequeue_ack` (EnqueueMany, LPUSH): the server's batch limit.
+const FILL_BATCH: u64 = 1000;
+/// Payload bytes per fill call, so that a batch of large values stays far below the message
+/// limit.
+const FILL_BATCH_BYTES: u64 = 1 << 20;
+/// How long a `dequeue_ack` call waits for a job (Dequeue `wait_ms`, `BLMOVE` timeout) before
+/// it is [`CallError::QueueEmpty`]: long enough that a job still being committed is never
+/// taken for an empty queue.
+pub(crate) const QUEUE_WAIT_MS: u64 = 1000;
 
 /// One operation of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,10 +87,15 @@ pub enum Op {
     RatelimitSliding,
     /// RateLimitService.Check, GCRA; EVALSHA of a GCRA Lua script.
     RatelimitGcra,
+    /// QueueService.Enqueue; Redis LPUSH.
+    Enqueue,
+    /// QueueService.Dequeue of one job with a lease, then Ack; Redis BLMOVE to a processing
+    /// list, then LREM from it (the reliable-queue pattern).
+    DequeueAck,
 }
 
 /// Every op, in the order the default run takes them.
-pub const ALL_OPS: [Op; 7] = [
+pub const ALL_OPS: [Op; 9] = [
     Op::Get,
     Op::Set,
     Op::Incr,
@@ -79,6 +103,8 @@ pub const ALL_OPS: [Op; 7] = [
     Op::SessionGet,
     Op::RatelimitSliding,
     Op::RatelimitGcra,
+    Op::Enqueue,
+    Op::DequeueAck,
 ];
 
 /// An `--ops` entry that names no operation.
@@ -86,8 +112,8 @@ pub const ALL_OPS: [Op; 7] = [
 pub enum OpsError {
     /// A name that is not an op.
     #[error(
-        "unknown op {0:?}; the ops are get, set, incr, getmany, session_get, ratelimit_sliding \
-         and ratelimit_gcra"
+        "unknown op {0:?}; the ops are get, set, incr, getmany, session_get, ratelimit_sliding, \
+         ratelimit_gcra, enqueue and dequeue_ack"
     )]
     Unknown(String),
     /// An empty list, or an empty entry between two commas.
@@ -106,6 +132,8 @@ impl Op {
             Op::SessionGet => "session_get",
             Op::RatelimitSliding => "ratelimit_sliding",
             Op::RatelimitGcra => "ratelimit_gcra",
+            Op::Enqueue => "enqueue",
+            Op::DequeueAck => "dequeue_ack",
         }
     }
 
@@ -125,6 +153,11 @@ impl Op {
     /// Whether a successful call may answer "denied" as a matter of course.
     pub fn is_rate_limit(self) -> bool {
         matches!(self, Op::RatelimitSliding | Op::RatelimitGcra)
+    }
+
+    /// Whether the op works on a queue of its run rather than on the key space.
+    pub fn is_queue(self) -> bool {
+        matches!(self, Op::Enqueue | Op::DequeueAck)
     }
 
     /// Keys read or written per call.
@@ -154,6 +187,55 @@ pub fn parse_ops(list: &str) -> Result<Vec<Op>, OpsError> {
         }
     }
     Ok(ops)
+}
+
+/// The name of the queue one run of `op` uses: its own, so that no run takes or counts another
+/// run's jobs (on either system, in this process or another one).
+pub(crate) fn queue_name(op: Op, system: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "bench:{}:{system}:{}:{nanos}",
+        op.name(),
+        std::process::id()
+    )
+}
+
+/// The Redis list holding the jobs `dequeue_ack` has taken and not yet acknowledged.
+fn processing_list(queue: &str) -> String {
+    format!("{queue}:processing")
+}
+
+/// The payload of fill job `i`: `value` with the job's number written over its start, so that
+/// every job of the queue is distinct (Redis's LREM removes a job by its payload).
+fn fill_payload(i: u64, value: &Bytes) -> Bytes {
+    let tag = format!("{i:x}:");
+    let mut payload = value.to_vec();
+    if payload.len() < tag.len() {
+        payload.resize(tag.len(), b'v');
+    }
+    payload[..tag.len()].copy_from_slice(tag.as_bytes());
+    Bytes::from(payload)
+}
+
+/// Why a measured call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallError {
+    /// The system answered with an error (or none at all).
+    Failed(String),
+    /// `dequeue_ack` found no job within [`QUEUE_WAIT_MS`]: the queue ran dry.
+    QueueEmpty,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Failed(e) => f.write_str(e),
+            CallError::QueueEmpty => write!(f, "no job came within {QUEUE_WAIT_MS} ms"),
+        }
+    }
 }
 
 /// The GCRA Lua script of the Redis side of `ratelimit_gcra`: one key per client holding its
@@ -222,6 +304,8 @@ pub(crate) struct Workload {
     pub(crate) rl_period_ms: u64,
     /// The SHA1 of the GCRA script as Redis loaded it (Redis `ratelimit_gcra` only).
     pub(crate) gcra_sha: Option<String>,
+    /// The run's queue (the queue ops; see [`queue_name`]).
+    pub(crate) queue: String,
 }
 
 /// One task's connection.
@@ -238,6 +322,7 @@ pub(crate) struct GrpcConn {
     cache: CacheServiceClient<Authed>,
     sessions: SessionServiceClient<Authed>,
     rate_limits: RateLimitServiceClient<Authed>,
+    queues: QueueServiceClient<Authed>,
     /// The connection's Run stream, with `--pipeline`: measured calls go there.
     pipe: Option<Arc<Pipe>>,
 }
@@ -405,6 +490,7 @@ impl Sut {
                     cache: CacheServiceClient::new(authed()),
                     sessions: SessionServiceClient::new(authed()),
                     rate_limits: RateLimitServiceClient::new(authed()),
+                    queues: QueueServiceClient::new(authed()),
                     pipe: (!pipes.is_empty()).then(|| pipes[task % pipes.len()].clone()),
                 }))
             }
@@ -508,6 +594,65 @@ impl Sut {
         tokens.sort_unstable();
         Ok(tokens.into_iter().map(|(_, t)| t).collect())
     }
+
+    /// Enqueues `jobs` jobs of `value`'s size (each with a payload of its own) to `queue`, in
+    /// batches (EnqueueMany, LPUSH) spread over `writers` tasks, as the fill before a
+    /// `dequeue_ack` run.
+    pub(crate) async fn fill_queue(
+        &self,
+        queue: &str,
+        jobs: u64,
+        value: &Bytes,
+        writers: usize,
+    ) -> anyhow::Result<()> {
+        let batch = (FILL_BATCH_BYTES / (value.len() as u64 + 32)).clamp(1, FILL_BATCH);
+        let writers = writers as u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let mut conn = self.conn(w as usize).await?;
+            let (queue, value) = (queue.to_owned(), value.clone());
+            tasks.spawn(async move {
+                let mut first = w * batch;
+                while first < jobs {
+                    let payloads: Vec<Bytes> = (first..(first + batch).min(jobs))
+                        .map(|i| fill_payload(i, &value))
+                        .collect();
+                    conn.enqueue_many(&queue, payloads)
+                        .await
+                        .with_context(|| format!("enqueueing jobs {first}.. of the fill"))?;
+                    first += writers * batch;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.context("a fill task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// Empties the queue of a run (Larder: Purge; Redis: the list and its processing list
+    /// deleted), so that a run leaves no jobs behind in the system it measured.
+    pub(crate) async fn drop_queue(&self, queue: &str) -> anyhow::Result<()> {
+        match self.conn(0).await? {
+            Conn::Grpc(mut c) => {
+                c.queues
+                    .purge(pb::PurgeRequest {
+                        queue: queue.to_owned(),
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", status_text(s)))?;
+            }
+            Conn::Redis(mut conn) => {
+                redis::cmd("DEL")
+                    .arg(queue)
+                    .arg(processing_list(queue))
+                    .exec_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn set_request(key: String, value: Bytes) -> pb::SetRequest {
@@ -551,6 +696,32 @@ fn status_text(s: tonic::Status) -> String {
 }
 
 impl Conn {
+    /// Enqueues `payloads` to `queue` in one call: EnqueueMany (one transaction), or LPUSH
+    /// of them all.
+    async fn enqueue_many(&mut self, queue: &str, payloads: Vec<Bytes>) -> anyhow::Result<()> {
+        match self {
+            Conn::Grpc(c) => {
+                let jobs = payloads
+                    .into_iter()
+                    .map(|payload| new_job(queue, payload))
+                    .collect();
+                c.queues
+                    .enqueue_many(pb::EnqueueManyRequest { jobs })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", status_text(s)))?;
+            }
+            Conn::Redis(conn) => {
+                let mut lpush = redis::cmd("LPUSH");
+                lpush.arg(queue);
+                for payload in &payloads {
+                    lpush.arg(&payload[..]);
+                }
+                lpush.exec_async(conn).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes session `i`, as the preload before a `session_get` run does; returns the
     /// session token, if the system made one.
     async fn preload_session(&mut self, i: u64, value: &Bytes) -> anyhow::Result<Option<String>> {
@@ -625,11 +796,11 @@ impl Conn {
         batch: &[u64],
         many: &[[u64; GETMANY_KEYS]],
         nonce: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, CallError> {
         match self {
             Conn::Redis(conn) if batch.len() > 1 => redis_batch(conn, w, batch, many, nonce)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| CallError::Failed(e.to_string())),
             _ => {
                 let empty = [0; GETMANY_KEYS];
                 let many = many.first().unwrap_or(&empty);
@@ -647,20 +818,35 @@ impl Conn {
         i: u64,
         many: &[u64; GETMANY_KEYS],
         nonce: u64,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CallError> {
         match self {
-            Conn::Grpc(c) => c.call(w, i, many).await.map_err(status_text),
+            Conn::Grpc(c) if w.op == Op::DequeueAck => c.dequeue_ack(w).await,
+            Conn::Grpc(c) => c
+                .call(w, i, many)
+                .await
+                .map_err(|s| CallError::Failed(status_text(s))),
+            Conn::Redis(conn) if w.op == Op::DequeueAck => redis_dequeue_ack(conn, w).await,
             Conn::Redis(conn) => redis_call(conn, w, i, many, nonce)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| CallError::Failed(e.to_string())),
         }
     }
 }
 
+/// One job of `queue` with `payload`, ready now, with the server's defaults.
+fn new_job(queue: &str, payload: Bytes) -> pb::NewJob {
+    pb::NewJob {
+        queue: queue.to_owned(),
+        payload,
+        ..Default::default()
+    }
+}
+
 /// The request of a measured call, as a call on a Run stream: the same message the unary
-/// call sends.
-fn pipelined(w: &Workload, i: u64, many: &[u64; GETMANY_KEYS]) -> Call {
-    match w.op {
+/// call sends. `None` for the queue ops, which PipelineService does not carry (`larder bench`
+/// refuses `--pipeline` with them).
+fn pipelined(w: &Workload, i: u64, many: &[u64; GETMANY_KEYS]) -> Option<Call> {
+    Some(match w.op {
         Op::Get => Call::Get(pb::GetRequest {
             namespace: String::new(),
             key: format!("key:{i}"),
@@ -681,7 +867,8 @@ fn pipelined(w: &Workload, i: u64, many: &[u64; GETMANY_KEYS]) -> Call {
             token: w.tokens[i as usize].clone(),
         }),
         Op::RatelimitSliding | Op::RatelimitGcra => Call::Check(rate_limit_check(w, i)),
-    }
+        Op::Enqueue | Op::DequeueAck => return None,
+    })
 }
 
 /// Whether a pipelined answer found, stored or allowed what was asked, as for the unary call.
@@ -719,8 +906,10 @@ impl GrpcConn {
         i: u64,
         many: &[u64; GETMANY_KEYS],
     ) -> Result<bool, tonic::Status> {
-        if let Some(pipe) = &self.pipe {
-            return pipe.call(pipelined(w, i, many)).await.map(answered);
+        if let Some(pipe) = &self.pipe
+            && let Some(call) = pipelined(w, i, many)
+        {
+            return pipe.call(call).await.map(answered);
         }
         match w.op {
             Op::Get => self
@@ -767,8 +956,73 @@ impl GrpcConn {
                 .check(rate_limit_check(w, i))
                 .await
                 .map(|r| r.into_inner().allowed),
+            Op::Enqueue => self
+                .queues
+                .enqueue(pb::EnqueueRequest {
+                    job: Some(new_job(&w.queue, w.value.clone())),
+                })
+                .await
+                .map(|r| !r.into_inner().duplicate),
+            // Two calls: `Conn::call` sends it to `dequeue_ack`.
+            Op::DequeueAck => Err(tonic::Status::internal("dequeue_ack is two calls")),
         }
     }
+
+    /// One `dequeue_ack`: leases one job of the run's queue (waiting up to
+    /// [`QUEUE_WAIT_MS`] for one), then acknowledges its lease.
+    async fn dequeue_ack(&mut self, w: &Workload) -> Result<bool, CallError> {
+        let failed = |s| CallError::Failed(status_text(s));
+        let jobs = self
+            .queues
+            .dequeue(pb::DequeueRequest {
+                queues: vec![w.queue.clone()],
+                max_jobs: 1,
+                wait_ms: QUEUE_WAIT_MS,
+                ..Default::default()
+            })
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .jobs;
+        let job = jobs.into_iter().next().ok_or(CallError::QueueEmpty)?;
+        self.queues
+            .ack(pb::AckRequest { lease: job.lease })
+            .await
+            .map_err(failed)?;
+        Ok(true)
+    }
+}
+
+/// One `dequeue_ack` the way Redis users write a reliable queue: `BLMOVE` the oldest job to
+/// the processing list (waiting up to [`QUEUE_WAIT_MS`]), then, the work done, `LREM` it from
+/// there. Two round trips, as the second needs the first's answer.
+async fn redis_dequeue_ack(
+    conn: &mut redis::aio::MultiplexedConnection,
+    w: &Workload,
+) -> Result<bool, CallError> {
+    let failed = |e: redis::RedisError| CallError::Failed(e.to_string());
+    // The client gives up on a reply after 500 ms by default: BLMOVE's own wait must end
+    // first, so that an empty queue answers nil rather than a client-side timeout.
+    conn.set_response_timeout(Duration::from_millis(QUEUE_WAIT_MS) + CONNECT_TIMEOUT);
+    let processing = processing_list(&w.queue);
+    let job = redis::cmd("BLMOVE")
+        .arg(&w.queue)
+        .arg(&processing)
+        .arg("RIGHT")
+        .arg("LEFT")
+        .arg(QUEUE_WAIT_MS as f64 / 1000.0)
+        .query_async::<Option<Vec<u8>>>(conn)
+        .await
+        .map_err(failed)?
+        .ok_or(CallError::QueueEmpty)?;
+    let removed = redis::cmd("LREM")
+        .arg(&processing)
+        .arg(1)
+        .arg(job)
+        .query_async::<i64>(conn)
+        .await
+        .map_err(failed)?;
+    Ok(removed == 1)
 }
 
 async fn redis_call(
@@ -832,6 +1086,16 @@ async fn redis_call(
                 .await
                 .map(|(count,)| count <= u64::from(w.rl_limit))
         }
+        Op::Enqueue => redis::cmd("LPUSH")
+            .arg(&w.queue)
+            .arg(&w.value[..])
+            .query_async::<i64>(conn)
+            .await
+            .map(|len| len > 0),
+        Op::DequeueAck => Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "dequeue_ack is two round trips: `Conn::call` sends it to redis_dequeue_ack",
+        ))),
         Op::RatelimitGcra => {
             let Some(sha) = w.gcra_sha.as_deref() else {
                 return Err(redis::RedisError::from((
@@ -886,6 +1150,13 @@ fn queue_commands(
             pipe.cmd("INCR").arg(format!("counter:{i}"));
             1
         }
+        Op::Enqueue => {
+            pipe.cmd("LPUSH").arg(&w.queue).arg(&w.value[..]);
+            1
+        }
+        // Never pipelined: its LREM needs BLMOVE's answer, so `larder bench` refuses
+        // `--redis-pipeline` with it before any call is made.
+        Op::DequeueAck => unreachable!("dequeue_ack is never pipelined"),
         Op::GetMany => {
             let mget = pipe.cmd("MGET");
             for k in many {
@@ -960,6 +1231,8 @@ fn redis_answered(op: Op, rl_limit: u32, reply: &redis::Value) -> redis::RedisRe
         Op::Get => !matches!(reply, Value::Nil),
         Op::Set => true,
         Op::Incr => int(reply).ok_or_else(|| bad("not an integer"))? > 0,
+        Op::Enqueue => int(reply).ok_or_else(|| bad("not an integer"))? > 0,
+        Op::DequeueAck => return Err(bad("dequeue_ack is never pipelined")),
         Op::GetMany => match reply {
             Value::Array(values) => values.iter().all(|v| !matches!(v, Value::Nil)),
             _ => return Err(bad("not an array")),
@@ -1024,7 +1297,11 @@ mod tests {
     fn op_lists_parse_in_order_in_either_spelling() {
         assert_eq!(parse_ops("get").unwrap(), vec![Op::Get]);
         assert_eq!(
-            parse_ops("get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra").unwrap(),
+            parse_ops(
+                "get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra,enqueue,\
+                 dequeue_ack"
+            )
+            .unwrap(),
             ALL_OPS.to_vec()
         );
         assert_eq!(
@@ -1042,7 +1319,7 @@ mod tests {
         assert_eq!(error, OpsError::Unknown("hgetall".to_owned()));
         let message = error.to_string();
         assert!(message.contains("\"hgetall\""), "{message}");
-        assert!(message.contains("ratelimit_gcra"), "{message}");
+        assert!(message.contains("dequeue_ack"), "{message}");
         assert_eq!(parse_ops(""), Err(OpsError::Empty));
         assert_eq!(parse_ops("get,,set"), Err(OpsError::Empty));
     }
@@ -1056,6 +1333,7 @@ mod tests {
             rl_limit: 5,
             rl_period_ms: 1000,
             gcra_sha: Some("abc".into()),
+            queue: "q".into(),
         }
     }
 
@@ -1064,7 +1342,10 @@ mod tests {
         let many = [3; GETMANY_KEYS];
         for op in ALL_OPS {
             let w = workload(op);
-            let call = pipelined(&w, 1, &many);
+            let Some(call) = pipelined(&w, 1, &many) else {
+                assert!(op.is_queue(), "{op:?} has no pipelined call");
+                continue;
+            };
             match (op, call) {
                 (Op::Get, Call::Get(r)) => assert_eq!(r.key, "key:1"),
                 (Op::Set, Call::Set(r)) => {
@@ -1124,6 +1405,7 @@ mod tests {
             (Op::SessionGet, 4),
             (Op::RatelimitSliding, 6),
             (Op::RatelimitGcra, 1),
+            (Op::Enqueue, 1),
         ] {
             let mut pipe = redis::pipe();
             let w = workload(op);
@@ -1145,6 +1427,8 @@ mod tests {
         assert!(yes(Op::Get, Value::BulkString(b"v".to_vec())));
         assert!(!yes(Op::Get, Value::Nil));
         assert!(yes(Op::Incr, Value::Int(3)));
+        assert!(yes(Op::Enqueue, Value::Int(1)));
+        assert!(redis_answered(Op::DequeueAck, 5, &Value::Int(1)).is_err());
         assert!(!yes(
             Op::GetMany,
             Value::Array(vec![Value::Nil, Value::Okay])
@@ -1174,6 +1458,32 @@ mod tests {
             redis_answered(Op::Incr, 5, &Value::Nil).is_err(),
             "a reply of the wrong type"
         );
+    }
+
+    #[test]
+    fn fill_payloads_are_distinct_and_of_the_value_size() {
+        let value = Bytes::from(vec![b'v'; 100]);
+        let payloads: std::collections::HashSet<Bytes> =
+            (0..1000).map(|i| fill_payload(i, &value)).collect();
+        assert_eq!(payloads.len(), 1000);
+        assert!(payloads.iter().all(|p| p.len() == 100));
+        assert_eq!(&fill_payload(255, &value)[..4], b"ff:v");
+        // A value too short for the number grows to hold it.
+        assert_eq!(
+            &fill_payload(0x1234, &Bytes::from_static(b"v"))[..],
+            b"1234:"
+        );
+    }
+
+    #[test]
+    fn every_run_of_a_queue_op_has_a_queue_of_its_own() {
+        let a = queue_name(Op::DequeueAck, "larder");
+        let b = queue_name(Op::DequeueAck, "larder");
+        assert_ne!(a, b);
+        assert!(a.starts_with("bench:dequeue_ack:larder:"), "{a}");
+        // Queue names are at most 128 bytes.
+        assert!(queue_name(Op::DequeueAck, "redis-pipeline").len() <= 128);
+        assert_eq!(processing_list("q"), "q:processing");
     }
 
     #[test]
