@@ -26,8 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-OPS = ["get", "set", "incr", "getmany", "session_get", "ratelimit_sliding", "ratelimit_gcra"]
-SINGLE_KEY_OPS = [op for op in OPS if op != "getmany"]
+OPS = ["get", "set", "incr", "getmany", "session_get", "ratelimit_sliding", "ratelimit_gcra",
+       "enqueue", "dequeue_ack"]
+QUEUE_OPS = ["enqueue", "dequeue_ack"]
+# The ops of one key each that the open-loop targets cover (the queue ops have targets of
+# their own).
+SINGLE_KEY_OPS = [op for op in OPS if op != "getmany" and op not in QUEUE_OPS]
+# The callers the queue targets are stated for.
+QUEUE_CALLERS = 16
 OTHER_CORES_WARNING = 0.25
 # The systems of the pipelined path, as `larder bench --pipeline` and `--redis-pipeline N`
 # label their JSON lines, and the Redis depth the targets are stated for.
@@ -175,6 +181,15 @@ TARGETS = [
     Target("one caller, Unix socket: Get p50 / Redis GET p50", "~2.0–2.3×", 1.5, False,
            field_ratio("p50_us", Sel("larder", "get", "unix", 1), Sel("redis", "get", "unix", 1)),
            part="one"),
+    Target(f"dequeue_ack, {QUEUE_CALLERS} callers / Redis BLMOVE + LREM (reliable queue)", "–",
+           0.5, True,
+           field_ratio("ops_per_sec", Sel("larder", "dequeue_ack", callers=QUEUE_CALLERS),
+                       Sel("redis", "dequeue_ack", callers=QUEUE_CALLERS)),
+           part="queue"),
+    Target(f"enqueue, {QUEUE_CALLERS} callers / durable Set in the same run", "–", 1.0, True,
+           field_ratio("ops_per_sec", Sel("larder", "enqueue", callers=QUEUE_CALLERS),
+                       Sel("larder", "set", callers=QUEUE_CALLERS)),
+           part="queue"),
     Target("reads that miss memory (2M × 1 KiB, 64 MiB LRU, 16 callers) / Redis GET in memory",
            "0.14×", 0.5, True,
            field_ratio("ops_per_sec", Sel("larder", "get", "unix", footprint=True),
@@ -592,6 +607,30 @@ class Tests(unittest.TestCase):
         self.assertEqual(rows["Increment / Redis INCR"],
                          ("0.30× (30/s vs 100/s); 3 rounds, 0.10×–0.90×", "**missed** by 40%"))
 
+    def test_queue_targets_compare_dequeue_ack_with_redis_and_enqueue_with_set(self):
+        run = self.mk
+        runs = [
+            run("larder", "set", 20_000, callers=16), run("larder", "enqueue", 24_000, callers=16),
+            run("larder", "dequeue_ack", 9_000, callers=16),
+            run("redis", "dequeue_ack", 25_000, callers=16),
+            # The closed part's 64-caller Set is not the queue part's.
+            run("larder", "set", 30_000),
+            # Open-loop queue runs are not the closed ones, nor in the open-loop targets.
+            run("larder", "dequeue_ack", 5_000, callers=16, p99=90_000.0, asked=5_000),
+            run("larder", "get", 5_000, callers=16, p99=700.0, asked=5_000),
+        ]
+        rows = {w: (m, v) for w, _, _, m, v in target_rows(runs)}
+        self.assertEqual(rows["dequeue_ack, 16 callers / Redis BLMOVE + LREM (reliable queue)"],
+                         ("0.36× (9,000/s vs 25,000/s)", "**missed** by 28%"))
+        self.assertEqual(rows["enqueue, 16 callers / durable Set in the same run"],
+                         ("1.20× (24,000/s vs 20,000/s)", "met"))
+        self.assertEqual(
+            rows["open loop, 5,000 calls/s over 16 callers, TCP: p99, every single-key op"][0],
+            "700 µs (worst get, 1 ops at 5,000/s)")
+        text = markdown(runs, "")
+        self.assertIn("| dequeue_ack | 16 | 9,000 | 25,000 | 0.36× |", text)
+        self.assertIn("| dequeue_ack | 16 | 5,000 | 5,000 | – |", text)
+
     def test_one_caller_and_footprint_targets(self):
         run = self.mk
         runs = [
@@ -661,8 +700,8 @@ def main() -> int:
     p.add_argument("--targets", action="store_true",
                    help="print only the table of targets, every row (bench-targets.sh)")
     p.add_argument("--skipped", action="append", default=[], metavar="PART=REASON",
-                   help="with --targets: why a part (closed, open, pipeline, one, footprint) "
-                   "was not measured")
+                   help="with --targets: why a part (closed, open, pipeline, queue, one, "
+                   "footprint) was not measured")
     p.add_argument("--check", action="store_true", help="run this script's own tests")
     a = p.parse_args()
     if a.check:

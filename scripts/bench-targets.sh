@@ -13,12 +13,15 @@
 #   pipeline   TCP, 64 callers on one connection: Larder's get and set over PipelineService/Run
 #              (`larder bench --pipeline`), Redis's get and set 16 commands a round trip
 #              (`--redis-pipeline 16`); left out, and said so, when the binary lacks the flags
+#   queue      TCP, 16 callers on 4 connections: set, enqueue and dequeue_ack on Larder and
+#              Redis (enqueue against the durable Set of the same run; dequeue_ack against
+#              Redis's BLMOVE + LREM); left out, and said so, when the binary lacks the ops
 #   one        Unix socket, one caller: Larder's get and set, Redis's get and set (p50s)
 # A ratio is taken within a round (both sides measured minutes apart at most); the table gives
 # the median round and the spread over rounds. With BENCH_FOOTPRINT=1 it also runs
 # scripts/bench-footprint.sh once (2M × 1 KiB, 64 MiB LRU: 5+ minutes and about 6 GB of disk)
 # for the rows of reads that miss memory and of RSS after a bulk fill.
-# Takes about 3.5 minutes a round on a 2-core machine, 11 with the default 3 rounds.
+# Takes about 4.5 minutes a round on a 2-core machine, 14 with the default 3 rounds.
 #
 # Writes to BENCH_OUT_DIR (default: a new directory under /tmp, named at the end):
 #   results.jsonl   one `larder bench --json` line per system, op and part, with "round",
@@ -49,6 +52,7 @@ callers=64
 connections=4
 open_callers=16
 redis_depth=16
+queue_callers=16
 single_key_ops="get,set,incr,session_get,ratelimit_sliding,ratelimit_gcra"
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
@@ -86,6 +90,12 @@ redis_pipeline=()
 if has_flag --redis-pipeline; then
   redis_pipeline=(--redis-pipeline "$redis_depth")
 fi
+# The queue ops arrived with QueueService: an older binary measures everything else.
+queue=1
+if ! grep -q dequeue_ack <<<"$bench_help"; then
+  queue=0
+  skipped+=(--skipped "queue=this build has no enqueue and dequeue_ack ops")
+fi
 if [ "$footprint" = 0 ]; then
   skipped+=(--skipped "footprint=off (BENCH_FOOTPRINT=1 runs it: 5+ minutes, 6 GB of disk)")
 fi
@@ -98,6 +108,7 @@ fi
     "(pipelined: on 1), one Redis connection per caller; open loop $open_rate calls/s over" \
     "$open_callers callers; Larder and the bare server with one gRPC worker thread"
   [ "$pipeline" = 1 ] || echo "pipelined path: not measured, this build has no --pipeline"
+  [ "$queue" = 1 ] || echo "queue ops: not measured, this build has no enqueue and dequeue_ack"
 } | tee -a "$out/machine.txt"
 
 # Fresh servers for one part, in $tmp/$1: Larder (TCP and a Unix socket), Redis (the same), and
@@ -174,7 +185,7 @@ if [ "$rounds" = 0 ]; then
     echo "bench-targets: BENCH_ROUNDS=0 measures nothing without BENCH_FOOTPRINT=1" >&2
     exit 2
   fi
-  for part in closed open pipeline one; do
+  for part in closed open pipeline queue one; do
     skipped+=(--skipped "$part=BENCH_ROUNDS=0")
   done
 fi
@@ -201,6 +212,15 @@ for round in $(seq 1 "$rounds"); do
     bench_run "$round" tcp "pipelined, $callers callers on one stream" \
       --target "$larder_tcp" --redis "$redis_tcp" --pipeline "${redis_pipeline[@]}" \
       --ops get,set --concurrency "$callers" --connections 1 --server-pid "$larder_pid" \
+      --redis-pid "$redis_pid"
+    stop_servers
+  fi
+
+  if [ "$queue" = 1 ]; then
+    start_servers "r$round-queue"
+    bench_run "$round" tcp "queue ops and the durable Set, $queue_callers callers" \
+      --target "$larder_tcp" --redis "$redis_tcp" --ops set,enqueue,dequeue_ack \
+      --concurrency "$queue_callers" --connections "$connections" --server-pid "$larder_pid" \
       --redis-pid "$redis_pid"
     stop_servers
   fi

@@ -30,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/larder-target}"
-ops="${BENCH_OPS:-get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra}"
+ops="${BENCH_OPS:-get,set,incr,getmany,session_get,ratelimit_sliding,ratelimit_gcra,enqueue,dequeue_ack}"
 concurrencies="${BENCH_CONCURRENCIES:-1 16 64}"
 transports="${BENCH_TRANSPORTS:-tcp unix}"
 duration="${BENCH_DURATION:-5}"
@@ -131,9 +131,10 @@ stop_both() {
   pids=()
 }
 
-# The longest one cell may take: every op twice, each with its warmup, duration, preload
-# and slack.
-cell_limit=$(((warmup + duration + 60) * 14 + 120))
+# The longest one cell may take: every op twice, each with its warmup, duration, preload (or
+# dequeue_ack's fill of its queue) and slack.
+op_count="$(printf '%s' "$ops" | tr ',' '\n' | grep -c .)"
+cell_limit=$(((warmup + duration + 60) * 2 * op_count + 120))
 
 # One cell: fresh servers, `larder bench --redis` over transport $2 with the flags after it,
 # its JSON lines (with the transport added) appended to the results, the servers stopped.
