@@ -7,7 +7,7 @@ validates or maps by itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -211,6 +211,29 @@ class Cache(_Api):
     def stats(self, namespace: str = "", *, timeout: float | None = None) -> dict[str, int]:
         """The server's counters (entries, bytes, hits, misses, ...) as a dict."""
         return self._run(_calls.cache_stats(namespace), timeout)
+
+    def scan(
+        self,
+        namespace: str = "",
+        *,
+        prefix: str = "",
+        page_size: int = 100,
+        timeout: float | None = None,
+    ) -> Iterator[Entry]:
+        """The live entries of ``namespace`` ("" = "default") in key order (each ``Entry``
+        with its ``key``), only keys starting with ``prefix`` when given.
+
+        Fetched ``page_size`` (1..=1000) at a time as the iteration goes, one call per page
+        (``timeout`` is each call's); each page is read as of one commit, so an entry written
+        or deleted while the iteration runs may or may not be seen, but no key is seen twice.
+        """
+        token = ""
+        while True:
+            call = _calls.cache_scan(namespace, prefix, page_size, token)
+            entries, token = self._run(call, timeout)
+            yield from entries
+            if not token:
+                return
 
 
 class Sessions(_Api):

@@ -10,12 +10,14 @@ from typing import Any
 class Entry:
     """A cache entry: its value, version (changes on every write) and remaining TTL.
 
-    ``ttl_ms`` is 0 when the entry has no expiry.
+    ``ttl_ms`` is 0 when the entry has no expiry. ``key`` is the entry's key when it came from
+    ``scan`` (``get_entry`` leaves it empty: its caller named the key).
     """
 
     value: bytes
     version: int
     ttl_ms: int
+    key: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ make the client inside the loop that uses it (one per loop, shared by its tasks)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -183,6 +183,24 @@ class Cache(_Api):
     async def stats(self, namespace: str = "", *, timeout: float | None = None) -> dict[str, int]:
         """The server's counters (entries, bytes, hits, misses, ...) as a dict."""
         return await self._run(_calls.cache_stats(namespace), timeout)
+
+    async def scan(
+        self,
+        namespace: str = "",
+        *,
+        prefix: str = "",
+        page_size: int = 100,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Entry]:
+        """The live entries of ``namespace`` in key order, a page per call (``async for``)."""
+        token = ""
+        while True:
+            call = _calls.cache_scan(namespace, prefix, page_size, token)
+            entries, token = await self._run(call, timeout)
+            for entry in entries:
+                yield entry
+            if not token:
+                return
 
 
 class Sessions(_Api):
