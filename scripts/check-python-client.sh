@@ -10,6 +10,8 @@
 #   - Django's own cache and session test suites, from the pinned Django sdist, with
 #     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
 #   - Flask-Caching's and cachelib's own backend tests (clients/python/tests/flask_suite/run.py);
+#   - Huey's own storage, consumer and API tests on larder_client.huey.LarderHuey, from the
+#     pinned Huey sdist (clients/python/tests/huey_suite/run.py; about 15 s a core);
 #   - on the native core only (the default a user gets), the example apps' tests
 #     (examples/*/tests), each app under its production server, and the limits package's own
 #     storage and strategy tests (tests/limits_suite/run.py);
@@ -63,8 +65,8 @@ client_wheel="$(echo "$client_dir"/larder_client-*.whl)"
 mapfile -t djangos <clients/python/tests/django_suite/DJANGO_VERSION
 django="${djangos[0]}"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  "$client_wheel[test,django,zstd,flask,starlette,limits]" "Django==$django" ruff \
-  -r clients/python/tests/requirements.txt
+  "$client_wheel[test,django,zstd,flask,starlette,limits,huey]" "Django==$django" ruff \
+  -r clients/python/tests/requirements.txt -r clients/python/tests/huey_suite/requirements.txt
 
 echo "== ruff check and ruff format --check (clients/python, examples)"
 (cd clients/python && "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check .)
@@ -105,6 +107,9 @@ for core in grpc native; do
 
   echo "== [$core] Flask-Caching's and cachelib's own backend tests against Larder"
   "$venv/bin/python" clients/python/tests/flask_suite/run.py --larder-bin "$larder"
+
+  echo "== [$core] Huey's own storage, consumer and API tests against Larder"
+  "$venv/bin/python" clients/python/tests/huey_suite/run.py --larder-bin "$larder"
 done
 
 # The example apps on the native core only (the default a user gets): their adapters have
