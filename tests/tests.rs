@@ -35,6 +35,7 @@ mod suite {
     mod ratelimit;
     mod reads;
     mod rpc;
+    mod scan;
     mod security;
     mod server;
     mod sessions;
