@@ -7,9 +7,11 @@ What runs, from the pinned sdist's ``huey/tests``, none of its files edited:
 - ``test_storage.py``'s storage-generic ``StorageTests``, in ``TestLarderStorage`` below, as
   the sdist runs them on Postgres in ``test_postgres.py``: a class with its own ``get_huey``;
 - the modules that run tasks through a Huey's storage (``MODULES``): every Huey they build as
-  ``MemoryHuey(...)`` (``BaseTestCase.get_huey``'s, and the few a test class or test builds
-  for itself) is a ``LarderHuey`` with the same arguments instead. That is one swap of the
-  name ``MemoryHuey`` in those modules (``SuiteHuey``), nothing else.
+  ``MemoryHuey(...)`` (``BaseTestCase.get_huey``'s, the few a test class or test builds for
+  itself, and the ``HUEY`` setting of ``test_django_tasks.py``, djhuey's backend for Django's
+  task framework; ``test_stats.py`` runs the stats add-on over them) is a ``LarderHuey`` with the same arguments instead. That is one swap of
+  the name ``MemoryHuey``, in those modules and in the ``huey`` package they import it from
+  (``SuiteHuey``), nothing else.
 
 A ``SuiteHuey`` keeps its storage in immediate mode too (``immediate_use_memory=False``):
 ``MemoryHuey``'s immediate mode uses its MemoryStorage as well, and this way the immediate
@@ -27,8 +29,7 @@ import unittest
 from types import ModuleType
 from typing import Any
 
-from huey.tests import base
-from huey.tests.test_storage import StorageTests
+import huey
 
 from larder_client import Larder
 from larder_client.huey import LarderHuey
@@ -41,6 +42,11 @@ MODULES = (
     "huey.tests.test_signals",
     "huey.tests.test_immediate",
     "huey.tests.test_asyncio",
+    # Django's task framework through djhuey's HueyBackend (needs django.tasks, or the
+    # django-tasks backport before Django 6; requirements.txt pins it).
+    "huey.tests.test_django_tasks",
+    # The stats add-on (huey.contrib.stats, on peewee): task events of a Huey's signals.
+    "huey.tests.test_stats",
 )
 
 #: Tests left out, by ``module.Class.test``, with the reason (unittest shows it as the skip's).
@@ -79,7 +85,12 @@ def _swap_memory_huey(module: ModuleType) -> None:
         module.MemoryHuey = SuiteHuey
 
 
+# Before anything imports huey.tests: its __init__ imports every test module, and
+# test_django_tasks.py makes its HUEY setting (``from huey import MemoryHuey``) at import.
+_swap_memory_huey(huey)
+base = importlib.import_module("huey.tests.base")
 _swap_memory_huey(base)
+StorageTests = importlib.import_module("huey.tests.test_storage").StorageTests
 
 
 class TestLarderStorage(StorageTests, base.BaseTestCase):
@@ -88,6 +99,20 @@ class TestLarderStorage(StorageTests, base.BaseTestCase):
 
     def get_huey(self) -> LarderHuey:
         return SuiteHuey("test-larder", utc=False)
+
+
+class TestTheSwap(unittest.TestCase):
+    """The suite runs on Larder: every module's ``MemoryHuey`` is ``SuiteHuey``, and so is
+    djhuey's ``HUEY`` of ``test_django_tasks.py`` (when Django's task framework is there)."""
+
+    def test_memory_huey_is_larder_huey(self) -> None:
+        for name in ("huey", "huey.tests.base", *MODULES):
+            module = importlib.import_module(name)
+            if hasattr(module, "MemoryHuey"):
+                self.assertIs(module.MemoryHuey, SuiteHuey, name)
+        django_tasks = importlib.import_module("huey.tests.test_django_tasks")
+        if django_tasks.django_tasks_available:
+            self.assertIsInstance(django_tasks.HUEY, SuiteHuey)
 
 
 def _exclude(module: ModuleType) -> None:

@@ -11,8 +11,8 @@
    its addresses are in LARDER_HUEY_TARGET (host:port) and LARDER_HUEY_UNIX_TARGET (unix:).
 3. ``python -m unittest larder_huey_glue`` runs, in a scratch directory, the sdist's tests
    that the glue module beside this file selects (``StorageTests`` on LarderStorage, and the
-   consumer, API, priority, signal, immediate and asyncio tests with their Huey swapped for a
-   LarderHuey; see its docstring). The sdist's files are never edited. HUEY_SLOW_TESTS=1
+   consumer, API, priority, signal, immediate, asyncio, Django-tasks and stats tests with
+   their Huey swapped for a LarderHuey; see its docstring). The sdist's files are never edited. HUEY_SLOW_TESTS=1
    runs its slow tests too (consumer integration, a put_if_empty TTL, task timeouts), unless
    the environment sets it. ``-k PATTERN`` (unittest's) runs only the matching tests
    (``-k TestLarderStorage``, ``-k test_api.TestQueue``).
