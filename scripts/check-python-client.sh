@@ -11,7 +11,8 @@
 #     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
 #   - Flask-Caching's and cachelib's own backend tests (clients/python/tests/flask_suite/run.py);
 #   - Huey's own storage, consumer and API tests on larder_client.huey.LarderHuey, from the
-#     pinned Huey sdist (clients/python/tests/huey_suite/run.py; about 15 s a core);
+#     pinned Huey sdist (clients/python/tests/huey_suite/run.py; about 12 s a core, and
+#     tests/test_huey*.py about 16 s a core in the pytest suite);
 #   - on the native core only (the default a user gets), the example apps' tests
 #     (examples/*/tests), each app under its production server, and the limits package's own
 #     storage and strategy tests (tests/limits_suite/run.py);
