@@ -32,7 +32,7 @@ use crate::service::RequestLimits as Limits;
 use crate::service::ratelimit::RateLimitSettings;
 use crate::service::session::SessionSettings;
 use crate::store::schema::Synchronous;
-use crate::store::{StoreConfig, WhenFull};
+use crate::store::{QueueSettings, StoreConfig, WhenFull};
 
 /// The flag of every setting, for `serve` and `check-config` (each also read from its
 /// `LARDER_*` variable).
@@ -195,6 +195,11 @@ fn fill_defaults(f: &mut FileConfig) {
 }
 
 /// A value [`fill_defaults`] has set.
+/// A duration setting in milliseconds (settings are bounded far below where this saturates).
+fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn filled<T>(v: Option<T>) -> T {
     v.expect("fill_defaults sets every setting that has a default")
 }
@@ -457,6 +462,14 @@ fn build(effective: FileConfig) -> anyhow::Result<ServeConfig> {
     store.write_behind = filled(f.duration(&RATELIMIT_WRITE_BEHIND));
     store.limit_max_keys = filled(f.count(&RATELIMIT_MAX_KEYS));
     store.limit_when_full = when_full;
+    store.queue = QueueSettings {
+        lease_ms: duration_ms(filled(f.duration(&QUEUE_LEASE))),
+        max_attempts: u32::try_from(filled(f.count(&QUEUE_MAX_ATTEMPTS))).unwrap_or(u32::MAX),
+        retry_min_ms: duration_ms(filled(f.duration(&QUEUE_RETRY_MIN))),
+        retry_max_ms: duration_ms(filled(f.duration(&QUEUE_RETRY_MAX))),
+        max_jobs: filled(f.count(&QUEUE_MAX_JOBS)),
+        max_bytes: filled(f.bytes(&QUEUE_MAX_BYTES)),
+    };
     let defaults = ServerSettings::default();
     let server = ServerSettings {
         limits: Limits {

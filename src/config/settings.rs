@@ -499,6 +499,79 @@ pub static RATELIMIT_WHEN_FULL: Setting = Setting {
            after one write-behind interval) or allow (admitted, not remembered).",
 };
 
+/// `queue.lease`.
+pub static QUEUE_LEASE: Setting = Setting {
+    key: "queue.lease",
+    flag: "queue-lease",
+    env: "LARDER_QUEUE_LEASE",
+    kind: Kind::Duration,
+    range: Some((millis(1), secs(365 * 24 * 3600))),
+    default: DefaultFrom::Component(|c| Value::Time(Duration::from_millis(c.store.queue.lease_ms))),
+    help: "Lease of a dequeued job when the Dequeue names none; a job not acknowledged by its \
+           end is handed out again.",
+};
+
+/// `queue.max_attempts`.
+pub static QUEUE_MAX_ATTEMPTS: Setting = Setting {
+    key: "queue.max_attempts",
+    flag: "queue-max-attempts",
+    env: "LARDER_QUEUE_MAX_ATTEMPTS",
+    kind: Kind::Count,
+    range: Some((at(1), at(u32::MAX as u64))),
+    default: DefaultFrom::Component(|c| Value::Count(u64::from(c.store.queue.max_attempts))),
+    help: "Deliveries of a job (when its Enqueue names none) before it moves to the dead letters.",
+};
+
+/// `queue.retry_min`.
+pub static QUEUE_RETRY_MIN: Setting = Setting {
+    key: "queue.retry_min",
+    flag: "queue-retry-min",
+    env: "LARDER_QUEUE_RETRY_MIN",
+    kind: Kind::Duration,
+    range: Some((millis(1), Bound::Setting(&QUEUE_RETRY_MAX))),
+    default: DefaultFrom::Component(|c| {
+        Value::Time(Duration::from_millis(c.store.queue.retry_min_ms))
+    }),
+    help: "Retry delay after a job's first failed delivery (a Nack without retry_after_ms); \
+           doubled per attempt, with jitter.",
+};
+
+/// `queue.retry_max`.
+pub static QUEUE_RETRY_MAX: Setting = Setting {
+    key: "queue.retry_max",
+    flag: "queue-retry-max",
+    env: "LARDER_QUEUE_RETRY_MAX",
+    kind: Kind::Duration,
+    range: Some((millis(1), secs(365 * 24 * 3600))),
+    default: DefaultFrom::Component(|c| {
+        Value::Time(Duration::from_millis(c.store.queue.retry_max_ms))
+    }),
+    help: "Longest retry delay of the exponential backoff.",
+};
+
+/// `queue.max_jobs`.
+pub static QUEUE_MAX_JOBS: Setting = Setting {
+    key: "queue.max_jobs",
+    flag: "queue-max-jobs",
+    env: "LARDER_QUEUE_MAX_JOBS",
+    kind: Kind::Count,
+    range: Some((at(1), at(1 << 40))),
+    default: DefaultFrom::Component(|c| Value::Count(c.store.queue.max_jobs)),
+    help: "Most jobs one queue holds (ready, delayed, leased and dead); past it Enqueue \
+           answers RESOURCE_EXHAUSTED.",
+};
+
+/// `queue.max_bytes`.
+pub static QUEUE_MAX_BYTES: Setting = Setting {
+    key: "queue.max_bytes",
+    flag: "queue-max-bytes",
+    env: "LARDER_QUEUE_MAX_BYTES",
+    kind: Kind::Size,
+    range: Some((Bound::Setting(&MAX_VALUE), at(1 << 50))),
+    default: DefaultFrom::Component(|c| Value::Bytes(c.store.queue.max_bytes)),
+    help: "Most payload bytes one queue holds; past it Enqueue answers RESOURCE_EXHAUSTED.",
+};
+
 /// `server.drain_timeout`.
 pub static DRAIN_TIMEOUT: Setting = Setting {
     key: "server.drain_timeout",
@@ -747,6 +820,12 @@ pub static SETTINGS: &[&Setting] = &[
     &RATELIMIT_MAX_MEMORY,
     &RATELIMIT_MAX_KEYS,
     &RATELIMIT_WHEN_FULL,
+    &QUEUE_LEASE,
+    &QUEUE_MAX_ATTEMPTS,
+    &QUEUE_RETRY_MIN,
+    &QUEUE_RETRY_MAX,
+    &QUEUE_MAX_JOBS,
+    &QUEUE_MAX_BYTES,
     &DRAIN_TIMEOUT,
     &REQUEST_TIMEOUT,
     &MAX_CONCURRENT_REQUESTS,

@@ -1,6 +1,6 @@
 //! What the server answers, and the layers every call passes through: gRPC health (one status
 //! per Larder service and one for the server as a whole), reflection v1 and v1alpha, and the
-//! three services with the pipeline that multiplexes their calls, behind one layer stack per listener (metrics → auth → the call bound → the
+//! four services (the pipeline multiplexing calls of the first three), behind one layer stack per listener (metrics → auth → the call bound → the
 //! in-flight byte budget) with the same deadline, HTTP/2 bounds, keepalive and maximum
 //! connection age whichever way a client comes in.
 //!
@@ -27,10 +27,12 @@ use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::pb;
 use crate::pb::cache_service_server::CacheServiceServer;
 use crate::pb::pipeline_service_server::PipelineServiceServer;
+use crate::pb::queue_service_server::QueueServiceServer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::service::cache::CacheApi;
 use crate::service::pipeline::PipelineApi;
+use crate::service::queue::QueueApi;
 use crate::service::ratelimit::RateLimitApi;
 use crate::service::scope::Scoped;
 use crate::service::session::SessionApi;
@@ -124,6 +126,13 @@ impl Router {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let ratelimit = RateLimitServiceServer::new(ratelimit_api);
+        let queue = QueueServiceServer::new(QueueApi::new(
+            store.clone(),
+            settings.limits.clone(),
+            settings.request_timeout,
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let observe_budget = observe.budget();
         let routes = Routes::new(health_service)
             .add_service(reflection_v1)
@@ -131,6 +140,7 @@ impl Router {
             .add_service(cache)
             .add_service(sessions)
             .add_service(ratelimit)
+            .add_service(queue)
             .add_service(pipeline);
         let router = Self {
             routes,
@@ -202,6 +212,7 @@ pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
         <SessionServiceServer<SessionApi> as NamedService>::NAME,
         <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
         <PipelineServiceServer<PipelineApi> as NamedService>::NAME,
+        <QueueServiceServer<QueueApi> as NamedService>::NAME,
     ] {
         health.set_service_status(name, status).await;
     }

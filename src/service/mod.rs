@@ -3,6 +3,7 @@
 //! - [`cache`] serves `larder.v1.CacheService`.
 //! - [`session`] serves `larder.v1.SessionService`; [`token`] makes and checks its tokens.
 //! - [`ratelimit`] serves `larder.v1.RateLimitService`.
+//! - [`queue`] serves `larder.v1.QueueService`.
 //! - [`pipeline`] serves `larder.v1.PipelineService`: calls of the three above, multiplexed on
 //!   one stream.
 //! - [`scope`]: what one bearer token may call, and the cache namespace check.
@@ -10,6 +11,7 @@
 
 pub(crate) mod cache;
 pub(crate) mod pipeline;
+pub(crate) mod queue;
 pub(crate) mod ratelimit;
 pub(crate) mod scope;
 pub(crate) mod session;

@@ -26,7 +26,7 @@ use crate::pb;
 use crate::pb::cache_service_server::CacheService;
 use crate::service::cache::DEFAULT_NAMESPACE;
 
-/// One of the three Larder services a scope can name.
+/// One of the Larder services a scope can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Service {
     /// `larder.v1.CacheService`, `cache` in the token file.
@@ -35,10 +35,17 @@ pub(crate) enum Service {
     Session,
     /// `larder.v1.RateLimitService`, `ratelimit`.
     RateLimit,
+    /// `larder.v1.QueueService`, `queue`.
+    Queue,
 }
 
 impl Service {
-    const ALL: [Service; 3] = [Service::Cache, Service::Session, Service::RateLimit];
+    const ALL: [Service; 4] = [
+        Service::Cache,
+        Service::Session,
+        Service::RateLimit,
+        Service::Queue,
+    ];
 
     /// The word naming it in the token file.
     pub(crate) fn word(self) -> &'static str {
@@ -46,6 +53,7 @@ impl Service {
             Service::Cache => "cache",
             Service::Session => "session",
             Service::RateLimit => "ratelimit",
+            Service::Queue => "queue",
         }
     }
 
@@ -55,6 +63,7 @@ impl Service {
             Service::Cache => "/larder.v1.CacheService/",
             Service::Session => "/larder.v1.SessionService/",
             Service::RateLimit => "/larder.v1.RateLimitService/",
+            Service::Queue => "/larder.v1.QueueService/",
         }
     }
 
@@ -68,6 +77,7 @@ impl Service {
             Service::Cache => &["Get", "GetMany", "Stats"],
             Service::Session => &["GetSession", "ListSessions"],
             Service::RateLimit => &["Peek"],
+            Service::Queue => &["Stats", "ListJobs", "ListDead"],
         }
     }
 
@@ -122,7 +132,7 @@ pub(crate) enum ScopeProblem {
     Repeated(usize),
     /// `services=` with an empty list or a name that is not a service.
     #[error(
-        "word {0} after the token: services= takes a comma-separated list of cache, session and ratelimit"
+        "word {0} after the token: services= takes a comma-separated list of cache, session, ratelimit and queue"
     )]
     BadService(usize),
     /// `namespace=` with nothing after it.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::queue::QueueSettings;
 use super::ratelimit::WhenFull;
 use super::schema::Synchronous;
 
@@ -39,6 +40,8 @@ pub struct StoreConfig {
     pub sweep_interval: Duration,
     /// Expired rows deleted per transaction by the sweeper.
     pub sweep_batch: usize,
+    /// The job queues' defaults and bounds.
+    pub queue: QueueSettings,
 }
 
 impl StoreConfig {
@@ -66,6 +69,7 @@ impl StoreConfig {
             reader_connections: 4,
             sweep_interval: Duration::from_secs(1),
             sweep_batch: 1000,
+            queue: QueueSettings::default(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`config`](StoreConfig): how a store is set up, and its defaults.
-//! - `cache/`, `session/`, `ratelimit/`: one folder per domain, each with its in-memory
+//! - `cache/`, `session/`, `ratelimit/`, `queue/`: one folder per domain, each with its in-memory
 //!   table and reads (`mod.rs`), its writer commands with typed replies (`write.rs`) and
 //!   every statement on its table (`sql.rs`).
 //! - `writer/`: the single writer thread with group commit, savepoints, the version lease and
@@ -38,6 +38,7 @@ pub(crate) mod lock;
 pub(crate) mod lru;
 pub(crate) mod memory;
 pub(crate) mod observe;
+pub(crate) mod queue;
 pub(crate) mod ratelimit;
 pub(crate) mod readers;
 pub(crate) mod schema;
@@ -64,6 +65,10 @@ use writer::{Op, Reply, WriteQueue, Writer, WriterParts, WriterSettings};
 pub use cache::{CacheStats, Counter, Found, NewEntry, SetCondition};
 pub use config::StoreConfig;
 pub use observe::{COMMIT_SECONDS_BUCKETS, PolicyChecks, WriterMetrics};
+pub use queue::{
+    DeadPosition, DequeueAsk, Enqueued, JobPage, JobRecord, Lease, MAX_QUEUE_DURATION_MS, Nacked,
+    NewJob, QueueSettings, QueueStats, ReadyAt, WaitingPosition,
+};
 pub use ratelimit::{SLOT_OVERHEAD, WhenFull};
 pub use schema::{SCHEMA_VERSION, Synchronous};
 pub use session::{
@@ -113,6 +118,8 @@ struct Inner {
     scanners: Readers,
     /// Queue to the writer thread.
     writer: WriteQueue,
+    /// The Dequeues waiting for jobs, by queue.
+    queue_signals: Arc<queue::Signals>,
     /// The writer thread and the maintenance task, taken by [`Store::close`].
     background: Mutex<Option<Background>>,
     /// Writer histograms, rate-limit check counts and the file paths, for metrics.
@@ -190,6 +197,7 @@ impl Store {
                 max_disk_bytes: config.max_disk_bytes,
                 sweep_batch: config.sweep_batch.max(1),
                 metrics: monitor.writer.clone(),
+                queue: config.queue,
             },
         )?;
         let (tx, rx) = WriteQueue::new(WRITE_QUEUE);
@@ -247,6 +255,7 @@ impl Store {
                 readers,
                 scanners,
                 writer: tx,
+                queue_signals: Arc::default(),
                 background: Mutex::new(Some(Background {
                     writer: writer_thread,
                     checkpointer,

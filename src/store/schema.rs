@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this build writes. A file with a higher version was written by a newer
 /// Larder and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// WAL pages after which the writer checkpoints itself, after a commit (the background
 /// checkpointer normally keeps the WAL far below this).
@@ -122,6 +122,47 @@ const MIGRATIONS: &[&str] = &[
         END;
         "
     ),
+    // 5 → 6: job queues (see `queue/sql.rs` for the states). `queue_sizes` holds each queue's
+    // jobs and payload bytes, kept by triggers, so that the bound on a queue is checked
+    // without counting its rows; a queue's row goes with its last job.
+    "
+    CREATE TABLE queue_jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
+        queue            TEXT    NOT NULL,
+        state            INTEGER NOT NULL,  -- 0 waiting, 1 leased, 2 dead
+        priority         INTEGER NOT NULL,
+        ready_at         INTEGER NOT NULL,  -- Unix ms a waiting job is ready from
+        attempt          INTEGER NOT NULL,  -- deliveries so far
+        max_attempts     INTEGER NOT NULL,
+        lease            INTEGER NOT NULL DEFAULT 0,  -- the lease's random number; 0 = none
+        lease_expires_at INTEGER NOT NULL DEFAULT 0,  -- Unix ms
+        enqueued_at      INTEGER NOT NULL,  -- Unix ms
+        dead_at          INTEGER NOT NULL DEFAULT 0,  -- Unix ms
+        dedup_key        TEXT,
+        last_error       TEXT    NOT NULL DEFAULT '',
+        payload          BLOB    NOT NULL
+    );
+    CREATE INDEX queue_jobs_waiting ON queue_jobs (queue, priority DESC, ready_at, id)
+        WHERE state = 0;
+    CREATE INDEX queue_jobs_leased ON queue_jobs (lease_expires_at) WHERE state = 1;
+    CREATE INDEX queue_jobs_dead ON queue_jobs (queue, dead_at, id) WHERE state = 2;
+    CREATE UNIQUE INDEX queue_jobs_dedup ON queue_jobs (queue, dedup_key)
+        WHERE dedup_key IS NOT NULL;
+    CREATE TABLE queue_sizes (
+        queue TEXT PRIMARY KEY,
+        jobs  INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TRIGGER queue_jobs_size_insert AFTER INSERT ON queue_jobs BEGIN
+        INSERT INTO queue_sizes (queue, jobs, bytes) VALUES (NEW.queue, 1, length(NEW.payload))
+            ON CONFLICT (queue) DO UPDATE SET jobs = jobs + 1, bytes = bytes + excluded.bytes;
+    END;
+    CREATE TRIGGER queue_jobs_size_delete AFTER DELETE ON queue_jobs BEGIN
+        UPDATE queue_sizes SET jobs = jobs - 1, bytes = bytes - length(OLD.payload)
+            WHERE queue = OLD.queue;
+        DELETE FROM queue_sizes WHERE queue = OLD.queue AND jobs <= 0;
+    END;
+    ",
 ];
 
 /// How strongly a commit is made durable.

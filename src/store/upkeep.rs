@@ -32,9 +32,11 @@ impl Writer {
         let expired = self.sweep_expired(now, batch, fx)?;
         let sessions = self.sweep_sessions(now, batch, fx)?;
         let limits = self.sweep_limits(now, batch)?;
+        // Not rows deleted, but counted as work: a backlog of them is worked through at once.
+        let leases = self.release_expired_leases(now)?;
         Ok(Upkept {
             expired: expired + sessions + limits,
-            more: [expired, sessions, limits]
+            more: [expired, sessions, limits, leases]
                 .iter()
                 .any(|&n| n as usize >= batch),
         })

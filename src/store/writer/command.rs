@@ -1,19 +1,20 @@
 //! The writer's queue and its typed replies.
 //!
 //! Each domain's commands (`cache::write::CacheOp`, `session::write::SessionOp`,
-//! `ratelimit::write::RateLimitOp`) carry a [`Reply<T>`] whose `T` is what that command
+//! `ratelimit::write::RateLimitOp`, `queue::write::QueueOp`) carry a [`Reply<T>`] whose `T` is what that command
 //! answers, and [`WriteQueue::submit`] returns that `T`: a command that answered the wrong
 //! type, or a caller that expected one, does not compile. The writer holds each answer in its
 //! reply from the statement that produced it until its transaction committed; only then is it
 //! sent (or, if the batch is rolled back, replaced by the batch's error).
 //!
-//! A new domain (a queue, say) adds its command enum as a variant of [`Op`] and its arm in
+//! A new domain adds its command enum as a variant of [`Op`] and its arm in
 //! `Writer::apply`; the engine needs nothing else of it.
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::store::cache::write::CacheOp;
+use crate::store::queue::write::QueueOp;
 use crate::store::ratelimit::write::RateLimitOp;
 use crate::store::session::write::SessionOp;
 use crate::store::upkeep::Upkept;
@@ -91,6 +92,8 @@ pub(crate) enum Op {
     Session(Box<SessionOp>),
     /// A write-behind of rate-limit state.
     RateLimit(RateLimitOp),
+    /// A command on the job queues (boxed, as sessions are: a Dequeue carries its ask).
+    Queue(Box<QueueOp>),
     /// Background upkeep: record reads for eviction order, delete a batch of expired rows of
     /// every table, and evict if over the disk bound.
     Upkeep(Reply<Upkept>),
@@ -102,6 +105,7 @@ impl Op {
         match self {
             Op::Cache(op) => op.payload_bytes(),
             Op::Session(op) => op.payload_bytes(),
+            Op::Queue(op) => op.payload_bytes(),
             Op::RateLimit(_) | Op::Upkeep(_) => 0,
         }
     }
@@ -113,6 +117,7 @@ impl Op {
             Op::Cache(op) => op.needs_savepoint(),
             Op::Session(op) => op.needs_savepoint(),
             Op::RateLimit(op) => op.needs_savepoint(),
+            Op::Queue(op) => op.needs_savepoint(),
             Op::Upkeep(_) => true,
         }
     }
@@ -123,6 +128,7 @@ impl Op {
             Op::Cache(op) => op.pending(),
             Op::Session(op) => op.pending(),
             Op::RateLimit(op) => op.pending(),
+            Op::Queue(op) => op.pending(),
             Op::Upkeep(reply) => reply,
         }
     }

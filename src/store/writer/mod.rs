@@ -9,7 +9,7 @@
 //! This folder holds only the engine: the queue and its typed replies ([`command`]), the batch
 //! loop, savepoints, the version lease, and the effects applied to memory after COMMIT
 //! ([`effects`]). What each command does to its tables is its domain's `write.rs`
-//! (`cache`, `session`, `ratelimit`), and upkeep is `upkeep.rs`.
+//! (`cache`, `session`, `ratelimit`, `queue`), and upkeep is `upkeep.rs`.
 
 pub(crate) mod command;
 pub(crate) mod effects;
@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::store::cache::EntryCache;
 use crate::store::files::OpenFiles;
 use crate::store::observe::WriterMetrics;
+use crate::store::queue::QueueSettings;
 use crate::store::schema::WRITER_CHECKPOINT_PAGES;
 use crate::store::session::SessionCache;
 use crate::store::session::revoke::Revocations;
@@ -54,6 +55,8 @@ pub(crate) struct WriterSettings {
     pub(crate) sweep_batch: usize,
     /// Where each batch's size and commit time are recorded.
     pub(crate) metrics: Arc<WriterMetrics>,
+    /// The queues' defaults and bounds.
+    pub(crate) queue: QueueSettings,
 }
 
 /// What the writer shares with the rest of the store.
@@ -360,6 +363,7 @@ impl Writer {
             Op::Cache(op) => self.apply_cache(op, now, fx),
             Op::Session(op) => self.apply_session(op, now, fx),
             Op::RateLimit(op) => self.apply_rate_limit(op),
+            Op::Queue(op) => self.apply_queue(op, now),
             Op::Upkeep(reply) => {
                 let done = self.upkeep(now, fx)?;
                 reply.hold(done);
