@@ -411,3 +411,19 @@ def test_the_loop_rides_through_a_daemon_restart() -> None:
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.cleanup()
+
+
+def test_a_full_queue_answers_resource_exhausted_and_adds_nothing() -> None:
+    daemon = Daemon(["--queue-max-jobs", "2"])
+    try:
+        with Larder(daemon.addr, timeout=5.0) as larder:
+            queue = fresh()
+            larder.queue.enqueue_many([NewJob(queue, b"1"), NewJob(queue, b"2")])
+            with pytest.raises(grpc.RpcError) as full:
+                larder.queue.enqueue(queue, b"3")
+            assert code_of(full) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert larder.queue.stats(queue).ready == 2
+            assert larder.queue.enqueue(fresh(), b"another queue").duplicate is False
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.cleanup()
