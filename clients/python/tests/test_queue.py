@@ -427,3 +427,15 @@ def test_a_full_queue_answers_resource_exhausted_and_adds_nothing() -> None:
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.cleanup()
+
+
+def test_a_base_exception_in_the_block_nacks_the_job_and_propagates(larder: Larder) -> None:
+    queue = fresh()
+    added = larder.queue.enqueue(queue, b"x")
+    with pytest.raises(KeyboardInterrupt):
+        for job in larder.queue.jobs(queue, wait_ms=1_000):
+            with job:
+                raise KeyboardInterrupt
+    (back,) = list(larder.queue.list_jobs(queue))
+    assert back.id == added.id and back.last_error == "KeyboardInterrupt"
+    assert larder.queue.stats(queue).leased == 0
