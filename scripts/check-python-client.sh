@@ -14,7 +14,8 @@
 #     pinned Huey sdist (clients/python/tests/huey_suite/run.py; about 12 s a core, and
 #     tests/test_huey*.py about 16 s a core in the pytest suite);
 #   - on the native core only (the default a user gets), the example apps' tests
-#     (examples/*/tests), each app under its production server, and the limits package's own
+#     (examples/*/tests), each app under its production server (examples/worker: with two
+#     job-queue worker processes, one killed mid-job), and the limits package's own
 #     storage and strategy tests (tests/limits_suite/run.py);
 #   - then, on the native core only, for each other pinned Django (the LTS releases in
 #     clients/python/tests/django_suite/DJANGO_VERSION), the adapters' pytest tests and
@@ -124,6 +125,9 @@ echo "== [native] examples/fastapi under gunicorn with 4 uvicorn workers, agains
 
 echo "== [native] examples/flask under gunicorn with 4 workers, against the daemon"
 (cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+echo "== [native] examples/worker: its app under gunicorn and two queue workers, one killed"
+(cd examples/worker && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
 # The limits suite on the native core only (about 3 minutes a run here): the storage's code
 # above the core is the same on both, and the client's pytest suite

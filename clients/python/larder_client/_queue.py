@@ -36,7 +36,6 @@ body runs, a keeper (a thread, or an asyncio task) extends the lease every third
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -540,10 +539,14 @@ class AsyncWorker:
 
     async def _stop_keeper(self) -> None:
         keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+        if keeper is None:
+            return
+        keeper.cancel()
+        # asyncio.wait, not ``await keeper``: the keeper's CancelledError must not be taken
+        # for a cancellation of this task, nor this task's swallowed as the keeper's.
+        await asyncio.wait([keeper])
+        if not keeper.cancelled() and keeper.exception() is not None:
+            log.error("the lease keeper failed", exc_info=keeper.exception())
 
     async def settle(
         self, job: LeasedJob, exc: BaseException | None, error: str | None = None

@@ -231,7 +231,8 @@ def test_a_waiting_dequeue_is_woken_by_an_enqueue(larder: Larder) -> None:
     queue = fresh()
     got: list[Job] = []
     waiter = threading.Thread(
-        target=lambda: got.extend(larder.queue.dequeue(queue, wait_ms=30_000, auto_ack=True))
+        target=lambda: got.extend(larder.queue.dequeue(queue, wait_ms=30_000, auto_ack=True)),
+        daemon=True,
     )
     waiter.start()
     time.sleep(0.2)  # most likely waiting by now; if not, it finds the job at once
@@ -378,3 +379,63 @@ def test_a_lost_lease_is_logged_and_the_loop_goes_on(
     assert len(seen) == 2 and seen[1] != first.id  # the loop went on to the next job
     assert "lease was lost" in caplog.text
     larder.queue.ack(taken[0].lease)  # the other worker's ack is the one that counts
+
+
+def test_the_loop_rides_through_a_daemon_restart() -> None:
+    daemon = Daemon()
+    try:
+        with Larder(daemon.unix_target, timeout=5.0) as larder:
+            queue = fresh()
+            larder.queue.enqueue(queue, b"before")
+            got: list[bytes] = []
+            ready = threading.Event()
+
+            def work() -> None:
+                with contextlib.closing(larder.queue.jobs(queue, wait_ms=500)) as jobs:
+                    for job in jobs:
+                        with job:
+                            got.append(job.payload)
+                        ready.set()
+                        if len(got) == 2:
+                            return
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            assert ready.wait(timeout=30)
+            assert daemon.restart() == 0  # on the same socket: the loop's dequeues fail, then
+            larder.queue.enqueue(queue, b"after")  # work again
+            worker.join(timeout=60)
+            assert not worker.is_alive()
+            assert got == [b"before", b"after"]
+            assert larder.queue.stats(queue) == QueueStats(0, 0, 0, 0, 0)
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.cleanup()
+
+
+def test_a_full_queue_answers_resource_exhausted_and_adds_nothing() -> None:
+    daemon = Daemon(["--queue-max-jobs", "2"])
+    try:
+        with Larder(daemon.addr, timeout=5.0) as larder:
+            queue = fresh()
+            larder.queue.enqueue_many([NewJob(queue, b"1"), NewJob(queue, b"2")])
+            with pytest.raises(grpc.RpcError) as full:
+                larder.queue.enqueue(queue, b"3")
+            assert code_of(full) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert larder.queue.stats(queue).ready == 2
+            assert larder.queue.enqueue(fresh(), b"another queue").duplicate is False
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.cleanup()
+
+
+def test_a_base_exception_in_the_block_nacks_the_job_and_propagates(larder: Larder) -> None:
+    queue = fresh()
+    added = larder.queue.enqueue(queue, b"x")
+    with pytest.raises(KeyboardInterrupt):
+        for job in larder.queue.jobs(queue, wait_ms=1_000):
+            with job:
+                raise KeyboardInterrupt
+    (back,) = list(larder.queue.list_jobs(queue))
+    assert back.id == added.id and back.last_error == "KeyboardInterrupt"
+    assert larder.queue.stats(queue).leased == 0
