@@ -46,6 +46,7 @@ from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
 from huey.storage import BaseStorage
 
+from ._channel import is_local
 from ._client import Larder
 from ._options import ConfigError, client_kwargs, sync_client
 
@@ -83,7 +84,9 @@ class LarderStorage(BaseStorage):
       ``CORE``, ...; see ``larder_client._options``). One client is shared per process and
       configuration, and a process forked by Huey's consumer gets its own.
     - ``larder``: an existing ``larder_client.Larder`` to use instead (then give no target,
-      token or options); the storage never closes it.
+      token or options); the storage never closes it, and uses it in every process, so with
+      the consumer's process workers (``-k process``) give a target instead (a grpcio
+      channel does not survive a fork; see the client README's Cores).
     - ``blocking`` (default True) and ``read_timeout`` (seconds, default 1, at most 30): an
       empty queue makes ``dequeue`` wait that long for a task (Dequeue's long-poll: an
       enqueue wakes it at once), so the consumer needs no polling backoff. False answers at
@@ -138,10 +141,21 @@ class LarderStorage(BaseStorage):
             if "TOKEN" in self._options or "TOKEN_FILE" in self._options:
                 raise ConfigurationError("LarderStorage: give token= or options['TOKEN'], not both")
             self._options["TOKEN"] = token
+        # A bad setting fails now, when the Huey is made, rather than at the first task.
         try:
-            client_kwargs(self._target, self._options, "LarderStorage")
-        except ConfigError as err:  # a bad setting fails now, not at the first task
+            kwargs = client_kwargs(self._target, self._options, "LarderStorage")
+        except ConfigError as err:
             raise ConfigurationError(str(err)) from err
+        if kwargs["tls"] and self._target.startswith("unix:"):
+            raise ConfigurationError("LarderStorage: TLS is not supported over a Unix socket")
+        insecure = kwargs["token"] and not kwargs["tls"] and not kwargs["allow_insecure_token"]
+        if insecure and not is_local(self._target):
+            raise ConfigurationError(
+                f"LarderStorage: refusing to send the token in cleartext to {self._target!r}, "
+                f"which is not a loopback address or a Unix socket: set options['TLS'] (the "
+                f"daemon's [tls] section), or options['ALLOW_INSECURE_TOKEN'] if the network "
+                f"to it is trusted"
+            )
 
     @property
     def larder(self) -> Larder:
