@@ -22,7 +22,10 @@ queue                  QueueService queue ``huey.<name>``: ``enqueue`` is Enqueu
                        up to ``read_timeout`` for one when ``blocking``
 schedule               QueueService queue ``huey.<name>.schedule``: each task is a job whose
                        ``run_at_ms`` is its time; ``read_schedule(ts)`` takes the jobs due by
-                       ``ts`` (Dequeue's ``due_by_ms``), soonest first
+                       ``ts`` (Dequeue's ``due_by_ms``), soonest first. A task due more than
+                       ``QUEUE_HORIZON`` ahead (past the daemon's 365-day bound on a job's
+                       delay) waits in the CacheService namespace ``huey.<name>.later``
+                       instead, keyed by its time, until it is due
 results, locks,        CacheService namespace ``huey.<name>.results`` (Set, Get, GetMany, a
 revocations            compare-and-delete for ``pop_data``, Set-if-absent with a TTL for
                        ``put_if_empty``, Scan, Clear)
@@ -38,6 +41,10 @@ times have millisecond resolution.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import itertools
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -61,6 +68,11 @@ MAX_READ_TIMEOUT = 30.0
 PAGE = 1000
 #: Keys per GetMany of ``peek_many``: the daemon's default batch limit.
 BATCH_KEYS = 1000
+#: How far ahead a schedule task may be a job: a day short of the daemon's 365-day bound on
+#: a job's delay, so that a clock a little ahead of this process's cannot refuse it.
+QUEUE_HORIZON = dt.timedelta(days=364)
+#: Digits of a ``later`` key's time: milliseconds since the epoch up to the year 9999.
+_LATER_DIGITS = 15
 #: Priorities the daemon takes (an int32).
 _PRIORITY_MIN, _PRIORITY_MAX = -(2**31), 2**31 - 1
 
@@ -112,9 +124,10 @@ class LarderStorage(BaseStorage):
         super().__init__(name)
         self.queue = f"huey.{name}"
         self.schedule = f"huey.{name}.schedule"
+        self.later = f"huey.{name}.later"
         self.results = f"huey.{name}.results"
         self.counters = f"huey.{name}.counters"
-        for derived in (self.queue, self.schedule, self.results, self.counters):
+        for derived in (self.queue, self.schedule, self.later, self.results, self.counters):
             if not name or len(derived.encode("utf-8")) > MAX_NAME_BYTES:
                 raise ConfigurationError(
                     f"LarderStorage: the name must be 1 to "
@@ -213,28 +226,56 @@ class LarderStorage(BaseStorage):
     # --- schedule -------------------------------------------------------------------------
 
     def add_to_schedule(self, data: bytes, ts: dt.datetime) -> None:
-        self.larder.queue.enqueue(self.schedule, data, run_at_ms=self.epoch_ms(ts))
+        run_at_ms = self.epoch_ms(ts)
+        if run_at_ms <= _now_ms() + QUEUE_HORIZON // _MS:
+            self.larder.queue.enqueue(self.schedule, data, run_at_ms=run_at_ms)
+            return
+        # Too far ahead for a job: kept under its time (keys sort as the times do), then the
+        # time it was added (tasks of one millisecond go first in, first out) and a random
+        # part, so that no two tasks share a key.
+        key = f"{run_at_ms:0{_LATER_DIGITS}d}.{time.time_ns():020d}.{uuid.uuid4().hex[:12]}"
+        self.larder.cache.set(key, data, namespace=self.later)
 
     def read_schedule(self, ts: dt.datetime) -> list[bytes]:
         due_by_ms = self.epoch_ms(ts)
         queue = self.larder.queue
-        tasks: list[bytes] = []
+        due: list[tuple[int, bytes]] = []
         while True:
             jobs = queue.dequeue([self.schedule], max_jobs=PAGE, auto_ack=True, due_by_ms=due_by_ms)
-            tasks.extend(job.payload for job in jobs)
+            due.extend((job.ready_at_ms, job.payload) for job in jobs)
             if len(jobs) < PAGE:
-                return tasks
+                break
+        cache = self.larder.cache
+        for entry in cache.scan(self.later, page_size=100):
+            at = _later_ms(entry.key)
+            if at > due_by_ms:
+                break
+            # Taken only if still the entry read: of two schedulers, one gets it.
+            if cache.delete(entry.key, self.later, version=entry.version):
+                due.append((at, entry.value))
+        due.sort(key=lambda task: task[0])  # stable: the jobs keep Dequeue's order
+        return [payload for _, payload in due]
 
     def schedule_size(self) -> int:
         stats = self.larder.queue.stats(self.schedule)
-        return int(stats.ready + stats.delayed)
+        later = self.larder.cache.stats(self.later)["entries"]
+        return int(stats.ready + stats.delayed + later)
 
     def scheduled_items(self, limit: int | None = None) -> list[bytes]:
-        # Every schedule job has priority 0, so ListJobs' order is the time order.
-        return _first(self.larder.queue.list_jobs(self.schedule, page_size=_page(limit)), limit)
+        # Every schedule job has priority 0, so ListJobs' order is the time order; the later
+        # ones are in time order too, and the two are merged.
+        jobs = self.larder.queue.list_jobs(self.schedule, page_size=_page(limit))
+        later = self.larder.cache.scan(self.later, page_size=_page(limit))
+        tasks = heapq.merge(
+            ((job.ready_at_ms, job.payload) for job in jobs),
+            ((_later_ms(entry.key), entry.value) for entry in later),
+            key=lambda task: task[0],
+        )
+        return [payload for _, payload in itertools.islice(tasks, limit or None)]
 
     def flush_schedule(self) -> None:
         self.larder.queue.purge(self.schedule)
+        self.larder.cache.clear(self.later)
 
     # --- result store ---------------------------------------------------------------------
 
@@ -306,6 +347,15 @@ class LarderStorage(BaseStorage):
 
     def flush_counters(self) -> None:
         self.larder.cache.clear(self.counters)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _later_ms(key: str) -> int:
+    """The time of a ``later`` entry, from its key."""
+    return int(key[:_LATER_DIGITS])
 
 
 def _page(limit: int | None) -> int:

@@ -100,6 +100,7 @@ def test_names_of_queues_and_namespaces(client: Larder) -> None:
     s = LarderHuey("shop-v1", larder=client).storage
     assert (s.queue, s.schedule) == ("huey.shop-v1", "huey.shop-v1.schedule")
     assert (s.results, s.counters) == ("huey.shop-v1.results", "huey.shop-v1.counters")
+    assert s.later == "huey.shop-v1.later"
 
 
 def test_two_names_do_not_share_anything(client: Larder) -> None:
@@ -390,11 +391,23 @@ def test_storage_is_importable_as_huey_storage_class(client: Larder) -> None:
     assert h.storage.dequeue() == b"x"
 
 
-def test_a_task_more_than_a_year_ahead_is_refused(app: LarderHuey) -> None:
-    # The daemon's bound on a job's delay (365 days), named by its field.
-    from larder_client import LarderError
-
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=400)
-    with pytest.raises(LarderError, match="run_at_ms"):
-        app.storage.add_to_schedule(b"x", later)
-    assert app.storage.schedule_size() == 0
+def test_tasks_more_than_a_year_ahead_wait_in_the_later_namespace(
+    app: LarderHuey, client: Larder
+) -> None:
+    # Past the daemon's 365-day bound on a job's delay, a task is a cache entry until due.
+    s = app.storage
+    now = dt.datetime.now(dt.timezone.utc)
+    days = {b"d800": 800, b"d10": 10, b"d400": 400, b"d400b": 400, b"d2": 2}
+    for payload, n in days.items():
+        s.add_to_schedule(payload, now + dt.timedelta(days=n))
+    assert [e.key[:15].isdigit() for e in client.cache.scan(s.later)] == [True] * 3
+    assert s.schedule_size() == 5
+    assert s.scheduled_items() == [b"d2", b"d10", b"d400", b"d400b", b"d800"]
+    assert s.scheduled_items(3) == [b"d2", b"d10", b"d400"]
+    assert s.read_schedule(now + dt.timedelta(days=1)) == []
+    assert s.read_schedule(now + dt.timedelta(days=500)) == [b"d2", b"d10", b"d400", b"d400b"]
+    assert (s.schedule_size(), s.scheduled_items()) == (1, [b"d800"])
+    assert s.read_schedule(now + dt.timedelta(days=900)) == [b"d800"]
+    s.add_to_schedule(b"x", now + dt.timedelta(days=1000))
+    s.flush_schedule()
+    assert s.schedule_size() == 0 and list(client.cache.scan(s.later)) == []
