@@ -4,7 +4,8 @@
 #   list                 the services, over TCP and over the Unix socket
 #   describe             each larder.v1 service
 #   one call of each     CacheService Set then Get (the value round-trips), SessionService
-#                        CreateSession then GetSession, RateLimitService Check, Health Check,
+#                        CreateSession then GetSession, RateLimitService Check, QueueService
+#                        Enqueue, Dequeue, Ack and Stats, Health Check,
 #                        and a PipelineService Run stream of three calls (one of them bad)
 #   SIGTERM              the daemon exits with status 0
 # Usage: scripts/check-grpcurl.sh [PATH_TO_LARDER]   (default: the debug build)
@@ -101,7 +102,7 @@ for _ in $(seq 1 50); do
 done
 [ -n "$serving" ] || fail "health check did not answer SERVING within ~10 s"
 
-services="grpc.health.v1.Health grpc.reflection.v1.ServerReflection larder.v1.CacheService larder.v1.PipelineService larder.v1.RateLimitService larder.v1.SessionService"
+services="grpc.health.v1.Health grpc.reflection.v1.ServerReflection larder.v1.CacheService larder.v1.PipelineService larder.v1.QueueService larder.v1.RateLimitService larder.v1.SessionService"
 expect_list() {
   for s in $services; do
     grep -qx "$s" "$out" || fail "'list' does not show $s"
@@ -116,9 +117,10 @@ declare -A rpcs=(
   [larder.v1.SessionService]="CreateSession GetSession UpdateSession RotateSession RevokeSession RevokeUserSessions ListSessions"
   [larder.v1.RateLimitService]="Check Peek Reset"
   [larder.v1.PipelineService]="Run"
+  [larder.v1.QueueService]="Enqueue EnqueueMany Dequeue Ack Nack Extend Stats Purge ListJobs ListDead RetryDead PurgeDead"
 )
 for svc in larder.v1.CacheService larder.v1.SessionService larder.v1.RateLimitService \
-  larder.v1.PipelineService; do
+  larder.v1.PipelineService larder.v1.QueueService; do
   call -plaintext "$addr" describe "$svc"
   grep -q "^service ${svc#larder.v1.} {" "$out" || fail "describe $svc shows no service"
   for rpc in ${rpcs[$svc]}; do
@@ -142,6 +144,16 @@ check 'r["found"] is True and r["session"]["userId"] == "42" and r["session"]["d
 call -plaintext -d '{"key": "ip:203.0.113.9", "limit": 10, "period_ms": 60000}' \
   "$addr" larder.v1.RateLimitService/Check
 check 'r["allowed"] is True and r["limit"] == 10 and r["remaining"] == 9'
+
+call -plaintext -d '{"job": {"queue": "email", "payload": "d2VsY29tZQ=="}}' \
+  "$addr" larder.v1.QueueService/Enqueue
+check 'int(r["id"]) > 0'
+call -plaintext -d '{"queues": ["email"], "lease_ms": 60000}' "$addr" larder.v1.QueueService/Dequeue
+check 'len(r["jobs"]) == 1 and r["jobs"][0]["payload"] == "d2VsY29tZQ==" and r["jobs"][0]["attempt"] == 1'
+lease="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["jobs"][0]["lease"])' "$out")"
+call -plaintext -d "{\"lease\": \"$lease\"}" "$addr" larder.v1.QueueService/Ack
+call -plaintext -d '{"queue": "email"}' "$addr" larder.v1.QueueService/Stats
+check 'r.get("ready", "0") == "0" and r.get("leased", "0") == "0"'
 
 # A stream answers each call by its id, in completion order; a bad call fails alone.
 call -plaintext -d '{"id": "1", "set": {"key": "piped", "value": "aGk="}} {"id": "2", "get": {"key": "greeting"}} {"id": "3", "set": {"key": ""}}' \

@@ -113,7 +113,7 @@ impl Router {
                 session_api.clone(),
                 ratelimit_api.clone(),
                 settings.max_pipeline_inflight,
-                stopping,
+                stopping.clone(),
             )
             .with_observer(observe.calls()),
         )
@@ -130,6 +130,7 @@ impl Router {
             store.clone(),
             settings.limits.clone(),
             settings.request_timeout,
+            stopping,
         ))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
@@ -34,16 +35,24 @@ pub(crate) struct QueueApi {
     limits: RequestLimits,
     /// The server's longest call (`server.request_timeout`): a Dequeue's wait ends before it.
     request_timeout: Duration,
+    /// Cancelled when the server starts shutting down: waiting Dequeues answer at once.
+    stopping: CancellationToken,
 }
 
 impl QueueApi {
     /// A service over `store`, enforcing `limits`, on a server whose calls last at most
-    /// `request_timeout`.
-    pub(crate) fn new(store: Store, limits: RequestLimits, request_timeout: Duration) -> Self {
+    /// `request_timeout`; waiting Dequeues answer at once when `stopping` is cancelled.
+    pub(crate) fn new(
+        store: Store,
+        limits: RequestLimits,
+        request_timeout: Duration,
+        stopping: CancellationToken,
+    ) -> Self {
         Self {
             store,
             limits,
             request_timeout,
+            stopping,
         }
     }
 
@@ -321,7 +330,7 @@ impl QueueService for QueueApi {
             due_by_ms: (req.due_by_ms > 0).then_some(req.due_by_ms as u64),
             max_bytes: self.limits.max_response_value_bytes(),
         };
-        let jobs = self.store.dequeue(ask, wait).await?;
+        let jobs = self.store.dequeue(ask, wait, &self.stopping).await?;
         Ok(Response::new(pb::DequeueResponse {
             jobs: jobs.into_iter().map(job).collect(),
         }))

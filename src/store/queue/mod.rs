@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Row, params};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -361,8 +362,14 @@ impl Store {
     /// Leases (or, with `auto_ack`, takes) up to `ask.max_jobs` ready jobs; when none is ready,
     /// waits up to `wait` for one: woken by an Enqueue on one of the queues, or at the time a
     /// delayed job or an expired lease makes one ready. Answers an empty list when the wait
-    /// ends with nothing.
-    pub async fn dequeue(&self, ask: DequeueAsk, wait: Duration) -> Result<Vec<JobRecord>> {
+    /// ends with nothing, or at once when `stop` is cancelled (the server is shutting down:
+    /// a waiting worker must not hold up the drain).
+    pub async fn dequeue(
+        &self,
+        ask: DequeueAsk,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Vec<JobRecord>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let watch = (!wait.is_zero()).then(|| self.inner.queue_signals.watch(&ask.queues));
@@ -387,7 +394,7 @@ impl Store {
                 })
                 .await?;
             let now = tokio::time::Instant::now();
-            if !found.jobs.is_empty() || now >= deadline {
+            if !found.jobs.is_empty() || now >= deadline || stop.is_cancelled() {
                 return Ok(found.jobs);
             }
             let mut until = deadline;
@@ -395,9 +402,17 @@ impl Store {
                 let after = Duration::from_millis(at.saturating_sub(self.inner.clock.now_ms()));
                 until = until.min(now + after);
             }
+            let enqueued = async {
+                if woken.is_empty() {
+                    std::future::pending::<()>().await;
+                } else {
+                    futures_util::future::select_all(woken).await;
+                }
+            };
             tokio::select! {
-                _ = futures_util::future::select_all(woken) => {}
+                _ = enqueued => {}
                 _ = tokio::time::sleep_until(until) => {}
+                _ = stop.cancelled() => {}
             }
             drop(watch);
         }

@@ -80,10 +80,10 @@ impl QueueOp {
         match self {
             QueueOp::Enqueue { jobs, .. } => jobs.len() > 1,
             QueueOp::Ack { .. } | QueueOp::Nack { .. } | QueueOp::Extend { .. } => false,
-            QueueOp::Dequeue { .. }
-            | QueueOp::Purge { .. }
-            | QueueOp::RetryDead { .. }
-            | QueueOp::PurgeDead { .. } => true,
+            // Leasing one job is one statement; releasing expired leases before it stands on
+            // its own (it is what any Dequeue or upkeep would do), so it needs no undoing.
+            QueueOp::Dequeue { ask, .. } => ask.max_jobs > 1,
+            QueueOp::Purge { .. } | QueueOp::RetryDead { .. } | QueueOp::PurgeDead { .. } => true,
         }
     }
 
