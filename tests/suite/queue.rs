@@ -660,6 +660,13 @@ async fn dequeue_orders_jobs_across_queues() {
     );
     assert_eq!(counts(&mut q, "c").await, (1, 0, 0, 0));
     assert_eq!(ids(&dequeue(&mut q, take(&["c", "a"], 10, 0)).await), [c1]);
+
+    // A queue named twice is still one queue: each job is handed out once.
+    let twice = put_many(&mut q, vec![job("t", "1"), job("t", "2")]).await;
+    match q.dequeue(take(&["t", "t"], 10, 0)).await {
+        Ok(r) => assert_eq!(ids(&r.into_inner().jobs), twice),
+        Err(status) => assert_invalid_any(Err::<(), _>(status), &["queues", "queues[1]"]),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
