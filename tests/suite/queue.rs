@@ -842,6 +842,56 @@ async fn an_expired_lease_returns_the_job_and_refuses_the_old_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_lease_that_ran_out_counts_for_purge_and_the_dead_letter_calls_at_once() {
+    // No Dequeue runs between the expiry and the calls: each must see the job as Stats does.
+    let server = TestServer::start().await;
+    let mut q = server.queue().await;
+    let clock = server.clock();
+    put(&mut q, "x", "ready again").await;
+    take_one(&mut q, "x", 1_000).await.unwrap();
+    clock.advance_ms(1_000);
+    assert_eq!(counts(&mut q, "x").await, (1, 0, 0, 0));
+    let purged = q
+        .purge(pb::PurgeRequest { queue: "x".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.deleted, 1, "a job ready again is purged");
+    assert_eq!(counts(&mut q, "x").await, (0, 0, 0, 0));
+
+    let single = |payload: &str| pb::NewJob {
+        max_attempts: 1,
+        ..job("y", payload)
+    };
+    let first = enqueue(&mut q, single("dies")).await.id;
+    take_one(&mut q, "y", 1_000).await.unwrap();
+    clock.advance_ms(1_000);
+    assert_eq!(counts(&mut q, "y").await, (0, 0, 0, 1));
+    let retried = q
+        .retry_dead(pb::RetryDeadRequest {
+            queue: "y".into(),
+            ids: vec![first],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.retried, 1, "a job dead by its lease is retried");
+    let j = take_one(&mut q, "y", 1_000).await.expect("retried");
+    assert_eq!((j.id, j.attempt), (first, 1));
+    clock.advance_ms(1_000);
+    let purged = q
+        .purge_dead(pb::PurgeDeadRequest {
+            queue: "y".into(),
+            ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.deleted, 1, "a job dead by its lease is purged");
+    assert_eq!(counts(&mut q, "y").await, (0, 0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn extend_moves_the_expiry() {
     let server = TestServer::start().await;
     let mut q = server.queue().await;
