@@ -113,7 +113,7 @@ call -plaintext "$addr" list
 expect_list
 
 declare -A rpcs=(
-  [larder.v1.CacheService]="Get Set Delete GetMany SetMany DeleteMany DeletePrefix Touch Increment Clear Stats"
+  [larder.v1.CacheService]="Get Set Delete GetMany SetMany DeleteMany DeletePrefix Touch Increment Clear Stats Scan"
   [larder.v1.SessionService]="CreateSession GetSession UpdateSession RotateSession RevokeSession RevokeUserSessions ListSessions"
   [larder.v1.RateLimitService]="Check Peek Reset"
   [larder.v1.PipelineService]="Run"

@@ -10,8 +10,12 @@
 #   - Django's own cache and session test suites, from the pinned Django sdist, with
 #     Larder's backend and engine plugged in (clients/python/tests/django_suite/run.py);
 #   - Flask-Caching's and cachelib's own backend tests (clients/python/tests/flask_suite/run.py);
+#   - Huey's own storage, consumer and API tests on larder_client.huey.LarderHuey, from the
+#     pinned Huey sdist (clients/python/tests/huey_suite/run.py; about 12 s a core, and
+#     tests/test_huey*.py about 16 s a core in the pytest suite);
 #   - on the native core only (the default a user gets), the example apps' tests
-#     (examples/*/tests), each app under its production server, and the limits package's own
+#     (examples/*/tests), each app under its production server (examples/worker: with two
+#     job-queue worker processes, one killed mid-job), and the limits package's own
 #     storage and strategy tests (tests/limits_suite/run.py);
 #   - then, on the native core only, for each other pinned Django (the LTS releases in
 #     clients/python/tests/django_suite/DJANGO_VERSION), the adapters' pytest tests and
@@ -63,8 +67,8 @@ client_wheel="$(echo "$client_dir"/larder_client-*.whl)"
 mapfile -t djangos <clients/python/tests/django_suite/DJANGO_VERSION
 django="${djangos[0]}"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-  "$client_wheel[test,django,zstd,flask,starlette,limits]" "Django==$django" ruff \
-  -r clients/python/tests/requirements.txt
+  "$client_wheel[test,django,zstd,flask,starlette,limits,huey]" "Django==$django" ruff \
+  -r clients/python/tests/requirements.txt -r clients/python/tests/huey_suite/requirements.txt
 
 echo "== ruff check and ruff format --check (clients/python, examples)"
 (cd clients/python && "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check .)
@@ -105,6 +109,9 @@ for core in grpc native; do
 
   echo "== [$core] Flask-Caching's and cachelib's own backend tests against Larder"
   "$venv/bin/python" clients/python/tests/flask_suite/run.py --larder-bin "$larder"
+
+  echo "== [$core] Huey's own storage, consumer and API tests against Larder"
+  "$venv/bin/python" clients/python/tests/huey_suite/run.py --larder-bin "$larder"
 done
 
 # The example apps on the native core only (the default a user gets): their adapters have
@@ -118,6 +125,9 @@ echo "== [native] examples/fastapi under gunicorn with 4 uvicorn workers, agains
 
 echo "== [native] examples/flask under gunicorn with 4 workers, against the daemon"
 (cd examples/flask && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
+
+echo "== [native] examples/worker: its app under gunicorn and two queue workers, one killed"
+(cd examples/worker && LARDER_BIN="$larder" "$venv/bin/pytest" -q -p no:cacheprovider tests)
 
 # The limits suite on the native core only (about 3 minutes a run here): the storage's code
 # above the core is the same on both, and the client's pytest suite

@@ -36,6 +36,7 @@ mod suite {
     mod ratelimit;
     mod reads;
     mod rpc;
+    mod scan;
     mod security;
     mod server;
     mod sessions;

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::server::ServerSettings;
+use crate::service::KEY_BYTES_CEILING;
 use crate::store::schema::Synchronous;
 use crate::store::{StoreConfig, WhenFull};
 
@@ -362,7 +363,7 @@ pub static MAX_KEY: Setting = Setting {
     flag: "max-key",
     env: "LARDER_MAX_KEY",
     kind: Kind::Size,
-    range: Some((at(1), at(64 << 10))),
+    range: Some((at(1), at(KEY_BYTES_CEILING as u64))),
     default: DefaultFrom::Component(|c| Value::Bytes(c.server.limits.max_key_bytes as u64)),
     help: "Longest key, also of rate-limit keys.",
 };

@@ -1,16 +1,29 @@
 //! `larder.v1.CacheService`: validates each request against the limits, then turns it into one
 //! store call. No SQL and no locks here.
+//!
+//! Scan answers a page at a time: at most `page_size` entries (and at most `max_batch`), keys
+//! adding up to at most that many maximal keys and values to at most one maximal value, so
+//! that a page always fits the message limit. The page token is the last key listed (base64, opaque to clients), and the next
+//! page starts after it in key order.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::pb;
 use crate::pb::cache_service_server::CacheService;
-use crate::service::{RequestLimits, at_most, not_empty};
-use crate::store::{Found, NewEntry, SetCondition, Store};
+use crate::service::{KEY_BYTES_CEILING, RequestLimits, at_most, not_empty};
+use crate::store::{Found, NewEntry, PageBounds, SetCondition, Store};
 
 /// The namespace used when a request leaves it empty.
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";
+
+/// Entries a Scan page holds at most when the request leaves `page_size` 0.
+const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// The largest `page_size` a Scan may ask for.
+const MAX_PAGE_SIZE: u32 = 1000;
 
 /// The CacheService implementation.
 #[derive(Debug, Clone)]
@@ -54,6 +67,24 @@ impl CacheApi {
     fn batch(&self, field: &str, len: usize) -> Result<(), Error> {
         not_empty(field, len)?;
         at_most(field, len, self.limits.max_batch, "items")
+    }
+
+    /// The key a Scan page token stands for: URL-safe base64 (unpadded) of the last key the
+    /// page before returned, so that the next page starts after it. Empty for the first page.
+    /// Bounded by [`KEY_BYTES_CEILING`], not the current key limit: a key stored under a
+    /// larger `cache.max_key` can end a page, and its token must still lead to the next.
+    fn page_token(&self, token: &str) -> Result<String, Error> {
+        let not_a_token = || {
+            Error::invalid(
+                "page_token",
+                "is not a next_page_token of Scan (leave it empty for the first page)",
+            )
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| not_a_token())?;
+        if bytes.len() > KEY_BYTES_CEILING {
+            return Err(not_a_token());
+        }
+        String::from_utf8(bytes).map_err(|_| not_a_token())
     }
 
     fn keys(&self, field: &str, keys: &[String]) -> Result<(), Error> {
@@ -249,6 +280,61 @@ impl CacheService for CacheApi {
         let ns = self.namespace(&req.namespace)?;
         let deleted = self.store.clear(ns).await?;
         Ok(Response::new(pb::ClearResponse { deleted }))
+    }
+
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        at_most(
+            "prefix",
+            req.prefix.len(),
+            self.limits.max_key_bytes,
+            "bytes",
+        )?;
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => {
+                at_most("page_size", n, MAX_PAGE_SIZE, "entries")?;
+                n
+            }
+        };
+        let after = self.page_token(&req.page_token)?;
+        // A page fits the message bound as a GetMany's answer does: at most one batch of
+        // keys of at most the key limit each (a smaller `max_batch` lowers the page size;
+        // keys stored under a larger `cache.max_key` end a page early), and at most one
+        // maximal value's worth of values.
+        let rows = (page_size as usize).min(self.limits.max_batch.max(1));
+        let bounds = PageBounds {
+            rows,
+            value_bytes: self.limits.max_response_value_bytes(),
+            key_bytes: rows.saturating_mul(self.limits.max_key_bytes),
+        };
+        let page = self
+            .store
+            .scan_page(ns, &req.prefix, &after, bounds)
+            .await?;
+        let next_page_token = match page.entries.last() {
+            Some((last, _)) if page.more => URL_SAFE_NO_PAD.encode(last),
+            _ => String::new(),
+        };
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|(key, f)| pb::Entry {
+                key,
+                found: true,
+                value: f.value,
+                version: f.version,
+                ttl_ms: f.ttl_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ScanResponse {
+            entries,
+            next_page_token,
+        }))
     }
 
     async fn stats(

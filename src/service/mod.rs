@@ -20,6 +20,11 @@ pub(crate) mod token;
 
 use crate::error::Error;
 
+/// The longest key any configuration accepts: the top of `cache.max_key`'s range. Keys
+/// written under a larger `cache.max_key` are still listed by Scan after it is lowered, so a
+/// Scan page token is bounded by this rather than by the current key limit.
+pub(crate) const KEY_BYTES_CEILING: usize = 64 << 10;
+
 /// Bounds every request is checked against before anything is written.
 #[derive(Debug, Clone)]
 pub struct RequestLimits {

@@ -74,7 +74,7 @@ impl Service {
     /// Check spends budget, and cache Touch moves an expiry: both are writes.
     fn reads(self) -> &'static [&'static str] {
         match self {
-            Service::Cache => &["Get", "GetMany", "Stats"],
+            Service::Cache => &["Get", "GetMany", "Scan", "Stats"],
             Service::Session => &["GetSession", "ListSessions"],
             Service::RateLimit => &["Peek"],
             Service::Queue => &["Stats", "ListJobs", "ListDead"],
@@ -362,6 +362,7 @@ scoped! {
     increment(pb::IncrementRequest) -> pb::IncrementResponse, false;
     clear(pb::ClearRequest) -> pb::ClearResponse, false;
     stats(pb::StatsRequest) -> pb::StatsResponse, true;
+    scan(pb::ScanRequest) -> pb::ScanResponse, false;
 }
 
 #[cfg(test)]
@@ -414,6 +415,7 @@ mod tests {
         for read in [
             "/larder.v1.CacheService/Get",
             "/larder.v1.CacheService/GetMany",
+            "/larder.v1.CacheService/Scan",
             "/larder.v1.CacheService/Stats",
             "/larder.v1.SessionService/GetSession",
             "/larder.v1.SessionService/ListSessions",

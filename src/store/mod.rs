@@ -62,7 +62,7 @@ use readers::Readers;
 use stats::StatsRegistry;
 use writer::{Op, Reply, WriteQueue, Writer, WriterParts, WriterSettings};
 
-pub use cache::{CacheStats, Counter, Found, NewEntry, SetCondition};
+pub use cache::{CacheStats, Counter, Found, NewEntry, PageBounds, ScanPage, SetCondition};
 pub use config::StoreConfig;
 pub use observe::{COMMIT_SECONDS_BUCKETS, PolicyChecks, WriterMetrics};
 pub use queue::{
@@ -114,7 +114,7 @@ struct Inner {
     stats: Arc<StatsRegistry>,
     /// The reader threads, each with its read-only connection, for reads that miss memory.
     readers: Readers,
-    /// One reader thread for table scans, apart from the point readers.
+    /// One reader thread for table scans (Stats, Scan pages), apart from the point readers.
     scanners: Readers,
     /// Queue to the writer thread.
     writer: WriteQueue,
@@ -170,7 +170,7 @@ impl Store {
             "reader",
             schema::prepare_reader,
         )?;
-        // Scans (Stats) get a thread of their own, so that however many of them clients
+        // Scans (Stats, Scan pages) get a thread of their own, so that however many of them clients
         // send, point reads never wait behind one.
         let scanners = Readers::start(&db_path, 1, "scanner", schema::prepare_reader)?;
 

@@ -226,6 +226,13 @@ async fn a_scrape_shows_exactly_the_calls_made() {
             .await,
         Code::InvalidArgument,
     );
+    // A Scan, counted under its own method like every method of the descriptor set.
+    let listed = cache
+        .scan(pb::ScanRequest::default())
+        .await
+        .expect("Scan")
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1);
 
     // Sessions: two created, one revoked.
     let first = create_session(
@@ -306,6 +313,7 @@ async fn a_scrape_shows_exactly_the_calls_made() {
     assert_eq!(calls(&m, CACHE, "Get", "OK"), 2.0);
     assert_eq!(calls(&m, CACHE, "Get", "InvalidArgument"), 1.0);
     assert_eq!(calls(&m, CACHE, "Set", "OK"), 1.0);
+    assert_eq!(calls(&m, CACHE, "Scan", "OK"), 1.0);
     assert_eq!(calls(&m, SESSIONS, "CreateSession", "OK"), 2.0);
     assert_eq!(calls(&m, SESSIONS, "RevokeSession", "OK"), 1.0);
     assert_eq!(calls(&m, RATE_LIMITS, "Check", "OK"), 4.0);
@@ -316,7 +324,7 @@ async fn a_scrape_shows_exactly_the_calls_made() {
         .filter(|s| s.name == "larder_grpc_requests_total")
         .map(|s| s.value)
         .sum();
-    assert_eq!(calls_total, 13.0, "no other call was counted");
+    assert_eq!(calls_total, 14.0, "no other call was counted");
 
     let get_labels = [("service", CACHE), ("method", "Get")];
     assert_eq!(

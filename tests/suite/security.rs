@@ -120,6 +120,7 @@ mod tokens {
             "Increment" => c.increment(call(pb::IncrementRequest { namespace: ns.clone(), key: "n".into(), delta: 1, ..Default::default() }, token));
             "Clear" => c.clear(call(pb::ClearRequest { namespace: ns.clone() }, token));
             "Stats" => c.stats(call(pb::StatsRequest { namespace: ns.clone() }, token));
+            "Scan" => c.scan(call(pb::ScanRequest { namespace: ns.clone(), ..Default::default() }, token));
             "CreateSession" => s.create_session(call(pb::CreateSessionRequest { user_id: "u1".into(), ..Default::default() }, token));
             "GetSession" => s.get_session(call(pb::GetSessionRequest { token: "lds_nope".into() }, token));
             "UpdateSession" => s.update_session(call(pb::UpdateSessionRequest { token: "lds_nope".into(), ..Default::default() }, token));
@@ -134,7 +135,7 @@ mod tokens {
         out
     }
 
-    const CACHE_METHODS: [&str; 11] = [
+    const CACHE_METHODS: [&str; 12] = [
         "Get",
         "Set",
         "Delete",
@@ -146,6 +147,7 @@ mod tokens {
         "Increment",
         "Clear",
         "Stats",
+        "Scan",
     ];
     const SESSION_METHODS: [&str; 7] = [
         "CreateSession",
@@ -158,10 +160,11 @@ mod tokens {
     ];
     const RATELIMIT_METHODS: [&str; 3] = ["Check", "Peek", "Reset"];
     /// The methods a `read_only` token may call.
-    const READS: [&str; 6] = [
+    const READS: [&str; 7] = [
         "Get",
         "GetMany",
         "Stats",
+        "Scan",
         "GetSession",
         "ListSessions",
         "Peek",

@@ -228,6 +228,28 @@ def cache_clear(namespace: str) -> Call[int]:
     )
 
 
+def cache_scan(
+    namespace: str, prefix: str, page_size: int, page_token: str
+) -> Call[tuple[list[Entry], str]]:
+    """One page of Scan: the entries (with their keys) and the next page's token ("" after
+    the last page)."""
+    return Call(
+        "Scan",
+        cache_pb2.ScanRequest,
+        {
+            "namespace": namespace,
+            "prefix": prefix,
+            "page_size": page_size,
+            "page_token": page_token,
+        },
+        True,
+        lambda r: (
+            [Entry(e.value, e.version, e.ttl_ms, e.key) for e in r.entries],
+            str(r.next_page_token),
+        ),
+    )
+
+
 def cache_stats(namespace: str) -> Call[dict[str, int]]:
     return Call(
         "Stats",

@@ -1,4 +1,5 @@
-"""The blocking Larder client: one channel, and the cache, sessions and ratelimit sub-APIs.
+"""The blocking Larder client: one channel, and the cache, sessions, ratelimit and queue
+sub-APIs.
 
 Each method builds its call in ``_calls`` (shared with ``larder_client.aio``) and runs it
 through the ``Invoker`` on the core's binding (``_channel``: native or grpcio); nothing here
@@ -7,19 +8,30 @@ validates or maps by itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from google.protobuf import wrappers_pb2
 
-from . import _calls
+from . import _calls, _queue
 from ._calls import Call
 from ._channel import GrpcBinding, Transport
-from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
+from ._gen.larder.v1 import cache_pb2_grpc, queue_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
 from ._invoke import Invoker
 from ._nativecore import NativeBinding
-from ._types import Entry, RateLimitResult, Session, SessionList
+from ._queue import LeasedJob
+from ._types import (
+    Enqueued,
+    Entry,
+    Job,
+    Nacked,
+    NewJob,
+    QueueStats,
+    RateLimitResult,
+    Session,
+    SessionList,
+)
 
 T = TypeVar("T")
 
@@ -212,6 +224,29 @@ class Cache(_Api):
         """The server's counters (entries, bytes, hits, misses, ...) as a dict."""
         return self._run(_calls.cache_stats(namespace), timeout)
 
+    def scan(
+        self,
+        namespace: str = "",
+        *,
+        prefix: str = "",
+        page_size: int = 100,
+        timeout: float | None = None,
+    ) -> Iterator[Entry]:
+        """The live entries of ``namespace`` ("" = "default") in key order (each ``Entry``
+        with its ``key``), only keys starting with ``prefix`` when given.
+
+        Fetched ``page_size`` (1..=1000) at a time as the iteration goes, one call per page
+        (``timeout`` is each call's); each page is read as of one commit, so an entry written
+        or deleted while the iteration runs may or may not be seen, but no key is seen twice.
+        """
+        token = ""
+        while True:
+            call = _calls.cache_scan(namespace, prefix, page_size, token)
+            entries, token = self._run(call, timeout)
+            yield from entries
+            if not token:
+                return
+
 
 class Sessions(_Api):
     """SessionService: opaque login-session tokens and the data they carry."""
@@ -330,6 +365,186 @@ class RateLimit(_Api):
         return self._run(_calls.ratelimit_reset(key, policy), timeout)
 
 
+class Queue(_Api):
+    """QueueService: durable jobs with leases, retries, delays and a dead-letter list.
+
+    A job is a payload of bytes in a named queue (1..=128 bytes of UTF-8). ``dequeue`` leases
+    ready jobs, higher ``priority`` first, then in the order they became ready; the worker
+    then ``ack``s a job when done, ``nack``s it to have it retried, or ``extend``s its lease.
+    A job whose lease runs out is ready again at once (delivery is at least once), and after
+    ``max_attempts`` deliveries that ended in a nack or an expired lease it moves to the
+    queue's dead-letter list. ``jobs`` is the worker loop that does all of this.
+    """
+
+    _service = "larder.v1.QueueService"
+    _stub = queue_pb2_grpc.QueueServiceStub
+
+    def enqueue(
+        self,
+        queue: str,
+        payload: bytes,
+        *,
+        delay_ms: int = 0,
+        run_at_ms: int = 0,
+        priority: int = 0,
+        max_attempts: int = 0,
+        dedup_key: str = "",
+        timeout: float | None = None,
+    ) -> Enqueued:
+        """Adds a job; it is on disk when this returns.
+
+        Ready now, or ``delay_ms`` from now, or at ``run_at_ms`` (Unix milliseconds; not
+        both). ``max_attempts`` 0 is the daemon's ``queue.max_attempts`` (5). With a
+        ``dedup_key`` that a job of the queue still holds, adds nothing and answers that
+        job's id with ``duplicate=True``. A full queue (``queue.max_jobs``) raises the
+        RESOURCE_EXHAUSTED ``grpc.RpcError``. Never retried after an UNAVAILABLE that may
+        have reached the daemon (the job could be added twice).
+        """
+        job = NewJob(queue, payload, delay_ms, run_at_ms, priority, max_attempts, dedup_key)
+        return self._run(_queue.enqueue(job), timeout)
+
+    def enqueue_many(
+        self, jobs: Iterable[NewJob], *, timeout: float | None = None
+    ) -> list[Enqueued]:
+        """Adds ``jobs`` (up to 1000, to any queues) in one transaction, all or none; the
+        answers are in the order of ``jobs``."""
+        return self._run(_queue.enqueue_many(jobs), timeout)
+
+    def dequeue(
+        self,
+        queues: str | Sequence[str],
+        *,
+        max_jobs: int = 1,
+        lease_ms: int = 0,
+        wait_ms: int = 0,
+        auto_ack: bool = False,
+        due_by_ms: int = 0,
+        timeout: float | None = None,
+    ) -> list[Job]:
+        """Leases up to ``max_jobs`` ready jobs of ``queues`` (one name, or up to 16).
+
+        ``lease_ms`` 0 is the daemon's ``queue.lease`` (30 s). With ``wait_ms`` (at most
+        30,000) it waits that long for a job when none is ready (an enqueue wakes it at
+        once) and answers ``[]`` if none came; the call's deadline is ``timeout`` on top of
+        the wait. ``auto_ack`` removes the jobs as they are handed out (at most once, no
+        lease). ``due_by_ms`` takes the jobs ready by that time instead of now.
+        """
+        deadline = _queue.dequeue_deadline(self._call.deadline(timeout), wait_ms)
+        call = _queue.dequeue(queues, max_jobs, lease_ms, wait_ms, auto_ack, due_by_ms)
+        return self._run(call, deadline)
+
+    def ack(self, lease: str, *, timeout: float | None = None) -> None:
+        """Marks the job of ``lease`` done and removes it. FAILED_PRECONDITION (a
+        ``grpc.RpcError``) when the lease is no longer held: it ran out (the job may be with
+        another worker), or the job was acked, nacked or purged; the job then stays."""
+        self._run(_queue.ack(lease), timeout)
+
+    def nack(
+        self,
+        lease: str,
+        *,
+        retry_after_ms: int | None = None,
+        error: str = "",
+        timeout: float | None = None,
+    ) -> Nacked:
+        """Gives the job of ``lease`` back to be retried ``retry_after_ms`` from now (None:
+        the daemon's exponential backoff with jitter), recording ``error`` (at most 4 KiB),
+        or moves it to the dead-letter list when it has had its ``max_attempts``.
+        FAILED_PRECONDITION as for ``ack``."""
+        return self._run(_queue.nack(lease, retry_after_ms, error), timeout)
+
+    def extend(self, lease: str, lease_ms: int, *, timeout: float | None = None) -> int:
+        """Moves the expiry of ``lease`` to ``lease_ms`` from now; returns the new expiry
+        (Unix milliseconds). FAILED_PRECONDITION as for ``ack``."""
+        return self._run(_queue.extend(lease, lease_ms), timeout)
+
+    def stats(self, queue: str, *, timeout: float | None = None) -> QueueStats:
+        """``queue``'s jobs by state (ready, delayed, leased, dead) and the age of its
+        oldest ready job."""
+        return self._run(_queue.stats(queue), timeout)
+
+    def purge(self, queue: str, *, timeout: float | None = None) -> int:
+        """Removes every ready and delayed job of ``queue`` (leased and dead ones stay);
+        returns how many."""
+        return self._run(_queue.purge(queue), timeout)
+
+    def list_jobs(
+        self, queue: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> Iterator[Job]:
+        """``queue``'s waiting jobs (ready and delayed), in the order ``dequeue`` would hand
+        them out once all are due, without leasing them; fetched ``page_size`` at a time
+        (1..=1000), each page one call with its own ``timeout``."""
+        token = ""
+        while True:
+            jobs, token = self._run(_queue.list_jobs(queue, page_size, token), timeout)
+            yield from jobs
+            if not token:
+                return
+
+    def list_dead(
+        self, queue: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> Iterator[Job]:
+        """``queue``'s dead jobs, oldest death first, with their ``last_error``; fetched
+        ``page_size`` at a time, as ``list_jobs``."""
+        token = ""
+        while True:
+            jobs, token = self._run(_queue.list_dead(queue, page_size, token), timeout)
+            yield from jobs
+            if not token:
+                return
+
+    def retry_dead(
+        self, queue: str, ids: Sequence[int] | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Makes dead jobs of ``queue`` ready again with their attempts reset: those of
+        ``ids`` (at most 1000), or every one when ``ids`` is None. Returns how many."""
+        named = _queue.dead_ids(ids)
+        if named == []:
+            return 0
+        return self._run(_queue.retry_dead(queue, named), timeout)
+
+    def purge_dead(
+        self, queue: str, ids: Sequence[int] | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Removes dead jobs of ``queue``: those of ``ids``, or every one when ``ids`` is
+        None. Returns how many."""
+        named = _queue.dead_ids(ids)
+        if named == []:
+            return 0
+        return self._run(_queue.purge_dead(queue, named), timeout)
+
+    def jobs(
+        self,
+        queues: str | Sequence[str],
+        *,
+        lease_ms: int = 30_000,
+        wait_ms: int = 20_000,
+        extend: bool = True,
+        timeout: float | None = None,
+    ) -> Iterator[LeasedJob]:
+        """The worker loop: leases one job of ``queues`` at a time and yields it, forever.
+
+        ::
+
+            for job in larder.queue.jobs("email", lease_ms=60_000):
+                with job:  # acked when the block ends, nacked with the error if it raises
+                    send_email(job.payload)
+
+        Each Dequeue waits up to ``wait_ms`` for a job. While the body runs, a thread
+        extends the job's lease every ``lease_ms / 3`` (``extend=False``: never), so a job
+        longer than its lease keeps it. ``with job:`` reports the outcome exactly: ack when
+        the block ends normally; nack with the exception's text when it raises, and then
+        an ``Exception`` is logged and swallowed so the loop goes on (anything else
+        propagates). Without ``with``, a job is acked when the loop asks for the next one,
+        and a job left unfinished when the loop is left (``break``, an exception, the
+        iterator dropped: the loop cannot tell which) is nacked with the error ``LOOP_LEFT``
+        and comes back after the retry backoff. An ack refused with FAILED_PRECONDITION (the
+        lease ran out and the job went to another worker) is logged and the loop goes on.
+        A Dequeue that finds the daemon unreachable is logged and tried again.
+        """
+        return _queue.run_jobs(self, queues, lease_ms, wait_ms, extend, timeout)
+
+
 class HealthStub:
     """``grpc.health.v1.Health/Check`` on a channel (sync or asyncio), without health stubs.
 
@@ -437,6 +652,7 @@ class Larder(Connection):
     cache: Cache
     sessions: Sessions
     ratelimit: RateLimit
+    queue: Queue
 
     def _open(self, transport: Transport, invoker: dict[str, Any]) -> None:
         self._binding: Binding = transport.binding()
@@ -444,6 +660,7 @@ class Larder(Connection):
         self.cache = Cache(self._binding, self._call)
         self.sessions = Sessions(self._binding, self._call)
         self.ratelimit = RateLimit(self._binding, self._call)
+        self.queue = Queue(self._binding, self._call)
         self._health = Health(self._binding, self._call)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> bool:
@@ -466,4 +683,4 @@ class Larder(Connection):
         self.close()
 
 
-__all__: list[str] = ["Cache", "Connection", "Larder", "RateLimit", "Sessions"]
+__all__: list[str] = ["Cache", "Connection", "Larder", "Queue", "RateLimit", "Sessions"]

@@ -6,7 +6,7 @@
         await larder.cache.set("greeting", b"hello", ttl_ms=60_000)
         await larder.cache.get("greeting")          # b"hello"
 
-The same constructor, sub-APIs (``cache``, ``sessions``, ``ratelimit``), method names,
+The same constructor, sub-APIs (``cache``, ``sessions``, ``ratelimit``, ``queue``), method names,
 arguments, retries and errors as the blocking ``larder_client.Larder``: every call is built and
 its answer mapped by the same code (``larder_client._calls``), and each method's full
 description is on its blocking namesake. A channel belongs to the event loop it was made in:
@@ -15,18 +15,29 @@ make the client inside the loop that uses it (one per loop, shared by its tasks)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _calls
+from . import _calls, _queue
 from ._calls import Call
 from ._channel import AsyncGrpcBinding, Transport
 from ._client import ApiBase, Connection, HealthStub, health_call
-from ._gen.larder.v1 import cache_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
+from ._gen.larder.v1 import cache_pb2_grpc, queue_pb2_grpc, ratelimit_pb2_grpc, session_pb2_grpc
 from ._invoke import AsyncInvoker, LarderError
 from ._nativecore import AsyncNativeBinding
-from ._types import Entry, RateLimitResult, Session, SessionList
+from ._queue import LeasedJob
+from ._types import (
+    Enqueued,
+    Entry,
+    Job,
+    Nacked,
+    NewJob,
+    QueueStats,
+    RateLimitResult,
+    Session,
+    SessionList,
+)
 
 T = TypeVar("T")
 
@@ -184,6 +195,24 @@ class Cache(_Api):
         """The server's counters (entries, bytes, hits, misses, ...) as a dict."""
         return await self._run(_calls.cache_stats(namespace), timeout)
 
+    async def scan(
+        self,
+        namespace: str = "",
+        *,
+        prefix: str = "",
+        page_size: int = 100,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Entry]:
+        """The live entries of ``namespace`` in key order, a page per call (``async for``)."""
+        token = ""
+        while True:
+            call = _calls.cache_scan(namespace, prefix, page_size, token)
+            entries, token = await self._run(call, timeout)
+            for entry in entries:
+                yield entry
+            if not token:
+                return
+
 
 class Sessions(_Api):
     """SessionService: opaque login-session tokens and the data they carry."""
@@ -302,6 +331,138 @@ class RateLimit(_Api):
         return await self._run(_calls.ratelimit_reset(key, policy), timeout)
 
 
+class Queue(_Api):
+    """QueueService: durable jobs with leases, retries, delays and a dead-letter list; each
+    method is described on its namesake of ``larder_client.Queue``."""
+
+    _service = "larder.v1.QueueService"
+    _stub = queue_pb2_grpc.QueueServiceStub
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: bytes,
+        *,
+        delay_ms: int = 0,
+        run_at_ms: int = 0,
+        priority: int = 0,
+        max_attempts: int = 0,
+        dedup_key: str = "",
+        timeout: float | None = None,
+    ) -> Enqueued:
+        """Adds a job; it is on disk when this returns."""
+        job = NewJob(queue, payload, delay_ms, run_at_ms, priority, max_attempts, dedup_key)
+        return await self._run(_queue.enqueue(job), timeout)
+
+    async def enqueue_many(
+        self, jobs: Iterable[NewJob], *, timeout: float | None = None
+    ) -> list[Enqueued]:
+        """Adds ``jobs`` in one transaction, all or none."""
+        return await self._run(_queue.enqueue_many(jobs), timeout)
+
+    async def dequeue(
+        self,
+        queues: str | Sequence[str],
+        *,
+        max_jobs: int = 1,
+        lease_ms: int = 0,
+        wait_ms: int = 0,
+        auto_ack: bool = False,
+        due_by_ms: int = 0,
+        timeout: float | None = None,
+    ) -> list[Job]:
+        """Leases up to ``max_jobs`` ready jobs, waiting up to ``wait_ms`` for one (the
+        call's deadline is ``timeout`` on top of the wait)."""
+        deadline = _queue.dequeue_deadline(self._call.deadline(timeout), wait_ms)
+        call = _queue.dequeue(queues, max_jobs, lease_ms, wait_ms, auto_ack, due_by_ms)
+        return await self._run(call, deadline)
+
+    async def ack(self, lease: str, *, timeout: float | None = None) -> None:
+        """Marks the job of ``lease`` done (FAILED_PRECONDITION when the lease is lost)."""
+        await self._run(_queue.ack(lease), timeout)
+
+    async def nack(
+        self,
+        lease: str,
+        *,
+        retry_after_ms: int | None = None,
+        error: str = "",
+        timeout: float | None = None,
+    ) -> Nacked:
+        """Gives the job of ``lease`` back to be retried, or moves it to the dead letters."""
+        return await self._run(_queue.nack(lease, retry_after_ms, error), timeout)
+
+    async def extend(self, lease: str, lease_ms: int, *, timeout: float | None = None) -> int:
+        """Moves the expiry of ``lease`` to ``lease_ms`` from now; returns it."""
+        return await self._run(_queue.extend(lease, lease_ms), timeout)
+
+    async def stats(self, queue: str, *, timeout: float | None = None) -> QueueStats:
+        """``queue``'s jobs by state and the age of its oldest ready job."""
+        return await self._run(_queue.stats(queue), timeout)
+
+    async def purge(self, queue: str, *, timeout: float | None = None) -> int:
+        """Removes every ready and delayed job of ``queue``; returns how many."""
+        return await self._run(_queue.purge(queue), timeout)
+
+    async def list_jobs(
+        self, queue: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> AsyncIterator[Job]:
+        """``queue``'s waiting jobs, fetched a page at a time (``async for``)."""
+        token = ""
+        while True:
+            jobs, token = await self._run(_queue.list_jobs(queue, page_size, token), timeout)
+            for job in jobs:
+                yield job
+            if not token:
+                return
+
+    async def list_dead(
+        self, queue: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> AsyncIterator[Job]:
+        """``queue``'s dead jobs, oldest death first, a page at a time (``async for``)."""
+        token = ""
+        while True:
+            jobs, token = await self._run(_queue.list_dead(queue, page_size, token), timeout)
+            for job in jobs:
+                yield job
+            if not token:
+                return
+
+    async def retry_dead(
+        self, queue: str, ids: Sequence[int] | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Makes the dead jobs of ``ids`` (None: every one) ready again; returns how many."""
+        named = _queue.dead_ids(ids)
+        if named == []:
+            return 0
+        return await self._run(_queue.retry_dead(queue, named), timeout)
+
+    async def purge_dead(
+        self, queue: str, ids: Sequence[int] | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Removes the dead jobs of ``ids`` (None: every one); returns how many."""
+        named = _queue.dead_ids(ids)
+        if named == []:
+            return 0
+        return await self._run(_queue.purge_dead(queue, named), timeout)
+
+    def jobs(
+        self,
+        queues: str | Sequence[str],
+        *,
+        lease_ms: int = 30_000,
+        wait_ms: int = 20_000,
+        extend: bool = True,
+        timeout: float | None = None,
+    ) -> AsyncIterator[LeasedJob]:
+        """The worker loop, for ``async for``; ``async with job:`` reports each job's
+        outcome, and a task extends the lease while the body runs. As
+        ``larder_client.Queue.jobs``, except that a job left unfinished when the loop is left
+        without ``async with`` is nacked when the loop's generator is closed: at once with
+        ``contextlib.aclosing``, else when asyncio finalizes it."""
+        return _queue.arun_jobs(self, queues, lease_ms, wait_ms, extend, timeout)
+
+
 class _Health(_Api):
     _service = "grpc.health.v1.Health"
     _stub = HealthStub
@@ -327,6 +488,7 @@ class Larder(Connection):
     cache: Cache
     sessions: Sessions
     ratelimit: RateLimit
+    queue: Queue
 
     def __init__(
         self,
@@ -347,6 +509,7 @@ class Larder(Connection):
         self.cache = Cache(self._binding, self._call)
         self.sessions = Sessions(self._binding, self._call)
         self.ratelimit = RateLimit(self._binding, self._call)
+        self.queue = Queue(self._binding, self._call)
         self._health = _Health(self._binding, self._call)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
@@ -369,4 +532,4 @@ class Larder(Connection):
         await self.close()
 
 
-__all__ = ["Cache", "Larder", "LarderError", "RateLimit", "Sessions"]
+__all__ = ["Cache", "Larder", "LarderError", "Queue", "RateLimit", "Sessions"]

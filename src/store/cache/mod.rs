@@ -146,6 +146,27 @@ pub struct CacheStats {
     pub counters: CounterValues,
 }
 
+/// How much one Scan page may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBounds {
+    /// Most entries.
+    pub rows: usize,
+    /// Most bytes of values, added up.
+    pub value_bytes: usize,
+    /// Most bytes of keys, added up.
+    pub key_bytes: usize,
+}
+
+/// One page of a Scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Live entries with their keys, in key order.
+    pub entries: Vec<(String, Found)>,
+    /// Whether the page ended before the last key of the range: when false, a next page
+    /// would be empty.
+    pub more: bool,
+}
+
 impl Store {
     /// Reads one key.
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Found>> {
@@ -447,6 +468,98 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Lists the entries of `namespace` live now whose keys start with `prefix` and sort
+    /// after `after` (empty: from the first), in key order (bytewise, as SQLite compares
+    /// TEXT): at most `bounds.rows`, and fewer when their values or their keys would add up
+    /// to more than the bounds allow (always at least one, so a page never comes back empty
+    /// while entries remain).
+    ///
+    /// One read transaction per page, on the scanner thread, so that a page is one commit's
+    /// state and point reads never queue behind it. SQLite is read directly, not memory:
+    /// every acknowledged write has committed, so the table holds everything a client was
+    /// told. A Scan neither counts as a hit or miss nor moves an entry in the LRU, as a Redis
+    /// SCAN does not.
+    pub async fn scan_page(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: &str,
+        bounds: PageBounds,
+    ) -> Result<ScanPage> {
+        let now = self.inner.clock.now_ms();
+        let namespace = namespace.to_owned();
+        // `after` is exclusive; `after` followed by NUL is the least string above it, which
+        // turns both bounds into one inclusive lower bound the index can seek to.
+        let lower = if after.is_empty() {
+            prefix.to_owned()
+        } else {
+            let past_after = format!("{after}\0");
+            if past_after.as_bytes() > prefix.as_bytes() {
+                past_after
+            } else {
+                prefix.to_owned()
+            }
+        };
+        let upper = write::prefix_upper_bound(prefix);
+        let rows = bounds.rows.max(1);
+        // One row past the page tells whether another page follows.
+        let limit = (rows + 1) as i64;
+        let (entries, more) = self
+            .scan(move |conn| {
+                in_one_snapshot(conn, |conn| {
+                    let statement = if upper.is_some() {
+                        sql::SCAN_RANGE
+                    } else {
+                        sql::SCAN_FROM
+                    };
+                    let mut stmt = conn
+                        .prepare_cached(statement)
+                        .map_err(Error::storage("preparing a scan"))?;
+                    let mut cursor = match &upper {
+                        Some(upper) => {
+                            stmt.query(params![namespace, lower, upper, now as i64, limit])
+                        }
+                        None => stmt.query(params![namespace, lower, now as i64, limit]),
+                    }
+                    .map_err(Error::storage("scanning keys"))?;
+                    let mut entries = Vec::new();
+                    let (mut values, mut keys) = (0usize, 0usize);
+                    while let Some(row) = cursor.next().map_err(Error::storage("scanning keys"))? {
+                        let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<_> {
+                            let key = row.get::<_, String>(0)?;
+                            let len = row.get::<_, i64>(3)? as usize;
+                            Ok((key, len))
+                        };
+                        let (key, len) = read(row).map_err(Error::storage("scanning keys"))?;
+                        values = values.saturating_add(len);
+                        keys = keys.saturating_add(key.len());
+                        if entries.len() == rows
+                            || (!entries.is_empty()
+                                && (values > bounds.value_bytes || keys > bounds.key_bytes))
+                        {
+                            return Ok((entries, true));
+                        }
+                        // Read only now: a value past the bound is never copied.
+                        let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<_> {
+                            Ok(CachedEntry {
+                                version: row.get::<_, i64>(1)? as u64,
+                                expires_at_ms: row.get::<_, i64>(2)? as u64,
+                                value: Bytes::from(row.get::<_, Vec<u8>>(4)?),
+                            })
+                        };
+                        entries.push((key, read(row).map_err(Error::storage("scanning keys"))?));
+                    }
+                    Ok((entries, false))
+                })
+            })
+            .await?;
+        let entries = entries
+            .into_iter()
+            .map(|(key, entry)| (key, found(entry, now)))
+            .collect();
+        Ok(ScanPage { entries, more })
     }
 
     /// Entry and byte counts (live entries only) and counters, for one namespace or all.

@@ -61,6 +61,21 @@ pub(super) const DELETE_FROM_CHUNK: &str = "DELETE FROM cache_entries WHERE id I
        ORDER BY key LIMIT ?4) \
      RETURNING key, expires_at, size";
 
+/// One page of a Scan: up to `?5` entries of namespace `?1` live at `?4` with
+/// `?2 <= key < ?3`, in key order. `length(value)` comes before `value`, so that the page can
+/// stop at its byte bound without reading the value that would cross it.
+pub(super) const SCAN_RANGE: &str = "SELECT key, version, expires_at, length(value), value \
+     FROM cache_entries \
+     WHERE namespace = ?1 AND key >= ?2 AND key < ?3 AND (expires_at = 0 OR expires_at > ?4) \
+     ORDER BY key LIMIT ?5";
+
+/// [`SCAN_RANGE`] without an upper bound: up to `?4` entries live at `?3` with `key >= ?2`
+/// (no prefix, or a prefix no string is above).
+pub(super) const SCAN_FROM: &str = "SELECT key, version, expires_at, length(value), value \
+     FROM cache_entries \
+     WHERE namespace = ?1 AND key >= ?2 AND (expires_at = 0 OR expires_at > ?3) \
+     ORDER BY key LIMIT ?4";
+
 /// Records read times collected in memory (never moving one back).
 pub(super) const RECORD_ACCESS: &str = "UPDATE cache_entries SET accessed_at = ?3 \
      WHERE namespace = ?1 AND key = ?2 AND accessed_at < ?3";
@@ -108,3 +123,42 @@ pub(super) const COUNT_ALL: &str = concat!(
     key_value_bytes!(),
     " FROM cache_entries WHERE expires_at = 0 OR expires_at > ?1"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema::{Synchronous, open_writer};
+
+    /// The detail column of each step of `statement`'s query plan.
+    fn plan(conn: &rusqlite::Connection, statement: &str, args: usize) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+            .unwrap();
+        let nulls = vec![rusqlite::types::Null; args];
+        stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_scan_page_seeks_the_key_index_and_sorts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = open_writer(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        for (statement, args, range) in
+            [(SCAN_RANGE, 5, "key>? AND key<?"), (SCAN_FROM, 4, "key>?")]
+        {
+            let steps = plan(&conn, statement, args);
+            assert_eq!(steps.len(), 1, "{steps:?}");
+            // An index search on namespace and the key range, in the index's order.
+            assert!(
+                steps[0].starts_with("SEARCH cache_entries USING INDEX"),
+                "{steps:?}"
+            );
+            assert!(
+                steps[0].contains(&format!("(namespace=? AND {range})")),
+                "{steps:?}"
+            );
+        }
+    }
+}

@@ -119,6 +119,13 @@ impl CacheService for Bare {
         Err(not_served())
     }
 
+    async fn scan(
+        &self,
+        _: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        Err(not_served())
+    }
+
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,
