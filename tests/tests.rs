@@ -32,6 +32,7 @@ mod suite {
     mod ops;
     mod persistence;
     mod pipeline;
+    mod queue;
     mod ratelimit;
     mod reads;
     mod rpc;

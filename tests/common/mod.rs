@@ -1,8 +1,8 @@
 //! Shared by every test: [`TestServer`] (the real gRPC server over a real store in a temporary
 //! data directory, listening on TCP port 0 and on a Unix socket, with a manual clock; metrics
 //! over HTTP on another port 0 when asked), the
-//! clients (CacheService over either transport, SessionService over TCP, RateLimitService over
-//! either transport), one-line wrappers for the common calls, and assertions on gRPC statuses.
+//! clients (CacheService over either transport, SessionService and QueueService over TCP,
+//! RateLimitService over either transport), one-line wrappers for the common calls, and assertions on gRPC statuses.
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use larder::ManualClock;
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::queue_service_client::QueueServiceClient;
 use larder::pb::rate_limit_service_client::RateLimitServiceClient;
 use larder::pb::session_service_client::SessionServiceClient;
 use larder::store::{Store, StoreConfig};
@@ -31,6 +32,9 @@ pub type Client = CacheServiceClient<Channel>;
 
 /// A SessionService client.
 pub type Sessions = SessionServiceClient<Channel>;
+
+/// A QueueService client.
+pub type Queues = QueueServiceClient<Channel>;
 
 /// A RateLimitService client.
 pub type RateLimits = RateLimitServiceClient<Channel>;
@@ -229,6 +233,11 @@ impl TestServer {
     /// A SessionService client over TCP.
     pub async fn session_client(&self) -> Sessions {
         SessionServiceClient::new(self.channel().await)
+    }
+
+    /// A QueueService client over TCP, on a connection of its own.
+    pub async fn queue(&self) -> Queues {
+        QueueServiceClient::new(self.channel().await)
     }
 
     /// A RateLimitService client over TCP, on a connection of its own.

@@ -10,6 +10,17 @@
 //! its one call in flight. A counter shared by every client is incremented too: after a
 //! restart it lies between what was acknowledged and that plus the calls in flight.
 //!
+//! Job queues run through the same kills: enqueuers add jobs (Enqueue and EnqueueMany, each
+//! payload unique) and consumers lease them (long-polling), ack most and nack a few back. Every
+//! delivery is checked as it arrives: its payload was sent, its id is the one Enqueue
+//! answered, it was not delivered again after its Ack was acknowledged, and no other worker
+//! holds an unexpired lease on it (leases taken before a kill included). After each restart
+//! every acknowledged job that was not acked must still be waiting or leased, and at the end
+//! the queue is drained: every acknowledged job is delivered and acked, none is lost. An Ack
+//! in flight at a kill may or may not have been applied, so its job may come again
+//! (at-least-once); a job whose lease ran out while its worker was slow is refused at its
+//! Ack (FAILED_PRECONDITION) and delivered again, which is the contract too.
+//!
 //! The daemon runs with `--synchronous normal` (the default), and every fourth time with
 //! `full`: both must keep every acknowledged write through a process crash. (What `full` adds,
 //! surviving a power loss or an OS crash, cannot be tested by killing a process.)
@@ -20,18 +31,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use larder::pb;
 use larder::pb::cache_service_client::CacheServiceClient;
+use larder::pb::queue_service_client::QueueServiceClient;
 use larder::pb::revoke_session_request::Target;
 use larder::pb::session_service_client::SessionServiceClient;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tonic::Status;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use super::binary::Daemon;
 use crate::common::{get_session, unix_channel};
@@ -60,6 +72,18 @@ const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 30..=700;
 const MAX_CALLS_PER_CYCLE: usize = 200_000;
 /// Bound on the clients noticing the kill, and on one verification.
 const BOUND: Duration = Duration::from_secs(60);
+/// Clients adding jobs, and clients leasing and acking them.
+const ENQUEUERS: usize = 3;
+const CONSUMERS: usize = 3;
+/// The queue they share.
+const JOB_QUEUE: &str = "crash-jobs";
+/// The consumers' lease: long enough that a lease runs out only under a stall, short enough
+/// that jobs leased at a kill come back within the run (and within the final drain).
+const JOB_LEASE_MS: u64 = 3_000;
+/// Attempts a job has before it dies: never reached (each kill while leased costs one).
+const JOB_MAX_ATTEMPTS: u32 = 10_000;
+/// How long a consumer's Dequeue waits for a job (the long-poll runs through the kills too).
+const JOB_WAIT_MS: u64 = 100;
 
 /// What a cache key must hold: the value, and the version when the write was acknowledged
 /// (an in-flight write found applied has no known version).
@@ -204,6 +228,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
     let mut models: Vec<ClientModel> = (0..CLIENTS).map(ClientModel::new).collect();
     let mut shared_base: i64 = 0;
     let (mut shared_applied, mut shared_lost) = (0, 0);
+    let jobs = Arc::new(Mutex::new(JobsModel::default()));
 
     for cycle in 0..=cycles {
         let log = tmp.path().join(format!("cycle-{cycle}.log"));
@@ -223,8 +248,10 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
         shared_base = value;
         shared_applied += applied;
         shared_lost += lost;
+        verify_jobs(&socket, &jobs, seed, cycle).await;
         drop(channel);
         if cycle == cycles {
+            drain_jobs(&socket, &jobs, seed).await;
             daemon.terminate().await;
             break;
         }
@@ -242,12 +269,30 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
                 seed,
             )));
         }
+        let mut queue_tasks = Vec::new();
+        for e in 0..ENQUEUERS {
+            let channel = unix_channel(&socket).await;
+            let rng = rng_for(seed, cycle, CLIENTS + 1 + e);
+            let (jobs, killed) = (jobs.clone(), killed.clone());
+            queue_tasks.push(tokio::spawn(enqueue_until_killed(
+                e, cycle, channel, rng, jobs, killed, seed,
+            )));
+        }
+        for c in 0..CONSUMERS {
+            let channel = unix_channel(&socket).await;
+            let rng = rng_for(seed, cycle, CLIENTS + 1 + ENQUEUERS + c);
+            let (jobs, killed) = (jobs.clone(), killed.clone());
+            queue_tasks.push(tokio::spawn(consume_until_killed(
+                channel, rng, jobs, killed, seed,
+            )));
+        }
         let kill_after = rng_for(seed, cycle, CLIENTS).random_range(KILL_AFTER_MS);
         tokio::time::sleep(Duration::from_millis(kill_after)).await;
         killed.store(true, Ordering::SeqCst);
         let status = daemon.signal("-KILL").await;
         assert!(!status.success(), "seed {seed}: larder survived SIGKILL");
         models = join_clients(tasks, "noticing the kill").await;
+        join_clients(queue_tasks, "noticing the kill").await;
     }
 
     let acked: u64 = models.iter().map(|m| m.acked_calls).sum();
@@ -263,14 +308,29 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
         acked >= cycles as u64,
         "seed {seed}: too few writes were acknowledged ({acked}) for the test to mean much"
     );
+    let jobs = jobs.lock().unwrap();
+    eprintln!(
+        "crash test: {} jobs enqueued and acknowledged, {} more in flight at a kill; {} \
+         deliveries, {} acks acknowledged, {} acks in flight at a kill, {} acks refused after \
+         a lease ran out, {} nacks",
+        jobs.acknowledged.len(),
+        jobs.sent.len() - jobs.acknowledged.len(),
+        jobs.deliveries,
+        jobs.acked.len(),
+        jobs.ack_in_flight_at_kill,
+        jobs.refused_acks,
+        jobs.nacks
+    );
+    assert!(
+        jobs.acked.len() >= cycles,
+        "seed {seed}: too few jobs were acked ({}) for the test to mean much",
+        jobs.acked.len()
+    );
 }
 
 /// Waits (at most [`BOUND`]) for every client task, which is `doing` something, and returns
-/// their models in order.
-async fn join_clients(
-    tasks: Vec<tokio::task::JoinHandle<ClientModel>>,
-    doing: &str,
-) -> Vec<ClientModel> {
+/// their results (models) in order.
+async fn join_clients<T>(tasks: Vec<tokio::task::JoinHandle<T>>, doing: &str) -> Vec<T> {
     tokio::time::timeout(BOUND, async {
         let mut models = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -784,4 +844,431 @@ async fn verify_client(
         }
     }
     m
+}
+
+/// What the enqueuers and consumers know, shared by all of them (a std mutex: it is never held
+/// across an `.await`). Jobs are known by their payload, unique over the whole run.
+#[derive(Debug, Default)]
+struct JobsModel {
+    /// Every payload an Enqueue or EnqueueMany carried, answered or not.
+    sent: BTreeSet<String>,
+    /// Payloads whose Enqueue was acknowledged: each must be delivered until it is acked.
+    acknowledged: BTreeSet<String>,
+    /// A job's id, from its Enqueue's answer or from its first delivery; the two must agree.
+    ids: BTreeMap<String, u64>,
+    /// Payloads whose Ack was acknowledged: never to be delivered again.
+    acked: BTreeSet<String>,
+    /// Payloads whose Ack was in flight at a kill: applied or not, so they may come again, or
+    /// may be gone.
+    maybe_acked: BTreeSet<String>,
+    /// Leases a consumer received and has not ended: payload → (lease, expiry in Unix ms).
+    held: BTreeMap<String, (String, i64)>,
+    /// Counts, for the summary.
+    deliveries: u64,
+    ack_in_flight_at_kill: u64,
+    refused_acks: u64,
+    nacks: u64,
+}
+
+impl JobsModel {
+    /// Records a job's id, which must agree with what was known of it.
+    fn learn_id(&mut self, payload: &str, id: u64, seed: u64) {
+        if let Some(known) = self.ids.insert(payload.to_owned(), id) {
+            assert_eq!(known, id, "seed {seed}: job {payload:?} has two ids");
+        }
+    }
+
+    /// Checks a delivered job against everything known, and records its lease.
+    fn delivered(&mut self, job: &pb::Job, seed: u64) {
+        let payload = String::from_utf8(job.payload.to_vec()).expect("payloads are UTF-8");
+        assert!(
+            self.sent.contains(&payload),
+            "seed {seed}: delivered job {} has a payload never sent: {payload:?}",
+            job.id
+        );
+        self.learn_id(&payload, job.id, seed);
+        assert!(
+            !self.acked.contains(&payload),
+            "seed {seed}: job {} ({payload}) delivered again after its Ack was acknowledged",
+            job.id
+        );
+        let now = wall_ms();
+        if let Some((_, expires)) = self.held.get(&payload) {
+            assert!(
+                now >= *expires,
+                "seed {seed}: job {} ({payload}) leased to a second worker while another's \
+                 lease runs until {expires} (now {now})",
+                job.id
+            );
+        }
+        assert!(
+            !job.lease.is_empty(),
+            "seed {seed}: a leased job without a lease"
+        );
+        assert!(
+            job.attempt >= 1 && job.attempt < JOB_MAX_ATTEMPTS,
+            "seed {seed}: job {} at attempt {}",
+            job.id,
+            job.attempt
+        );
+        self.held
+            .insert(payload, (job.lease.clone(), job.lease_expires_at_ms));
+        self.deliveries += 1;
+    }
+
+    /// Forgets the lease `lease` of `payload` when it is still the one recorded.
+    fn release(&mut self, payload: &str, lease: &str) {
+        if self.held.get(payload).is_some_and(|(l, _)| l == lease) {
+            self.held.remove(payload);
+        }
+    }
+
+    /// Jobs that must still be in the queue: acknowledged, and neither acked nor possibly
+    /// acked.
+    fn required(&self) -> BTreeSet<String> {
+        self.acknowledged
+            .iter()
+            .filter(|p| !self.acked.contains(*p) && !self.maybe_acked.contains(*p))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The wall clock in Unix milliseconds: the daemon's clock, on the same machine.
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as i64
+}
+
+/// A job with a unique payload.
+fn crash_job(payload: &str, priority: i32) -> pb::NewJob {
+    pb::NewJob {
+        queue: JOB_QUEUE.into(),
+        payload: payload.as_bytes().to_vec().into(),
+        priority,
+        max_attempts: JOB_MAX_ATTEMPTS,
+        ..Default::default()
+    }
+}
+
+/// Adds jobs one call at a time (an Enqueue, or an EnqueueMany of 2..=5) until a call fails,
+/// which must only happen once `killed` is set.
+async fn enqueue_until_killed(
+    enqueuer: usize,
+    cycle: usize,
+    channel: Channel,
+    mut rng: StdRng,
+    jobs: Arc<Mutex<JobsModel>>,
+    killed: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut queue = QueueServiceClient::new(channel);
+    for n in 0..MAX_CALLS_PER_CYCLE {
+        let size = if rng.random_range(0..4u32) == 0 {
+            rng.random_range(2..=5usize)
+        } else {
+            1
+        };
+        let payloads: Vec<String> = (0..size)
+            .map(|i| format!("e{enqueuer}-c{cycle}-n{n}-{i}"))
+            .collect();
+        // Known as sent before it is sent: a consumer may lease it before the answer arrives.
+        jobs.lock().unwrap().sent.extend(payloads.iter().cloned());
+        let priority = rng.random_range(0..3);
+        let result = if size == 1 {
+            queue
+                .enqueue(pb::EnqueueRequest {
+                    job: Some(crash_job(&payloads[0], priority)),
+                })
+                .await
+                .map(|r| vec![r.into_inner()])
+        } else {
+            queue
+                .enqueue_many(pb::EnqueueManyRequest {
+                    jobs: payloads.iter().map(|p| crash_job(p, priority)).collect(),
+                })
+                .await
+                .map(|r| r.into_inner().results)
+        };
+        match result {
+            Ok(answers) => {
+                assert_eq!(answers.len(), size, "seed {seed}: one answer per job");
+                let mut m = jobs.lock().unwrap();
+                for (payload, answer) in payloads.into_iter().zip(answers) {
+                    assert!(!answer.duplicate, "seed {seed}: {payload} is no duplicate");
+                    m.learn_id(&payload, answer.id, seed);
+                    m.acknowledged.insert(payload);
+                }
+            }
+            Err(status) => {
+                assert!(
+                    killed.load(Ordering::SeqCst),
+                    "seed {seed}: enqueuer {enqueuer} failed before the kill: {status:?}"
+                );
+                return;
+            }
+        }
+    }
+    panic!("seed {seed}: enqueuer {enqueuer} sent {MAX_CALLS_PER_CYCLE} calls without a kill");
+}
+
+/// Leases jobs (a long-polling Dequeue of 1..=4) and acks each, or nacks one in ten back, one
+/// call at a time until a call fails, which must only happen once `killed` is set.
+async fn consume_until_killed(
+    channel: Channel,
+    mut rng: StdRng,
+    jobs: Arc<Mutex<JobsModel>>,
+    killed: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut queue = QueueServiceClient::new(channel);
+    for _ in 0..MAX_CALLS_PER_CYCLE {
+        let max_jobs = rng.random_range(1..=4);
+        let leased = match lease_jobs(&mut queue, max_jobs, JOB_WAIT_MS).await {
+            Ok(leased) => leased,
+            Err(status) => {
+                assert!(
+                    killed.load(Ordering::SeqCst),
+                    "seed {seed}: a Dequeue failed before the kill: {status:?}"
+                );
+                return;
+            }
+        };
+        {
+            let mut m = jobs.lock().unwrap();
+            for job in &leased {
+                m.delivered(job, seed);
+            }
+        }
+        for job in leased {
+            let nack = rng.random_range(0..10u32) == 0;
+            if let Err(status) = end_lease(&mut queue, &jobs, &job, nack, seed).await {
+                assert!(
+                    killed.load(Ordering::SeqCst),
+                    "seed {seed}: an Ack or Nack failed before the kill: {status:?}"
+                );
+                return;
+            }
+        }
+    }
+    panic!("seed {seed}: a consumer sent {MAX_CALLS_PER_CYCLE} calls without a kill");
+}
+
+/// A Dequeue of up to `max_jobs` from the crash queue.
+async fn lease_jobs(
+    queue: &mut QueueServiceClient<Channel>,
+    max_jobs: u32,
+    wait_ms: u64,
+) -> Result<Vec<pb::Job>, Status> {
+    queue
+        .dequeue(pb::DequeueRequest {
+            queues: vec![JOB_QUEUE.into()],
+            max_jobs,
+            lease_ms: JOB_LEASE_MS,
+            wait_ms,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().jobs)
+}
+
+/// Acks `job` (or nacks it back, ready at once) and records the outcome. A refusal
+/// (FAILED_PRECONDITION) is an outcome too, allowed only once the lease has run out; any other
+/// error is returned, with an Ack recorded as possibly applied.
+async fn end_lease(
+    queue: &mut QueueServiceClient<Channel>,
+    jobs: &Mutex<JobsModel>,
+    job: &pb::Job,
+    nack: bool,
+    seed: u64,
+) -> Result<(), Status> {
+    let payload = String::from_utf8(job.payload.to_vec()).expect("payloads are UTF-8");
+    if nack {
+        // Once the Nack is applied another consumer may lease the job before this one hears
+        // the answer: the lease is given up as the Nack is sent.
+        jobs.lock().unwrap().release(&payload, &job.lease);
+    }
+    let result = if nack {
+        queue
+            .nack(pb::NackRequest {
+                lease: job.lease.clone(),
+                retry_after_ms: Some(0),
+                error: "nacked by the crash test".into(),
+            })
+            .await
+            .map(|r| assert!(!r.into_inner().dead, "seed {seed}: {payload} died"))
+    } else {
+        queue
+            .ack(pb::AckRequest {
+                lease: job.lease.clone(),
+            })
+            .await
+            .map(|_| ())
+    };
+    let mut m = jobs.lock().unwrap();
+    match result {
+        Ok(()) => {
+            m.release(&payload, &job.lease);
+            if nack {
+                m.nacks += 1;
+            } else {
+                assert!(
+                    m.acked.insert(payload.clone()),
+                    "seed {seed}: job {} ({payload}) acked twice",
+                    job.id
+                );
+                m.maybe_acked.remove(&payload);
+            }
+            Ok(())
+        }
+        Err(status) if status.code() == Code::FailedPrecondition => {
+            let now = wall_ms();
+            assert!(
+                now >= job.lease_expires_at_ms,
+                "seed {seed}: job {} ({payload}): the lease until {} was refused at {now}: \
+                 {status:?}",
+                job.id,
+                job.lease_expires_at_ms
+            );
+            m.release(&payload, &job.lease);
+            m.refused_acks += 1;
+            Ok(())
+        }
+        Err(status) => {
+            if !nack {
+                m.maybe_acked.insert(payload);
+                m.ack_in_flight_at_kill += 1;
+            }
+            Err(status)
+        }
+    }
+}
+
+/// After a restart: every waiting job (ListJobs) was sent and not acked, every job that must
+/// still exist is waiting or leased (the leased ones only counted by Stats, read first: a job
+/// leased then may be waiting by the listing, never the other way round), and none is dead.
+async fn verify_jobs(socket: &Path, jobs: &Mutex<JobsModel>, seed: u64, cycle: usize) {
+    let at = format!("seed {seed}, cycle {cycle}");
+    let mut queue = QueueServiceClient::new(unix_channel(socket).await);
+    let stats = queue
+        .stats(pb::QueueServiceStatsRequest {
+            queue: JOB_QUEUE.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{at}: Stats: {s:?}"))
+        .into_inner();
+    let mut waiting = BTreeMap::new();
+    let mut token = String::new();
+    loop {
+        let page = queue
+            .list_jobs(pb::ListJobsRequest {
+                queue: JOB_QUEUE.into(),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{at}: ListJobs: {s:?}"))
+            .into_inner();
+        for job in page.jobs {
+            let payload = String::from_utf8(job.payload.to_vec()).expect("payloads are UTF-8");
+            assert!(
+                waiting.insert(payload, job.id).is_none(),
+                "{at}: job {} listed twice",
+                job.id
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut m = jobs.lock().unwrap();
+    for (payload, id) in &waiting {
+        assert!(
+            m.sent.contains(payload),
+            "{at}: waiting job {id} has a payload never sent: {payload:?}"
+        );
+        assert!(
+            !m.acked.contains(payload),
+            "{at}: job {id} ({payload}) waits again after its Ack was acknowledged"
+        );
+        m.learn_id(payload, *id, seed);
+    }
+    let required = m.required();
+    let missing: Vec<&String> = required
+        .iter()
+        .filter(|p| !waiting.contains_key(*p))
+        .collect();
+    assert_eq!(stats.dead, 0, "{at}: no job can have used its attempts");
+    // Stats came first: since then, leases may have run out (leased → waiting), and nothing
+    // else moved.
+    let listed = waiting.len() as u64;
+    assert!(
+        stats.ready + stats.delayed <= listed
+            && listed <= stats.ready + stats.delayed + stats.leased,
+        "{at}: {listed} jobs listed, but Stats said {stats:?}"
+    );
+    assert!(
+        missing.len() as u64 <= stats.leased,
+        "{at}: {} acknowledged jobs are neither waiting nor among the {} leased: lost \
+         (e.g. {:?})",
+        missing.len(),
+        stats.leased,
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    let possible = m.sent.iter().filter(|p| !m.acked.contains(*p)).count() as u64;
+    assert!(
+        stats.ready + stats.delayed + stats.leased <= possible,
+        "{at}: more jobs in the queue than were sent and not acked ({possible}): {stats:?}"
+    );
+}
+
+/// After the last restart: leases every job until the queue is empty (those leased at the
+/// last kill come back when their leases run out) and acks each, then checks that every
+/// acknowledged job was acked: none was lost.
+async fn drain_jobs(socket: &Path, jobs: &Mutex<JobsModel>, seed: u64) {
+    let mut queue = QueueServiceClient::new(unix_channel(socket).await);
+    tokio::time::timeout(BOUND, async {
+        loop {
+            let stats = queue
+                .stats(pb::QueueServiceStatsRequest {
+                    queue: JOB_QUEUE.into(),
+                })
+                .await
+                .expect("Stats")
+                .into_inner();
+            if stats.ready + stats.delayed + stats.leased + stats.dead == 0 {
+                return;
+            }
+            let leased = lease_jobs(&mut queue, 1000, 1_000).await.expect("Dequeue");
+            {
+                let mut m = jobs.lock().unwrap();
+                for job in &leased {
+                    m.delivered(job, seed);
+                }
+            }
+            for job in leased {
+                end_lease(&mut queue, jobs, &job, false, seed)
+                    .await
+                    .expect("Ack");
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("seed {seed}: the job queue was not drained in time"));
+    let m = jobs.lock().unwrap();
+    let lost: Vec<&String> = m
+        .acknowledged
+        .iter()
+        .filter(|p| !m.acked.contains(*p) && !m.maybe_acked.contains(*p))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "seed {seed}: {} acknowledged jobs were never acked, the queue being empty: lost \
+         (e.g. {:?})",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
 }

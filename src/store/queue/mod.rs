@@ -66,15 +66,16 @@ impl Default for QueueSettings {
 impl QueueSettings {
     /// The delay before attempt `attempt + 1` after `attempt` failed deliveries: `retry_min`
     /// doubled per attempt after the first, at most `retry_max`, then drawn uniformly from its
-    /// upper half (`unit` in `[0, 1)`), so that jobs failing together do not retry together.
+    /// upper half but never below `retry_min` (`unit` in `[0, 1)`), so that jobs failing
+    /// together do not retry together.
     pub fn backoff_ms(&self, attempt: u32, unit: f64) -> u64 {
         let doublings = attempt.saturating_sub(1).min(63);
         let full = self
             .retry_min_ms
             .saturating_mul(1u64 << doublings)
             .min(self.retry_max_ms);
-        let half = full / 2;
-        half + ((full - half) as f64 * unit.clamp(0.0, 1.0)) as u64
+        let low = (full / 2).max(self.retry_min_ms).min(full);
+        low + ((full - low) as f64 * unit.clamp(0.0, 1.0)) as u64
     }
 }
 
@@ -487,6 +488,13 @@ impl Store {
             .await
     }
 
+    /// Has the writer release the leases that ran out, so that a listing shows their jobs
+    /// where they are as of now (waiting, or dead) rather than where the last write left
+    /// them. Costs an index probe when there are none.
+    async fn release_expired_leases(&self) -> Result<u64> {
+        self.write(|reply| QueueOp::Release { reply }.into()).await
+    }
+
     /// Counts a queue's jobs by state, as of now.
     pub async fn queue_stats(&self, queue: String) -> Result<QueueStats> {
         let now = stored(self.inner.clock.now_ms());
@@ -518,6 +526,7 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<JobPage<WaitingPosition>> {
+        self.release_expired_leases().await?;
         let (p, r, id) = match after {
             Some(a) => (i64::from(a.priority), a.ready_at_ms, stored(a.id)),
             // Before every job: above the highest priority.
@@ -551,6 +560,7 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<JobPage<DeadPosition>> {
+        self.release_expired_leases().await?;
         let (d, id) = after.map_or((i64::MIN, 0), |a| (a.dead_at_ms, stored(a.id)));
         self.scan(move |conn| {
             let mut stmt = conn
@@ -663,16 +673,35 @@ mod tests {
             retry_max_ms: 10_000,
             ..QueueSettings::default()
         };
-        assert_eq!(s.backoff_ms(1, 0.0), 500);
-        assert_eq!(s.backoff_ms(1, 0.999_999), 999);
+        // The first retry waits exactly retry_min: its upper half would go below it.
+        assert_eq!(s.backoff_ms(1, 0.0), 1_000);
+        assert_eq!(s.backoff_ms(1, 0.999_999), 1_000);
         assert_eq!(s.backoff_ms(2, 0.0), 1_000);
+        assert_eq!(s.backoff_ms(2, 0.999_999), 1_999);
         assert_eq!(s.backoff_ms(3, 0.5), 3_000);
         assert_eq!(s.backoff_ms(4, 0.0), 4_000);
         assert_eq!(s.backoff_ms(5, 0.0), 5_000);
         assert_eq!(s.backoff_ms(40, 1.0), 10_000);
         assert_eq!(s.backoff_ms(u32::MAX, 0.0), 5_000);
         // Attempt 0 (never delivered) is treated as the first.
-        assert_eq!(s.backoff_ms(0, 0.0), 500);
+        assert_eq!(s.backoff_ms(0, 0.0), 1_000);
+        // However the settings and the draw, the delay stays within [retry_min, retry_max].
+        for (min, max) in [(1, 1), (1, 3), (7, 7), (1_000, 1_500), (5, 3_600_000)] {
+            let s = QueueSettings {
+                retry_min_ms: min,
+                retry_max_ms: max,
+                ..QueueSettings::default()
+            };
+            for attempt in [0, 1, 2, 3, 10, 64, u32::MAX] {
+                for unit in [0.0, 0.25, 0.5, 0.999_999, 1.0] {
+                    let d = s.backoff_ms(attempt, unit);
+                    assert!(
+                        (min..=max).contains(&d),
+                        "{min} {max} {attempt} {unit}: {d}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

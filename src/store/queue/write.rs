@@ -58,6 +58,8 @@ pub(crate) enum QueueOp {
         ids: Vec<u64>,
         reply: Reply<u64>,
     },
+    /// Release the leases that ran out (before a listing); answers how many.
+    Release { reply: Reply<u64> },
 }
 
 impl From<QueueOp> for Op {
@@ -83,7 +85,10 @@ impl QueueOp {
             // Leasing one job is one statement; releasing expired leases before it stands on
             // its own (it is what any Dequeue or upkeep would do), so it needs no undoing.
             QueueOp::Dequeue { ask, .. } => ask.max_jobs > 1,
-            QueueOp::Purge { .. } | QueueOp::RetryDead { .. } | QueueOp::PurgeDead { .. } => true,
+            QueueOp::Purge { .. }
+            | QueueOp::RetryDead { .. }
+            | QueueOp::PurgeDead { .. }
+            | QueueOp::Release { .. } => true,
         }
     }
 
@@ -97,7 +102,8 @@ impl QueueOp {
             QueueOp::Extend { reply, .. } => reply,
             QueueOp::Purge { reply, .. }
             | QueueOp::RetryDead { reply, .. }
-            | QueueOp::PurgeDead { reply, .. } => reply,
+            | QueueOp::PurgeDead { reply, .. }
+            | QueueOp::Release { reply } => reply,
         }
     }
 }
@@ -163,10 +169,13 @@ impl Writer {
                 reply.hold(until);
             }
             QueueOp::Purge { queue, reply } => {
+                // A job whose lease ran out is waiting (or dead) as of now, for every call.
+                self.release_expired_leases(now)?;
                 let n = self.queue_exec(sql::PURGE, params![queue.as_str()], "purging a queue")?;
                 reply.hold(n);
             }
             QueueOp::RetryDead { queue, ids, reply } => {
+                self.release_expired_leases(now)?;
                 let n = if ids.is_empty() {
                     self.queue_exec(
                         sql::RETRY_DEAD_ALL,
@@ -187,6 +196,7 @@ impl Writer {
                 reply.hold(n);
             }
             QueueOp::PurgeDead { queue, ids, reply } => {
+                self.release_expired_leases(now)?;
                 let n = if ids.is_empty() {
                     self.queue_exec(
                         sql::PURGE_DEAD_ALL,
@@ -204,6 +214,10 @@ impl Writer {
                     }
                     n
                 };
+                reply.hold(n);
+            }
+            QueueOp::Release { reply } => {
+                let n = self.release_expired_leases(now)?;
                 reply.hold(n);
             }
         }
