@@ -289,9 +289,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.redis_pipeline.is_some() && args.rate.is_some() {
         bail!("--redis-pipeline sends calls in batches, which an open loop (--rate) cannot time");
     }
-    let queue_ops = args.ops.0.iter().filter(|op| op.is_queue());
-    if let Some(op) = queue_ops.clone().next()
-        && args.pipeline
+    if args.pipeline
+        && let Some(op) = args.ops.0.iter().find(|op| op.is_queue())
     {
         bail!(
             "--pipeline cannot run {}: PipelineService carries no QueueService calls",
