@@ -182,6 +182,7 @@ impl Store {
         let revocations = Arc::new(session::revoke::Revocations::default());
         let monitor = observe::Monitor::new(db_path.clone());
         let (checkpoint_hint, checkpointer) = checkpoint::spawn(&db_path)?;
+        let queue_signals = Arc::new(queue::Signals::default());
         let writer = Writer::new(
             conn,
             &db_path,
@@ -192,6 +193,7 @@ impl Store {
                 stats: stats.clone(),
                 clock: clock.clone(),
                 checkpoint_hint,
+                queue_signals: queue_signals.clone(),
             },
             WriterSettings {
                 max_disk_bytes: config.max_disk_bytes,
@@ -255,7 +257,7 @@ impl Store {
                 readers,
                 scanners,
                 writer: tx,
-                queue_signals: Arc::default(),
+                queue_signals,
                 background: Mutex::new(Some(Background {
                     writer: writer_thread,
                     checkpointer,

@@ -144,6 +144,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX queue_jobs_waiting ON queue_jobs (queue, priority DESC, ready_at, id)
         WHERE state = 0;
+    CREATE INDEX queue_jobs_by_ready_time ON queue_jobs (queue, ready_at) WHERE state = 0;
     CREATE INDEX queue_jobs_leased ON queue_jobs (lease_expires_at) WHERE state = 1;
     CREATE INDEX queue_jobs_dead ON queue_jobs (queue, dead_at, id) WHERE state = 2;
     CREATE UNIQUE INDEX queue_jobs_dedup ON queue_jobs (queue, dedup_key)

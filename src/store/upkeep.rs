@@ -3,6 +3,7 @@
 //! and evicts if the cache table is over its disk bound. A backlog drains in bounded
 //! transactions, one after another, so no single commit stalls the writes queued behind it.
 
+use crate::store::queue::write::RELEASE_BATCH;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -36,9 +37,10 @@ impl Writer {
         let leases = self.release_expired_leases(now)?;
         Ok(Upkept {
             expired: expired + sessions + limits,
-            more: [expired, sessions, limits, leases]
+            more: [expired, sessions, limits]
                 .iter()
-                .any(|&n| n as usize >= batch),
+                .any(|&n| n as usize >= batch)
+                || leases >= RELEASE_BATCH as u64,
         })
     }
 }

@@ -1849,3 +1849,46 @@ async fn eight_consumers_see_each_of_10000_jobs_once() {
     );
     assert_eq!(counts(&mut q, "drain").await, (0, 0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dequeue_answer_fits_one_message_whatever_its_jobs_carry_besides_payloads() {
+    // 64 KiB values: a message may be about 1.2 MB. 400 jobs of 40 bytes, each given back
+    // with a 4 KiB error, are 1.7 MB as an answer: the payloads alone would fit, the jobs do
+    // not. Counting payloads only, the Dequeue below leased every job and then failed to
+    // send them (OUT_OF_RANGE), leaving them leased to nobody.
+    let server = TestServer::with_limits(larder::RequestLimits {
+        max_value_bytes: 64 << 10,
+        ..Default::default()
+    })
+    .await;
+    let mut q = server.queue().await;
+    let n = 400;
+    put_many(
+        &mut q,
+        (0..n).map(|i| job("big", &format!("{i:040}"))).collect(),
+    )
+    .await;
+    let error = "e".repeat(4096);
+    let mut given_back = 0;
+    while given_back < n {
+        for j in dequeue(&mut q, take(&["big"], 100, 60_000)).await {
+            // Not ready again until the clock moves, so that each job is given back once.
+            nack(&mut q, &j.lease, Some(1_000), &error).await.unwrap();
+            given_back += 1;
+        }
+    }
+    server.clock().advance_ms(1_000);
+    let jobs = dequeue(&mut q, take(&["big"], 1000, 60_000)).await;
+    assert!(
+        !jobs.is_empty() && jobs.len() < n,
+        "{} jobs in one answer",
+        jobs.len()
+    );
+    assert!(jobs.iter().all(|j| j.last_error == error && j.attempt == 2));
+    let (ready, _, leased, _) = counts(&mut q, "big").await;
+    assert_eq!(
+        (ready, leased),
+        ((n - jobs.len()) as u64, jobs.len() as u64),
+        "exactly the jobs answered are leased"
+    );
+}

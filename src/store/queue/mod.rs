@@ -30,6 +30,11 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use write::QueueOp;
 
+/// Bytes a job adds to an answer besides its payload, error and queue name: its numbers, its
+/// lease and their field tags, with room to spare. A job is counted at least this plus those
+/// three against an answer's bound.
+pub(crate) const ANSWER_OVERHEAD: usize = 128;
+
 /// Longest delay, lease or retry, in milliseconds: 365 days.
 pub const MAX_QUEUE_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
 
@@ -127,7 +132,8 @@ pub struct DequeueAsk {
     pub auto_ack: bool,
     /// Take jobs ready by this Unix ms instead of by now.
     pub due_by_ms: Option<u64>,
-    /// Most payload bytes in one answer (it holds at least one job whatever its size).
+    /// Most bytes of jobs in one answer, each counted whole (payload, error, queue name and
+    /// [`ANSWER_OVERHEAD`]); an answer holds at least one job whatever its size.
     pub max_bytes: usize,
 }
 
@@ -272,6 +278,9 @@ pub struct JobPage<P> {
     pub next: Option<P>,
 }
 
+/// Most waiters one commit wakes per queue.
+const MAX_WAKES: usize = 1024;
+
 /// The waiters of long-polling Dequeues, by queue. A queue has an entry only while someone
 /// waits on it.
 #[derive(Debug, Default)]
@@ -280,11 +289,16 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    /// Wakes every Dequeue waiting on `queue`.
-    fn wake(&self, queue: &str) {
+    /// Wakes up to `jobs` Dequeues waiting on `queue` (one per job, not every waiter: a herd
+    /// of idle workers would each cost the writer an empty Dequeue). A waiter woken while it
+    /// waits on several queues passes the other queues' wake-ups on as it stops waiting
+    /// (tokio's `Notified` does so when dropped).
+    pub(crate) fn wake(&self, queue: &str, jobs: usize) {
         let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(notify) = waiting.get(queue) {
-            notify.notify_waiters();
+            for _ in 0..jobs.clamp(1, MAX_WAKES) {
+                notify.notify_one();
+            }
         }
     }
 
@@ -345,19 +359,11 @@ impl Store {
         self.inner.clock.now_ms()
     }
 
-    /// Adds jobs in one transaction (all or none); wakes the Dequeues waiting on their queues
-    /// once committed.
+    /// Adds jobs in one transaction (all or none); the writer wakes the Dequeues waiting on
+    /// their queues as it commits.
     pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let mut queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
-        queues.sort_unstable();
-        queues.dedup();
-        let added = self
-            .write(|reply| QueueOp::Enqueue { jobs, reply }.into())
-            .await?;
-        for q in &queues {
-            self.inner.queue_signals.wake(q);
-        }
-        Ok(added)
+        self.write(|reply| QueueOp::Enqueue { jobs, reply }.into())
+            .await
     }
 
     /// Leases (or, with `auto_ack`, takes) up to `ask.max_jobs` ready jobs; when none is ready,
@@ -434,21 +440,16 @@ impl Store {
         retry_after_ms: Option<u64>,
         error: String,
     ) -> Result<Nacked> {
-        let (queue, nacked) = self
-            .write(|reply| {
-                QueueOp::Nack {
-                    lease,
-                    retry_after_ms,
-                    error,
-                    reply,
-                }
-                .into()
-            })
-            .await?;
-        if !nacked.dead {
-            self.inner.queue_signals.wake(&queue);
-        }
-        Ok(nacked)
+        self.write(|reply| {
+            QueueOp::Nack {
+                lease,
+                retry_after_ms,
+                error,
+                reply,
+            }
+            .into()
+        })
+        .await
     }
 
     /// Moves a lease's end to now + `lease_ms`; answers the new end (Unix ms).
@@ -472,14 +473,8 @@ impl Store {
 
     /// Makes dead jobs of `queue` ready again, attempts reset: those of `ids`, or all.
     pub async fn retry_dead(&self, queue: String, ids: Vec<u64>) -> Result<u64> {
-        let q = queue.clone();
-        let n = self
-            .write(|reply| QueueOp::RetryDead { queue, ids, reply }.into())
-            .await?;
-        if n > 0 {
-            self.inner.queue_signals.wake(&q);
-        }
-        Ok(n)
+        self.write(|reply| QueueOp::RetryDead { queue, ids, reply }.into())
+            .await
     }
 
     /// Removes dead jobs of `queue`: those of `ids`, or all.
@@ -597,6 +592,11 @@ impl Store {
     }
 }
 
+/// What `job` is counted against an answer's bound.
+fn answer_bytes(job: &JobRecord) -> usize {
+    job.payload.len() + job.last_error.len() + job.queue.len() + ANSWER_OVERHEAD
+}
+
 /// Cuts `jobs` (read one past `limit`) to a page, with the position of its last job when
 /// there is more.
 fn page<P>(
@@ -607,12 +607,13 @@ fn page<P>(
 ) -> JobPage<P> {
     let mut more = jobs.len() > limit;
     jobs.truncate(limit);
-    // At most `max_bytes` of payloads (and always one job), so that a page fits one message.
+    // At most `max_bytes` of jobs counted whole (and always one job), so that a page fits
+    // one message.
     let mut bytes = 0usize;
     let fits = jobs
         .iter()
         .take_while(|j| {
-            bytes = bytes.saturating_add(j.payload.len());
+            bytes = bytes.saturating_add(answer_bytes(j));
             bytes <= max_bytes
         })
         .count()
@@ -741,9 +742,12 @@ mod tests {
             last_error: String::new(),
             ready_at_ms: 0,
         };
-        let cut = page(vec![job(1, 6), job(2, 6), job(3, 6)], 10, 12, |j| j.id);
+        let each = 6 + 1 + ANSWER_OVERHEAD;
+        let cut = page(vec![job(1, 6), job(2, 6), job(3, 6)], 10, 2 * each, |j| {
+            j.id
+        });
         assert_eq!((cut.jobs.len(), cut.next), (2, Some(2)));
-        let one = page(vec![job(1, 100), job(2, 1)], 10, 12, |j| j.id);
+        let one = page(vec![job(1, 2 * each), job(2, 1)], 10, 2 * each, |j| j.id);
         assert_eq!((one.jobs.len(), one.next), (1, Some(1)));
     }
 }

@@ -36,9 +36,15 @@ pub(crate) const RELEASE: &str = "UPDATE queue_jobs SET state = 0, ready_at = ?2
 pub(crate) const BURY: &str = "UPDATE queue_jobs SET state = 2, dead_at = ?2, lease = 0, \
      lease_expires_at = 0, last_error = ?3 WHERE id = ?1";
 
-/// The first `?3` waiting jobs of queue `?1` ready by `?2`, in hand-out order, with their
-/// payloads' lengths.
-pub(crate) const READY: &str = "SELECT id, priority, ready_at, length(payload) FROM queue_jobs \
+/// Whether queue `?1` has a waiting job ready by `?2` (a range of the ready-time index, so
+/// that a queue of delayed jobs is not walked to find none ready).
+pub(crate) const ANY_READY: &str = "SELECT EXISTS (SELECT 1 FROM queue_jobs \
+     WHERE queue = ?1 AND state = 0 AND ready_at <= ?2)";
+
+/// The first `?3` waiting jobs of queue `?1` ready by `?2`, in hand-out order, with the bytes
+/// each adds to an answer (see `super::ANSWER_OVERHEAD`).
+pub(crate) const READY: &str = "SELECT id, priority, ready_at, \
+     length(payload) + length(last_error) + length(queue) FROM queue_jobs \
      WHERE queue = ?1 AND state = 0 AND ready_at <= ?2 \
      ORDER BY priority DESC, ready_at, id LIMIT ?3";
 
@@ -55,13 +61,15 @@ pub(crate) const TAKE: &str = concat!(
     job_columns!()
 );
 
-/// The earliest time one of queue `?1`'s waiting jobs becomes ready after `?2`, if any.
-pub(crate) const NEXT_READY: &str = "SELECT min(ready_at) FROM queue_jobs \
-     WHERE queue = ?1 AND state = 0 AND ready_at > ?2";
+/// The earliest time one of queue `?1`'s waiting jobs becomes ready after `?2`, if any (the
+/// ready-time index: one seek).
+pub(crate) const NEXT_READY: &str = "SELECT ready_at FROM queue_jobs \
+     WHERE queue = ?1 AND state = 0 AND ready_at > ?2 ORDER BY ready_at LIMIT 1";
 
-/// The earliest lease expiry of queue `?1`, if any.
-pub(crate) const NEXT_EXPIRY: &str =
-    "SELECT min(lease_expires_at) FROM queue_jobs WHERE queue = ?1 AND state = 1";
+/// The earliest lease expiry of any queue, if any (the lease index: one seek). Any queue's:
+/// a waiter woken by another queue's expiry looks again and waits again.
+pub(crate) const NEXT_EXPIRY: &str = "SELECT lease_expires_at FROM queue_jobs \
+     WHERE state = 1 ORDER BY lease_expires_at LIMIT 1";
 
 /// The leased job `?1` if it still holds lease `?2` unexpired at `?3`.
 pub(crate) const HELD: &str = "SELECT queue, attempt, max_attempts FROM queue_jobs \

@@ -7,14 +7,14 @@ use rusqlite::{OptionalExtension, params};
 
 use super::sql;
 use super::{
-    DequeueAsk, Dequeued, Enqueued, JobRecord, Lease, Nacked, NewJob, QueueSettings, ReadyAt,
-    stored,
+    ANSWER_OVERHEAD, DequeueAsk, Dequeued, Enqueued, JobRecord, Lease, Nacked, NewJob,
+    QueueSettings, ReadyAt, stored,
 };
 use crate::error::{Error, Result};
-use crate::store::writer::{Op, Pending, Reply, Writer};
+use crate::store::writer::{Effects, Op, Pending, Reply, Writer};
 
 /// Expired leases released per pass (the rest go at the next Dequeue or upkeep).
-const RELEASE_BATCH: i64 = 1000;
+pub(crate) const RELEASE_BATCH: i64 = 1000;
 
 /// A command on the queue tables, with its reply.
 #[derive(Debug)]
@@ -31,12 +31,12 @@ pub(crate) enum QueueOp {
     },
     /// Remove a leased job.
     Ack { lease: Lease, reply: Reply<()> },
-    /// Give a leased job back; answers its queue too (to wake its waiters).
+    /// Give a leased job back.
     Nack {
         lease: Lease,
         retry_after_ms: Option<u64>,
         error: String,
-        reply: Reply<(String, Nacked)>,
+        reply: Reply<Nacked>,
     },
     /// Move a lease's end; answers the new end.
     Extend {
@@ -117,13 +117,35 @@ fn not_held(lease: Lease) -> Error {
 }
 
 impl Writer {
-    pub(in crate::store) fn apply_queue(&mut self, op: &mut QueueOp, now: u64) -> Result<()> {
+    /// Runs one queue command inside the batch's transaction. The queues it gives jobs to are
+    /// recorded in `fx`, so that their waiting Dequeues are woken once it committed.
+    pub(in crate::store) fn apply_queue(
+        &mut self,
+        op: &mut QueueOp,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Result<()> {
         match op {
             QueueOp::Enqueue { jobs, reply } => {
                 let added = self.enqueue_jobs(jobs, now)?;
+                // A delayed job wakes a waiter too, so that it learns the job's ready time.
+                let mut woken: Vec<(String, usize)> = Vec::new();
+                for (job, _) in jobs.iter().zip(&added).filter(|(_, a)| !a.duplicate) {
+                    match woken.iter_mut().find(|(q, _)| *q == job.queue) {
+                        Some((_, n)) => *n += 1,
+                        None => woken.push((job.queue.clone(), 1)),
+                    }
+                }
+                fx.ready_jobs.extend(woken);
                 reply.hold(added);
             }
             QueueOp::Dequeue { ask, reply } => {
+                // Its caller gave up while it was queued (a deadline, a client gone): leasing
+                // jobs to nobody would hide them for a lease and spend an attempt of each.
+                if reply.is_closed() {
+                    reply.hold(Dequeued::default());
+                    return Ok(());
+                }
                 let found = self.dequeue_jobs(ask, now)?;
                 reply.hold(found);
             }
@@ -144,7 +166,10 @@ impl Writer {
                 error,
                 reply,
             } => {
-                let nacked = self.nack_job(*lease, *retry_after_ms, error, now)?;
+                let (queue, nacked) = self.nack_job(*lease, *retry_after_ms, error, now)?;
+                if !nacked.dead {
+                    fx.ready_jobs.push((queue, 1));
+                }
                 reply.hold(nacked);
             }
             QueueOp::Extend {
@@ -193,6 +218,9 @@ impl Writer {
                     }
                     n
                 };
+                if n > 0 {
+                    fx.ready_jobs.push((queue.clone(), n as usize));
+                }
                 reply.hold(n);
             }
             QueueOp::PurgeDead { queue, ids, reply } => {
@@ -360,6 +388,14 @@ impl Writer {
         // order: priority, then ready time, then id.
         let mut candidates: Vec<(i32, i64, i64, usize)> = Vec::new();
         for queue in &ask.queues {
+            let any: bool = self
+                .conn
+                .prepare_cached(sql::ANY_READY)
+                .and_then(|mut s| s.query_row(params![queue, stored(due)], |r| r.get(0)))
+                .map_err(Error::storage("finding ready jobs"))?;
+            if !any {
+                continue;
+            }
             let mut stmt = self
                 .conn
                 .prepare_cached(sql::READY)
@@ -370,7 +406,7 @@ impl Writer {
                         r.get::<_, i32>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(3)?.max(0) as usize,
+                        (r.get::<_, i64>(3)?.max(0) as usize).saturating_add(ANSWER_OVERHEAD),
                     ))
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -379,8 +415,8 @@ impl Writer {
         }
         candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         candidates.truncate(limit);
-        // One answer holds at most `max_bytes` of payloads (and always one job), so that it
-        // fits one message.
+        // One answer holds at most `max_bytes` of jobs, counted whole (payload, error, queue
+        // name and the fixed fields), and always one job, so that it fits one message.
         let mut bytes = 0usize;
         let fits = candidates
             .iter()
@@ -417,28 +453,30 @@ impl Writer {
             jobs.push(job);
         }
         let next_at = if jobs.is_empty() {
-            self.next_ready(&ask.queues, due)?
+            self.next_ready(&ask.queues, now, ask.due_by_ms.is_none())?
         } else {
             None
         };
         Ok(Dequeued { jobs, next_at })
     }
 
-    /// The earliest time after `after` at which one of `queues` has a job becoming ready: a
-    /// delay ending or a lease running out.
-    fn next_ready(&mut self, queues: &[String], after: u64) -> Result<Option<u64>> {
-        let mut next: Option<i64> = None;
-        for queue in queues {
-            for statement in [sql::NEXT_READY, sql::NEXT_EXPIRY] {
+    /// The earliest time after `now` at which a Dequeue of `queues` that found nothing could
+    /// find a job: a delay ending (only when it takes jobs due by now: with a fixed
+    /// `due_by_ms`, no waiting job ever becomes due later) or a lease running out.
+    fn next_ready(&mut self, queues: &[String], now: u64, by_now: bool) -> Result<Option<u64>> {
+        let optional = |r: rusqlite::Result<i64>| r.optional();
+        let mut next: Option<i64> = self
+            .conn
+            .prepare_cached(sql::NEXT_EXPIRY)
+            .and_then(|mut s| optional(s.query_row([], |r| r.get(0))))
+            .map_err(Error::storage("finding the next lease to run out"))?;
+        if by_now {
+            for queue in queues {
                 let at: Option<i64> = self
                     .conn
-                    .prepare_cached(statement)
+                    .prepare_cached(sql::NEXT_READY)
                     .and_then(|mut s| {
-                        if statement == sql::NEXT_READY {
-                            s.query_row(params![queue, stored(after)], |r| r.get(0))
-                        } else {
-                            s.query_row(params![queue.as_str()], |r| r.get(0))
-                        }
+                        optional(s.query_row(params![queue, stored(now)], |r| r.get(0)))
                     })
                     .map_err(Error::storage("finding a queue's next ready job"))?;
                 next = match (next, at) {
@@ -447,7 +485,9 @@ impl Writer {
                 };
             }
         }
-        Ok(next.map(|t| t.max(0) as u64))
+        // Only a time still ahead: one already past would have the waiter look again at once,
+        // and again, for as long as it waits.
+        Ok(next.map(|t| t.max(0) as u64).filter(|&t| t > now))
     }
 
     fn nack_job(

@@ -45,6 +45,11 @@ impl<T> Reply<T> {
     pub(crate) fn hold(&mut self, answer: T) {
         self.held = Some(Ok(answer));
     }
+
+    /// Whether its caller has gone (a cancelled request): nobody will read the answer.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
 }
 
 /// A reply of any type, as the batch loop handles it.

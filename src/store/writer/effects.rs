@@ -35,6 +35,9 @@ pub(crate) struct Effects {
     /// Change of the total `size` of cache rows.
     pub(crate) bytes_delta: i64,
     counts: Vec<(String, CounterValues)>,
+    /// Queues that got ready jobs, and how many: their waiting Dequeues are woken after
+    /// COMMIT.
+    pub(crate) ready_jobs: Vec<(String, usize)>,
 }
 
 impl Effects {
@@ -53,6 +56,7 @@ impl Effects {
         self.memory.extend(other.memory);
         self.bytes_delta += other.bytes_delta;
         self.counts.extend(other.counts);
+        self.ready_jobs.extend(other.ready_jobs);
     }
 
     /// Applies a committed batch's effects to memory and the counters, then marks commit

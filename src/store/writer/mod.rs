@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::store::cache::EntryCache;
 use crate::store::files::OpenFiles;
 use crate::store::observe::WriterMetrics;
-use crate::store::queue::QueueSettings;
+use crate::store::queue::{QueueSettings, Signals};
 use crate::store::schema::WRITER_CHECKPOINT_PAGES;
 use crate::store::session::SessionCache;
 use crate::store::session::revoke::Revocations;
@@ -74,6 +74,8 @@ pub(crate) struct WriterParts {
     pub(crate) clock: Arc<dyn Clock>,
     /// Tells the checkpointer a commit happened (never blocks: a pending hint is enough).
     pub(crate) checkpoint_hint: SyncSender<()>,
+    /// The Dequeues waiting for jobs, woken after COMMIT.
+    pub(crate) queue_signals: Arc<Signals>,
 }
 
 /// The writer's state; lives on its own thread.
@@ -97,6 +99,8 @@ pub(crate) struct Writer {
     pub(in crate::store) cache_bytes: u64,
     /// Tells the checkpointer a commit happened (never blocks: a pending hint is enough).
     checkpoint_hint: SyncSender<()>,
+    /// The Dequeues waiting for jobs, woken after COMMIT.
+    queue_signals: Arc<Signals>,
     /// Set when a savepoint could not be closed: the batch's transaction is then abandoned.
     savepoint_failed: bool,
     /// The database file and WAL this connection has open; checked before every batch.
@@ -165,6 +169,7 @@ impl Writer {
             lease_end: lease_end.max(1) as u64,
             cache_bytes: cache_bytes.max(0) as u64,
             checkpoint_hint: parts.checkpoint_hint,
+            queue_signals: parts.queue_signals,
             savepoint_failed: false,
             files: OpenFiles::record(db_path),
         })
@@ -338,7 +343,10 @@ impl Writer {
             .committed(batch.len(), started.elapsed(), self.cache_bytes);
         self.memory.set_access_tracking(self.eviction_in_sight());
         // In the same synchronous step as the COMMIT: no caller's cancellation can come
-        // between the database and memory.
+        // between the database and memory, nor between a job and its waiting workers.
+        for (queue, jobs) in std::mem::take(&mut effects.ready_jobs) {
+            self.queue_signals.wake(&queue, jobs);
+        }
         effects.publish(
             &self.memory,
             &self.sessions,
@@ -363,7 +371,7 @@ impl Writer {
             Op::Cache(op) => self.apply_cache(op, now, fx),
             Op::Session(op) => self.apply_session(op, now, fx),
             Op::RateLimit(op) => self.apply_rate_limit(op),
-            Op::Queue(op) => self.apply_queue(op, now),
+            Op::Queue(op) => self.apply_queue(op, now, fx),
             Op::Upkeep(reply) => {
                 let done = self.upkeep(now, fx)?;
                 reply.hold(done);
