@@ -165,56 +165,56 @@ async fn queue_stats(q: &mut Queues, queue: &str) -> pb::QueueServiceStatsRespon
 /// Every waiting job of `queue`, read through ListJobs `page_size` at a time; also returns
 /// the number of pages.
 async fn list_jobs(q: &mut Queues, queue: &str, page_size: u32) -> (Vec<pb::Job>, usize) {
-    let (mut jobs, mut pages, mut token) = (Vec::new(), 0, String::new());
-    loop {
-        let page = q
-            .list_jobs(pb::ListJobsRequest {
-                queue: queue.into(),
-                page_size,
-                page_token: token,
-            })
-            .await
-            .unwrap_or_else(|s| panic!("ListJobs of {queue:?}: {s:?}"))
-            .into_inner();
-        pages += 1;
-        assert!(
-            page_size == 0 || page.jobs.len() <= page_size as usize,
-            "a page holds at most page_size jobs"
-        );
-        jobs.extend(page.jobs);
-        if page.next_page_token.is_empty() {
-            return (jobs, pages);
-        }
-        token = page.next_page_token;
-        assert!(pages < 10_000, "ListJobs never ends");
-    }
+    every_page(q, queue, page_size, false).await
 }
 
 /// Every dead job of `queue`, read through ListDead `page_size` at a time; also returns the
 /// number of pages.
 async fn list_dead(q: &mut Queues, queue: &str, page_size: u32) -> (Vec<pb::Job>, usize) {
+    every_page(q, queue, page_size, true).await
+}
+
+/// Every page of ListDead (`dead`) or ListJobs, checking each holds at most `page_size`.
+async fn every_page(
+    q: &mut Queues,
+    queue: &str,
+    page_size: u32,
+    dead: bool,
+) -> (Vec<pb::Job>, usize) {
     let (mut jobs, mut pages, mut token) = (Vec::new(), 0, String::new());
+    let rpc = if dead { "ListDead" } else { "ListJobs" };
     loop {
-        let page = q
-            .list_dead(pb::ListDeadRequest {
+        let (page, next) = if dead {
+            q.list_dead(pb::ListDeadRequest {
                 queue: queue.into(),
                 page_size,
                 page_token: token,
             })
             .await
-            .unwrap_or_else(|s| panic!("ListDead of {queue:?}: {s:?}"))
-            .into_inner();
+            .map(|r| r.into_inner())
+            .map(|p| (p.jobs, p.next_page_token))
+        } else {
+            q.list_jobs(pb::ListJobsRequest {
+                queue: queue.into(),
+                page_size,
+                page_token: token,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map(|p| (p.jobs, p.next_page_token))
+        }
+        .unwrap_or_else(|s| panic!("{rpc} of {queue:?}: {s:?}"));
         pages += 1;
         assert!(
-            page_size == 0 || page.jobs.len() <= page_size as usize,
+            page_size == 0 || page.len() <= page_size as usize,
             "a page holds at most page_size jobs"
         );
-        jobs.extend(page.jobs);
-        if page.next_page_token.is_empty() {
+        jobs.extend(page);
+        if next.is_empty() {
             return (jobs, pages);
         }
-        token = page.next_page_token;
-        assert!(pages < 10_000, "ListDead never ends");
+        token = next;
+        assert!(pages < 10_000, "{rpc} never ends");
     }
 }
 

@@ -705,31 +705,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_page_points_past_its_last_job_only_when_there_is_more() {
-        let job = |id| JobRecord {
-            id,
-            queue: "q".into(),
-            payload: Bytes::new(),
-            attempt: 0,
-            max_attempts: 5,
-            priority: 0,
-            lease: None,
-            lease_expires_at_ms: 0,
-            enqueued_at_ms: 0,
-            last_error: String::new(),
-            ready_at_ms: 0,
-        };
-        let full = page(vec![job(1), job(2), job(3)], 2, usize::MAX, |j| j.id);
-        assert_eq!(full.jobs.len(), 2);
-        assert_eq!(full.next, Some(2));
-        let last = page(vec![job(1), job(2)], 2, usize::MAX, |j| j.id);
-        assert_eq!(last.next, None);
-    }
-
-    #[test]
-    fn a_page_ends_early_at_its_byte_bound_but_holds_at_least_one_job() {
-        let job = |id, len| JobRecord {
+    /// A waiting job of queue "q" with a payload of `len` bytes.
+    fn record(id: u64, len: usize) -> JobRecord {
+        JobRecord {
             id,
             queue: "q".into(),
             payload: Bytes::from(vec![0u8; len]),
@@ -741,7 +719,22 @@ mod tests {
             enqueued_at_ms: 0,
             last_error: String::new(),
             ready_at_ms: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_page_points_past_its_last_job_only_when_there_is_more() {
+        let job = |id| record(id, 0);
+        let full = page(vec![job(1), job(2), job(3)], 2, usize::MAX, |j| j.id);
+        assert_eq!(full.jobs.len(), 2);
+        assert_eq!(full.next, Some(2));
+        let last = page(vec![job(1), job(2)], 2, usize::MAX, |j| j.id);
+        assert_eq!(last.next, None);
+    }
+
+    #[test]
+    fn a_page_ends_early_at_its_byte_bound_but_holds_at_least_one_job() {
+        let job = record;
         let each = 6 + 1 + ANSWER_OVERHEAD;
         let cut = page(vec![job(1, 6), job(2, 6), job(3, 6)], 10, 2 * each, |j| {
             j.id
