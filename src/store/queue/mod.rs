@@ -133,7 +133,7 @@ pub struct DequeueAsk {
     /// Take jobs ready by this Unix ms instead of by now.
     pub due_by_ms: Option<u64>,
     /// Most bytes of jobs in one answer, each counted whole (payload, error, queue name and
-    /// [`ANSWER_OVERHEAD`]); an answer holds at least one job whatever its size.
+    /// 128 bytes of fields); an answer holds at least one job whatever its size.
     pub max_bytes: usize,
 }
 
