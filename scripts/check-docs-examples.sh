@@ -26,14 +26,15 @@ grpcurl_dir="$(mktemp -d)"
 trap 'rm -rf "$grpcurl_dir"' EXIT
 ln -s "$grpcurl_bin" "$grpcurl_dir/grpcurl"
 
-# The examples' Python: larder-client as `pip install ./clients/python` gives it, on grpcio
+# The examples' Python: larder-client as `pip install ./clients/python[huey]` gives it, on grpcio
 # (the native core is scripts/check-python-client.sh's to build and test).
 venv="$tools/docs-venv"
 python_venv "$venv"
 rm -rf clients/python/build clients/python/*.egg-info
 LARDER_CLIENT_NATIVE=0 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   --force-reinstall --no-deps ./clients/python
-LARDER_CLIENT_NATIVE=0 "$venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python
+LARDER_CLIENT_NATIVE=0 "$venv/bin/pip" install --quiet --disable-pip-version-check \
+  "./clients/python[huey]"
 rm -rf clients/python/build clients/python/*.egg-info
 
 # The order matters where a page builds on another: docs/clients.md generates the raw Python
