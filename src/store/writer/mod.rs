@@ -43,6 +43,9 @@ const MAX_BATCH: usize = 1024;
 /// the WAL it writes) stays bounded even when every queued write carries a large value.
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
+/// Tries of the final checkpoint at shutdown, 20 ms apart.
+const FINAL_CHECKPOINT_TRIES: usize = 50;
+
 /// Versions reserved per write of the lease row.
 const VERSION_LEASE: u64 = 10_000;
 
@@ -236,14 +239,25 @@ impl Writer {
         }
     }
 
-    /// Truncates the WAL into the database file.
+    /// Truncates the WAL into the database file. The background checkpointer may be in the
+    /// middle of a pass of its own (it stops only once the writer has gone), which makes this
+    /// one answer busy at once: it is tried again for up to a second.
     fn checkpoint(&self) -> Result<()> {
-        let busy = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(Error::storage("checkpointing the WAL"))?;
+        let mut busy = 1;
+        for attempt in 0..FINAL_CHECKPOINT_TRIES {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            busy = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(Error::storage("checkpointing the WAL"))?;
+            if busy == 0 {
+                break;
+            }
+        }
         if busy != 0 {
             // Readers still open (calls cut at the drain deadline): the WAL keeps its
             // committed frames and SQLite replays them at the next open; nothing is lost.
