@@ -461,6 +461,14 @@ class Worker:
             self._keeper.close()
 
 
+def _check_lease(lease_ms: int) -> None:
+    """The worker loops extend and settle leases: a job needs one of 1 ms or more."""
+    if lease_ms <= 0:
+        raise LarderError(
+            f"lease_ms: the worker loop needs a lease of 1 ms or more, not {lease_ms}"
+        )
+
+
 def run_jobs(
     api: Any,
     queues: str | Sequence[str],
@@ -470,10 +478,7 @@ def run_jobs(
     timeout: float | None,
 ) -> Iterator[LeasedJob]:
     """The blocking worker loop (``Queue.jobs``); see this module's docstring."""
-    if lease_ms <= 0:
-        raise LarderError(
-            f"lease_ms: the worker loop needs a lease of 1 ms or more, not {lease_ms}"
-        )
+    _check_lease(lease_ms)
     worker = Worker(api, lease_ms, extend)
     pause = 0.05
     try:
@@ -579,10 +584,7 @@ async def arun_jobs(
     timeout: float | None,
 ) -> AsyncIterator[LeasedJob]:
     """The asyncio worker loop (``aio`` ``Queue.jobs``); see this module's docstring."""
-    if lease_ms <= 0:
-        raise LarderError(
-            f"lease_ms: the worker loop needs a lease of 1 ms or more, not {lease_ms}"
-        )
+    _check_lease(lease_ms)
     worker = AsyncWorker(api, lease_ms, extend)
     pause = 0.05
     try:

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Row, params};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -573,20 +573,6 @@ impl Store {
                 dead_at_ms: deaths.get(&j.id).copied().unwrap_or(0),
                 id: j.id,
             }))
-        })
-        .await
-    }
-
-    /// The jobs and payload bytes a queue holds (for tests and the bound's messages).
-    pub async fn queue_size(&self, queue: String) -> Result<(u64, u64)> {
-        self.scan(move |conn| {
-            conn.prepare_cached(sql::SIZE)
-                .and_then(|mut s| {
-                    s.query_row([queue], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-                        .optional()
-                })
-                .map(|found| found.map_or((0, 0), |(j, b)| (j.max(0) as u64, b.max(0) as u64)))
-                .map_err(Error::storage("reading a queue's size"))
         })
         .await
     }

@@ -3,7 +3,8 @@
 //! dead-letter and purge commands; and the release of expired leases, run before every
 //! Dequeue and by upkeep. A queue has nothing in memory, so no command has memory effects.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, params, params_from_iter};
 
 use super::sql;
 use super::{
@@ -201,23 +202,12 @@ impl Writer {
             }
             QueueOp::RetryDead { queue, ids, reply } => {
                 self.release_expired_leases(now)?;
-                let n = if ids.is_empty() {
-                    self.queue_exec(
-                        sql::RETRY_DEAD_ALL,
-                        params![queue.as_str(), stored(now)],
-                        "retrying dead jobs",
-                    )?
-                } else {
-                    let mut n = 0;
-                    for id in ids.iter() {
-                        n += self.queue_exec(
-                            sql::RETRY_DEAD_ONE,
-                            params![queue.as_str(), stored(now), stored(*id)],
-                            "retrying dead jobs",
-                        )?;
-                    }
-                    n
-                };
+                let n = self.on_dead_jobs(
+                    (sql::RETRY_DEAD_ALL, sql::RETRY_DEAD_ONE),
+                    &[queue.clone().into(), stored(now).into()],
+                    ids,
+                    "retrying dead jobs",
+                )?;
                 if n > 0 {
                     fx.ready_jobs.push((queue.clone(), n as usize));
                 }
@@ -225,23 +215,12 @@ impl Writer {
             }
             QueueOp::PurgeDead { queue, ids, reply } => {
                 self.release_expired_leases(now)?;
-                let n = if ids.is_empty() {
-                    self.queue_exec(
-                        sql::PURGE_DEAD_ALL,
-                        params![queue.as_str()],
-                        "removing dead jobs",
-                    )?
-                } else {
-                    let mut n = 0;
-                    for id in ids.iter() {
-                        n += self.queue_exec(
-                            sql::PURGE_DEAD_ONE,
-                            params![queue.as_str(), stored(*id)],
-                            "removing dead jobs",
-                        )?;
-                    }
-                    n
-                };
+                let n = self.on_dead_jobs(
+                    (sql::PURGE_DEAD_ALL, sql::PURGE_DEAD_ONE),
+                    &[queue.clone().into()],
+                    ids,
+                    "removing dead jobs",
+                )?;
                 reply.hold(n);
             }
             QueueOp::Release { reply } => {
@@ -264,6 +243,26 @@ impl Writer {
             .and_then(|mut s| s.execute(params))
             .map(|n| n as u64)
             .map_err(Error::storage(context))
+    }
+
+    /// Runs `all` once when `ids` is empty, else `one` for each id (bound after `fixed`);
+    /// answers the rows changed.
+    fn on_dead_jobs(
+        &mut self,
+        (all, one): (&str, &str),
+        fixed: &[Value],
+        ids: &[u64],
+        context: &'static str,
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return self.queue_exec(all, params_from_iter(fixed), context);
+        }
+        let mut n = 0;
+        for &id in ids {
+            let with_id = fixed.iter().cloned().chain([Value::Integer(stored(id))]);
+            n += self.queue_exec(one, params_from_iter(with_id), context)?;
+        }
+        Ok(n)
     }
 
     fn queue_settings(&self) -> QueueSettings {
